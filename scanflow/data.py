@@ -1,0 +1,862 @@
+"""Image datasets as uint8 tensors, found on disk without surprises.
+
+Every dataset comes back as :class:`LabeledImages`: ``uint8`` pixels 0..255 shaped
+``[N, C, H, W]`` and ``int64`` labels, plus a :class:`DatasetInfo` that says what the
+classes are and which directory the pixels were read from.
+
+Where file-based datasets (``fashion-mnist``, ``mnist``, ``cifar10``) are looked for,
+in order, per split:
+
+1. the ``data_dir`` argument, else ``$SCANFLOW_DATA_DIR``: the directory itself,
+   ``dir/<name>`` (``dir/fashion-mnist``, ``dir/fashion_mnist``, ``dir/mnist``,
+   ``dir/cifar10``) and torchvision's layouts (``dir/FashionMNIST/raw``,
+   ``dir/MNIST/raw``, ``dir/cifar-10-batches-py``). Named sub-folders are tried before
+   the directory itself, because MNIST and Fashion-MNIST files have identical names: a
+   directory that holds IDX files directly is taken to be whichever dataset was asked
+   for, so keep several datasets in ``dir/<name>`` sub-folders;
+2. the Debian package ``dataset-fashion-mnist`` (Fashion-MNIST only);
+3. the download cache (``$SCANFLOW_CACHE_DIR``, default ``~/.cache/scanflow/datasets``);
+4. a torchvision download into that cache, only when downloads are allowed
+   (``allow_download=True``, or ``$SCANFLOW_ALLOW_DOWNLOAD`` in ``1/true/yes``).
+
+``digits`` is scikit-learn's bundled 8x8 digits and is always available.
+
+Parsed files are cached in memory per (path, mtime, size); every returned tensor is a
+fresh copy that the caller may mutate.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import importlib
+import math
+import os
+import pickle
+import re
+import struct
+import types
+import zlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from scanflow.errors import (
+    DatasetNotFoundError,
+    InvalidBatchError,
+    ScanflowError,
+    UnknownDatasetError,
+)
+
+__all__ = [
+    "CIFAR10_CLASSES",
+    "DATASET_NAMES",
+    "DEBIAN_FASHION_MNIST_DIR",
+    "DIGITS_SPLIT_SEED",
+    "DIGITS_TEST_FRACTION",
+    "DatasetAvailability",
+    "DatasetInfo",
+    "ENV_ALLOW_DOWNLOAD",
+    "ENV_CACHE_DIR",
+    "ENV_DATA_DIR",
+    "FASHION_MNIST_CLASSES",
+    "LabeledImages",
+    "SPLITS",
+    "TEST_ONLY_SPLIT",
+    "canonical_dataset_name",
+    "dataset_availability",
+    "default_cache_dir",
+    "default_dataset_name",
+    "derive_train_test",
+    "load_dataset",
+    "load_train_test",
+    "read_idx",
+    "stratified_split",
+    "validate_batch",
+]
+
+DATASET_NAMES: tuple[str, ...] = ("fashion-mnist", "mnist", "digits", "cifar10")
+SPLITS: tuple[str, ...] = ("train", "test")
+DEFAULT_NAME = "default"
+
+DEBIAN_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+DIGITS_SOURCE = "scikit-learn (bundled)"
+
+ENV_DATA_DIR = "SCANFLOW_DATA_DIR"
+ENV_CACHE_DIR = "SCANFLOW_CACHE_DIR"
+ENV_ALLOW_DOWNLOAD = "SCANFLOW_ALLOW_DOWNLOAD"
+_TRUE_VALUES = frozenset({"1", "true", "yes"})
+
+TEST_ONLY_SPLIT: Mapping[str, int] = types.MappingProxyType(
+    {"train": 5000, "calibration": 1000, "pool": 4000}
+)
+"""Sizes used when a dataset ships only its test split (MNIST here: t10k only).
+
+:func:`load_train_test` permutes the test split and keeps the first ``train`` images
+for training; the remaining ``calibration + pool`` images are returned as the test
+split, which the drift-detection benchmark later cuts into ``calibration`` images (to
+calibrate thresholds) followed by a ``pool`` to draw monitoring windows from.
+"""
+
+DIGITS_TEST_FRACTION = 0.2
+DIGITS_SPLIT_SEED = 0
+
+FASHION_MNIST_CLASSES: tuple[str, ...] = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+CIFAR10_CLASSES: tuple[str, ...] = (
+    "airplane", "automobile", "bird", "cat", "deer",
+    "dog", "frog", "horse", "ship", "truck",
+)
+_DIGIT_CLASSES: tuple[str, ...] = tuple(str(d) for d in range(10))
+
+_ALIASES: Mapping[str, str] = {
+    "fashionmnist": "fashion-mnist",
+    "fmnist": "fashion-mnist",
+    "mnist": "mnist",
+    "digits": "digits",
+    "cifar10": "cifar10",
+    "default": DEFAULT_NAME,
+}
+
+_IDX_DATASETS = frozenset({"fashion-mnist", "mnist"})
+_IDX_PREFIX: Mapping[str, str] = {"train": "train", "test": "t10k"}
+_CIFAR_TRAIN_BATCHES: tuple[str, ...] = tuple(f"data_batch_{i}" for i in range(1, 6))
+_CIFAR_TEST_BATCHES: tuple[str, ...] = ("test_batch",)
+_CIFAR_DIRNAME = "cifar-10-batches-py"
+
+_SUBDIRS: Mapping[str, tuple[str, ...]] = {
+    "fashion-mnist": ("fashion-mnist", "fashion_mnist", "FashionMNIST/raw"),
+    "mnist": ("mnist", "MNIST/raw"),
+    "cifar10": (
+        _CIFAR_DIRNAME, "cifar10", "cifar-10", f"cifar10/{_CIFAR_DIRNAME}", f"cifar-10/{_CIFAR_DIRNAME}",
+    ),
+}
+_CACHE_SUBDIRS: Mapping[str, tuple[str, ...]] = {
+    "fashion-mnist": ("FashionMNIST/raw", "fashion-mnist"),
+    "mnist": ("MNIST/raw", "mnist"),
+    "cifar10": (_CIFAR_DIRNAME,),
+}
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a dataset is: class names in label order, image geometry and origin."""
+
+    name: str
+    classes: tuple[str, ...]
+    channels: int
+    height: int
+    width: int
+    source: str
+
+    @property
+    def n_classes(self) -> int:
+        """Number of classes; labels run from 0 to ``n_classes - 1``."""
+        return len(self.classes)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """One image's shape as ``(C, H, W)`` in pixels."""
+        return (self.channels, self.height, self.width)
+
+
+_INFOS: Mapping[str, DatasetInfo] = {
+    "fashion-mnist": DatasetInfo("fashion-mnist", FASHION_MNIST_CLASSES, 1, 28, 28, ""),
+    "mnist": DatasetInfo("mnist", _DIGIT_CLASSES, 1, 28, 28, ""),
+    "digits": DatasetInfo("digits", _DIGIT_CLASSES, 1, 8, 8, DIGITS_SOURCE),
+    "cifar10": DatasetInfo("cifar10", CIFAR10_CLASSES, 3, 32, 32, ""),
+}
+
+
+@dataclass(frozen=True, eq=False)
+class LabeledImages:
+    """A split of a dataset: ``uint8 [N, C, H, W]`` pixels and ``int64 [N]`` labels.
+
+    ``split`` is ``"train"``, ``"test"`` or a description of how the images were
+    derived, e.g. ``"test[perm(seed=0)][0:5000]"``. The tensors belong to this object;
+    loaders never share them with their in-memory cache.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    info: DatasetInfo
+    split: str
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+            raise ScanflowError(
+                f"LabeledImages.images must be uint8 [N, C, H, W], got {self.images.dtype} "
+                f"{list(self.images.shape)}"
+            )
+        if self.labels.dtype != torch.int64 or self.labels.dim() != 1:
+            raise ScanflowError(
+                f"LabeledImages.labels must be int64 [N], got {self.labels.dtype} {list(self.labels.shape)}"
+            )
+        if len(self.images) != len(self.labels):
+            raise ScanflowError(
+                f"LabeledImages has {len(self.images)} images but {len(self.labels)} labels"
+            )
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def subset(self, indices: Sequence[int] | np.ndarray | torch.Tensor, split: str | None = None) -> LabeledImages:
+        """Return the images at ``indices`` (copied) as a new split.
+
+        ``split`` names the result; by default it is ``"<split>[<k> of <n>]"``.
+        """
+        index = _as_index_tensor(indices)
+        name = split if split is not None else f"{self.split}[{len(index)} of {len(self)}]"
+        return LabeledImages(self.images[index], self.labels[index], self.info, name)
+
+
+@dataclass(frozen=True)
+class DatasetAvailability:
+    """Whether a dataset can be loaded right now without a download, and from where."""
+
+    name: str
+    available: bool
+    location: str | None
+    splits: tuple[str, ...]
+    how_to_get: str
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    """A directory that was (or will be) searched, with why it is on the list."""
+
+    path: Path
+    origin: str
+
+
+def _as_index_tensor(indices: Sequence[int] | np.ndarray | torch.Tensor) -> torch.Tensor:
+    if isinstance(indices, torch.Tensor):
+        return indices.to(torch.int64).reshape(-1)
+    return torch.from_numpy(np.asarray(indices, dtype=np.int64).reshape(-1))
+
+
+# ---------------------------------------------------------------- names, splits, env
+
+
+def canonical_dataset_name(name: str) -> str:
+    """Map a user-typed name to one of :data:`DATASET_NAMES` (or ``"default"``).
+
+    Case, ``_``, ``-`` and spaces are ignored, so ``"Fashion_MNIST"``,
+    ``"FashionMNIST"`` and ``"cifar-10"`` are accepted.
+    """
+    key = re.sub(r"[^a-z0-9]", "", str(name).lower())
+    canonical = _ALIASES.get(key)
+    if canonical is None:
+        raise UnknownDatasetError(
+            f"unknown dataset {name!r}; known datasets: {', '.join(DATASET_NAMES)} "
+            f"(or {DEFAULT_NAME!r} for the best one available)"
+        )
+    return canonical
+
+
+def _check_split(split: str) -> str:
+    if split not in SPLITS:
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    return split
+
+
+def default_cache_dir() -> Path:
+    """Where downloads go and are looked for: ``$SCANFLOW_CACHE_DIR`` or ``~/.cache/scanflow/datasets``."""
+    configured = os.environ.get(ENV_CACHE_DIR, "").strip()
+    if configured:
+        return Path(configured).expanduser()
+    return Path.home() / ".cache" / "scanflow" / "datasets"
+
+
+def _downloads_allowed(allow_download: bool | None) -> bool:
+    if allow_download is not None:
+        return bool(allow_download)
+    return os.environ.get(ENV_ALLOW_DOWNLOAD, "").strip().lower() in _TRUE_VALUES
+
+
+def _user_data_dir(data_dir: str | Path | None) -> tuple[Path, str] | None:
+    if data_dir is not None and str(data_dir) != "":
+        return Path(data_dir).expanduser(), "data_dir"
+    configured = os.environ.get(ENV_DATA_DIR, "").strip()
+    if configured:
+        return Path(configured).expanduser(), ENV_DATA_DIR
+    return None
+
+
+# ---------------------------------------------------------------- locating files
+
+
+def _candidates(name: str, data_dir: str | Path | None) -> list[_Candidate]:
+    """Every directory searched for ``name``, in resolution order, without duplicates."""
+    found: list[_Candidate] = []
+    user = _user_data_dir(data_dir)
+    if user is not None:
+        root, origin = user
+        found += [_Candidate(root / sub, origin) for sub in _SUBDIRS[name]]
+        found.append(_Candidate(root, origin))
+    if name == "fashion-mnist":
+        found.append(_Candidate(DEBIAN_FASHION_MNIST_DIR, "Debian package dataset-fashion-mnist"))
+    cache = default_cache_dir()
+    found += [_Candidate(cache / sub, "download cache") for sub in _CACHE_SUBDIRS[name]]
+    unique: dict[Path, _Candidate] = {}
+    for candidate in found:
+        unique.setdefault(candidate.path, candidate)
+    return list(unique.values())
+
+
+def _first_existing(directory: Path, stems: Iterable[str]) -> Path | None:
+    for stem in stems:
+        for filename in (stem, f"{stem}.gz"):
+            path = directory / filename
+            if path.is_file():
+                return path
+    return None
+
+
+def _idx_files(directory: Path, split: str) -> tuple[Path, Path] | None:
+    """The (images, labels) IDX files of ``split`` in ``directory``, plain or gzipped."""
+    prefix = _IDX_PREFIX[split]
+    images = _first_existing(directory, (f"{prefix}-images-idx3-ubyte", f"{prefix}-images.idx3-ubyte"))
+    labels = _first_existing(directory, (f"{prefix}-labels-idx1-ubyte", f"{prefix}-labels.idx1-ubyte"))
+    if images is None or labels is None:
+        return None
+    return images, labels
+
+
+def _cifar_files(directory: Path, split: str) -> tuple[Path, ...] | None:
+    names = _CIFAR_TRAIN_BATCHES if split == "train" else _CIFAR_TEST_BATCHES
+    paths = tuple(directory / batch for batch in names)
+    return paths if all(path.is_file() for path in paths) else None
+
+
+def _split_files(name: str, directory: Path, split: str) -> tuple[Path, ...] | None:
+    if name in _IDX_DATASETS:
+        return _idx_files(directory, split)
+    return _cifar_files(directory, split)
+
+
+def _locate(name: str, split: str, data_dir: str | Path | None) -> Path | None:
+    """The first searched directory holding ``split`` of ``name``; cheap (stat calls only)."""
+    for candidate in _candidates(name, data_dir):
+        if _split_files(name, candidate.path, split) is not None:
+            return candidate.path
+    return None
+
+
+def _expected_files(name: str, split: str) -> str:
+    if name in _IDX_DATASETS:
+        prefix = _IDX_PREFIX[split]
+        return f"{prefix}-images-idx3-ubyte.gz and {prefix}-labels-idx1-ubyte.gz (gzipped or not)"
+    batches = _CIFAR_TRAIN_BATCHES if split == "train" else _CIFAR_TEST_BATCHES
+    return f"{', '.join(batches)}, plus batches.meta for the class names (the python version of CIFAR-10)"
+
+
+def _how_to_get(name: str) -> str:
+    """One line telling a user how to make ``name`` available."""
+    download = f"or allow downloads with --allow-download / {ENV_ALLOW_DOWNLOAD}=1 (saved under {default_cache_dir()})"
+    if name == "fashion-mnist":
+        return (
+            "apt-get install dataset-fashion-mnist; or set SCANFLOW_DATA_DIR to a directory "
+            f"holding the IDX .gz files; {download}"
+        )
+    if name == "mnist":
+        return (
+            "set SCANFLOW_DATA_DIR to a directory holding the MNIST IDX .gz files "
+            f"(directly or in an mnist/ sub-folder); {download}"
+        )
+    if name == "cifar10":
+        return (
+            f"set SCANFLOW_DATA_DIR to a directory holding {_CIFAR_DIRNAME}/ (the CIFAR-10 python "
+            f"version: data_batch_1..5, test_batch, batches.meta); {download}"
+        )
+    return "bundled with scikit-learn; nothing to do"
+
+
+def _not_found(name: str, split: str, data_dir: str | Path | None, reason: str = "") -> DatasetNotFoundError:
+    lines = [f"{name} split {split!r} was not found. Looked in:"]
+    for candidate in _candidates(name, data_dir):
+        missing = "" if candidate.path.is_dir() else ", does not exist"
+        lines.append(f"  - {candidate.path} ({candidate.origin}{missing})")
+    lines.append(f"Expected files: {_expected_files(name, split)}.")
+    test_dir = _locate(name, "test", data_dir) if split == "train" else None
+    if test_dir is not None:
+        lines.append(
+            f"Only the 'test' split is present (in {test_dir}); "
+            f"load_train_test({name!r}) derives train and test splits from it."
+        )
+    if reason:
+        lines.append(reason)
+    lines.append(f"To get it: {_how_to_get(name)}.")
+    return DatasetNotFoundError("\n".join(lines))
+
+
+def _torchvision_dataset_class(name: str) -> Any:
+    """torchvision's downloader for ``name``; imported lazily because it takes seconds."""
+    import torchvision.datasets as tvd
+
+    return {"fashion-mnist": tvd.FashionMNIST, "mnist": tvd.MNIST, "cifar10": tvd.CIFAR10}[name]
+
+
+def _download(name: str, split: str, data_dir: str | Path | None) -> None:
+    """Fetch ``name`` with torchvision into the cache; only called when downloads are allowed.
+
+    torchvision's own copy of the data is discarded: the files are re-read from the cache
+    with this module's readers so downloaded and local data go through the same checks.
+    """
+    cache = default_cache_dir()
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        _torchvision_dataset_class(name)(root=str(cache), train=(split == "train"), download=True)
+    except Exception as exc:
+        raise _not_found(name, split, data_dir, reason=f"Downloading into {cache} failed: {exc}") from exc
+
+
+# ---------------------------------------------------------------- IDX parsing
+
+_IDX_DTYPES: Mapping[int, np.dtype] = {
+    0x08: np.dtype(np.uint8),
+    0x09: np.dtype(np.int8),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+
+
+def _file_key(path: Path) -> tuple[str, int, int]:
+    """(path, mtime_ns, size): the in-memory cache key, so edited files are re-read."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError as exc:
+        raise DatasetNotFoundError(f"file not found: {path}") from exc
+    return str(path.resolve()), stat.st_mtime_ns, stat.st_size
+
+
+def _read_bytes(path: Path) -> bytes:
+    """The file's content, gunzipped when it starts with the gzip magic (whatever its name)."""
+    raw = path.read_bytes()
+    if raw[:2] != b"\x1f\x8b":
+        return raw
+    try:
+        return gzip.decompress(raw)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise ScanflowError(
+            f"{path} is a corrupt gzip file ({exc}); delete it and fetch the dataset again"
+        ) from exc
+
+
+def _parse_idx(raw: bytes, path: str) -> np.ndarray:
+    """Decode IDX bytes: magic ``00 00 <dtype code> <ndim>``, big-endian uint32 dims, data."""
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES or raw[3] == 0:
+        raise ScanflowError(
+            f"{path} is not a valid IDX file: magic bytes {raw[:4].hex(' ') or '(empty file)'}, "
+            "expected 00 00 <type code 08/09/0b/0c/0d/0e> <ndim>; the file is corrupt or in "
+            "another format, fetch it again"
+        )
+    dtype, ndim = _IDX_DTYPES[raw[2]], raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise ScanflowError(f"{path} is truncated inside its IDX header; fetch it again")
+    dims = struct.unpack(f">{ndim}I", raw[4:header])
+    count = math.prod(dims)
+    if len(raw) - header != count * dtype.itemsize:
+        raise ScanflowError(
+            f"{path} is truncated or corrupt: its IDX header declares shape {list(dims)} "
+            f"({count * dtype.itemsize} data bytes) but it holds {len(raw) - header}; fetch it again"
+        )
+    array = np.frombuffer(raw, dtype=dtype, count=count, offset=header).reshape(dims)
+    if not dtype.isnative:
+        array = array.astype(dtype.newbyteorder("="))
+    array.flags.writeable = False
+    return array
+
+
+@functools.lru_cache(maxsize=8)
+def _read_idx_cached(path: str, mtime_ns: int, size: int) -> np.ndarray:
+    return _parse_idx(_read_bytes(Path(path)), path)
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Read an IDX file (the MNIST format), gzipped or not, into a new writable array.
+
+    Multi-byte values are converted from big-endian to native order. Raises
+    :class:`~scanflow.errors.ScanflowError` naming the file when it is corrupt.
+    """
+    return np.array(_read_idx_cached(*_file_key(Path(path))))
+
+
+def _load_idx_split(name: str, directory: Path, split: str) -> LabeledImages:
+    files = _idx_files(directory, split)
+    assert files is not None
+    image_path, label_path = files
+    images = _read_idx_cached(*_file_key(image_path))
+    labels = _read_idx_cached(*_file_key(label_path))
+    info = replace(_INFOS[name], source=str(directory.resolve()))
+    _check_idx_arrays(images, labels, image_path, label_path, info)
+    return LabeledImages(
+        images=torch.from_numpy(images.copy()).unsqueeze(1),
+        labels=torch.from_numpy(labels.astype(np.int64)),
+        info=info,
+        split=split,
+    )
+
+
+def _check_idx_arrays(
+    images: np.ndarray, labels: np.ndarray, image_path: Path, label_path: Path, info: DatasetInfo
+) -> None:
+    """Refuse files that parse but do not hold this dataset (wrong shape, counts, labels)."""
+    if images.dtype != np.uint8 or images.shape[1:] != (info.height, info.width):
+        raise ScanflowError(
+            f"{image_path} holds {images.dtype} images of shape {list(images.shape)}, expected uint8 "
+            f"[N, {info.height}, {info.width}] for {info.name}; the file is not {info.name}"
+        )
+    if labels.ndim != 1 or labels.dtype != np.uint8:
+        raise ScanflowError(
+            f"{label_path} holds {labels.dtype} labels of shape {list(labels.shape)}, expected uint8 [N]"
+        )
+    if len(images) != len(labels):
+        raise ScanflowError(
+            f"{image_path} has {len(images)} images but {label_path} has {len(labels)} labels; "
+            "the two files must come from the same release, fetch them again"
+        )
+    if len(labels) and int(labels.max()) >= info.n_classes:
+        raise ScanflowError(
+            f"{label_path} has label {int(labels.max())}, but {info.name} has only {info.n_classes} classes"
+        )
+
+
+# ---------------------------------------------------------------- CIFAR-10 batches
+
+_NUMPY_PICKLE_GLOBALS: Mapping[tuple[str, str], tuple[str, str]] = {
+    ("numpy.core.multiarray", "_reconstruct"): ("multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"): ("multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"): ("multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"): ("multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"): ("numeric", "_frombuffer"),
+    ("numpy._core.numeric", "_frombuffer"): ("numeric", "_frombuffer"),
+    ("numpy", "ndarray"): ("", "ndarray"),
+    ("numpy", "dtype"): ("", "dtype"),
+}
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Unpickles the CIFAR-10 batch format but refuses any global other than numpy's
+    array constructors, so a planted batch file cannot run code."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        target = _NUMPY_PICKLE_GLOBALS.get((module, name))
+        if target is None:
+            raise pickle.UnpicklingError(f"refusing to load global {module}.{name}")
+        submodule, attribute = target
+        if not submodule:
+            return getattr(np, attribute)
+        core = "numpy._core" if hasattr(np, "_core") else "numpy.core"
+        return getattr(importlib.import_module(f"{core}.{submodule}"), attribute)
+
+
+def _unpickle(path: Path) -> dict[Any, Any]:
+    try:
+        with path.open("rb") as handle:
+            loaded = _NumpyOnlyUnpickler(handle, encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as exc:
+        raise ScanflowError(
+            f"{path} is not a CIFAR-10 python batch ({exc}); fetch cifar-10-python.tar.gz again"
+        ) from exc
+    if not isinstance(loaded, dict):
+        raise ScanflowError(f"{path} holds a {type(loaded).__name__}, expected a pickled dict (CIFAR-10 batch)")
+    return loaded
+
+
+def _field(batch: Mapping[Any, Any], key: str, path: Path) -> Any:
+    for candidate in (key.encode(), key):
+        if candidate in batch:
+            return batch[candidate]
+    raise ScanflowError(f"{path} has no {key!r} entry; it is not a CIFAR-10 python batch")
+
+
+@functools.lru_cache(maxsize=8)
+def _read_cifar_batch_cached(path: str, mtime_ns: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """One batch as read-only ``uint8 [N, 3, 32, 32]`` images (rows stored R, G, B planes) and labels."""
+    file = Path(path)
+    batch = _unpickle(file)
+    data = np.asarray(_field(batch, "data", file))
+    labels = np.asarray(_field(batch, "labels", file), dtype=np.int64).reshape(-1)
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise ScanflowError(f"{file}: 'data' is {data.dtype} {list(data.shape)}, expected uint8 [N, 3072]")
+    if len(data) != len(labels):
+        raise ScanflowError(f"{file} has {len(data)} images but {len(labels)} labels")
+    images = data.reshape(-1, 3, 32, 32)
+    images.flags.writeable = False
+    labels.flags.writeable = False
+    return images, labels
+
+
+def _cifar_classes(directory: Path) -> tuple[str, ...]:
+    meta_path = directory / "batches.meta"
+    if not meta_path.is_file():
+        return CIFAR10_CLASSES
+    names = _field(_unpickle(meta_path), "label_names", meta_path)
+    return tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
+
+
+def _load_cifar_split(directory: Path, split: str) -> LabeledImages:
+    files = _cifar_files(directory, split)
+    assert files is not None
+    batches = [_read_cifar_batch_cached(*_file_key(path)) for path in files]
+    images = np.concatenate([b[0] for b in batches])
+    labels = np.concatenate([b[1] for b in batches])
+    info = replace(_INFOS["cifar10"], classes=_cifar_classes(directory), source=str(directory.resolve()))
+    if len(labels) and (labels.min() < 0 or labels.max() >= info.n_classes):
+        raise ScanflowError(f"{directory}: CIFAR-10 labels must be 0..{info.n_classes - 1}")
+    return LabeledImages(torch.from_numpy(images), torch.from_numpy(labels), info, split)
+
+
+# ---------------------------------------------------------------- digits
+
+
+def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic stratified split: ``round(test_fraction * n_c)`` images of each class to test.
+
+    Returns sorted ``(train_indices, test_indices)``; independent of scikit-learn's version.
+    """
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    test_parts = []
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        test_parts.append(rng.permutation(members)[: int(round(len(members) * test_fraction))])
+    test = np.sort(np.concatenate(test_parts)) if test_parts else np.empty(0, dtype=np.int64)
+    train = np.setdiff1d(np.arange(len(labels)), test)
+    return train.astype(np.int64), test.astype(np.int64)
+
+
+@functools.lru_cache(maxsize=1)
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """All 1,797 digits as read-only ``uint8 [N, 1, 8, 8]`` (0..16 scaled to 0..255) and labels."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = np.rint(bunch.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)[:, None]
+    labels = bunch.target.astype(np.int64)
+    images.flags.writeable = False
+    labels.flags.writeable = False
+    return images, labels
+
+
+def _load_digits_split(split: str) -> LabeledImages:
+    """scikit-learn's digits have no official split: "train"/"test" are a stratified
+    80/20 split with seed :data:`DIGITS_SPLIT_SEED`, the same on every machine."""
+    images, labels = _digits_arrays()
+    train_idx, test_idx = stratified_split(labels, DIGITS_TEST_FRACTION, DIGITS_SPLIT_SEED)
+    index = train_idx if split == "train" else test_idx
+    return LabeledImages(torch.from_numpy(images[index]), torch.from_numpy(labels[index]), _INFOS["digits"], split)
+
+
+# ---------------------------------------------------------------- public loaders
+
+
+def _resolve_name(name: str, data_dir: str | Path | None) -> str:
+    canonical = canonical_dataset_name(name)
+    return default_dataset_name(data_dir) if canonical == DEFAULT_NAME else canonical
+
+
+def _load_from(name: str, directory: Path, split: str) -> LabeledImages:
+    if name in _IDX_DATASETS:
+        return _load_idx_split(name, directory, split)
+    return _load_cifar_split(directory, split)
+
+
+def load_dataset(
+    name: str,
+    split: str = "train",
+    data_dir: str | Path | None = None,
+    allow_download: bool | None = None,
+) -> LabeledImages:
+    """Load one split ("train" or "test") of a dataset as uint8 ``[N, C, H, W]`` tensors.
+
+    ``name`` is one of :data:`DATASET_NAMES` (case and ``_``/``-`` ignored) or
+    ``"default"``. See the module docstring for where files are looked for. Raises
+    :class:`~scanflow.errors.DatasetNotFoundError` listing every directory searched.
+    """
+    canonical = _resolve_name(name, data_dir)
+    _check_split(split)
+    if canonical == "digits":
+        return _load_digits_split(split)
+    directory = _locate(canonical, split, data_dir)
+    if directory is None and _downloads_allowed(allow_download):
+        _download(canonical, split, data_dir)
+        directory = _locate(canonical, split, data_dir)
+    if directory is None:
+        raise _not_found(canonical, split, data_dir)
+    return _load_from(canonical, directory, split)
+
+
+def derive_train_test(test: LabeledImages, seed: int = 0) -> tuple[LabeledImages, LabeledImages]:
+    """Split a test-only dataset into train and test, deterministically for ``seed``.
+
+    The indices are permuted with ``numpy.random.default_rng(seed)``; train is the first
+    ``TEST_ONLY_SPLIT["train"]`` (5,000 of MNIST's 10,000; at most half when fewer), test
+    is the rest, to be cut into calibration and pool by the benchmark.
+    """
+    n = len(test)
+    n_train = min(TEST_ONLY_SPLIT["train"], n // 2)
+    order = np.random.default_rng(seed).permutation(n)
+    prefix = f"{test.split}[perm(seed={seed})]"
+    return (
+        test.subset(order[:n_train], split=f"{prefix}[0:{n_train}]"),
+        test.subset(order[n_train:], split=f"{prefix}[{n_train}:{n}]"),
+    )
+
+
+def load_train_test(
+    name: str,
+    data_dir: str | Path | None = None,
+    allow_download: bool | None = None,
+    seed: int = 0,
+) -> tuple[LabeledImages, LabeledImages]:
+    """Training and test data for ``name``.
+
+    The official splits when both are found; when only the test split exists (MNIST on
+    this machine) both are derived from it by :func:`derive_train_test` with ``seed``.
+    ``seed`` does not affect digits, whose split is fixed (see :func:`load_dataset`).
+    """
+    canonical = _resolve_name(name, data_dir)
+    if canonical == "digits":
+        return _load_digits_split("train"), _load_digits_split("test")
+    train_dir = _locate(canonical, "train", data_dir)
+    test_dir = _locate(canonical, "test", data_dir)
+    if (train_dir is None or test_dir is None) and _downloads_allowed(allow_download):
+        _download(canonical, "train" if train_dir is None else "test", data_dir)
+        train_dir = _locate(canonical, "train", data_dir)
+        test_dir = _locate(canonical, "test", data_dir)
+    if test_dir is None:
+        raise _not_found(canonical, "test", data_dir)
+    test = _load_from(canonical, test_dir, "test")
+    if train_dir is None:
+        return derive_train_test(test, seed)
+    return _load_from(canonical, train_dir, "train"), test
+
+
+def default_dataset_name(data_dir: str | Path | None = None) -> str:
+    """``"fashion-mnist"`` when both its splits are on disk, else ``"digits"`` (always present)."""
+    if all(_locate("fashion-mnist", split, data_dir) is not None for split in SPLITS):
+        return "fashion-mnist"
+    return "digits"
+
+
+def dataset_availability(data_dir: str | Path | None = None) -> list[DatasetAvailability]:
+    """For each of :data:`DATASET_NAMES`, which splits can be loaded now without a download.
+
+    Only checks that files exist; nothing is parsed.
+    """
+    report = []
+    for name in DATASET_NAMES:
+        if name == "digits":
+            report.append(DatasetAvailability(name, True, DIGITS_SOURCE, SPLITS, _how_to_get(name)))
+            continue
+        found = {split: _locate(name, split, data_dir) for split in SPLITS}
+        splits = tuple(split for split, where in found.items() if where is not None)
+        locations = list(dict.fromkeys(str(where.resolve()) for where in found.values() if where is not None))
+        report.append(
+            DatasetAvailability(
+                name=name,
+                available=bool(splits),
+                location="; ".join(locations) or None,
+                splits=splits,
+                how_to_get=_how_to_get(name),
+            )
+        )
+    return report
+
+
+# ---------------------------------------------------------------- batch validation
+
+
+def _format_shape(dims: Sequence[int]) -> str:
+    return "[N, " + ", ".join(str(d) for d in dims) + "]"
+
+
+def _dtype_message(dtype_name: str, is_float: bool, is_torch: bool) -> str:
+    if is_float:
+        fix = "(x * 255).round().to(torch.uint8)" if is_torch else "(x * 255).round().astype('uint8')"
+        return f"expected uint8 pixel values 0..255, got {dtype_name}; convert with {fix} if your values are in [0, 1]"
+    fix = "x.to(torch.uint8)" if is_torch else "x.astype('uint8')"
+    return f"expected uint8 pixel values 0..255, got {dtype_name}; convert with {fix} once values are within 0..255"
+
+
+def _shape_message(shape: tuple[int, ...], original_rank: int, info: DatasetInfo) -> str:
+    message = (
+        f"this model expects images of shape {_format_shape(info.image_shape)} ({info.name}), "
+        f"got {_format_shape(shape[1:])}"
+    )
+    c, h, w = info.image_shape
+    if original_rank == 4 and shape[1:] == (h, w, c):
+        return message + (
+            "; the batch looks channels-last, transpose it with x.permute(0, 3, 1, 2) / x.transpose(0, 3, 1, 2)"
+        )
+    if original_rank == 3:
+        message += " (an [N, H, W] batch is read as 1 channel)"
+    return message + f"; send {c}-channel {h}x{w} images like the data the model was trained on"
+
+
+def validate_batch(images: np.ndarray | torch.Tensor, info: DatasetInfo | None = None) -> torch.Tensor:
+    """Check a production batch and return it as a uint8 ``[N, C, H, W]`` tensor.
+
+    ``[N, H, W]`` input is given one channel. The result shares memory with a torch input
+    or a writable numpy input. Raises :class:`~scanflow.errors.InvalidBatchError` whose
+    message names the problem and the fix: not an array, wrong rank, empty, NaN, not
+    uint8, or (with ``info``) an image shape other than ``info.image_shape``.
+    """
+    if isinstance(images, np.ndarray):
+        is_torch, dtype_name = False, images.dtype.name
+        is_float = images.dtype.kind in "fc"
+    elif isinstance(images, torch.Tensor):
+        is_torch, dtype_name = True, str(images.dtype).removeprefix("torch.")
+        is_float = images.is_floating_point() or images.is_complex()
+    else:
+        raise InvalidBatchError(
+            f"expected a numpy array or torch tensor of images, got {type(images).__name__}; "
+            "convert with numpy.asarray(x, dtype='uint8')"
+        )
+    shape = tuple(int(d) for d in images.shape)
+    if len(shape) not in (3, 4):
+        raise InvalidBatchError(
+            f"expected a batch shaped [N, C, H, W] or [N, H, W], got shape {list(shape)} (rank {len(shape)}); "
+            "for a single image add a batch axis with x[None]"
+        )
+    if shape[0] == 0:
+        raise InvalidBatchError(f"the batch is empty (N = 0, shape {list(shape)}); send at least one image")
+    if is_float:
+        nan_images = _count_nan_images(images)
+        if nan_images:
+            raise InvalidBatchError(
+                f"the batch contains NaN pixel values ({nan_images} of {shape[0]} images); "
+                "drop or repair those images and send uint8 pixel values 0..255"
+            )
+    if dtype_name != "uint8":
+        raise InvalidBatchError(_dtype_message(dtype_name, is_float, is_torch))
+    tensor = _to_tensor(images)
+    if tensor.dim() == 3:
+        tensor = tensor.unsqueeze(1)
+    if info is not None and tuple(tensor.shape[1:]) != info.image_shape:
+        raise InvalidBatchError(_shape_message(tuple(tensor.shape), len(shape), info))
+    return tensor.contiguous()
+
+
+def _count_nan_images(images: np.ndarray | torch.Tensor) -> int:
+    if isinstance(images, torch.Tensor):
+        return int(torch.isnan(images).reshape(images.shape[0], -1).any(dim=1).sum())
+    return int(np.isnan(images).reshape(images.shape[0], -1).any(axis=1).sum())
+
+
+def _to_tensor(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    if isinstance(images, torch.Tensor):
+        return images
+    array = images if images.flags.writeable else images.copy()
+    return torch.from_numpy(np.ascontiguousarray(array))

@@ -1,0 +1,35 @@
+"""The project's exceptions. Every message names the problem and the fix."""
+
+from __future__ import annotations
+
+
+class ScanflowError(Exception):
+    """Base class of every error Scanflow raises on purpose."""
+
+
+class UnknownDatasetError(ScanflowError, ValueError):
+    """A dataset name that Scanflow does not know."""
+
+
+class DatasetNotFoundError(ScanflowError, FileNotFoundError):
+    """A known dataset whose files are nowhere Scanflow looked."""
+
+
+class InvalidBatchError(ScanflowError, ValueError):
+    """A batch of images that a model cannot score (shape, dtype, NaN, size)."""
+
+
+class UnknownCorruptionError(ScanflowError, ValueError):
+    """A corruption name that is not in the registry."""
+
+
+class NotFittedError(ScanflowError, RuntimeError):
+    """A detector or model used before it was fitted."""
+
+
+class TrackingUnavailableError(ScanflowError, ConnectionError):
+    """The MLflow tracking server cannot be reached."""
+
+
+class ModelNotFoundError(ScanflowError, LookupError):
+    """A registered model name or alias that the registry does not hold."""

@@ -1,0 +1,62 @@
+"""Shared test set-up: real data locations, an isolated MLflow store, no telemetry."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+os.environ.setdefault("SCANFLOW_TEST_MNIST_DIR", str(REPO.parent / "shared" / "data" / "mnist"))
+os.environ["SCANFLOW_ALLOW_DOWNLOAD"] = "0"
+
+import scanflow  # noqa: E402  (applies the telemetry-off environment defaults before mlflow/prefect load)
+
+
+def require(path: Path, what: str) -> Path:
+    """Skip a test whose real data is absent on a developer machine; in CI the data must be there."""
+    if path.exists():
+        return path
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{what} is missing at {path}: CI must provide it")
+    pytest.skip(f"{what} not found at {path}")
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    return require(Path(os.environ["SCANFLOW_TEST_MNIST_DIR"]), "the real MNIST test set")
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist_dir() -> Path:
+    from scanflow.data import DEBIAN_FASHION_MNIST_DIR
+
+    return require(DEBIAN_FASHION_MNIST_DIR, "Fashion-MNIST (Debian package dataset-fashion-mnist)")
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """scikit-learn's bundled 8x8 digits as (train, test): tiny, real, always present."""
+    from scanflow.data import load_train_test
+
+    return load_train_test("digits")
+
+
+@pytest.fixture(scope="session")
+def mlflow_store(tmp_path_factory) -> str:
+    """One SQLite MLflow store for the session (creating one runs ~5 s of migrations)."""
+    folder = tmp_path_factory.mktemp("mlflow")
+    return f"sqlite:///{folder / 'mlflow.db'}"
+
+
+@pytest.fixture()
+def tracking_config(mlflow_store, monkeypatch, request):
+    """A TrackingConfig on the session store with model names unique to the test, set in the environment too."""
+    from scanflow.config import TrackingConfig
+
+    stem = "t-" + request.node.name.replace("[", "-").replace("]", "").replace("_", "-")[:60]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store)
+    monkeypatch.setenv("SCANFLOW_MODEL_NAME", f"{stem}-classifier")
+    monkeypatch.setenv("SCANFLOW_EXPERIMENT", stem)
+    return TrackingConfig.from_env()
