@@ -1,0 +1,239 @@
+"""The classifier and the autoencoder, sized from a dataset description; each owns `save` and `load`.
+
+Both models take float images in [0, 1] of shape [N, C, H, W] in `forward`; uint8 batches (the format at every
+edge of Scanflow) go through `predict`/`embed`, which convert and batch them. The classifier normalises its input
+with the per-channel mean and standard deviation of its training data, stored as buffers so a saved model carries
+them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from scanflow.errors import ScanflowError
+
+FORMAT_VERSION = 1
+_ModelT = TypeVar("_ModelT", bound="SavableModel")
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """What a model is built for: image shape and number of classes."""
+
+    channels: int
+    height: int
+    width: int
+    n_classes: int
+
+    @classmethod
+    def from_info(cls, info: Any) -> "ImageSpec":
+        """Build from a `scanflow.data.DatasetInfo` (or anything with the same attributes)."""
+        return cls(int(info.channels), int(info.height), int(info.width), int(info.n_classes))
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels 0..255 to float32 in [0, 1]; float input is passed through as float32."""
+    if images.dtype == torch.uint8:
+        return images.float().div_(255.0)
+    return images.float()
+
+
+class SavableModel(nn.Module):
+    """A module rebuilt from a small JSON-able config; `save` writes config + weights, `load` reverses it."""
+
+    kind: ClassVar[str]
+
+    def config(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def save(self, path: str | Path) -> Path:
+        """Write the model to `path` (a torch file holding only tensors and primitives)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "kind": self.kind,
+            "format_version": FORMAT_VERSION,
+            "config": self.config(),
+            "state_dict": self.state_dict(),
+        }
+        torch.save(payload, path)
+        return path
+
+    @classmethod
+    def load(cls: type[_ModelT], path: str | Path) -> _ModelT:
+        """Rebuild a model saved by `save`; refuses a file holding another kind of model."""
+        path = Path(path)
+        if not path.is_file():
+            raise ScanflowError(f"no saved model at {path}: check the path or train a model with `scanflow train`")
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(payload, dict) or payload.get("kind") != cls.kind:
+            found = payload.get("kind") if isinstance(payload, dict) else type(payload).__name__
+            raise ScanflowError(f"{path} holds a {found!r}, not a {cls.kind!r}: load it with the matching class")
+        if payload.get("format_version") != FORMAT_VERSION:
+            raise ScanflowError(
+                f"{path} was saved in format {payload.get('format_version')}, this Scanflow reads {FORMAT_VERSION}"
+            )
+        model = cls(**payload["config"])
+        model.load_state_dict(payload["state_dict"])
+        model.eval()
+        return model
+
+
+def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+class Classifier(SavableModel):
+    """A small CNN: two conv-batchnorm stages with max-pooling, then a two-layer head. Works for any image >= 8x8."""
+
+    kind = "scanflow-classifier"
+
+    def __init__(
+        self,
+        channels: int,
+        height: int,
+        width: int,
+        n_classes: int,
+        width_multiplier: int = 32,
+        hidden: int = 128,
+        dropout: float = 0.3,
+        mean: list[float] | None = None,
+        std: list[float] | None = None,
+    ) -> None:
+        super().__init__()
+        self.spec = ImageSpec(channels, height, width, n_classes)
+        self._hparams = {"width_multiplier": width_multiplier, "hidden": hidden, "dropout": dropout}
+        c1, c2 = width_multiplier, 2 * width_multiplier
+        self.features = nn.Sequential(
+            _conv_block(channels, c1),
+            nn.MaxPool2d(2),
+            _conv_block(c1, c2),
+            nn.MaxPool2d(2),
+        )
+        flat = c2 * (height // 4) * (width // 4)
+        self.head = nn.Sequential(
+            nn.Flatten(),
+            nn.Dropout(dropout),
+            nn.Linear(flat, hidden),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, n_classes),
+        )
+        self.register_buffer("mean", torch.tensor(mean if mean is not None else [0.5] * channels).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std if std is not None else [0.5] * channels).view(1, -1, 1, 1))
+
+    def config(self) -> dict[str, Any]:
+        return {
+            **asdict(self.spec),
+            **self._hparams,
+            "mean": self.mean.flatten().tolist(),
+            "std": self.std.flatten().tolist(),
+        }
+
+    def set_normalization(self, images: torch.Tensor) -> None:
+        """Store the per-channel mean/std of `images` (uint8 or [0, 1] float, [N, C, H, W]) for input scaling."""
+        x = to_float(images)
+        self.mean.copy_(x.mean(dim=(0, 2, 3)).view(1, -1, 1, 1))
+        self.std.copy_(x.std(dim=(0, 2, 3)).clamp_min(1e-3).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits [N, n_classes] for float images in [0, 1]."""
+        return self.head(self.features((x - self.mean) / self.std))
+
+    @torch.no_grad()
+    def predict_proba(self, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+        """Class probabilities [N, n_classes] (float32) for a uint8 or float batch, in eval mode."""
+        was_training = self.training
+        self.eval()
+        try:
+            chunks = [F.softmax(self(to_float(chunk)), dim=1) for chunk in images.split(batch_size)]
+        finally:
+            self.train(was_training)
+        return torch.cat(chunks) if chunks else torch.empty(0, self.spec.n_classes)
+
+    def predict(self, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+        """Predicted labels, int64 [N]."""
+        return self.predict_proba(images, batch_size).argmax(dim=1)
+
+
+class Autoencoder(SavableModel):
+    """A convolutional autoencoder with an explicit latent vector: `encode` -> [N, latent_dim], `decode` -> images.
+
+    Two stride-2 convolutions shrink H and W by four, a linear layer maps to the latent vector; the decoder mirrors
+    it and crops to the exact input size, so odd sizes such as 8x8 or 30x30 work.
+    """
+
+    kind = "scanflow-autoencoder"
+
+    def __init__(self, channels: int, height: int, width: int, latent_dim: int = 32, width_multiplier: int = 32) -> None:
+        super().__init__()
+        self.channels, self.height, self.width = channels, height, width
+        self.latent_dim = latent_dim
+        self.width_multiplier = width_multiplier
+        c1, c2 = width_multiplier, 2 * width_multiplier
+        self._h4, self._w4 = math.ceil(math.ceil(height / 2) / 2), math.ceil(math.ceil(width / 2) / 2)
+        flat = c2 * self._h4 * self._w4
+        self.encoder = nn.Sequential(
+            nn.Conv2d(channels, c1, 3, stride=2, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(c1, c2, 3, stride=2, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Flatten(),
+            nn.Linear(flat, latent_dim),
+        )
+        self.decoder_input = nn.Linear(latent_dim, flat)
+        self.decoder = nn.Sequential(
+            nn.ReLU(inplace=True),
+            nn.ConvTranspose2d(c2, c1, 4, stride=2, padding=1),
+            nn.ReLU(inplace=True),
+            nn.ConvTranspose2d(c1, channels, 4, stride=2, padding=1),
+        )
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "channels": self.channels,
+            "height": self.height,
+            "width": self.width,
+            "latent_dim": self.latent_dim,
+            "width_multiplier": self.width_multiplier,
+        }
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Latent vectors [N, latent_dim] for float images in [0, 1]."""
+        return self.encoder(x)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1], [N, C, H, W], from latent vectors."""
+        h = self.decoder_input(z).view(-1, 2 * self.width_multiplier, self._h4, self._w4)
+        return torch.sigmoid(self.decoder(h)[:, :, : self.height, : self.width])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x))
+
+    @torch.no_grad()
+    def embed(self, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+        """Latent vectors [N, latent_dim] for a uint8 or float batch, in eval mode."""
+        self.eval()
+        chunks = [self.encode(to_float(chunk)) for chunk in images.split(batch_size)]
+        return torch.cat(chunks) if chunks else torch.empty(0, self.latent_dim)
+
+    @torch.no_grad()
+    def reconstruction_error(self, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+        """Mean squared reconstruction error per image, float32 [N], pixels on the [0, 1] scale."""
+        self.eval()
+        errors = []
+        for chunk in images.split(batch_size):
+            x = to_float(chunk)
+            errors.append(((self(x) - x) ** 2).mean(dim=(1, 2, 3)))
+        return torch.cat(errors) if errors else torch.empty(0)

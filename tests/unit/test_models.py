@@ -1,0 +1,82 @@
+"""Behavioural tests of the models and the training loops (no server)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from scanflow.errors import ScanflowError
+from scanflow.evaluate import accuracy, evaluate_classifier
+from scanflow.models import Autoencoder, Classifier
+from scanflow.train import TrainConfig, default_epochs, train_autoencoder, train_classifier
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 8), (1, 28, 28), (3, 32, 32), (1, 30, 30)])
+def test_models_accept_any_size_of_at_least_8x8(shape):
+    images = torch.randint(0, 256, (5, *shape), dtype=torch.uint8)
+    classifier = Classifier(*shape, n_classes=10)
+    assert classifier.predict(images).shape == (5,)
+    assert classifier.predict(images).dtype == torch.int64
+    autoencoder = Autoencoder(*shape, latent_dim=16)
+    assert autoencoder.embed(images).shape == (5, 16)
+    assert autoencoder(images.float() / 255).shape == (5, *shape)
+    assert autoencoder.reconstruction_error(images).shape == (5,)
+
+
+def test_save_and_load_round_trip_keeps_outputs(tmp_path):
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (7, 1, 28, 28), dtype=torch.uint8)
+    classifier = Classifier(1, 28, 28, 10, mean=[0.3], std=[0.2])
+    autoencoder = Autoencoder(1, 28, 28, latent_dim=8)
+    loaded_classifier = Classifier.load(classifier.save(tmp_path / "c.pt"))
+    loaded_autoencoder = Autoencoder.load(autoencoder.save(tmp_path / "a.pt"))
+    classifier.eval()
+    assert torch.equal(loaded_classifier.predict_proba(images), classifier.predict_proba(images))
+    assert torch.equal(loaded_autoencoder.embed(images), autoencoder.embed(images))
+    assert loaded_classifier.config() == classifier.config()
+
+
+def test_load_refuses_another_kind_of_model(tmp_path):
+    path = Autoencoder(1, 8, 8).save(tmp_path / "a.pt")
+    with pytest.raises(ScanflowError, match="holds a 'scanflow-autoencoder', not a 'scanflow-classifier'"):
+        Classifier.load(path)
+    with pytest.raises(ScanflowError, match="no saved model at"):
+        Classifier.load(tmp_path / "missing.pt")
+
+
+def test_short_training_lowers_the_loss_and_learns(digits):
+    train, test = digits
+    model, history = train_classifier(train, TrainConfig(epochs=15, seed=0), validation=test, progress=False)
+    losses = [epoch.loss for epoch in history]
+    assert losses[-1] < losses[0] * 0.5
+    assert evaluate_classifier(model, test).accuracy > 0.9
+
+
+def test_autoencoder_training_lowers_reconstruction_error(digits):
+    train, test = digits
+    untrained = Autoencoder(1, 8, 8).reconstruction_error(test.images).mean()
+    model, history = train_autoencoder(train, TrainConfig(epochs=3, seed=0), latent_dim=16, progress=False)
+    assert history[-1].loss < history[0].loss
+    assert model.reconstruction_error(test.images).mean() < 0.5 * untrained
+
+
+def test_training_is_deterministic_per_seed(digits):
+    train, _ = digits
+    small = train.subset(range(256))
+    first, _ = train_classifier(small, TrainConfig(epochs=1, seed=3), progress=False)
+    second, _ = train_classifier(small, TrainConfig(epochs=1, seed=3), progress=False)
+    other, _ = train_classifier(small, TrainConfig(epochs=1, seed=4), progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
+    assert not all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), other.state_dict().values()))
+
+
+def test_default_epochs_target_about_150k_images():
+    assert default_epochs(60_000) == 3
+    assert default_epochs(5_000) == 30
+    assert default_epochs(100) == 40
+
+
+def test_accuracy_counts_rejections_as_wrong_and_checks_shapes():
+    assert accuracy(torch.tensor([1, -1, 2, 2]), torch.tensor([1, 1, 2, 0])) == 0.5
+    with pytest.raises(ValueError, match="differ in shape"):
+        accuracy(torch.tensor([1, 2]), torch.tensor([1]))
