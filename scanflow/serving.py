@@ -1,0 +1,77 @@
+"""How a Scanflow model is served: MLflow pyfunc wrappers with one interface at the edge.
+
+Every registered version of the classifier loads as a pyfunc whose `predict` takes uint8 images [N, C, H, W]
+(or [N, H, W]) and returns int64 labels [N]; -1 is reserved for "rejected" by a filter wrapper, so the plain
+classifier and a filtered one are interchangeable behind the `champion` alias. The autoencoder's pyfunc returns
+its latent vectors, float32 [N, latent_dim].
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlflow.pyfunc
+import numpy as np
+import torch
+from mlflow.models import ModelSignature
+from mlflow.types import Schema, TensorSpec
+
+from scanflow.data import DatasetInfo, validate_batch
+from scanflow.errors import NotFittedError
+from scanflow.models import Autoencoder, Classifier
+
+CLASSIFIER_ARTIFACT = "classifier"
+AUTOENCODER_ARTIFACT = "autoencoder"
+REJECTED_LABEL = -1
+
+
+def image_signature(info: DatasetInfo, output: TensorSpec) -> ModelSignature:
+    """Signature of a model taking uint8 images of `info`'s shape, any batch size."""
+    images = TensorSpec(np.dtype(np.uint8), (-1, *info.image_shape), name="images")
+    return ModelSignature(inputs=Schema([images]), outputs=Schema([output]))
+
+
+def classifier_signature(info: DatasetInfo) -> ModelSignature:
+    return image_signature(info, TensorSpec(np.dtype(np.int64), (-1,), name="labels"))
+
+
+def autoencoder_signature(info: DatasetInfo, latent_dim: int) -> ModelSignature:
+    return image_signature(info, TensorSpec(np.dtype(np.float32), (-1, latent_dim), name="latent"))
+
+
+def _as_images(model_input: Any, info: DatasetInfo) -> torch.Tensor:
+    if isinstance(model_input, dict):
+        model_input = model_input.get("images", next(iter(model_input.values())))
+    return validate_batch(np.asarray(model_input), info)
+
+
+class ClassifierModel(mlflow.pyfunc.PythonModel):
+    """The plain classifier as a pyfunc: uint8 images in, int64 labels out."""
+
+    def __init__(self, info: DatasetInfo) -> None:
+        self.info = info
+        self.classifier: Classifier | None = None
+
+    def load_context(self, context: Any) -> None:
+        self.classifier = Classifier.load(context.artifacts[CLASSIFIER_ARTIFACT])
+
+    def predict(self, context, model_input, params=None):  # untyped: MLflow reads type hints as a schema
+        if self.classifier is None:
+            raise NotFittedError("ClassifierModel.predict before load_context: load it with mlflow.pyfunc.load_model")
+        return self.classifier.predict(_as_images(model_input, self.info)).numpy().astype(np.int64)
+
+
+class AutoencoderModel(mlflow.pyfunc.PythonModel):
+    """The autoencoder as a pyfunc: uint8 images in, latent vectors out."""
+
+    def __init__(self, info: DatasetInfo) -> None:
+        self.info = info
+        self.autoencoder: Autoencoder | None = None
+
+    def load_context(self, context: Any) -> None:
+        self.autoencoder = Autoencoder.load(context.artifacts[AUTOENCODER_ARTIFACT])
+
+    def predict(self, context, model_input, params=None):  # untyped: MLflow reads type hints as a schema
+        if self.autoencoder is None:
+            raise NotFittedError("AutoencoderModel.predict before load_context: load it with mlflow.pyfunc.load_model")
+        return self.autoencoder.embed(_as_images(model_input, self.info)).numpy().astype(np.float32)

@@ -1,0 +1,280 @@
+"""Every MLflow call Scanflow makes: connection, runs, metrics, dataset lineage, logged models, registry aliases.
+
+Models are logged as MLflow pyfuncs wrapping Scanflow's own `save` files, with explicit pip requirements and the
+`scanflow` package shipped as model code: logging costs about 0.1 s instead of the 6-14 s that requirement
+inference or `torch.export` take, and a version loads anywhere torch and mlflow are installed.
+Functions take a `run_id` rather than relying on MLflow's thread-local active run, so Prefect tasks may log into
+a run their flow opened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import torch
+from mlflow import MlflowClient
+from mlflow.entities import RunStatus
+from mlflow.exceptions import MlflowException
+
+import scanflow
+from scanflow.config import CHAMPION_ALIAS, TrackingConfig
+from scanflow.data import LabeledImages
+from scanflow.errors import ModelNotFoundError, TrackingUnavailableError
+from scanflow.models import Autoencoder, Classifier
+from scanflow.serving import (
+    AUTOENCODER_ARTIFACT,
+    CLASSIFIER_ARTIFACT,
+    AutoencoderModel,
+    ClassifierModel,
+    autoencoder_signature,
+    classifier_signature,
+)
+
+AUTOENCODER_VERSION_TAG = "scanflow.autoencoder_version"
+PACKAGE_DIR = Path(scanflow.__file__).resolve().parent
+
+
+def check_reachable(tracking_uri: str, timeout_s: float = 5.0) -> None:
+    """Fail fast, with the fix, when the tracking store cannot be used (MLflow itself retries for minutes)."""
+    if tracking_uri.startswith(("http://", "https://")):
+        url = tracking_uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout_s) as response:
+                if response.status == 200:
+                    return
+                problem = f"HTTP {response.status}"
+        except (urllib.error.URLError, OSError) as error:
+            problem = str(getattr(error, "reason", error))
+        raise TrackingUnavailableError(
+            f"MLflow tracking server at {tracking_uri} is unreachable ({problem}). Start it, e.g. "
+            "`mlflow server --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000`, "
+            "or unset MLFLOW_TRACKING_URI to use the local store ./mlflow.db"
+        )
+    if tracking_uri.startswith("sqlite:///"):
+        folder = Path(tracking_uri.removeprefix("sqlite:///")).parent
+        if not folder.is_dir():
+            raise TrackingUnavailableError(
+                f"MLflow tracking store {tracking_uri}: folder {folder} does not exist; create it or point "
+                "MLFLOW_TRACKING_URI at an existing folder"
+            )
+
+
+def connect(config: TrackingConfig) -> str:
+    """Point MLflow at `config.tracking_uri`, check it answers, and return the experiment id (created if new)."""
+    check_reachable(config.tracking_uri)
+    mlflow.set_tracking_uri(config.tracking_uri)
+    mlflow.set_registry_uri(config.tracking_uri)
+    client = MlflowClient(config.tracking_uri)
+    experiment = client.get_experiment_by_name(config.experiment_name)
+    if experiment is not None:
+        return experiment.experiment_id
+    return client.create_experiment(config.experiment_name, artifact_location=config.artifact_root)
+
+
+@contextlib.contextmanager
+def training_run(
+    config: TrackingConfig, run_name: str | None = None, tags: Mapping[str, str] | None = None
+) -> Iterator[str]:
+    """Open an MLflow run for one training; yields its run id; ends it FAILED if the body raises."""
+    experiment_id = connect(config)
+    client = MlflowClient(config.tracking_uri)
+    run = client.create_run(experiment_id, run_name=run_name, tags=dict(tags or {}))
+    run_id = run.info.run_id
+    try:
+        yield run_id
+    except BaseException:
+        client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+        raise
+    client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+
+
+@contextlib.contextmanager
+def _active_run(run_id: str) -> Iterator[None]:
+    """Make `run_id` MLflow's active run in this thread for fluent calls (log_model, log_input).
+
+    Leaving re-marks the run RUNNING: its final status is set once, by `training_run`.
+    """
+    active = mlflow.active_run()
+    if active is not None and active.info.run_id == run_id:
+        yield
+        return
+    mlflow.start_run(run_id=run_id)
+    try:
+        yield
+    finally:
+        mlflow.end_run(status=RunStatus.to_string(RunStatus.RUNNING))
+
+
+def log_params(run_id: str, params: Mapping[str, Any]) -> None:
+    MlflowClient().log_batch(run_id, params=[mlflow.entities.Param(k, str(v)) for k, v in params.items()])
+
+
+def log_metrics(run_id: str, metrics: Mapping[str, float], step: int | None = None) -> None:
+    MlflowClient().log_batch(
+        run_id,
+        metrics=[
+            mlflow.entities.Metric(key, float(value), int(mlflow.utils.time.get_current_time_millis()), step or 0)
+            for key, value in metrics.items()
+        ],
+    )
+
+
+def set_tags(run_id: str, tags: Mapping[str, str]) -> None:
+    MlflowClient().log_batch(run_id, tags=[mlflow.entities.RunTag(k, str(v)) for k, v in tags.items()])
+
+
+def log_dataset(run_id: str, data: LabeledImages, context: str) -> None:
+    """Record which images a run used (`mlflow.log_input`): name, split, source and a content digest."""
+    dataset = mlflow.data.from_numpy(
+        features=data.images.numpy(),
+        targets=data.labels.numpy(),
+        source=_dataset_source(data),
+        name=f"{data.info.name}:{data.split}",
+    )
+    with _active_run(run_id):
+        mlflow.log_input(dataset, context=context, tags={"source": data.info.source})
+
+
+def _dataset_source(data: LabeledImages) -> Any:
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+
+    if Path(data.info.source).exists():
+        return data.info.source
+    # Bundled data (scikit-learn's digits) has no file to point at: record where it comes from instead.
+    return CodeDatasetSource(tags={"origin": data.info.source})
+
+
+@dataclass(frozen=True)
+class RegisteredVersions:
+    """The registry entries one training created: model name -> version, and the classifier's model URI."""
+
+    classifier_name: str
+    classifier_version: str
+    autoencoder_name: str
+    autoencoder_version: str
+    classifier_uri: str
+
+
+def _requirements() -> list[str]:
+    return [
+        f"mlflow=={mlflow.__version__}",
+        f"torch=={torch.__version__.split('+')[0]}",
+        f"numpy=={np.__version__}",
+    ]
+
+
+def _log_pyfunc(
+    name: str, python_model: Any, artifact_key: str, model: Classifier | Autoencoder, signature: Any,
+    registered_model_name: str, model_tags: Mapping[str, str],
+) -> Any:
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = model.save(Path(tmp) / f"{artifact_key}.pt")
+        return mlflow.pyfunc.log_model(
+            name=name,
+            python_model=python_model,
+            artifacts={artifact_key: str(weights)},
+            code_paths=[str(PACKAGE_DIR)],
+            signature=signature,
+            pip_requirements=_requirements(),
+            registered_model_name=registered_model_name,
+            tags=dict(model_tags),
+        )
+
+
+def register_models(
+    run_id: str,
+    config: TrackingConfig,
+    classifier: Classifier,
+    autoencoder: Autoencoder,
+    data: LabeledImages,
+    tags: Mapping[str, str] | None = None,
+    alias: str | None = CHAMPION_ALIAS,
+) -> RegisteredVersions:
+    """Log both models to the run, register them and point `alias` at the new versions.
+
+    All or nothing: if any step fails, the versions this call created are deleted again and the alias stays
+    where it was, so the registry never holds half of a training.
+    """
+    client = MlflowClient(config.tracking_uri)
+    created: list[tuple[str, str]] = []
+    model_tags = {"scanflow.dataset": data.info.name, **(tags or {})}
+    try:
+        with _active_run(run_id):
+            ae_info = _log_pyfunc(
+                "autoencoder", AutoencoderModel(data.info), AUTOENCODER_ARTIFACT, autoencoder,
+                autoencoder_signature(data.info, autoencoder.latent_dim), config.autoencoder_name, model_tags,
+            )
+            created.append((config.autoencoder_name, str(ae_info.registered_model_version)))
+            clf_info = _log_pyfunc(
+                "classifier", ClassifierModel(data.info), CLASSIFIER_ARTIFACT, classifier,
+                classifier_signature(data.info), config.classifier_name, model_tags,
+            )
+            created.append((config.classifier_name, str(clf_info.registered_model_version)))
+        ae_version, clf_version = created[0][1], created[1][1]
+        client.set_model_version_tag(config.classifier_name, clf_version, AUTOENCODER_VERSION_TAG, ae_version)
+        for key, value in model_tags.items():
+            client.set_model_version_tag(config.classifier_name, clf_version, key, str(value))
+        if alias:
+            client.set_registered_model_alias(config.autoencoder_name, alias, ae_version)
+            client.set_registered_model_alias(config.classifier_name, alias, clf_version)
+    except BaseException:
+        for name, version in created:
+            with contextlib.suppress(MlflowException):
+                client.delete_model_version(name, version)
+        raise
+    return RegisteredVersions(
+        classifier_name=config.classifier_name,
+        classifier_version=clf_version,
+        autoencoder_name=config.autoencoder_name,
+        autoencoder_version=ae_version,
+        classifier_uri=f"models:/{config.classifier_name}/{clf_version}",
+    )
+
+
+@dataclass(frozen=True)
+class LoadedModels:
+    """A registered classifier version and the autoencoder registered with it."""
+
+    classifier: Classifier
+    autoencoder: Autoencoder
+    classifier_version: str
+    autoencoder_version: str
+
+
+def load_models(config: TrackingConfig, alias: str = CHAMPION_ALIAS) -> LoadedModels:
+    """Load the classifier at `alias` and the autoencoder version recorded beside it, as Scanflow models."""
+    check_reachable(config.tracking_uri)
+    client = MlflowClient(config.tracking_uri)
+    try:
+        version = client.get_model_version_by_alias(config.classifier_name, alias)
+    except MlflowException as error:
+        raise ModelNotFoundError(
+            f"no version of {config.classifier_name!r} has the alias {alias!r} in {config.tracking_uri}: "
+            "train one with `scanflow train` (or check MLFLOW_TRACKING_URI / SCANFLOW_MODEL_NAME)"
+        ) from error
+    ae_version = version.tags.get(AUTOENCODER_VERSION_TAG)
+    if ae_version is None:
+        raise ModelNotFoundError(
+            f"{config.classifier_name} version {version.version} has no {AUTOENCODER_VERSION_TAG} tag: "
+            "it was not registered by Scanflow; retrain with `scanflow train`"
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        clf_dir = mlflow.artifacts.download_artifacts(
+            f"models:/{config.classifier_name}/{version.version}", dst_path=os.path.join(tmp, "clf")
+        )
+        ae_dir = mlflow.artifacts.download_artifacts(
+            f"models:/{config.autoencoder_name}/{ae_version}", dst_path=os.path.join(tmp, "ae")
+        )
+        classifier = Classifier.load(next(Path(clf_dir).rglob(f"{CLASSIFIER_ARTIFACT}.pt")))
+        autoencoder = Autoencoder.load(next(Path(ae_dir).rglob(f"{AUTOENCODER_ARTIFACT}.pt")))
+    return LoadedModels(classifier, autoencoder, str(version.version), str(ae_version))

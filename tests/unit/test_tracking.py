@@ -1,0 +1,112 @@
+"""MLflow tracking against a real SQLite store: runs, lineage, registration with alias, served-model interface."""
+
+from __future__ import annotations
+
+import socket
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from scanflow import tracking
+from scanflow.config import TrackingConfig
+from scanflow.errors import ModelNotFoundError, TrackingUnavailableError
+from scanflow.models import Autoencoder, Classifier
+
+
+@pytest.fixture(scope="module")
+def small_models(digits):
+    train, _ = digits
+    torch.manual_seed(0)
+    classifier = Classifier(1, 8, 8, 10)
+    classifier.set_normalization(train.images)
+    return classifier.eval(), Autoencoder(1, 8, 8, latent_dim=8).eval()
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_tracking_server_fails_fast_with_the_fix():
+    config = TrackingConfig(tracking_uri=f"http://127.0.0.1:{_closed_port()}")
+    with pytest.raises(TrackingUnavailableError, match=r"MLflow tracking server at http://127\.0\.0\.1:\d+ is unreachable .*unset MLFLOW_TRACKING_URI"):
+        tracking.connect(config)
+
+
+def test_missing_store_folder_is_named(tmp_path):
+    config = TrackingConfig(tracking_uri=f"sqlite:///{tmp_path / 'nope' / 'mlflow.db'}")
+    with pytest.raises(TrackingUnavailableError, match="folder .*nope does not exist"):
+        tracking.connect(config)
+
+
+def test_training_run_records_params_metrics_and_dataset_lineage(tracking_config, digits):
+    train, _ = digits
+    with tracking.training_run(tracking_config, run_name="unit", tags={"k": "v"}) as run_id:
+        tracking.log_params(run_id, {"epochs": 3})
+        for epoch in (1, 2):
+            tracking.log_metrics(run_id, {"loss": 1.0 / epoch}, step=epoch)
+        tracking.log_dataset(run_id, train, context="training")
+    run = MlflowClient(tracking_config.tracking_uri).get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["epochs"] == "3"
+    assert run.data.tags["k"] == "v"
+    history = MlflowClient(tracking_config.tracking_uri).get_metric_history(run_id, "loss")
+    assert [(m.step, m.value) for m in history] == [(1, 1.0), (2, 0.5)]
+    inputs = run.inputs.dataset_inputs
+    assert [i.dataset.name for i in inputs] == ["digits:train"]
+    assert inputs[0].tags[0].value == "training"
+
+
+def test_failed_body_marks_the_run_failed(tracking_config):
+    with pytest.raises(RuntimeError):
+        with tracking.training_run(tracking_config) as run_id:
+            raise RuntimeError("boom")
+    assert MlflowClient(tracking_config.tracking_uri).get_run(run_id).info.status == "FAILED"
+
+
+def test_register_sets_champion_and_serves_uint8_in_int64_out(tracking_config, digits, small_models):
+    train, test = digits
+    classifier, autoencoder = small_models
+    with tracking.training_run(tracking_config) as run_id:
+        versions = tracking.register_models(run_id, tracking_config, classifier, autoencoder, train)
+    client = MlflowClient(tracking_config.tracking_uri)
+    champion = client.get_model_version_by_alias(tracking_config.classifier_name, "champion")
+    assert str(champion.version) == versions.classifier_version
+    assert champion.tags[tracking.AUTOENCODER_VERSION_TAG] == versions.autoencoder_version
+    assert str(client.get_model_version_by_alias(tracking_config.autoencoder_name, "champion").version) == versions.autoencoder_version
+
+    served = mlflow.pyfunc.load_model(f"models:/{tracking_config.classifier_name}@champion")
+    images = test.images[:20].numpy()
+    labels = served.predict(images)
+    assert labels.dtype == np.int64 and labels.shape == (20,)
+    assert np.array_equal(labels, classifier.predict(test.images[:20]).numpy())
+
+    latent = mlflow.pyfunc.load_model(f"models:/{tracking_config.autoencoder_name}@champion").predict(images)
+    assert latent.shape == (20, 8) and latent.dtype == np.float32
+
+    loaded = tracking.load_models(tracking_config)
+    assert loaded.classifier_version == versions.classifier_version
+    assert torch.equal(loaded.classifier.predict(test.images), classifier.predict(test.images))
+
+
+def test_a_failed_registration_leaves_nothing_half_registered(tracking_config, digits, small_models, monkeypatch):
+    train, _ = digits
+    classifier, autoencoder = small_models
+    real_log = tracking._log_pyfunc
+
+    def fail_on_classifier(name, *args, **kwargs):
+        if name == "classifier":
+            raise OSError("disk full")
+        return real_log(name, *args, **kwargs)
+
+    monkeypatch.setattr(tracking, "_log_pyfunc", fail_on_classifier)
+    with tracking.training_run(tracking_config) as run_id, pytest.raises(OSError, match="disk full"):
+        tracking.register_models(run_id, tracking_config, classifier, autoencoder, train)
+    client = MlflowClient(tracking_config.tracking_uri)
+    assert client.search_model_versions(f"name='{tracking_config.autoencoder_name}'") == []
+    with pytest.raises(ModelNotFoundError, match="has the alias 'champion'.*scanflow train"):
+        tracking.load_models(tracking_config)
