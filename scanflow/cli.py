@@ -1,0 +1,162 @@
+"""The `scanflow` command. Prefect and the flows are imported only inside the commands that run flows."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from scanflow.errors import ScanflowError
+
+EPILOG = """\
+examples:
+  scanflow datasets                      what data is available here, and where
+  scanflow train                         train on the default dataset, track in MLflow, register as champion
+  scanflow train --dataset mnist --data-dir ../shared/data
+  scanflow corrupt --output corruptions.png
+"""
+
+
+def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", help="directory holding the dataset files (default: $SCANFLOW_DATA_DIR, then system locations)")
+    parser.add_argument("--allow-download", action="store_true", help="let torchvision download missing datasets into the cache")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="scanflow",
+        description="Keep deployed image classifiers honest: train, predict, detect drift, improve.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    datasets = commands.add_parser("datasets", help="list the datasets Scanflow knows and where each is found")
+    datasets.add_argument("--data-dir", help="also look in this directory")
+    datasets.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    datasets.set_defaults(handler=_datasets)
+
+    train = commands.add_parser(
+        "train",
+        help="run the train flow: classifier + autoencoder, tracked in MLflow, registered as champion",
+        description="Runs the Prefect train flow. MLflow store: $MLFLOW_TRACKING_URI (default ./mlflow.db). "
+        "Prefect: $PREFECT_API_URL, or a temporary local server.",
+    )
+    train.add_argument("--dataset", default="default", help="fashion-mnist, mnist, digits, cifar10 or 'default' (first of fashion-mnist/digits present)")
+    train.add_argument("--epochs", type=int, help="classifier epochs (default: about 150k images, 3 epochs of Fashion-MNIST)")
+    train.add_argument("--autoencoder-epochs", type=int, help="autoencoder epochs (same default)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--no-register", action="store_true", help="track the run but do not register the models")
+    _add_data_arguments(train)
+    train.set_defaults(handler=_train)
+
+    corrupt = commands.add_parser("corrupt", help="write a PNG gallery of the 15 MNIST-C corruptions at every severity")
+    corrupt.add_argument("--dataset", default="default")
+    corrupt.add_argument("--output", default="corruptions.png", help="PNG file to write (default: corruptions.png)")
+    corrupt.add_argument("--images", type=int, default=2, help="images per cell (default: 2)")
+    corrupt.add_argument("--corruptions", help="comma-separated names (default: all 15)")
+    corrupt.add_argument("--severities", default="1,2,3,4,5", help="comma-separated severities 1..5")
+    corrupt.add_argument("--seed", type=int, default=0)
+    corrupt.add_argument("--scale", type=int, default=3, help="pixel enlargement (default: 3)")
+    _add_data_arguments(corrupt)
+    corrupt.set_defaults(handler=_corrupt)
+    return parser
+
+
+def _datasets(args: argparse.Namespace) -> int:
+    from scanflow.data import dataset_availability
+
+    rows = dataset_availability(args.data_dir)
+    if args.json:
+        print(json.dumps([asdict(row) for row in rows], indent=2))
+        return 0
+    for row in rows:
+        status = "available" if row.available else "missing"
+        print(f"{row.name:14} {status:9} {row.location or ''}")
+        if not row.available:
+            print(f"{'':14} how to get it: {row.how_to_get}")
+    return 0
+
+
+def _corrupt(args: argparse.Namespace) -> int:
+    from scanflow.corruptions import corruption_names
+    from scanflow.data import load_dataset
+    from scanflow.gallery import corruption_gallery, save_png
+
+    data = load_dataset(args.dataset, "test", data_dir=args.data_dir, allow_download=args.allow_download)
+    names = args.corruptions.split(",") if args.corruptions else list(corruption_names())
+    severities = [int(s) for s in args.severities.split(",")]
+    picture = corruption_gallery(data.images[: args.images], names, severities, seed=args.seed, scale=args.scale)
+    path = save_png(picture, args.output)
+    print(f"wrote {path.resolve()} ({len(names)} corruptions x {len(severities)} severities, {data.info.name})")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from flows.train import train_flow
+
+    summary = train_flow(
+        dataset=args.dataset,
+        epochs=args.epochs,
+        autoencoder_epochs=args.autoencoder_epochs,
+        seed=args.seed,
+        data_dir=args.data_dir,
+        allow_download=args.allow_download,
+        register_models=not args.no_register,
+    )
+    print(format_train_summary(summary))
+    return 0
+
+
+def format_train_summary(summary: dict) -> str:
+    """What a person needs after training: the figures, the ids, and where to look."""
+    lines = [
+        "",
+        f"Test accuracy: {summary['test_accuracy']:.4f} on {summary['dataset']} ({summary['test_split']})",
+        f"MLflow run:    {summary['mlflow_run_id']} (experiment '{summary['experiment']}', store {summary['tracking_uri']})",
+    ]
+    registered = summary.get("registered")
+    if registered:
+        lines.append(
+            f"Registered:    {registered['classifier_name']} v{registered['classifier_version']} and "
+            f"{registered['autoencoder_name']} v{registered['autoencoder_version']}, alias 'champion'"
+        )
+    lines += ["", "Where to look:", f"  MLflow UI:  {mlflow_ui_hint(summary['tracking_uri'])}", f"  Prefect UI: {prefect_ui_hint(summary['prefect_flow_run_id'])}"]
+    return "\n".join(lines)
+
+
+def mlflow_ui_hint(tracking_uri: str) -> str:
+    if tracking_uri.startswith(("http://", "https://")):
+        return tracking_uri
+    mlflow_bin = Path(sys.executable).with_name("mlflow")
+    return f"{mlflow_bin} ui --backend-store-uri {tracking_uri} --port 5000   then open http://127.0.0.1:5000"
+
+
+def prefect_ui_hint(flow_run_id: str) -> str:
+    api_url = os.environ.get("PREFECT_API_URL")
+    if api_url:
+        return f"{api_url.removesuffix('/').removesuffix('/api')}/runs/flow-run/{flow_run_id}"
+    home = os.environ.get("PREFECT_HOME", "~/.prefect")
+    prefect_bin = Path(sys.executable).with_name("prefect")
+    return (
+        f"PREFECT_HOME={home} {prefect_bin} server start   then open "
+        f"http://127.0.0.1:4200/runs/flow-run/{flow_run_id}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except ScanflowError as error:
+        print(f"scanflow: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
