@@ -10,8 +10,10 @@ a run their flow opened.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import tempfile
+import warnings
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
@@ -82,6 +84,21 @@ def connect(config: TrackingConfig) -> str:
 
 
 @contextlib.contextmanager
+def _quiet_mlflow() -> Iterator[None]:
+    """Silence MLflow's advice that does not apply here: the pyfunc classes are Scanflow's own code (pickled by
+    reference), their schema is the explicit tensor signature, and a dataset path is a local file."""
+    logger = logging.getLogger("mlflow.pyfunc")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+@contextlib.contextmanager
 def training_run(
     config: TrackingConfig, run_name: str | None = None, tags: Mapping[str, str] | None = None
 ) -> Iterator[str]:
@@ -135,12 +152,13 @@ def set_tags(run_id: str, tags: Mapping[str, str]) -> None:
 
 def log_dataset(run_id: str, data: LabeledImages, context: str) -> None:
     """Record which images a run used (`mlflow.log_input`): name, split, source and a content digest."""
-    dataset = mlflow.data.from_numpy(
-        features=data.images.numpy(),
-        targets=data.labels.numpy(),
-        source=_dataset_source(data),
-        name=f"{data.info.name}:{data.split}",
-    )
+    with _quiet_mlflow():
+        dataset = mlflow.data.from_numpy(
+            features=data.images.numpy(),
+            targets=data.labels.numpy(),
+            source=_dataset_source(data),
+            name=f"{data.info.name}:{data.split}",
+        )
     with _active_run(run_id):
         mlflow.log_input(dataset, context=context, tags={"source": data.info.source})
 
@@ -177,7 +195,7 @@ def _log_pyfunc(
     name: str, python_model: Any, artifact_key: str, model: Classifier | Autoencoder, signature: Any,
     registered_model_name: str, model_tags: Mapping[str, str],
 ) -> Any:
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, _quiet_mlflow():
         weights = model.save(Path(tmp) / f"{artifact_key}.pt")
         return mlflow.pyfunc.log_model(
             name=name,

@@ -1,5 +1,7 @@
 """Seeded CPU training loops for the classifier and the autoencoder.
 
+Progress bars show on a terminal only (tqdm's `disable=None`); per-epoch metrics go to the caller's callback.
+
 Images stay uint8 in memory and are converted per mini-batch, so a 60k-image training set costs 47 MB, not 188.
 Training is deterministic for a given seed and thread count (torch's CPU kernels may reorder float sums across
 thread counts).
@@ -139,7 +141,7 @@ def train_classifier(
         model.train()
         total_loss, correct = 0.0, 0
         batches = _batches(len(data), config.batch_size, generator)
-        for index in tqdm(batches, desc=f"classifier epoch {epoch}/{epochs}", disable=not progress, leave=False):
+        for index in tqdm(batches, desc=f"classifier epoch {epoch}/{epochs}", disable=None if progress else True, leave=False):
             x = _random_shift(to_float(data.images[index]), shift, generator)
             y = data.labels[index]
             logits = model(x)
@@ -188,7 +190,7 @@ def train_autoencoder(
         model.train()
         total_loss = 0.0
         batches = _batches(len(data), config.batch_size, generator)
-        for index in tqdm(batches, desc=f"autoencoder epoch {epoch}/{epochs}", disable=not progress, leave=False):
+        for index in tqdm(batches, desc=f"autoencoder epoch {epoch}/{epochs}", disable=None if progress else True, leave=False):
             x = to_float(data.images[index])
             loss = loss_fn(model(x), x)
             optimizer.zero_grad(set_to_none=True)

@@ -80,3 +80,13 @@ def test_accuracy_counts_rejections_as_wrong_and_checks_shapes():
     assert accuracy(torch.tensor([1, -1, 2, 2]), torch.tensor([1, 1, 2, 0])) == 0.5
     with pytest.raises(ValueError, match="differ in shape"):
         accuracy(torch.tensor([1, 2]), torch.tensor([1]))
+
+
+@pytest.mark.slow
+def test_classifier_reaches_97_percent_on_real_mnist_held_out(mnist_dir):
+    """The foundation's accuracy promise on real digits: train on 5,000 MNIST test images, score the other 5,000."""
+    from scanflow.data import load_train_test
+
+    train, test = load_train_test("mnist", data_dir=mnist_dir.parent)
+    model, _ = train_classifier(train, TrainConfig(epochs=10, seed=0), progress=False)
+    assert evaluate_classifier(model, test).accuracy >= 0.97

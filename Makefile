@@ -1,0 +1,39 @@
+# The two commands of the README: `make demo` (the main job) and `make test` (the test suite).
+# Both create .venv when missing and install what they need; re-running is cheap.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.scanflow-installed
+DEB_PACKAGES ?= dataset-fashion-mnist
+PYTEST_ARGS ?=
+
+# torch is pinned to the wheels this project is developed with (CUDA builds that run on the CPU, served from the
+# local wheel cache here); elsewhere override, e.g. `make demo TORCH_SPEC="torch torchvision"`.
+ifeq ($(shell uname -m),aarch64)
+TORCH_SPEC ?= torch==2.9.1 torchvision==0.24.1
+else
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+endif
+
+.PHONY: demo test venv system-deps clean
+
+demo: venv system-deps
+	$(VENV)/bin/scanflow train
+
+test: venv system-deps
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check $(TORCH_SPEC)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $@
+
+system-deps:
+	@bash infra/system-deps.sh $(DEB_PACKAGES)
+
+clean:
+	rm -rf $(VENV) mlflow.db mlartifacts corruptions.png .pytest_cache
