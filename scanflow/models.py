@@ -229,6 +229,20 @@ class Autoencoder(SavableModel):
         return torch.cat(chunks) if chunks else torch.empty(0, self.latent_dim)
 
     @torch.no_grad()
+    def embed_with_error(self, images: torch.Tensor, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+        """Latent vectors [N, latent_dim] and reconstruction errors [N] from one encoder pass."""
+        self.eval()
+        latents, errors = [], []
+        for chunk in images.split(batch_size):
+            x = to_float(chunk)
+            z = self.encode(x)
+            latents.append(z)
+            errors.append(((self.decode(z) - x) ** 2).mean(dim=(1, 2, 3)))
+        if not latents:
+            return torch.empty(0, self.latent_dim), torch.empty(0)
+        return torch.cat(latents), torch.cat(errors)
+
+    @torch.no_grad()
     def reconstruction_error(self, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
         """Mean squared reconstruction error per image, float32 [N], pixels on the [0, 1] scale."""
         self.eval()

@@ -1,0 +1,167 @@
+"""Scanflow's own detector: per-image strangeness from the autoencoder and the classifier, one calibrated batch test.
+
+Sample score. Each image gets four component scores, each on a log scale where heavy tails live:
+- `reconstruction`: the autoencoder's mean squared reconstruction error (pixels in [0, 1]);
+- `latent`: squared Mahalanobis distance of its latent vector to the reference latents (Ledoit-Wolf covariance);
+- `uncertainty`: -log of the classifier's top softmax probability;
+- `pixels`: the largest robust z-score of four pixel statistics (mean, standard deviation, share of bright pixels,
+  mean absolute neighbour difference), which catch global changes (brightness, fog) the models may absorb.
+Each component is standardised with the median and MAD of clean reference images, and the sample score is the
+largest standardised component: whichever view of the image looks strangest. Scores are in "robust standard
+deviations above clean" and are comparable across batches (no per-batch normalisation).
+
+Batch statistic. Three views, each a z-score under clean data, and the largest is the statistic:
+- signal shift: the batch means of the raw (signed) signals — the four pixel statistics and the three model
+  components — against their clean calibration means, combined as a chi-square and mapped to a z-score
+  (mild drift of the whole batch moves means long before it makes single images look strange);
+- score shift: the batch's mean sample score;
+- excess of critical samples: how many exceed the sample threshold, as a binomial z-score against the expected
+  `sample_fpr` share (a few strongly corrupted samples in an otherwise clean batch).
+The base class calibrates the threshold of that maximum per batch size on clean windows.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import stats
+from sklearn.covariance import LedoitWolf
+
+from scanflow.drift.base import Detector, Features
+from scanflow.models import Autoencoder, Classifier, to_float
+
+COMPONENTS = ("reconstruction", "latent", "uncertainty", "pixels")
+_EPS = 1e-12
+_MAD_TO_SD = 1.4826
+
+
+def pixel_statistics(images: torch.Tensor) -> np.ndarray:
+    """Four statistics per image, float [N, 4], on the [0, 1] pixel scale: mean, standard deviation, share of
+    pixels brighter than 0.5, and mean absolute difference between horizontal and vertical neighbours."""
+    x = to_float(images)
+    flat = x.flatten(1)
+    neighbours = torch.cat(
+        [(x[..., 1:, :] - x[..., :-1, :]).abs().flatten(1), (x[..., :, 1:] - x[..., :, :-1]).abs().flatten(1)], dim=1
+    )
+    stats = torch.stack([flat.mean(1), flat.std(1), (flat > 0.5).float().mean(1), neighbours.mean(1)], dim=1)
+    return stats.numpy().astype(np.float64)
+
+
+def _robust_location_scale(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    median = np.median(values, axis=0)
+    mad = np.median(np.abs(values - median), axis=0) * _MAD_TO_SD
+    return median, np.maximum(mad, 1e-6)
+
+
+class AutoencoderDetector(Detector):
+    """Drift from the champion's own models: autoencoder reconstruction and latent distance, classifier
+    uncertainty and pixel statistics, combined per image and tested per batch (see the module docstring)."""
+
+    name = "scanflow-autoencoder"
+
+    def __init__(self, classifier: Classifier, autoencoder: Autoencoder, components: tuple[str, ...] = COMPONENTS, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        unknown = set(components) - set(COMPONENTS)
+        if unknown or not components:
+            raise ValueError(f"components must be a non-empty subset of {COMPONENTS}, got {components}")
+        self.classifier = classifier.eval()
+        self.autoencoder = autoencoder.eval()
+        self.components = tuple(components)
+        self._latent_mean: np.ndarray | None = None
+        self._latent_precision: np.ndarray | None = None
+        self._pixel_location: np.ndarray | None = None
+        self._pixel_scale: np.ndarray | None = None
+        self._component_location: np.ndarray | None = None
+        self._component_scale: np.ndarray | None = None
+
+    # ------------------------------------------------------------------------------------------- hooks
+    def _fit(self, reference: torch.Tensor) -> None:
+        latent = self.autoencoder.embed(reference).numpy().astype(np.float64)
+        covariance = LedoitWolf().fit(latent)
+        self._latent_mean = covariance.location_
+        self._latent_precision = covariance.precision_
+        self._pixel_location, self._pixel_scale = _robust_location_scale(pixel_statistics(reference))
+        raw, _ = self._raw_components(reference)
+        self._component_location, self._component_scale = _robust_location_scale(raw)
+
+    def _features(self, images: torch.Tensor) -> Features:
+        raw, pixels = self._raw_components(images)
+        standardised = (raw - self._component_location) / self._component_scale
+        return {
+            "components": standardised,
+            "signals": np.concatenate([raw, pixels], axis=1),
+            "sample_scores": standardised.max(axis=1),
+        }
+
+    def _statistic(self, features: Features) -> float:
+        calibration = self._require_fitted()
+        scores = features["sample_scores"]
+        n = len(scores)
+        signals, clean_signals = features["signals"], calibration["signals"]
+        signal_z = (signals.mean(axis=0) - clean_signals.mean(axis=0)) / (clean_signals.std(axis=0) / np.sqrt(n) + _EPS)
+        signal_shift = float(stats.norm.isf(max(stats.chi2.sf(np.sum(signal_z**2), df=len(signal_z)), 1e-300)))
+        clean_scores = calibration["sample_scores"]
+        score_shift = (scores.mean() - clean_scores.mean()) / (clean_scores.std() / np.sqrt(n) + _EPS)
+        q = self.sample_fpr
+        excess = (float(np.sum(scores > self.sample_threshold)) - n * q) / np.sqrt(n * q * (1 - q))
+        return float(max(signal_shift, score_shift, excess))
+
+    def _details(self, features: Features) -> dict[str, Any]:
+        components = features["components"]
+        return {
+            "components": list(self.components),
+            "component_means": {c: float(components[:, i].mean()) for i, c in enumerate(self.components)},
+            "strongest_component_share": {
+                c: float(np.mean(components.argmax(axis=1) == i)) for i, c in enumerate(self.components)
+            },
+        }
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "classifier": self.classifier,
+            "autoencoder": self.autoencoder,
+            "components": self.components,
+            "latent_mean": self._latent_mean,
+            "latent_precision": self._latent_precision,
+            "pixel_location": self._pixel_location,
+            "pixel_scale": self._pixel_scale,
+            "component_location": self._component_location,
+            "component_scale": self._component_scale,
+        }
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.classifier = state["classifier"].eval()
+        self.autoencoder = state["autoencoder"].eval()
+        self.components = state["components"]
+        self._latent_mean = state["latent_mean"]
+        self._latent_precision = state["latent_precision"]
+        self._pixel_location = state["pixel_location"]
+        self._pixel_scale = state["pixel_scale"]
+        self._component_location = state["component_location"]
+        self._component_scale = state["component_scale"]
+
+    # --------------------------------------------------------------------------------------- internals
+    def _raw_components(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Log-scale component scores, float [N, len(components)], before standardisation; and the raw pixel
+        statistics, float [N, 4]."""
+        latent, error = self.autoencoder.embed_with_error(images)
+        pixels = pixel_statistics(images)
+        columns = {
+            "reconstruction": lambda: np.log(error.numpy().astype(np.float64) + _EPS),
+            "latent": lambda: np.log(self._mahalanobis_squared(latent.numpy().astype(np.float64)) + _EPS),
+            "uncertainty": lambda: np.log(-np.log(np.clip(self._top_probability(images), _EPS, 1.0)) + 1e-6),
+            "pixels": lambda: np.log(self._pixel_z(pixels) + 1e-3),
+        }
+        return np.stack([columns[c]() for c in self.components], axis=1), pixels
+
+    def _mahalanobis_squared(self, latent: np.ndarray) -> np.ndarray:
+        centred = latent - self._latent_mean
+        return np.einsum("nd,de,ne->n", centred, self._latent_precision, centred)
+
+    def _top_probability(self, images: torch.Tensor) -> np.ndarray:
+        return self.classifier.predict_proba(images).max(dim=1).values.numpy().astype(np.float64)
+
+    def _pixel_z(self, pixels: np.ndarray) -> np.ndarray:
+        return (np.abs(pixels - self._pixel_location) / self._pixel_scale).max(axis=1)

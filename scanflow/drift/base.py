@@ -1,0 +1,244 @@
+"""The detector contract: `fit(reference) -> self`, `score(batch)`, and a concrete `predict(batch) -> DriftResult`.
+
+A subclass fills three hooks: `_fit` (learn the clean reference), `_features` (per-image features of a batch,
+computed once per batch: embeddings, scores, softmax outputs) and `_statistic` (one batch statistic from those
+features, higher = more drift). The base class owns everything users call and everything that must be the same
+for every detector: input validation, the NotFittedError, per-sample scores, and the calibration of both
+thresholds on clean held-out images:
+
+- the **sample threshold** is the (1 - sample_fpr) quantile of the calibration images' sample scores, so a clean
+  image is flagged critical with probability ~ sample_fpr;
+- the **batch threshold** is calibrated per batch size n: the statistic is computed on `calibration_windows`
+  random clean windows of size n drawn from the calibration images, and a batch's p-value is the share of those
+  windows with a statistic at least as large (with the +1 correction). Drift is declared when p <= alpha, so the
+  false-alarm rate on clean batches of that size is at most alpha (up to sampling noise of the null).
+Null distributions are cached per n and saved with the detector.
+"""
+
+from __future__ import annotations
+
+import pickle
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+import numpy as np
+import torch
+
+from scanflow.data import DatasetInfo, validate_batch
+from scanflow.errors import InvalidBatchError, NotFittedError, ScanflowError
+
+DEFAULT_ALPHA = 0.05
+DEFAULT_SAMPLE_FPR = 0.05
+DEFAULT_CALIBRATION_WINDOWS = 500
+MIN_CALIBRATION_IMAGES = 20
+FORMAT_VERSION = 1
+
+Features = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class DriftResult:
+    """The verdict on one batch.
+
+    `p_value` is the calibrated probability of a statistic this large on a clean batch of the same size;
+    `threshold` is the statistic's value at p = alpha for this n; `sample_scores` (float [N], higher = stranger)
+    are comparable across batches; `critical_indices` lists every sample above `sample_threshold`, highest first
+    (the label budget is applied later, by `scanflow.drift.selection`).
+    """
+
+    detector: str
+    is_drift: bool
+    statistic: float
+    p_value: float
+    threshold: float
+    alpha: float
+    n: int
+    sample_scores: np.ndarray = field(repr=False)
+    sample_threshold: float
+    critical_indices: tuple[int, ...]
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (sample scores as a list)."""
+        values = asdict(self)
+        values["sample_scores"] = [float(s) for s in self.sample_scores]
+        values["critical_indices"] = list(self.critical_indices)
+        return values
+
+
+class Detector(ABC):
+    """Base class of every drift detector. Subclasses fill `_fit`, `_features` and `_statistic`."""
+
+    name: ClassVar[str]
+
+    def __init__(
+        self,
+        alpha: float = DEFAULT_ALPHA,
+        sample_fpr: float = DEFAULT_SAMPLE_FPR,
+        calibration_windows: int = DEFAULT_CALIBRATION_WINDOWS,
+        seed: int = 0,
+    ) -> None:
+        if not 0 < alpha < 1 or not 0 < sample_fpr < 1:
+            raise ValueError(f"alpha and sample_fpr must be in (0, 1), got alpha={alpha}, sample_fpr={sample_fpr}")
+        self.alpha = alpha
+        self.sample_fpr = sample_fpr
+        self.calibration_windows = calibration_windows
+        self.seed = seed
+        self.info: DatasetInfo | None = None
+        self.sample_threshold: float | None = None
+        self._calibration: Features | None = None
+        self._null: dict[int, np.ndarray] = {}
+
+    # ----------------------------------------------------------------------------------------------- hooks
+    @abstractmethod
+    def _fit(self, reference: torch.Tensor) -> None:
+        """Learn what clean images look like from `reference` (uint8 [N, C, H, W])."""
+
+    @abstractmethod
+    def _features(self, images: torch.Tensor) -> Features:
+        """Per-image features of a batch; must include "sample_scores" (float [N], higher = stranger)."""
+
+    @abstractmethod
+    def _statistic(self, features: Features) -> float:
+        """One batch statistic from `_features` output (or a row subset of it); higher = more drift."""
+
+    # ------------------------------------------------------------------------------------------ public API
+    @property
+    def is_fitted(self) -> bool:
+        return self._calibration is not None
+
+    def fit(self, reference: Any, calibration: Any | None = None, info: DatasetInfo | None = None) -> Self:
+        """Fit on clean `reference` images and calibrate thresholds on clean `calibration` images.
+
+        Without `calibration`, a seeded 20 % of `reference` is held out for it: thresholds calibrated on the
+        images a detector was fitted to would be too low.
+        """
+        reference = validate_batch(reference, info)
+        if calibration is None:
+            order = torch.randperm(len(reference), generator=torch.Generator().manual_seed(self.seed))
+            cut = max(MIN_CALIBRATION_IMAGES, len(reference) // 5)
+            if len(reference) < 2 * cut:
+                raise InvalidBatchError(
+                    f"{self.name}: {len(reference)} reference images are too few to fit and calibrate; "
+                    f"pass at least {2 * cut}, or a separate calibration set"
+                )
+            reference, calibration = reference[order[cut:]], reference[order[:cut]]
+        calibration = validate_batch(calibration, info)
+        if len(calibration) < MIN_CALIBRATION_IMAGES:
+            raise InvalidBatchError(
+                f"{self.name}: {len(calibration)} calibration images are too few; pass at least {MIN_CALIBRATION_IMAGES}"
+            )
+        self.info = info
+        self._null = {}
+        self._fit(reference)
+        self._calibration = self._features(calibration)
+        scores = self._calibration["sample_scores"]
+        self.sample_threshold = float(np.quantile(scores, 1.0 - self.sample_fpr))
+        return self
+
+    def score(self, images: Any) -> np.ndarray:
+        """Per-sample scores, float [N], higher = stranger; comparable across batches (no per-batch scaling)."""
+        return self._features(self._check(images))["sample_scores"]
+
+    def predict(self, images: Any) -> DriftResult:
+        """Test one batch for drift and rank its critical samples."""
+        images = self._check(images)
+        features = self._features(images)
+        statistic = float(self._statistic(features))
+        null = self.null_distribution(len(images))
+        exceed = int(np.sum(null >= statistic))
+        p_value = (1 + exceed) / (1 + len(null))
+        threshold = float(np.quantile(null, 1.0 - self.alpha))
+        scores = np.asarray(features["sample_scores"], dtype=np.float64)
+        above = np.flatnonzero(scores > self.sample_threshold)
+        critical = tuple(int(i) for i in above[np.argsort(-scores[above], kind="stable")])
+        return DriftResult(
+            detector=self.name,
+            is_drift=p_value <= self.alpha,
+            statistic=statistic,
+            p_value=float(p_value),
+            threshold=threshold,
+            alpha=self.alpha,
+            n=len(images),
+            sample_scores=scores,
+            sample_threshold=float(self.sample_threshold),
+            critical_indices=critical,
+            details=self._details(features),
+        )
+
+    def null_distribution(self, n: int) -> np.ndarray:
+        """The statistic on `calibration_windows` clean windows of size n (cached per n)."""
+        calibration = self._require_fitted()
+        if n not in self._null:
+            size = len(calibration["sample_scores"])
+            rng = np.random.default_rng([self.seed, n])
+            replace = n > size
+            windows = (rng.choice(size, n, replace=replace) for _ in range(self.calibration_windows))
+            self._null[n] = np.array([self._statistic({k: v[rows] for k, v in calibration.items()}) for rows in windows])
+        return self._null[n]
+
+    def _details(self, features: Features) -> dict[str, Any]:
+        """Extra, JSON-able facts a subclass wants in the result (e.g. component statistics)."""
+        return {}
+
+    # -------------------------------------------------------------------------------------- persistence
+    def save(self, path: str | Path) -> Path:
+        """Write the fitted detector (state from `_state`, calibration features, cached nulls) to `path`."""
+        self._require_fitted()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "format_version": FORMAT_VERSION,
+            "class": f"{type(self).__module__}.{type(self).__qualname__}",
+            "params": {"alpha": self.alpha, "sample_fpr": self.sample_fpr, "calibration_windows": self.calibration_windows, "seed": self.seed},
+            "info": self.info,
+            "sample_threshold": self.sample_threshold,
+            "calibration": self._calibration,
+            "null": self._null,
+            "state": self._state(),
+        }
+        with path.open("wb") as handle:
+            pickle.dump(payload, handle)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Detector":
+        """Read a detector written by `save` (only from the project's own registry: pickle runs code on load)."""
+        import importlib
+
+        path = Path(path)
+        if not path.is_file():
+            raise ScanflowError(f"no saved detector at {path}")
+        with path.open("rb") as handle:
+            payload = pickle.load(handle)
+        module, _, qualname = payload["class"].rpartition(".")
+        detector_cls = getattr(importlib.import_module(module), qualname)
+        if not issubclass(detector_cls, cls):
+            raise ScanflowError(f"{path} holds a {payload['class']}, not a {cls.__name__}")
+        detector = detector_cls.__new__(detector_cls)
+        Detector.__init__(detector, **payload["params"])
+        detector._restore(payload["state"])
+        detector.info = payload["info"]
+        detector.sample_threshold = payload["sample_threshold"]
+        detector._calibration = payload["calibration"]
+        detector._null = payload["null"]
+        return detector
+
+    def _state(self) -> dict[str, Any]:
+        """What a subclass needs to rebuild itself (models, fitted statistics); picklable."""
+        return {}
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        """Inverse of `_state`."""
+
+    # ---------------------------------------------------------------------------------------- internals
+    def _require_fitted(self) -> Features:
+        if self._calibration is None:
+            raise NotFittedError(f"{self.name} is not fitted: call fit(reference_images) before score/predict")
+        return self._calibration
+
+    def _check(self, images: Any) -> torch.Tensor:
+        self._require_fitted()
+        return validate_batch(images, self.info)

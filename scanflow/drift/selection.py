@@ -1,0 +1,114 @@
+"""Critical samples under a label budget: the strangest first, but diverse and class-aware.
+
+Asking a person to label twenty copies of one kind of corrupted image wastes nineteen labels. The selection is
+greedy: it starts from the highest-scoring sample and then repeatedly takes the candidate with the best mix of
+its own score and its distance (in the autoencoder's latent space) to everything already chosen, while no
+predicted class takes more than its fair share of the budget. Candidates are the detector's critical samples;
+when there are fewer than the budget, the next-highest scores fill it up (and are marked as below threshold).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+#: Weight of diversity against strangeness when both are scaled to [0, 1].
+DEFAULT_DIVERSITY = 1.0
+#: Candidates considered per budget slot: keeps the greedy search O(budget^2 * this) on large batches.
+CANDIDATES_PER_SLOT = 5
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Indices into the batch, in the order to show them to a person, and how many were above threshold."""
+
+    indices: tuple[int, ...]
+    n_above_threshold: int
+    budget: int
+
+
+def select_critical(
+    sample_scores: np.ndarray,
+    critical_indices: tuple[int, ...] | list[int],
+    budget: int,
+    embeddings: np.ndarray | None = None,
+    predicted_labels: np.ndarray | None = None,
+    diversity: float = DEFAULT_DIVERSITY,
+) -> Selection:
+    """Choose at most `budget` samples to label from one batch (see the module docstring).
+
+    `sample_scores`: float [N]; `critical_indices`: the detector's samples above its threshold, ranked;
+    `embeddings`: float [N, D] (optional, enables diversity); `predicted_labels`: int [N] (optional, class quotas).
+    """
+    scores = np.asarray(sample_scores, dtype=np.float64)
+    n = len(scores)
+    if budget < 0:
+        raise ValueError(f"budget must be >= 0, got {budget}")
+    if embeddings is not None and len(embeddings) != n:
+        raise ValueError(f"embeddings have {len(embeddings)} rows but there are {n} sample scores")
+    if predicted_labels is not None and len(predicted_labels) != n:
+        raise ValueError(f"predicted_labels have {len(predicted_labels)} entries but there are {n} sample scores")
+    critical = [int(i) for i in critical_indices]
+    if any(not 0 <= i < n for i in critical):
+        raise ValueError(f"critical_indices must lie in [0, {n}), got {critical}")
+    budget = min(budget, n)
+    if budget == 0:
+        return Selection((), 0, 0)
+
+    critical_set = set(critical)
+    rest = [int(i) for i in np.argsort(-scores, kind="stable") if int(i) not in critical_set]
+    ranked = critical + rest
+    pool = np.array(ranked[: max(budget, min(len(ranked), CANDIDATES_PER_SLOT * budget))])
+
+    chosen = _greedy(pool, scores, budget, embeddings, predicted_labels, diversity)
+    return Selection(tuple(chosen), sum(1 for i in chosen if i in critical_set), budget)
+
+
+def _greedy(
+    pool: np.ndarray,
+    scores: np.ndarray,
+    budget: int,
+    embeddings: np.ndarray | None,
+    labels: np.ndarray | None,
+    diversity: float,
+) -> list[int]:
+    pool_scores = scores[pool]
+    span = pool_scores.max() - pool_scores.min()
+    strangeness = (pool_scores - pool_scores.min()) / span if span > 0 else np.ones(len(pool))
+    quota = _class_quota(pool, labels, budget)
+    taken_per_class: dict[int, int] = {}
+    if embeddings is not None:
+        points = np.asarray(embeddings, dtype=np.float64)[pool]
+        nearest = np.full(len(pool), np.inf)
+    available = np.ones(len(pool), dtype=bool)
+    chosen: list[int] = []
+    while len(chosen) < budget and available.any():
+        priority = strangeness.copy()
+        if embeddings is not None and chosen:
+            finite = nearest[available & np.isfinite(nearest)]
+            scale = finite.max() if finite.size and finite.max() > 0 else 1.0
+            priority = priority + diversity * np.minimum(nearest / scale, 1.0)
+        allowed = available.copy()
+        if labels is not None:
+            full = np.array([taken_per_class.get(int(labels[i]), 0) >= quota.get(int(labels[i]), 0) for i in pool])
+            if (allowed & ~full).any():
+                allowed &= ~full
+        pick = int(np.flatnonzero(allowed)[np.argmax(priority[allowed])])
+        available[pick] = False
+        chosen.append(int(pool[pick]))
+        if labels is not None:
+            label = int(labels[pool[pick]])
+            taken_per_class[label] = taken_per_class.get(label, 0) + 1
+        if embeddings is not None:
+            nearest = np.minimum(nearest, np.linalg.norm(points - points[pick], axis=1))
+    return chosen
+
+
+def _class_quota(pool: np.ndarray, labels: np.ndarray | None, budget: int) -> dict[int, int]:
+    """Per predicted class, at most its share of the candidates times the budget, rounded up, plus one."""
+    if labels is None:
+        return {}
+    classes, counts = np.unique(np.asarray(labels)[pool], return_counts=True)
+    return {int(c): math.ceil(budget * k / len(pool)) + 1 for c, k in zip(classes, counts)}

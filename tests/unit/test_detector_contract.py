@@ -1,0 +1,115 @@
+"""The one contract every drift detector passes: fit -> self, score, predict -> frozen DriftResult, calibration,
+clear errors, save/load. A new detector is covered by adding its factory to DETECTOR_FACTORIES."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from scanflow.corruptions import corrupt
+from scanflow.drift.autoencoder import AutoencoderDetector
+from scanflow.drift.base import Detector, DriftResult
+from scanflow.errors import InvalidBatchError, NotFittedError
+from scanflow.train import TrainConfig, train_autoencoder, train_classifier
+
+
+def _baselines():
+    from scanflow.drift import baselines
+
+    return baselines
+
+
+DETECTOR_FACTORIES = {
+    "autoencoder": lambda clf, ae, info: AutoencoderDetector(clf, ae, calibration_windows=200),
+    "evidently": lambda clf, ae, info: __import__("scanflow.drift.evidently", fromlist=["x"]).EvidentlyDetector(
+        clf, ae, calibration_windows=50
+    ),
+    "quota": lambda clf, ae, info: _baselines().QuotaDetector(ae, calibration_windows=200),
+    "bbsd": lambda clf, ae, info: _baselines().BBSDDetector(clf, calibration_windows=100),
+    "mmd": lambda clf, ae, info: _baselines().MMDDetector.untrained_autoencoder(info, latent_dim=8, calibration_windows=100),
+    "pixel-stats": lambda clf, ae, info: _baselines().PixelStatsDetector(calibration_windows=100),
+}
+
+
+@pytest.fixture(scope="module")
+def models(digits):
+    train, _ = digits
+    classifier, _ = train_classifier(train, TrainConfig(epochs=15, seed=0), progress=False)
+    autoencoder, _ = train_autoencoder(train, TrainConfig(epochs=10, seed=0), latent_dim=8, progress=False)
+    return classifier, autoencoder
+
+
+@pytest.fixture(scope="module", params=sorted(DETECTOR_FACTORIES))
+def fitted(request, models, digits):
+    train, test = digits
+    classifier, autoencoder = models
+    detector = DETECTOR_FACTORIES[request.param](classifier, autoencoder, train.info)
+    assert detector.fit(train.images, calibration=test.images[:180], info=train.info) is detector
+    return detector
+
+
+@pytest.fixture()
+def window(digits):
+    _, test = digits
+    return test.images[180:280]
+
+
+def test_predict_before_fit_raises_not_fitted(models, digits):
+    train, test = digits
+    for name, factory in DETECTOR_FACTORIES.items():
+        detector = factory(*models, train.info)
+        with pytest.raises(NotFittedError, match=r"is not fitted: call fit\(reference_images\) before score/predict"):
+            detector.predict(test.images[:10])
+        with pytest.raises(NotFittedError):
+            detector.score(test.images[:10])
+
+
+def test_score_is_one_finite_float_per_image(fitted, window):
+    scores = fitted.score(window)
+    assert scores.shape == (len(window),) and np.isfinite(scores).all()
+    assert np.array_equal(scores, fitted.score(window)), "scores must be deterministic"
+
+
+def test_predict_returns_a_frozen_consistent_result(fitted, window):
+    result = fitted.predict(window)
+    assert isinstance(result, DriftResult)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        result.is_drift = True  # type: ignore[misc]
+    assert result.n == len(window) and result.sample_scores.shape == (len(window),)
+    assert 0 < result.p_value <= 1 and result.is_drift == (result.p_value <= result.alpha)
+    critical = np.array(result.critical_indices, dtype=int)
+    assert (result.sample_scores[critical] > result.sample_threshold).all()
+    assert (np.diff(result.sample_scores[critical]) <= 0).all(), "critical samples are ranked, strangest first"
+    assert int(np.sum(result.sample_scores > result.sample_threshold)) == len(critical)
+    assert isinstance(result.to_dict()["sample_scores"], list)
+
+
+def test_clean_windows_rarely_alarm_and_corrupted_ones_do(fitted, digits):
+    _, test = digits
+    rng = np.random.default_rng(1)
+    pool = test.images[180:]
+    alarms = [fitted.predict(pool[rng.choice(len(pool), 50, replace=False)]).is_drift for _ in range(20)]
+    assert sum(alarms) <= 4, f"{sum(alarms)} false alarms in 20 clean windows at alpha 0.05"
+    corrupted = corrupt(pool[:100], "impulse_noise", severity=5, seed=0)
+    result = fitted.predict(corrupted)
+    assert result.is_drift and result.p_value <= 0.05
+
+
+def test_bad_batches_get_clear_errors(fitted, window):
+    with pytest.raises(InvalidBatchError, match="expects images of shape"):
+        fitted.predict(torch.zeros(4, 1, 28, 28, dtype=torch.uint8))
+    with pytest.raises(InvalidBatchError, match="NaN"):
+        fitted.predict(np.full((4, 1, 8, 8), np.nan, dtype=np.float32))
+    with pytest.raises(InvalidBatchError, match="empty"):
+        fitted.predict(torch.zeros(0, 1, 8, 8, dtype=torch.uint8))
+
+
+def test_save_and_load_round_trip(fitted, window, tmp_path):
+    loaded = Detector.load(fitted.save(tmp_path / "detector.pkl"))
+    assert type(loaded) is type(fitted)
+    before, after = fitted.predict(window), loaded.predict(window)
+    assert np.array_equal(before.sample_scores, after.sample_scores)
+    assert (before.statistic, before.p_value, before.critical_indices) == (after.statistic, after.p_value, after.critical_indices)
