@@ -74,9 +74,7 @@ def _greedy(
     labels: np.ndarray | None,
     diversity: float,
 ) -> list[int]:
-    pool_scores = scores[pool]
-    span = pool_scores.max() - pool_scores.min()
-    strangeness = (pool_scores - pool_scores.min()) / span if span > 0 else np.ones(len(pool))
+    strangeness = _relevance(scores[pool])
     quota = _class_quota(pool, labels, budget)
     taken_per_class: dict[int, int] = {}
     if embeddings is not None:
@@ -106,9 +104,19 @@ def _greedy(
     return chosen
 
 
+def _relevance(scores: np.ndarray) -> np.ndarray:
+    """Scores as a share of the largest (scores are "standard deviations above clean", so ratios mean something);
+    min-max scaling instead when no score is positive."""
+    top = scores.max()
+    if top > 0:
+        return np.clip(scores / top, 0.0, 1.0)
+    span = top - scores.min()
+    return (scores - scores.min()) / span if span > 0 else np.ones(len(scores))
+
+
 def _class_quota(pool: np.ndarray, labels: np.ndarray | None, budget: int) -> dict[int, int]:
-    """Per predicted class, at most its share of the candidates times the budget, rounded up, plus one."""
+    """Per predicted class, at most its share of the candidates times the budget, rounded up."""
     if labels is None:
         return {}
     classes, counts = np.unique(np.asarray(labels)[pool], return_counts=True)
-    return {int(c): math.ceil(budget * k / len(pool)) + 1 for c, k in zip(classes, counts)}
+    return {int(c): math.ceil(budget * k / len(pool)) for c, k in zip(classes, counts)}

@@ -1,0 +1,56 @@
+"""Critical-sample selection under a label budget: strangest first, diverse, class-aware, validated."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from scanflow.drift.selection import select_critical
+
+
+def test_respects_the_budget_and_starts_with_the_strangest():
+    scores = np.array([0.1, 5.0, 3.0, 4.0, 0.2])
+    selection = select_critical(scores, critical_indices=(1, 3, 2), budget=2)
+    assert selection.indices[0] == 1 and len(selection.indices) == 2
+    assert selection.n_above_threshold == 2
+
+
+def test_fills_the_budget_below_threshold_when_few_samples_are_critical():
+    scores = np.array([0.1, 5.0, 0.3, 0.2])
+    selection = select_critical(scores, critical_indices=(1,), budget=3)
+    assert selection.indices == (1, 2, 3) and selection.n_above_threshold == 1
+
+
+def test_prefers_diverse_samples_over_near_copies():
+    rng = np.random.default_rng(0)
+    copies = rng.normal(0.0, 0.01, size=(20, 4))
+    others = rng.normal(0.0, 1.0, size=(5, 4)) + 10 * np.eye(5, 4)
+    embeddings = np.vstack([copies, others])
+    scores = np.r_[np.full(20, 10.0), np.full(5, 9.0)]
+    critical = tuple(np.argsort(-scores, kind="stable"))
+    chosen = select_critical(scores, critical, budget=6, embeddings=embeddings).indices
+    assert sum(i < 20 for i in chosen) <= 2, "near-identical samples should not crowd out the others"
+    without_diversity = select_critical(scores, critical, budget=6).indices
+    assert all(i < 20 for i in without_diversity)
+
+
+def test_caps_each_predicted_class_at_its_share():
+    scores = np.linspace(10, 1, 30)
+    labels = np.r_[np.zeros(24, dtype=int), np.ones(6, dtype=int)]
+    chosen = select_critical(scores, tuple(range(30)), budget=10, predicted_labels=labels).indices
+    assert sum(labels[i] == 1 for i in chosen) >= 2
+    assert sum(labels[i] == 0 for i in chosen) <= 8
+
+
+def test_is_deterministic_and_validates_inputs():
+    scores = np.random.default_rng(1).normal(size=50)
+    critical = tuple(np.argsort(-scores)[:10])
+    embeddings = np.random.default_rng(2).normal(size=(50, 3))
+    assert select_critical(scores, critical, 5, embeddings) == select_critical(scores, critical, 5, embeddings)
+    with pytest.raises(ValueError, match="budget must be >= 0"):
+        select_critical(scores, critical, -1)
+    with pytest.raises(ValueError, match="embeddings have 3 rows but there are 50 sample scores"):
+        select_critical(scores, critical, 5, embeddings[:3])
+    with pytest.raises(ValueError, match=r"critical_indices must lie in \[0, 50\)"):
+        select_critical(scores, (99,), 5)
+    assert select_critical(scores, critical, 0).indices == ()
