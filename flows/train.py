@@ -1,4 +1,4 @@
-"""The train flow: load data, train classifier, train autoencoder, evaluate, register.
+"""The train flow: load data, train classifier, train autoencoder, evaluate, fit the drift detector, register.
 
 Run it as `python flows/train.py [DATASET]`, `scanflow train`, or as the `train` deployment.
 """
@@ -19,17 +19,22 @@ from prefect.runtime import flow_run
 
 from scanflow import tracking
 from scanflow.config import TrackingConfig
-from scanflow.data import LabeledImages, load_train_test
+from scanflow.data import LabeledImages, hold_out_calibration, load_train_test
+from scanflow.drift.autoencoder import AutoencoderDetector, fit_detector
 from scanflow.evaluate import Evaluation, evaluate_classifier
 from scanflow.models import Autoencoder, Classifier
 from scanflow.train import EpochMetrics, TrainConfig, train_autoencoder, train_classifier
 
 
 @task(cache_policy=NO_CACHE)
-def load_data(dataset: str, data_dir: str | None, allow_download: bool, seed: int) -> tuple[LabeledImages, LabeledImages]:
+def load_data(dataset: str, data_dir: str | None, allow_download: bool, seed: int) -> tuple[LabeledImages, LabeledImages, LabeledImages]:
     train, test = load_train_test(dataset, data_dir=data_dir, allow_download=allow_download, seed=seed)
-    print(f"{train.info.name}: {len(train)} training images ({train.split}), {len(test)} test images from {train.info.source}")
-    return train, test
+    fit, calibration = hold_out_calibration(train, seed=seed)
+    print(
+        f"{train.info.name}: {len(fit)} training images, {len(calibration)} held out to calibrate the drift detector, "
+        f"{len(test)} test images, from {train.info.source}"
+    )
+    return fit, calibration, test
 
 
 def _epoch_logger(run_id: str, prefix: str, epochs: int, progress_id) -> callable:
@@ -69,13 +74,23 @@ def evaluate_step(classifier: Classifier, autoencoder: Autoencoder, test: Labele
     return evaluation
 
 
+@task(cache_policy=NO_CACHE)
+def fit_detector_step(
+    classifier: Classifier, autoencoder: Autoencoder, train: LabeledImages, calibration: LabeledImages, seed: int, run_id: str
+) -> AutoencoderDetector:
+    detector = fit_detector(classifier, autoencoder, train, calibration, seed=seed)
+    tracking.log_params(run_id, {"detector": detector.name, "detector_alpha": detector.alpha, "detector_sample_fpr": detector.sample_fpr})
+    tracking.log_metrics(run_id, {"detector_sample_threshold": detector.sample_threshold})
+    return detector
+
+
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
 def register_step(
     run_id: str, config: TrackingConfig, classifier: Classifier, autoencoder: Autoencoder,
-    train: LabeledImages, evaluation: Evaluation,
+    detector: AutoencoderDetector, train: LabeledImages, evaluation: Evaluation,
 ) -> tracking.RegisteredVersions:
     tags = {"scanflow.test_accuracy": f"{evaluation.accuracy:.4f}", "scanflow.run_id": run_id}
-    return tracking.register_models(run_id, config, classifier, autoencoder, train, tags=tags)
+    return tracking.register_models(run_id, config, classifier, autoencoder, train, tags=tags, detector=detector)
 
 
 @flow(name="train", log_prints=True)
@@ -89,20 +104,23 @@ def train_flow(
     allow_download: bool = False,
     register_models: bool = True,
 ) -> dict:
-    """Train the classifier and its autoencoder on `dataset`, track the run in MLflow and register both as champion.
+    """Train the classifier and its autoencoder on `dataset`, fit their drift detector, track the run in MLflow and
+    register both models as champion (the detector is logged beside them).
 
     `epochs=None` trains for about 150k images (3 epochs of Fashion-MNIST). Returns a JSON-able summary.
     """
     config = TrackingConfig.from_env()
-    train, test = load_data(dataset, data_dir, allow_download, seed)
+    train, calibration, test = load_data(dataset, data_dir, allow_download, seed)
     prefect_tags = {"prefect.flow_run_id": str(flow_run.id or ""), "scanflow.dataset": train.info.name}
     with tracking.training_run(config, run_name=f"train-{train.info.name}", tags=prefect_tags) as run_id:
         tracking.log_dataset(run_id, train, context="training")
+        tracking.log_dataset(run_id, calibration, context="calibration")
         tracking.log_dataset(run_id, test, context="evaluation")
         classifier = train_classifier_step(train, test, TrainConfig(epochs=epochs, seed=seed), run_id)
         autoencoder = train_autoencoder_step(train, TrainConfig(epochs=autoencoder_epochs, seed=seed), latent_dim, run_id)
         evaluation = evaluate_step(classifier, autoencoder, test, run_id)
-        versions = register_step(run_id, config, classifier, autoencoder, train, evaluation) if register_models else None
+        detector = fit_detector_step(classifier, autoencoder, train, calibration, seed, run_id)
+        versions = register_step(run_id, config, classifier, autoencoder, detector, train, evaluation) if register_models else None
     summary = {
         "dataset": train.info.name,
         "test_split": test.split,

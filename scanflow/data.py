@@ -860,3 +860,20 @@ def _to_tensor(images: np.ndarray | torch.Tensor) -> torch.Tensor:
         return images
     array = images if images.flags.writeable else images.copy()
     return torch.from_numpy(np.ascontiguousarray(array))
+
+
+#: Clean images held out of training to calibrate the drift detector's thresholds (at most this many, and at
+#: most a fifth of the training set): thresholds calibrated on images the models were fitted to would be too low.
+CALIBRATION_SIZE = 2000
+
+
+def hold_out_calibration(train: LabeledImages, seed: int = 0, size: int = CALIBRATION_SIZE) -> tuple[LabeledImages, LabeledImages]:
+    """Split `train` into (images to fit the models on, clean images to calibrate the detector on), stratified."""
+    n_calibration = min(size, len(train) // 5)
+    if n_calibration < 20:
+        raise ValueError(f"{len(train)} training images are too few to hold out a calibration set (need >= 100)")
+    fit_index, calibration_index = stratified_split(train.labels.numpy(), n_calibration / len(train), seed)
+    return (
+        train.subset(fit_index, split=f"{train.split}[fit]"),
+        train.subset(calibration_index, split=f"{train.split}[calibration]"),
+    )

@@ -8,6 +8,7 @@ its latent vectors, float32 [N, latent_dim].
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import mlflow.pyfunc
@@ -45,6 +46,11 @@ def _as_images(model_input: Any, info: DatasetInfo) -> torch.Tensor:
     return validate_batch(np.asarray(model_input), info)
 
 
+# MLflow inspects `predict`'s type hints when a PythonModel subclass is defined and advises adding them; its
+# type-hint schemas cannot express a uint8 [N, C, H, W] tensor, so the explicit signature is the schema instead.
+warnings.filterwarnings("ignore", message="Add type hints to the `predict` method", category=UserWarning)
+
+
 class ClassifierModel(mlflow.pyfunc.PythonModel):
     """The plain classifier as a pyfunc: uint8 images in, int64 labels out."""
 
@@ -55,7 +61,7 @@ class ClassifierModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context: Any) -> None:
         self.classifier = Classifier.load(context.artifacts[CLASSIFIER_ARTIFACT])
 
-    def predict(self, context, model_input, params=None):  # untyped: MLflow reads type hints as a schema
+    def predict(self, context, model_input, params=None):
         if self.classifier is None:
             raise NotFittedError("ClassifierModel.predict before load_context: load it with mlflow.pyfunc.load_model")
         return self.classifier.predict(_as_images(model_input, self.info)).numpy().astype(np.int64)
@@ -71,7 +77,7 @@ class AutoencoderModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context: Any) -> None:
         self.autoencoder = Autoencoder.load(context.artifacts[AUTOENCODER_ARTIFACT])
 
-    def predict(self, context, model_input, params=None):  # untyped: MLflow reads type hints as a schema
+    def predict(self, context, model_input, params=None):
         if self.autoencoder is None:
             raise NotFittedError("AutoencoderModel.predict before load_context: load it with mlflow.pyfunc.load_model")
         return self.autoencoder.embed(_as_images(model_input, self.info)).numpy().astype(np.float32)

@@ -31,6 +31,7 @@ from mlflow.exceptions import MlflowException
 import scanflow
 from scanflow.config import CHAMPION_ALIAS, TrackingConfig
 from scanflow.data import LabeledImages
+from scanflow.drift.base import Detector
 from scanflow.errors import ModelNotFoundError, TrackingUnavailableError
 from scanflow.models import Autoencoder, Classifier
 from scanflow.serving import (
@@ -43,6 +44,9 @@ from scanflow.serving import (
 )
 
 AUTOENCODER_VERSION_TAG = "scanflow.autoencoder_version"
+DETECTOR_TAG = "scanflow.detector_uri"
+DETECTOR_ARTIFACT_PATH = "detector"
+DETECTOR_FILE = "detector.pkl"
 PACKAGE_DIR = Path(scanflow.__file__).resolve().parent
 
 
@@ -217,8 +221,10 @@ def register_models(
     data: LabeledImages,
     tags: Mapping[str, str] | None = None,
     alias: str | None = CHAMPION_ALIAS,
+    detector: Detector | None = None,
 ) -> RegisteredVersions:
-    """Log both models to the run, register them and point `alias` at the new versions.
+    """Log both models (and the fitted detector that watches them) to the run, register the models and point
+    `alias` at the new versions.
 
     All or nothing: if any step fails, the versions this call created are deleted again and the alias stays
     where it was, so the registry never holds half of a training.
@@ -227,6 +233,7 @@ def register_models(
     created: list[tuple[str, str]] = []
     model_tags = {"scanflow.dataset": data.info.name, **(tags or {})}
     try:
+        detector_uri = log_detector(run_id, detector) if detector is not None else None
         with _active_run(run_id):
             ae_info = _log_pyfunc(
                 "autoencoder", AutoencoderModel(data.info), AUTOENCODER_ARTIFACT, autoencoder,
@@ -240,7 +247,8 @@ def register_models(
             created.append((config.classifier_name, str(clf_info.registered_model_version)))
         ae_version, clf_version = created[0][1], created[1][1]
         client.set_model_version_tag(config.classifier_name, clf_version, AUTOENCODER_VERSION_TAG, ae_version)
-        for key, value in model_tags.items():
+        version_tags = {**model_tags, **({DETECTOR_TAG: detector_uri} if detector_uri else {})}
+        for key, value in version_tags.items():
             client.set_model_version_tag(config.classifier_name, clf_version, key, str(value))
         if alias:
             client.set_registered_model_alias(config.autoencoder_name, alias, ae_version)
@@ -259,6 +267,18 @@ def register_models(
     )
 
 
+def _version_by_alias(config: TrackingConfig, alias: str) -> Any:
+    check_reachable(config.tracking_uri)
+    mlflow.set_tracking_uri(config.tracking_uri)
+    try:
+        return MlflowClient(config.tracking_uri).get_model_version_by_alias(config.classifier_name, alias)
+    except MlflowException as error:
+        raise ModelNotFoundError(
+            f"no version of {config.classifier_name!r} has the alias {alias!r} in {config.tracking_uri}: "
+            "train one with `scanflow train` (or check MLFLOW_TRACKING_URI / SCANFLOW_MODEL_NAME)"
+        ) from error
+
+
 @dataclass(frozen=True)
 class LoadedModels:
     """A registered classifier version and the autoencoder registered with it."""
@@ -271,15 +291,7 @@ class LoadedModels:
 
 def load_models(config: TrackingConfig, alias: str = CHAMPION_ALIAS) -> LoadedModels:
     """Load the classifier at `alias` and the autoencoder version recorded beside it, as Scanflow models."""
-    check_reachable(config.tracking_uri)
-    client = MlflowClient(config.tracking_uri)
-    try:
-        version = client.get_model_version_by_alias(config.classifier_name, alias)
-    except MlflowException as error:
-        raise ModelNotFoundError(
-            f"no version of {config.classifier_name!r} has the alias {alias!r} in {config.tracking_uri}: "
-            "train one with `scanflow train` (or check MLFLOW_TRACKING_URI / SCANFLOW_MODEL_NAME)"
-        ) from error
+    version = _version_by_alias(config, alias)
     ae_version = version.tags.get(AUTOENCODER_VERSION_TAG)
     if ae_version is None:
         raise ModelNotFoundError(
@@ -296,3 +308,24 @@ def load_models(config: TrackingConfig, alias: str = CHAMPION_ALIAS) -> LoadedMo
         classifier = Classifier.load(next(Path(clf_dir).rglob(f"{CLASSIFIER_ARTIFACT}.pt")))
         autoencoder = Autoencoder.load(next(Path(ae_dir).rglob(f"{AUTOENCODER_ARTIFACT}.pt")))
     return LoadedModels(classifier, autoencoder, str(version.version), str(ae_version))
+
+
+def log_detector(run_id: str, detector: Detector) -> str:
+    """Save a fitted detector into the run's artifacts; returns its `runs:/` URI."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = detector.save(Path(tmp) / DETECTOR_FILE)
+        MlflowClient().log_artifact(run_id, str(path), artifact_path=DETECTOR_ARTIFACT_PATH)
+    return f"runs:/{run_id}/{DETECTOR_ARTIFACT_PATH}/{DETECTOR_FILE}"
+
+
+def load_detector(config: TrackingConfig, alias: str = CHAMPION_ALIAS) -> tuple[Detector, str]:
+    """The detector logged beside the classifier version at `alias`, and that version."""
+    version = _version_by_alias(config, alias)
+    uri = version.tags.get(DETECTOR_TAG)
+    if uri is None:
+        raise ModelNotFoundError(
+            f"{config.classifier_name} version {version.version} has no detector ({DETECTOR_TAG} tag): "
+            "retrain with `scanflow train` to fit and log one"
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        return Detector.load(mlflow.artifacts.download_artifacts(uri, dst_path=tmp)), str(version.version)

@@ -29,6 +29,7 @@ import torch
 from scipy import stats
 from sklearn.covariance import LedoitWolf
 
+from scanflow.data import LabeledImages
 from scanflow.drift.base import Detector, Features
 from scanflow.models import Autoencoder, Classifier, to_float
 
@@ -165,3 +166,23 @@ class AutoencoderDetector(Detector):
 
     def _pixel_z(self, pixels: np.ndarray) -> np.ndarray:
         return (np.abs(pixels - self._pixel_location) / self._pixel_scale).max(axis=1)
+
+
+#: Reference images the detector is fitted on, at most: the latent covariance and robust scales are stable well
+#: before this, and fitting stays a few seconds.
+MAX_REFERENCE = 10_000
+
+
+def fit_detector(
+    classifier: Classifier,
+    autoencoder: Autoencoder,
+    reference: LabeledImages,
+    calibration: LabeledImages,
+    seed: int = 0,
+    **kwargs: Any,
+) -> AutoencoderDetector:
+    """Fit Scanflow's detector for freshly trained models: reference = (a seeded subset of) their training
+    images, calibration = clean images they never saw."""
+    rows = np.random.default_rng(seed).permutation(len(reference))[:MAX_REFERENCE]
+    detector = AutoencoderDetector(classifier, autoencoder, seed=seed, **kwargs)
+    return detector.fit(reference.images[np.sort(rows)], calibration=calibration.images, info=reference.info)

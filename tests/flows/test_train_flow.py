@@ -13,6 +13,7 @@ from mlflow import MlflowClient
 from prefect.client.orchestration import get_client
 
 from flows.train import train_flow
+from scanflow import tracking
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -30,7 +31,9 @@ def test_train_flow_tracks_registers_and_publishes(tracking_config, digits):
     assert run.data.metrics["test_accuracy"] == pytest.approx(summary["test_accuracy"])
     assert [m.step for m in client.get_metric_history(run.info.run_id, "classifier_loss")] == [1, 2, 3]
     assert [m.step for m in client.get_metric_history(run.info.run_id, "autoencoder_loss")] == [1, 2]
-    assert {i.dataset.name for i in run.inputs.dataset_inputs} == {"digits:train", "digits:test"}
+    assert {i.dataset.name for i in run.inputs.dataset_inputs} == {"digits:train[fit]", "digits:train[calibration]", "digits:test"}
+    detector, version = tracking.load_detector(tracking_config)
+    assert version == summary["registered"]["classifier_version"] and detector.predict(test.images).n == len(test)
     assert run.data.tags["prefect.flow_run_id"] == summary["prefect_flow_run_id"]
 
     champion = client.get_model_version_by_alias(tracking_config.classifier_name, "champion")
