@@ -48,7 +48,7 @@ def _as_images(model_input: Any, info: DatasetInfo) -> torch.Tensor:
 
 # MLflow inspects `predict`'s type hints when a PythonModel subclass is defined and advises adding them; its
 # type-hint schemas cannot express a uint8 [N, C, H, W] tensor, so the explicit signature is the schema instead.
-warnings.filterwarnings("ignore", message="Add type hints to the `predict` method", category=UserWarning)
+warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method", category=UserWarning)
 
 
 class ClassifierModel(mlflow.pyfunc.PythonModel):
