@@ -8,7 +8,6 @@ its latent vectors, float32 [N, latent_dim].
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import mlflow.pyfunc
@@ -44,11 +43,6 @@ def _as_images(model_input: Any, info: DatasetInfo) -> torch.Tensor:
     if isinstance(model_input, dict):
         model_input = model_input.get("images", next(iter(model_input.values())))
     return validate_batch(np.asarray(model_input), info)
-
-
-# MLflow inspects `predict`'s type hints when a PythonModel subclass is defined and advises adding them; its
-# type-hint schemas cannot express a uint8 [N, C, H, W] tensor, so the explicit signature is the schema instead.
-warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method", category=UserWarning)
 
 
 class ClassifierModel(mlflow.pyfunc.PythonModel):
