@@ -17,6 +17,7 @@ examples:
   scanflow train                         train on the default dataset, track in MLflow, register as champion
   scanflow train --dataset mnist --data-dir ../shared/data
   scanflow corrupt --output corruptions.png
+  scanflow detect --batch batch.npy --json  test a production batch (uint8 [N,H,W] or [N,C,H,W]) for drift
 """
 
 
@@ -52,6 +53,19 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-register", action="store_true", help="track the run but do not register the models")
     _add_data_arguments(train)
     train.set_defaults(handler=_train)
+
+    detect = commands.add_parser(
+        "detect",
+        help="run the detect flow on one batch: drift verdict, critical samples, MLflow run, Prefect artifacts",
+        description="Tests a .npy batch of uint8 images against the detector of the registered model at ALIAS.",
+    )
+    detect.add_argument("--batch", required=True, help=".npy file written with numpy.save: uint8 [N, H, W] or [N, C, H, W]")
+    detect.add_argument("--model", default=None, help="NAME@ALIAS of the registered classifier (default: $SCANFLOW_MODEL_NAME@champion)")
+    detect.add_argument("--batch-id", help="identifier recorded with the result (default: the file name)")
+    detect.add_argument("--budget", type=int, default=20, help="samples to select for labelling (default: 20)")
+    detect.add_argument("--no-report", action="store_true", help="skip Evidently's HTML report (saves a few seconds)")
+    detect.add_argument("--json", action="store_true", help="print the drift result as JSON")
+    detect.set_defaults(handler=_detect)
 
     corrupt = commands.add_parser("corrupt", help="write a PNG gallery of the 15 MNIST-C corruptions at every severity")
     corrupt.add_argument("--dataset", default="default")
@@ -92,6 +106,31 @@ def _corrupt(args: argparse.Namespace) -> int:
     picture = corruption_gallery(data.images[: args.images], names, severities, seed=args.seed, scale=args.scale)
     path = save_png(picture, args.output)
     print(f"wrote {path.resolve()} ({len(names)} corruptions x {len(severities)} severities, {data.info.name})")
+    return 0
+
+
+def _detect(args: argparse.Namespace) -> int:
+    from scanflow.data import load_batch_file
+
+    load_batch_file(args.batch)
+    if args.model:
+        name, _, alias = args.model.partition("@")
+        if not name or not alias:
+            raise ScanflowError(f"--model must look like NAME@ALIAS (e.g. scanflow-classifier@champion), got {args.model!r}")
+        os.environ["SCANFLOW_MODEL_NAME"] = name
+    else:
+        alias = "champion"
+    from flows.detect import detect_flow
+
+    summary = detect_flow(batch_path=args.batch, batch_id=args.batch_id, alias=alias, budget=args.budget, report=not args.no_report)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        verdict = "DRIFT" if summary["is_drift"] else "no drift"
+        print(
+            f"{summary['batch_id']}: {verdict} (statistic {summary['statistic']:.3f}, threshold {summary['threshold']:.3f}, "
+            f"p = {summary['p_value']:.4f}); {summary['n_critical']} critical of {summary['n']}; MLflow run {summary['mlflow_run_id']}"
+        )
     return 0
 
 

@@ -877,3 +877,24 @@ def hold_out_calibration(train: LabeledImages, seed: int = 0, size: int = CALIBR
         train.subset(fit_index, split=f"{train.split}[fit]"),
         train.subset(calibration_index, split=f"{train.split}[calibration]"),
     )
+
+
+def load_batch_file(path: str | Path, info: DatasetInfo | None = None) -> torch.Tensor:
+    """Read a production batch saved with `numpy.save`: uint8 `[N, H, W]` or `[N, C, H, W]`, validated.
+
+    Pickled object arrays are refused (loading them would run code from the file).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidBatchError(f"batch file {path} does not exist: pass a .npy file written with numpy.save")
+    try:
+        array = np.load(path, allow_pickle=False)
+    except ValueError as error:
+        raise InvalidBatchError(
+            f"batch file {path} is not a plain numpy array ({error}); save it with numpy.save(path, uint8_array)"
+        ) from error
+    except OSError as error:
+        raise InvalidBatchError(f"batch file {path} is not a .npy file ({error}); save it with numpy.save") from error
+    if not isinstance(array, np.ndarray):
+        raise InvalidBatchError(f"batch file {path} holds {type(array).__name__}, not one array: use numpy.save, not savez")
+    return validate_batch(array, info)

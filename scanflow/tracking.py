@@ -329,3 +329,37 @@ def load_detector(config: TrackingConfig, alias: str = CHAMPION_ALIAS) -> tuple[
         )
     with tempfile.TemporaryDirectory() as tmp:
         return Detector.load(mlflow.artifacts.download_artifacts(uri, dst_path=tmp)), str(version.version)
+
+
+def log_detection(config: TrackingConfig, summary: Mapping[str, Any], grid_png: bytes | None = None) -> str:
+    """One MLflow run per detected batch: verdict as metrics and tags, the JSON summary and the critical-sample
+    grid as artifacts. Returns the run id (the Evidently report is added later with `log_artifact_file`)."""
+    experiment_id = connect(config)
+    client = MlflowClient(config.tracking_uri)
+    tags = {
+        "scanflow.kind": "detect",
+        "scanflow.batch_id": str(summary["batch_id"]),
+        "scanflow.model_version": str(summary["model_version"]),
+        "scanflow.is_drift": str(bool(summary["is_drift"])).lower(),
+        "scanflow.detector": str(summary["detector"]),
+    }
+    run = client.create_run(experiment_id, run_name=f"detect-{summary['batch_id']}", tags=tags)
+    run_id = run.info.run_id
+    try:
+        log_metrics(run_id, {k: float(summary[k]) for k in ("statistic", "p_value", "threshold", "n_critical", "n")})
+        client.log_dict(run_id, dict(summary), "drift_result.json")
+        if grid_png is not None:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "critical_samples.png"
+                path.write_bytes(grid_png)
+                client.log_artifact(run_id, str(path))
+    except BaseException:
+        client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+        raise
+    client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+    return run_id
+
+
+def log_artifact_file(run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
+    MlflowClient().log_artifact(run_id, str(path), artifact_path=artifact_path)
+

@@ -34,6 +34,8 @@ from scanflow.drift.base import Detector, Features
 from scanflow.models import Autoencoder, Classifier, to_float
 
 COMPONENTS = ("reconstruction", "latent", "uncertainty", "pixels")
+#: Reference rows kept for human-facing reports (Evidently's HTML drift report), not for the test itself.
+REPORT_REFERENCE_ROWS = 1000
 _EPS = 1e-12
 _MAD_TO_SD = 1.4826
 
@@ -76,6 +78,7 @@ class AutoencoderDetector(Detector):
         self._pixel_scale: np.ndarray | None = None
         self._component_location: np.ndarray | None = None
         self._component_scale: np.ndarray | None = None
+        self._report_reference: Features | None = None
 
     # ------------------------------------------------------------------------------------------- hooks
     def _fit(self, reference: torch.Tensor) -> None:
@@ -86,6 +89,8 @@ class AutoencoderDetector(Detector):
         self._pixel_location, self._pixel_scale = _robust_location_scale(pixel_statistics(reference))
         raw, _ = self._raw_components(reference)
         self._component_location, self._component_scale = _robust_location_scale(raw)
+        rows = np.sort(np.random.default_rng(self.seed).permutation(len(reference))[:REPORT_REFERENCE_ROWS])
+        self._report_reference = self.report_features(reference[rows])
 
     def _features(self, images: torch.Tensor) -> Features:
         raw, pixels = self._raw_components(images)
@@ -119,8 +124,21 @@ class AutoencoderDetector(Detector):
             },
         }
 
+    def report_features(self, images: torch.Tensor) -> Features:
+        """Latent vectors "z" [N, D] and softmax outputs "p" [N, K]: the columns of the human-facing report."""
+        return {
+            "z": self.autoencoder.embed(images).numpy().astype(np.float64),
+            "p": self.classifier.predict_proba(images).numpy().astype(np.float64),
+        }
+
+    def reference_report_features(self) -> Features:
+        """`report_features` of a seeded sample of the reference images (kept from `fit`)."""
+        self._require_fitted()
+        return self._report_reference
+
     def _state(self) -> dict[str, Any]:
         return {
+            "report_reference": self._report_reference,
             "classifier": self.classifier,
             "autoencoder": self.autoencoder,
             "components": self.components,
@@ -133,6 +151,7 @@ class AutoencoderDetector(Detector):
         }
 
     def _restore(self, state: dict[str, Any]) -> None:
+        self._report_reference = state["report_reference"]
         self.classifier = state["classifier"].eval()
         self.autoencoder = state["autoencoder"].eval()
         self.components = state["components"]

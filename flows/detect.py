@@ -1,0 +1,108 @@
+"""The detect flow: load batch, load champion detector, detect, log to MLflow, publish, announce drift, report.
+
+Run it as `python flows/detect.py BATCH.npy`, `scanflow detect --batch BATCH.npy`, or as the `detect` deployment.
+"""
+
+from __future__ import annotations
+
+import base64
+import sys
+import tempfile
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.events import emit_event
+
+from scanflow import tracking
+from scanflow.config import CHAMPION_ALIAS, TrackingConfig
+from scanflow.data import load_batch_file
+from scanflow.detect import DEFAULT_LABEL_BUDGET, DRIFT_EVENT, Detection, critical_samples_png, detect_batch, save_evidently_report, summary_markdown
+from scanflow.drift.autoencoder import AutoencoderDetector
+
+
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def load_champion_detector(config: TrackingConfig, alias: str) -> tuple[AutoencoderDetector, str]:
+    return tracking.load_detector(config, alias)
+
+
+@task(cache_policy=NO_CACHE)
+def load_batch(path: str, detector: AutoencoderDetector) -> torch.Tensor:
+    return load_batch_file(path, detector.info)
+
+
+@task(cache_policy=NO_CACHE)
+def detect(detector: AutoencoderDetector, images: torch.Tensor, batch_id: str, model_version: str, budget: int) -> Detection:
+    detection = detect_batch(detector, images, batch_id, model_version, budget, classes=detector.info.classes if detector.info else None)
+    print(f"batch {batch_id}: drift={detection.result.is_drift} statistic={detection.result.statistic:.3f} p={detection.result.p_value:.4f}")
+    return detection
+
+
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def log_detection(config: TrackingConfig, detection: Detection, grid_png: bytes) -> str:
+    return tracking.log_detection(config, detection.summary(), grid_png)
+
+
+@task(cache_policy=NO_CACHE)
+def publish(detection: Detection, grid_png: bytes, mlflow_run_id: str) -> None:
+    grid = base64.b64encode(grid_png).decode("ascii")
+    create_markdown_artifact(
+        summary_markdown(detection) + f"\n\nMLflow run: `{mlflow_run_id}`\n\n![critical samples](data:image/png;base64,{grid})",
+        key="drift-summary",
+        description=f"drift verdict for batch {detection.batch_id}",
+    )
+    create_table_artifact(detection.critical_rows(), key="critical-samples", description="samples selected for labelling, in order")
+
+
+@task(cache_policy=NO_CACHE)
+def announce_drift(detection: Detection, model_name: str) -> None:
+    summary = detection.summary()
+    emit_event(
+        event=DRIFT_EVENT,
+        resource={"prefect.resource.id": f"scanflow.model.{model_name}", "prefect.resource.name": model_name},
+        payload={k: summary[k] for k in ("batch_id", "model_version", "statistic", "p_value", "n_critical")},
+    )
+
+
+@task(cache_policy=NO_CACHE, retries=1)
+def evidently_report(detector: AutoencoderDetector, images: torch.Tensor, mlflow_run_id: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = save_evidently_report(detector, images, Path(tmp) / "evidently_report.html")
+        tracking.log_artifact_file(mlflow_run_id, path)
+
+
+@flow(name="detect", log_prints=True)
+def detect_flow(
+    batch_path: str,
+    batch_id: str | None = None,
+    alias: str = CHAMPION_ALIAS,
+    budget: int = DEFAULT_LABEL_BUDGET,
+    report: bool = True,
+) -> dict:
+    """Test one production batch (a .npy of uint8 images) against the champion's detector.
+
+    Logs the verdict to MLflow, publishes a summary and the critical samples as Prefect artifacts, emits
+    `scanflow.drift.detected` when drifted, then (off the hot path) attaches Evidently's HTML report.
+    """
+    config = TrackingConfig.from_env()
+    batch_id = batch_id or Path(batch_path).stem
+    detector, model_version = load_champion_detector(config, alias)
+    images = load_batch(batch_path, detector)
+    detection = detect(detector, images, batch_id, model_version, budget)
+    grid_png = critical_samples_png(images, detection)
+    run_id = log_detection(config, detection, grid_png)
+    publish(detection, grid_png, run_id)
+    if detection.result.is_drift:
+        announce_drift(detection, config.classifier_name)
+    if report:
+        evidently_report(detector, images, run_id)
+    return {**detection.summary(), "mlflow_run_id": run_id}
+
+
+if __name__ == "__main__":
+    print(detect_flow(batch_path=sys.argv[1]))

@@ -1,0 +1,114 @@
+"""The detect flow under Prefect's test harness: verdict in MLflow, artifacts in Prefect, drift event emitted."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+from prefect.client.orchestration import get_client
+from prefect.events.filters import EventFilter, EventNameFilter
+
+from flows.detect import detect_flow
+from flows.train import train_flow
+from scanflow.corruptions import corrupt
+from scanflow.errors import InvalidBatchError
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def champion(mlflow_store, digits):
+    """A digits champion (with its detector) in a model namespace of this module."""
+    env = {"MLFLOW_TRACKING_URI": mlflow_store, "SCANFLOW_MODEL_NAME": "detect-flow-classifier", "SCANFLOW_EXPERIMENT": "detect-flow"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        train_flow(dataset="digits", epochs=15, autoencoder_epochs=10, latent_dim=8)
+        yield env
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@pytest.fixture()
+def env(champion, monkeypatch):
+    for key, value in champion.items():
+        monkeypatch.setenv(key, value)
+    return champion
+
+
+def _save(tmp_path, name, images):
+    path = tmp_path / f"{name}.npy"
+    np.save(path, images)
+    return str(path)
+
+
+def _drift_events(batch_id):
+    with get_client(sync_client=True) as client:
+        page = client.read_events(EventFilter(event=EventNameFilter(name=["scanflow.drift.detected"])), limit=50)
+    return [e for e in page.events if e.payload.get("batch_id") == batch_id]
+
+
+def test_corrupted_batch_is_drift_logged_published_and_announced(env, digits, tmp_path):
+    _, test = digits
+    batch = corrupt(test.images[:100], "impulse_noise", severity=5, seed=0).numpy()
+    summary = detect_flow(batch_path=_save(tmp_path, "noisy", batch), budget=10)
+
+    assert summary["is_drift"] and summary["p_value"] <= 0.05 and summary["batch_id"] == "noisy"
+    assert 0 < len(summary["selected_indices"]) <= 10
+    run = MlflowClient(env["MLFLOW_TRACKING_URI"]).get_run(summary["mlflow_run_id"])
+    assert run.data.tags["scanflow.is_drift"] == "true" and run.data.metrics["p_value"] == pytest.approx(summary["p_value"])
+    artifacts = {a.path for a in MlflowClient(env["MLFLOW_TRACKING_URI"]).list_artifacts(run.info.run_id)}
+    assert {"drift_result.json", "critical_samples.png", "evidently_report.html"} <= artifacts
+
+    with get_client(sync_client=True) as client:
+        keys = {a.key for a in client.read_artifacts()}
+    assert {"drift-summary", "critical-samples"} <= keys
+    deadline = time.time() + 30
+    while not _drift_events("noisy") and time.time() < deadline:
+        time.sleep(1)
+    event = _drift_events("noisy")[0]
+    assert event.resource.id == "scanflow.model.detect-flow-classifier"
+    assert event.payload["model_version"] == summary["model_version"]
+
+
+def test_clean_batch_is_not_drift_and_not_announced(env, digits, tmp_path):
+    _, test = digits
+    summary = detect_flow(batch_path=_save(tmp_path, "clean", test.images[100:200].numpy()), report=False)
+    assert not summary["is_drift"]
+    time.sleep(2)
+    assert _drift_events("clean") == []
+
+
+def test_batch_of_the_wrong_size_for_the_model_fails_clearly(env, tmp_path):
+    path = _save(tmp_path, "big", np.zeros((5, 28, 28), dtype=np.uint8))
+    with pytest.raises(InvalidBatchError, match=r"expects images of shape \[N, 1, 8, 8\]"):
+        detect_flow(batch_path=path)
+
+
+def test_cli_detect_prints_json_and_exits_non_zero_on_bad_batches(env, digits, prefect_server, tmp_path):
+    _, test = digits
+    run_env = {**os.environ, "PREFECT_API_URL": prefect_server}
+    good = _save(tmp_path, "cli", test.images[:60, 0].numpy())
+    result = subprocess.run(
+        [sys.executable, "-m", "scanflow.cli", "detect", "--batch", good, "--json", "--no-report"],
+        env=run_env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    verdict = json.loads(result.stdout[result.stdout.index("{"):])
+    assert verdict["n"] == 60 and verdict["batch_id"] == "cli"
+
+    bad = _save(tmp_path, "floats", np.random.default_rng(0).random((4, 8, 8)).astype(np.float32))
+    result = subprocess.run(
+        [sys.executable, "-m", "scanflow.cli", "detect", "--batch", bad], env=run_env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2 and "expected uint8 pixel values 0..255, got float32" in result.stderr
