@@ -45,33 +45,43 @@ def _as_images(model_input: Any, info: DatasetInfo) -> torch.Tensor:
     return validate_batch(np.asarray(model_input), info)
 
 
-class ClassifierModel(mlflow.pyfunc.PythonModel):
+class _ImageModel(mlflow.pyfunc.PythonModel):
+    """A Scanflow model file served as a pyfunc: validates the uint8 batch, then runs `_run`."""
+
+    artifact: str
+    model_class: type[Classifier] | type[Autoencoder]
+
+    def __init__(self, info: DatasetInfo) -> None:
+        self.info = info
+        self.model: Classifier | Autoencoder | None = None
+
+    def load_context(self, context: Any) -> None:
+        self.model = self.model_class.load(context.artifacts[self.artifact])
+
+    def predict(self, context, model_input, params=None):
+        if self.model is None:
+            raise NotFittedError(f"{type(self).__name__}.predict before load_context: load it with mlflow.pyfunc.load_model")
+        return self._run(_as_images(model_input, self.info))
+
+    def _run(self, images: torch.Tensor) -> np.ndarray:
+        raise NotImplementedError
+
+
+class ClassifierModel(_ImageModel):
     """The plain classifier as a pyfunc: uint8 images in, int64 labels out."""
 
-    def __init__(self, info: DatasetInfo) -> None:
-        self.info = info
-        self.classifier: Classifier | None = None
+    artifact = CLASSIFIER_ARTIFACT
+    model_class = Classifier
 
-    def load_context(self, context: Any) -> None:
-        self.classifier = Classifier.load(context.artifacts[CLASSIFIER_ARTIFACT])
-
-    def predict(self, context, model_input, params=None):
-        if self.classifier is None:
-            raise NotFittedError("ClassifierModel.predict before load_context: load it with mlflow.pyfunc.load_model")
-        return self.classifier.predict(_as_images(model_input, self.info)).numpy().astype(np.int64)
+    def _run(self, images: torch.Tensor) -> np.ndarray:
+        return self.model.predict(images).numpy().astype(np.int64)
 
 
-class AutoencoderModel(mlflow.pyfunc.PythonModel):
+class AutoencoderModel(_ImageModel):
     """The autoencoder as a pyfunc: uint8 images in, latent vectors out."""
 
-    def __init__(self, info: DatasetInfo) -> None:
-        self.info = info
-        self.autoencoder: Autoencoder | None = None
+    artifact = AUTOENCODER_ARTIFACT
+    model_class = Autoencoder
 
-    def load_context(self, context: Any) -> None:
-        self.autoencoder = Autoencoder.load(context.artifacts[AUTOENCODER_ARTIFACT])
-
-    def predict(self, context, model_input, params=None):
-        if self.autoencoder is None:
-            raise NotFittedError("AutoencoderModel.predict before load_context: load it with mlflow.pyfunc.load_model")
-        return self.autoencoder.embed(_as_images(model_input, self.info)).numpy().astype(np.float32)
+    def _run(self, images: torch.Tensor) -> np.ndarray:
+        return self.model.embed(images).numpy().astype(np.float32)

@@ -279,6 +279,16 @@ def _version_by_alias(config: TrackingConfig, alias: str) -> Any:
         ) from error
 
 
+def _required_tag(config: TrackingConfig, version: Any, tag: str, meaning: str) -> str:
+    value = version.tags.get(tag)
+    if value is None:
+        raise ModelNotFoundError(
+            f"{config.classifier_name} version {version.version} has no {tag} tag ({meaning}): "
+            "retrain with `scanflow train`"
+        )
+    return value
+
+
 @dataclass(frozen=True)
 class LoadedModels:
     """A registered classifier version and the autoencoder registered with it."""
@@ -292,12 +302,7 @@ class LoadedModels:
 def load_models(config: TrackingConfig, alias: str = CHAMPION_ALIAS) -> LoadedModels:
     """Load the classifier at `alias` and the autoencoder version recorded beside it, as Scanflow models."""
     version = _version_by_alias(config, alias)
-    ae_version = version.tags.get(AUTOENCODER_VERSION_TAG)
-    if ae_version is None:
-        raise ModelNotFoundError(
-            f"{config.classifier_name} version {version.version} has no {AUTOENCODER_VERSION_TAG} tag: "
-            "it was not registered by Scanflow; retrain with `scanflow train`"
-        )
+    ae_version = _required_tag(config, version, AUTOENCODER_VERSION_TAG, "it was not registered by Scanflow")
     with tempfile.TemporaryDirectory() as tmp:
         clf_dir = mlflow.artifacts.download_artifacts(
             f"models:/{config.classifier_name}/{version.version}", dst_path=os.path.join(tmp, "clf")
@@ -321,12 +326,7 @@ def log_detector(run_id: str, detector: Detector) -> str:
 def load_detector(config: TrackingConfig, alias: str = CHAMPION_ALIAS) -> tuple[Detector, str]:
     """The detector logged beside the classifier version at `alias`, and that version."""
     version = _version_by_alias(config, alias)
-    uri = version.tags.get(DETECTOR_TAG)
-    if uri is None:
-        raise ModelNotFoundError(
-            f"{config.classifier_name} version {version.version} has no detector ({DETECTOR_TAG} tag): "
-            "retrain with `scanflow train` to fit and log one"
-        )
+    uri = _required_tag(config, version, DETECTOR_TAG, "no drift detector was logged beside it")
     with tempfile.TemporaryDirectory() as tmp:
         return Detector.load(mlflow.artifacts.download_artifacts(uri, dst_path=tmp)), str(version.version)
 
