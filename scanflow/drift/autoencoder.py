@@ -4,8 +4,10 @@ Sample score. Each image gets four component scores, each on a log scale where h
 - `reconstruction`: the autoencoder's mean squared reconstruction error (pixels in [0, 1]);
 - `latent`: squared Mahalanobis distance of its latent vector to the reference latents (Ledoit-Wolf covariance);
 - `uncertainty`: -log of the classifier's top softmax probability;
-- `pixels`: the largest robust z-score of four pixel statistics (mean, standard deviation, share of bright pixels,
-  mean absolute neighbour difference), which catch global changes (brightness, fog) the models may absorb.
+- `pixels`: Mahalanobis distance of the image's pixel statistics (mean, standard deviation, share of bright
+  pixels, neighbour difference and its ratio to the standard deviation) to the reference's: global changes
+  (brightness, fog, blur) that the models may absorb; the ratio catches blur, which lowers neighbour differences
+  for a given contrast.
 Each component is standardised with the median and MAD of clean reference images, and the sample score is the
 largest standardised component: whichever view of the image looks strangest. Scores are in "robust standard
 deviations above clean" and are comparable across batches (no per-batch normalisation).
@@ -52,6 +54,17 @@ def pixel_statistics(images: torch.Tensor) -> np.ndarray:
     return stats.numpy().astype(np.float64)
 
 
+def _pixel_shape_features(pixels: np.ndarray) -> np.ndarray:
+    """Pixel statistics on scales where clean images are roughly Gaussian, plus the sharpness ratio, [N, 5]."""
+    mean, std, bright, neighbour = pixels.T
+    return np.stack([mean, std, np.sqrt(bright), np.log(neighbour + 1e-3), neighbour / (std + 1e-3)], axis=1)
+
+
+def _mahalanobis_squared(points: np.ndarray, mean: np.ndarray, precision: np.ndarray) -> np.ndarray:
+    centred = points - mean
+    return np.einsum("nd,de,ne->n", centred, precision, centred)
+
+
 def _robust_location_scale(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     median = np.median(values, axis=0)
     mad = np.median(np.abs(values - median), axis=0) * _MAD_TO_SD
@@ -74,8 +87,8 @@ class AutoencoderDetector(Detector):
         self.components = tuple(components)
         self._latent_mean: np.ndarray | None = None
         self._latent_precision: np.ndarray | None = None
-        self._pixel_location: np.ndarray | None = None
-        self._pixel_scale: np.ndarray | None = None
+        self._pixel_mean: np.ndarray | None = None
+        self._pixel_precision: np.ndarray | None = None
         self._component_location: np.ndarray | None = None
         self._component_scale: np.ndarray | None = None
         self._report_reference: Features | None = None
@@ -86,7 +99,8 @@ class AutoencoderDetector(Detector):
         covariance = LedoitWolf().fit(latent)
         self._latent_mean = covariance.location_
         self._latent_precision = covariance.precision_
-        self._pixel_location, self._pixel_scale = _robust_location_scale(pixel_statistics(reference))
+        pixel_covariance = LedoitWolf().fit(_pixel_shape_features(pixel_statistics(reference)))
+        self._pixel_mean, self._pixel_precision = pixel_covariance.location_, pixel_covariance.precision_
         raw, _ = self._raw_components(reference)
         self._component_location, self._component_scale = _robust_location_scale(raw)
         rows = np.sort(np.random.default_rng(self.seed).permutation(len(reference))[:REPORT_REFERENCE_ROWS])
@@ -144,8 +158,8 @@ class AutoencoderDetector(Detector):
             "components": self.components,
             "latent_mean": self._latent_mean,
             "latent_precision": self._latent_precision,
-            "pixel_location": self._pixel_location,
-            "pixel_scale": self._pixel_scale,
+            "pixel_mean": self._pixel_mean,
+            "pixel_precision": self._pixel_precision,
             "component_location": self._component_location,
             "component_scale": self._component_scale,
         }
@@ -157,8 +171,8 @@ class AutoencoderDetector(Detector):
         self.components = state["components"]
         self._latent_mean = state["latent_mean"]
         self._latent_precision = state["latent_precision"]
-        self._pixel_location = state["pixel_location"]
-        self._pixel_scale = state["pixel_scale"]
+        self._pixel_mean = state["pixel_mean"]
+        self._pixel_precision = state["pixel_precision"]
         self._component_location = state["component_location"]
         self._component_scale = state["component_scale"]
 
@@ -170,21 +184,14 @@ class AutoencoderDetector(Detector):
         pixels = pixel_statistics(images)
         columns = {
             "reconstruction": lambda: np.log(error.numpy().astype(np.float64) + _EPS),
-            "latent": lambda: np.log(self._mahalanobis_squared(latent.numpy().astype(np.float64)) + _EPS),
+            "latent": lambda: np.log(_mahalanobis_squared(latent.numpy().astype(np.float64), self._latent_mean, self._latent_precision) + _EPS),
             "uncertainty": lambda: np.log(-np.log(np.clip(self._top_probability(images), _EPS, 1.0)) + 1e-6),
-            "pixels": lambda: np.log(self._pixel_z(pixels) + 1e-3),
+            "pixels": lambda: np.log(_mahalanobis_squared(_pixel_shape_features(pixels), self._pixel_mean, self._pixel_precision) + 1e-6),
         }
         return np.stack([columns[c]() for c in self.components], axis=1), pixels
 
-    def _mahalanobis_squared(self, latent: np.ndarray) -> np.ndarray:
-        centred = latent - self._latent_mean
-        return np.einsum("nd,de,ne->n", centred, self._latent_precision, centred)
-
     def _top_probability(self, images: torch.Tensor) -> np.ndarray:
         return self.classifier.predict_proba(images).max(dim=1).values.numpy().astype(np.float64)
-
-    def _pixel_z(self, pixels: np.ndarray) -> np.ndarray:
-        return (np.abs(pixels - self._pixel_location) / self._pixel_scale).max(axis=1)
 
 
 #: Reference images the detector is fitted on, at most: the latent covariance and robust scales are stable well
