@@ -76,11 +76,12 @@ def detect_batch(
     budget: int = DEFAULT_LABEL_BUDGET, classes: tuple[str, ...] | None = None,
 ) -> Detection:
     """Test one batch, pick at most `budget` diverse, class-aware critical samples for a person."""
-    result = detector.predict(images)
-    features = detector.report_features(images)
-    predicted = features["p"].argmax(axis=1)
-    selection = select_critical(result.sample_scores, result.critical_indices, budget, features["z"], predicted)
-    names = classes or tuple(str(k) for k in range(features["p"].shape[1]))
+    probabilities = detector.classifier.predict_proba(images).numpy()
+    result = detector.predict(images, probabilities=probabilities)
+    predicted = probabilities.argmax(axis=1)
+    latent = detector.autoencoder.embed(images).numpy()
+    selection = select_critical(result.sample_scores, result.critical_indices, budget, latent, predicted)
+    names = classes or tuple(str(k) for k in range(probabilities.shape[1]))
     return Detection(batch_id, model_version, result, selection, predicted, names)
 
 

@@ -106,8 +106,8 @@ class AutoencoderDetector(Detector):
         rows = np.sort(np.random.default_rng(self.seed).permutation(len(reference))[:REPORT_REFERENCE_ROWS])
         self._report_reference = self.report_features(reference[rows])
 
-    def _features(self, images: torch.Tensor) -> Features:
-        raw, pixels = self._raw_components(images)
+    def _features(self, images: torch.Tensor, probabilities: np.ndarray | None = None) -> Features:
+        raw, pixels = self._raw_components(images, probabilities)
         standardised = (raw - self._component_location) / self._component_scale
         return {
             "components": standardised,
@@ -177,7 +177,7 @@ class AutoencoderDetector(Detector):
         self._component_scale = state["component_scale"]
 
     # --------------------------------------------------------------------------------------- internals
-    def _raw_components(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    def _raw_components(self, images: torch.Tensor, probabilities: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Log-scale component scores, float [N, len(components)], before standardisation; and the raw pixel
         statistics, float [N, 4]."""
         latent, error = self.autoencoder.embed_with_error(images)
@@ -185,13 +185,15 @@ class AutoencoderDetector(Detector):
         columns = {
             "reconstruction": lambda: np.log(error.numpy().astype(np.float64) + _EPS),
             "latent": lambda: np.log(_mahalanobis_squared(latent.numpy().astype(np.float64), self._latent_mean, self._latent_precision) + _EPS),
-            "uncertainty": lambda: np.log(-np.log(np.clip(self._top_probability(images), _EPS, 1.0)) + 1e-6),
+            "uncertainty": lambda: np.log(-np.log(np.clip(self._top_probability(images, probabilities), _EPS, 1.0)) + 1e-6),
             "pixels": lambda: np.log(_mahalanobis_squared(_pixel_shape_features(pixels), self._pixel_mean, self._pixel_precision) + 1e-6),
         }
         return np.stack([columns[c]() for c in self.components], axis=1), pixels
 
-    def _top_probability(self, images: torch.Tensor) -> np.ndarray:
-        return self.classifier.predict_proba(images).max(dim=1).values.numpy().astype(np.float64)
+    def _top_probability(self, images: torch.Tensor, probabilities: np.ndarray | None) -> np.ndarray:
+        if probabilities is None:
+            probabilities = self.classifier.predict_proba(images).numpy()
+        return probabilities.max(axis=1).astype(np.float64)
 
 
 #: Reference images the detector is fitted on, at most: the latent covariance and robust scales are stable well

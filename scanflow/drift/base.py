@@ -68,6 +68,19 @@ class DriftResult:
         return values
 
 
+def _checked_probabilities(probabilities: np.ndarray | None, n: int) -> np.ndarray | None:
+    if probabilities is None:
+        return None
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    if probabilities.ndim != 2 or len(probabilities) != n:
+        raise InvalidBatchError(
+            f"probabilities must be the classifier's softmax for the batch, shape [{n}, K]; got {list(probabilities.shape)}"
+        )
+    if not np.isfinite(probabilities).all():
+        raise InvalidBatchError("probabilities contain NaN or infinite values: pass the classifier's softmax output")
+    return probabilities
+
+
 class Detector(ABC):
     """Base class of every drift detector. Subclasses fill `_fit`, `_features` and `_statistic`."""
 
@@ -97,8 +110,12 @@ class Detector(ABC):
         """Learn what clean images look like from `reference` (uint8 [N, C, H, W])."""
 
     @abstractmethod
-    def _features(self, images: torch.Tensor) -> Features:
-        """Per-image features of a batch; must include "sample_scores" (float [N], higher = stranger)."""
+    def _features(self, images: torch.Tensor, probabilities: np.ndarray | None = None) -> Features:
+        """Per-image features of a batch; must include "sample_scores" (float [N], higher = stranger).
+
+        `probabilities` is the classifier's softmax [N, K] for these images when the caller already has it
+        (the predict step), so a detector that needs it does not run the classifier a second time.
+        """
 
     @abstractmethod
     def _statistic(self, features: Features) -> float:
@@ -138,14 +155,19 @@ class Detector(ABC):
         self.sample_threshold = float(np.quantile(scores, 1.0 - self.sample_fpr))
         return self
 
-    def score(self, images: Any) -> np.ndarray:
+    def score(self, images: Any, probabilities: np.ndarray | None = None) -> np.ndarray:
         """Per-sample scores, float [N], higher = stranger; comparable across batches (no per-batch scaling)."""
-        return self._features(self._check(images))["sample_scores"]
-
-    def predict(self, images: Any) -> DriftResult:
-        """Test one batch for drift and rank its critical samples."""
         images = self._check(images)
-        features = self._features(images)
+        return self._features(images, _checked_probabilities(probabilities, len(images)))["sample_scores"]
+
+    def predict(self, images: Any, probabilities: np.ndarray | None = None) -> DriftResult:
+        """Test one batch for drift and rank its critical samples.
+
+        Pass `probabilities` (the classifier's softmax [N, K] from the predict step) to skip a second
+        classifier pass on the hot path.
+        """
+        images = self._check(images)
+        features = self._features(images, _checked_probabilities(probabilities, len(images)))
         statistic = float(self._statistic(features))
         null = self.null_distribution(len(images))
         exceed = int(np.sum(null >= statistic))

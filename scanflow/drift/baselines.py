@@ -200,7 +200,7 @@ class QuotaDetector(Detector):
     def _fit(self, reference: torch.Tensor) -> None:
         self.reference_p95 = float(np.percentile(self._errors(reference), QUOTA_PERCENTILES[1]))
 
-    def _features(self, images: torch.Tensor) -> Features:
+    def _features(self, images: torch.Tensor, probabilities: np.ndarray | None = None) -> Features:
         return {"sample_scores": self._errors(images)}
 
     def _statistic(self, features: Features) -> float:
@@ -244,8 +244,8 @@ class BBSDDetector(Detector):
         rows = _reference_sample(len(reference), self.max_reference, self.seed)
         self.reference = self._softmax(reference[torch.from_numpy(rows)])
 
-    def _features(self, images: torch.Tensor) -> Features:
-        softmax = self._softmax(images)
+    def _features(self, images: torch.Tensor, probabilities: np.ndarray | None = None) -> Features:
+        softmax = self._softmax(images) if probabilities is None else probabilities
         return {"softmax": softmax, "sample_scores": 1.0 - softmax.max(axis=1)}
 
     def _test(self, features: Features) -> tuple[np.ndarray, float, float]:
@@ -328,7 +328,7 @@ class MMDDetector(Detector):
         """Mean kernel value k(x, reference) per embedded image, float [N] in [0, 1]."""
         return np.exp(-_squared_distances(embedding, self.reference) / self.bandwidth).mean(axis=1)
 
-    def _features(self, images: torch.Tensor) -> Features:
+    def _features(self, images: torch.Tensor, probabilities: np.ndarray | None = None) -> Features:
         embedding = self._embed(images)
         return {"embedding": embedding, "sample_scores": 1.0 - self._reference_similarity(embedding)}
 
@@ -423,7 +423,7 @@ class PixelStatsDetector(Detector):
         mad = np.median(np.abs(statistics - self.median), axis=0)
         self.scale = np.maximum(MAD_TO_STD * mad, MIN_ROBUST_SCALE)
 
-    def _features(self, images: torch.Tensor) -> Features:
+    def _features(self, images: torch.Tensor, probabilities: np.ndarray | None = None) -> Features:
         statistics = pixel_statistics(images)
         z = np.abs(statistics - self.median) / self.scale
         return {"pixel_statistics": statistics, "sample_scores": z.max(axis=1)}

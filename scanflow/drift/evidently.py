@@ -220,10 +220,12 @@ class EvidentlyDetector(Detector):
         p = self.classifier.predict_proba(reference[torch.from_numpy(keep)]).numpy().astype(np.float64)
         self._reference_rows = np.hstack([z[keep], p])
 
-    def _features(self, images: torch.Tensor) -> Features:
+    def _features(self, images: torch.Tensor, probabilities: np.ndarray | None = None) -> Features:
         """Latent z [N, D], softmax p [N, K] and Mahalanobis sample scores [N] (latent standard deviations)."""
         z = self.autoencoder.embed(images).numpy().astype(np.float64)
-        p = self.classifier.predict_proba(images).numpy().astype(np.float64)
+        if probabilities is None:
+            probabilities = self.classifier.predict_proba(images).numpy()
+        p = probabilities.astype(np.float64)
         return {"z": z, "p": p, "sample_scores": self._mahalanobis(z)}
 
     def _mahalanobis(self, z: np.ndarray) -> np.ndarray:

@@ -113,3 +113,13 @@ def test_save_and_load_round_trip(fitted, window, tmp_path):
     before, after = fitted.predict(window), loaded.predict(window)
     assert np.array_equal(before.sample_scores, after.sample_scores)
     assert (before.statistic, before.p_value, before.critical_indices) == (after.statistic, after.p_value, after.critical_indices)
+
+
+def test_given_probabilities_replace_the_classifier_pass_exactly(fitted, models, window):
+    classifier, _ = models
+    probabilities = classifier.predict_proba(window).numpy()
+    with_given, computed = fitted.predict(window, probabilities=probabilities), fitted.predict(window)
+    assert np.allclose(with_given.sample_scores, computed.sample_scores)
+    assert with_given.statistic == pytest.approx(computed.statistic) and with_given.is_drift == computed.is_drift
+    with pytest.raises(InvalidBatchError, match=r"probabilities must be the classifier's softmax for the batch, shape \[100, K\]"):
+        fitted.predict(window, probabilities=probabilities[:5])
