@@ -9,7 +9,9 @@ thresholds on clean held-out images:
 - the **sample threshold** is the (1 - sample_fpr) quantile of the calibration images' sample scores, so a clean
   image is flagged critical with probability ~ sample_fpr;
 - the **batch threshold** is calibrated per batch size n: the statistic is computed on `calibration_windows`
-  random clean windows of size n drawn from the calibration images, and a batch's p-value is the share of those
+  random clean windows of size n drawn with replacement from the calibration images (drawing without
+  replacement would make windows that cover a large share of a small calibration set too alike, and the null
+  too narrow: 11 % false alarms at n = 200 from 1,000 MNIST calibration images), and a batch's p-value is the share of those
   windows with a statistic at least as large (with the +1 correction). Drift is declared when p <= alpha, so the
   false-alarm rate on clean batches of that size is at most alpha (up to sampling noise of the null).
 Null distributions are cached per n and saved with the detector.
@@ -191,13 +193,12 @@ class Detector(ABC):
         )
 
     def null_distribution(self, n: int) -> np.ndarray:
-        """The statistic on `calibration_windows` clean windows of size n (cached per n)."""
+        """The statistic on `calibration_windows` clean windows of size n, drawn with replacement (cached per n)."""
         calibration = self._require_fitted()
         if n not in self._null:
             size = len(calibration["sample_scores"])
             rng = np.random.default_rng([self.seed, n])
-            replace = n > size
-            windows = (rng.choice(size, n, replace=replace) for _ in range(self.calibration_windows))
+            windows = (rng.choice(size, n, replace=True) for _ in range(self.calibration_windows))
             self._null[n] = np.array([self._statistic({k: v[rows] for k, v in calibration.items()}) for rows in windows])
         return self._null[n]
 
