@@ -53,6 +53,7 @@ from scanflow.errors import (
 )
 
 __all__ = [
+    "CALIBRATION_SIZE",
     "CIFAR10_CLASSES",
     "DATASET_NAMES",
     "DEBIAN_FASHION_MNIST_DIR",
@@ -72,6 +73,8 @@ __all__ = [
     "default_cache_dir",
     "default_dataset_name",
     "derive_train_test",
+    "hold_out_calibration",
+    "load_batch_file",
     "load_dataset",
     "load_train_test",
     "read_idx",
