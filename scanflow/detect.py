@@ -77,10 +77,9 @@ def detect_batch(
 ) -> Detection:
     """Test one batch, pick at most `budget` diverse, class-aware critical samples for a person."""
     probabilities = detector.classifier.predict_proba(images).numpy()
-    result = detector.predict(images, probabilities=probabilities)
+    result, features = detector.assess(images, probabilities=probabilities)
     predicted = probabilities.argmax(axis=1)
-    latent = detector.autoencoder.embed(images).numpy()
-    selection = select_critical(result.sample_scores, result.critical_indices, budget, latent, predicted)
+    selection = select_critical(result.sample_scores, result.critical_indices, budget, features["latent"], predicted)
     names = classes or tuple(str(k) for k in range(probabilities.shape[1]))
     return Detection(batch_id, model_version, result, selection, predicted, names)
 

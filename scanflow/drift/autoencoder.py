@@ -97,21 +97,22 @@ class AutoencoderDetector(Detector):
 
     # ------------------------------------------------------------------------------------------- hooks
     def _fit(self, reference: torch.Tensor) -> None:
-        latent = self.autoencoder.embed(reference).numpy().astype(np.float64)
-        covariance = LedoitWolf().fit(latent)
+        encoded = self.autoencoder.embed_with_error(reference)
+        covariance = LedoitWolf().fit(encoded[0].numpy().astype(np.float64))
         self._latent_mean = covariance.location_
         self._latent_precision = covariance.precision_
         pixel_covariance = LedoitWolf().fit(_pixel_shape_features(pixel_statistics(reference)))
         self._pixel_mean, self._pixel_precision = pixel_covariance.location_, pixel_covariance.precision_
-        raw, _ = self._raw_components(reference)
+        _, raw, _ = self._raw_components(reference, encoded=encoded)
         self._component_location, self._component_scale = _robust_location_scale(raw)
         rows = np.sort(np.random.default_rng(self.seed).permutation(len(reference))[:REPORT_REFERENCE_ROWS])
         self._report_reference = self.report_features(reference[rows])
 
     def _features(self, images: torch.Tensor, probabilities: np.ndarray | None = None) -> Features:
-        raw, pixels = self._raw_components(images, probabilities)
+        latent, raw, pixels = self._raw_components(images, probabilities)
         standardised = (raw - self._component_location) / self._component_scale
         return {
+            "latent": latent,
             "components": standardised,
             "signals": np.concatenate([raw, pixels], axis=1),
             "sample_scores": standardised.mean(axis=1),
@@ -182,18 +183,24 @@ class AutoencoderDetector(Detector):
         self._component_scale = state["component_scale"]
 
     # --------------------------------------------------------------------------------------- internals
-    def _raw_components(self, images: torch.Tensor, probabilities: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Log-scale component scores, float [N, len(components)], before standardisation; and the raw pixel
-        statistics, float [N, 4]."""
-        latent, error = self.autoencoder.embed_with_error(images)
+    def _raw_components(
+        self,
+        images: torch.Tensor,
+        probabilities: np.ndarray | None = None,
+        encoded: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Latent vectors [N, D]; log-scale component scores [N, len(components)] before standardisation; raw
+        pixel statistics [N, 4]. `encoded` is the autoencoder's `embed_with_error` output when already computed."""
+        latent_tensor, error = encoded if encoded is not None else self.autoencoder.embed_with_error(images)
+        latent = latent_tensor.numpy().astype(np.float64)
         pixels = pixel_statistics(images)
         columns = {
             "reconstruction": lambda: np.log(error.numpy().astype(np.float64) + _EPS),
-            "latent": lambda: np.log(_mahalanobis_squared(latent.numpy().astype(np.float64), self._latent_mean, self._latent_precision) + _EPS),
+            "latent": lambda: np.log(_mahalanobis_squared(latent, self._latent_mean, self._latent_precision) + _EPS),
             "uncertainty": lambda: np.log(-np.log(np.clip(self._top_probability(images, probabilities), _EPS, 1.0)) + 1e-6),
             "pixels": lambda: np.log(_mahalanobis_squared(_pixel_shape_features(pixels), self._pixel_mean, self._pixel_precision) + 1e-6),
         }
-        return np.stack([columns[c]() for c in self.components], axis=1), pixels
+        return latent, np.stack([columns[c]() for c in self.components], axis=1), pixels
 
     def _top_probability(self, images: torch.Tensor, probabilities: np.ndarray | None) -> np.ndarray:
         if probabilities is None:

@@ -168,6 +168,11 @@ class Detector(ABC):
         Pass `probabilities` (the classifier's softmax [N, K] from the predict step) to skip a second
         classifier pass on the hot path.
         """
+        return self.assess(images, probabilities)[0]
+
+    def assess(self, images: Any, probabilities: np.ndarray | None = None) -> tuple[DriftResult, Features]:
+        """`predict`, plus the per-image features it computed (e.g. latent vectors), so a caller that needs
+        them too (critical-sample selection) does not run the models again."""
         images = self._check(images)
         features = self._features(images, _checked_probabilities(probabilities, len(images)))
         statistic = float(self._statistic(features))
@@ -190,7 +195,7 @@ class Detector(ABC):
             sample_threshold=float(self.sample_threshold),
             critical_indices=critical,
             details=self._details(features),
-        )
+        ), features
 
     def null_distribution(self, n: int) -> np.ndarray:
         """The statistic on `calibration_windows` clean windows of size n, drawn with replacement (cached per n)."""

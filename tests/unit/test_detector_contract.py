@@ -85,6 +85,9 @@ def test_predict_returns_a_frozen_consistent_result(fitted, window):
     assert (np.diff(result.sample_scores[critical]) <= 0).all(), "critical samples are ranked, strangest first"
     assert int(np.sum(result.sample_scores > result.sample_threshold)) == len(critical)
     assert isinstance(result.to_dict()["sample_scores"], list)
+    assessed, features = fitted.assess(window)
+    assert np.array_equal(assessed.sample_scores, result.sample_scores) and assessed.statistic == result.statistic
+    assert all(len(values) == len(window) for values in features.values())
 
 
 def test_clean_windows_rarely_alarm_and_corrupted_ones_do(fitted, digits):
