@@ -23,6 +23,7 @@ DEFAULT_EXPERIMENT = "scanflow"
 DEFAULT_CLASSIFIER_NAME = "scanflow-classifier"
 DEFAULT_AUTOENCODER_NAME = "scanflow-autoencoder"
 CHAMPION_ALIAS = "champion"
+CHALLENGER_ALIAS = "challenger"
 
 
 def apply_environment_defaults() -> None:

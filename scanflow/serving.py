@@ -18,10 +18,12 @@ from mlflow.types import Schema, TensorSpec
 
 from scanflow.data import DatasetInfo, validate_batch
 from scanflow.errors import NotFittedError
-from scanflow.models import Autoencoder, Classifier
+from scanflow.models import Autoencoder, Classifier, Denoiser
 
 CLASSIFIER_ARTIFACT = "classifier"
 AUTOENCODER_ARTIFACT = "autoencoder"
+DENOISER_ARTIFACT = "denoiser"
+REJECTION_DETECTOR_ARTIFACT = "rejection_detector"
 REJECTED_LABEL = -1
 
 
@@ -85,3 +87,32 @@ class AutoencoderModel(_ImageModel):
 
     def _run(self, images: torch.Tensor) -> np.ndarray:
         return self.model.embed(images).numpy().astype(np.float32)
+
+
+class FilteredClassifierModel(_ImageModel):
+    """A filter-wrapped classifier as a pyfunc: the denoiser cleans the batch, the unchanged classifier labels it;
+    with a rejection detector logged beside them, images still beyond its threshold get REJECTED_LABEL (-1)."""
+
+    artifact = CLASSIFIER_ARTIFACT
+    model_class = Classifier
+
+    def __init__(self, info: DatasetInfo, reject_threshold: float | None = None) -> None:
+        super().__init__(info)
+        self.reject_threshold = reject_threshold
+        self.denoiser: Denoiser | None = None
+        self.scorer: Any = None
+
+    def load_context(self, context: Any) -> None:
+        super().load_context(context)
+        self.denoiser = Denoiser.load(context.artifacts[DENOISER_ARTIFACT])
+        if self.reject_threshold is not None:
+            from scanflow.drift.base import Detector
+
+            self.scorer = Detector.load(context.artifacts[REJECTION_DETECTOR_ARTIFACT])
+
+    def _run(self, images: torch.Tensor) -> np.ndarray:
+        cleaned = self.denoiser.clean(images)
+        labels = self.model.predict(cleaned).numpy().astype(np.int64)
+        if self.scorer is not None:
+            labels[np.asarray(self.scorer.score(cleaned)) > self.reject_threshold] = REJECTED_LABEL
+        return labels

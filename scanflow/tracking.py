@@ -29,16 +29,19 @@ from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
 
 import scanflow
-from scanflow.config import CHAMPION_ALIAS, TrackingConfig
+from scanflow.config import CHALLENGER_ALIAS, CHAMPION_ALIAS, TrackingConfig
 from scanflow.data import LabeledImages
 from scanflow.drift.base import Detector
 from scanflow.errors import ModelNotFoundError, TrackingUnavailableError
-from scanflow.models import Autoencoder, Classifier
+from scanflow.models import Autoencoder, Classifier, Denoiser, SavableModel
 from scanflow.serving import (
     AUTOENCODER_ARTIFACT,
     CLASSIFIER_ARTIFACT,
+    DENOISER_ARTIFACT,
+    REJECTION_DETECTOR_ARTIFACT,
     AutoencoderModel,
     ClassifierModel,
+    FilteredClassifierModel,
     autoencoder_signature,
     classifier_signature,
 )
@@ -196,20 +199,22 @@ def _requirements() -> list[str]:
 
 
 def _log_pyfunc(
-    name: str, python_model: Any, artifact_key: str, model: Classifier | Autoencoder, signature: Any,
-    registered_model_name: str, model_tags: Mapping[str, str],
+    name: str, python_model: Any, artifacts: Mapping[str, SavableModel | Detector], signature: Any,
+    registered_model_name: str, model_tags: Mapping[str, str] | None = None,
 ) -> Any:
+    """Log `python_model` with each artifact saved by its own `save` (artifact key = file stem), and register it."""
     with tempfile.TemporaryDirectory() as tmp, _quiet_mlflow():
-        weights = model.save(Path(tmp) / f"{artifact_key}.pt")
+        suffix = {True: ".pkl", False: ".pt"}
+        files = {key: str(obj.save(Path(tmp) / f"{key}{suffix[isinstance(obj, Detector)]}")) for key, obj in artifacts.items()}
         return mlflow.pyfunc.log_model(
             name=name,
             python_model=python_model,
-            artifacts={artifact_key: str(weights)},
+            artifacts=files,
             code_paths=[str(PACKAGE_DIR)],
             signature=signature,
             pip_requirements=_requirements(),
             registered_model_name=registered_model_name,
-            tags=dict(model_tags),
+            tags=dict(model_tags or {}),
         )
 
 
@@ -236,12 +241,12 @@ def register_models(
         detector_uri = log_detector(run_id, detector) if detector is not None else None
         with _active_run(run_id):
             ae_info = _log_pyfunc(
-                "autoencoder", AutoencoderModel(data.info), AUTOENCODER_ARTIFACT, autoencoder,
+                "autoencoder", AutoencoderModel(data.info), {AUTOENCODER_ARTIFACT: autoencoder},
                 autoencoder_signature(data.info, autoencoder.latent_dim), config.autoencoder_name, model_tags,
             )
             created.append((config.autoencoder_name, str(ae_info.registered_model_version)))
             clf_info = _log_pyfunc(
-                "classifier", ClassifierModel(data.info), CLASSIFIER_ARTIFACT, classifier,
+                "classifier", ClassifierModel(data.info), {CLASSIFIER_ARTIFACT: classifier},
                 classifier_signature(data.info), config.classifier_name, model_tags,
             )
             created.append((config.classifier_name, str(clf_info.registered_model_version)))
@@ -297,6 +302,11 @@ class LoadedModels:
     autoencoder: Autoencoder
     classifier_version: str
     autoencoder_version: str
+    denoiser: Denoiser | None = None
+
+    @property
+    def is_filtered(self) -> bool:
+        return self.denoiser is not None
 
 
 def load_models(config: TrackingConfig, alias: str = CHAMPION_ALIAS) -> LoadedModels:
@@ -312,7 +322,9 @@ def load_models(config: TrackingConfig, alias: str = CHAMPION_ALIAS) -> LoadedMo
         )
         classifier = Classifier.load(next(Path(clf_dir).rglob(f"{CLASSIFIER_ARTIFACT}.pt")))
         autoencoder = Autoencoder.load(next(Path(ae_dir).rglob(f"{AUTOENCODER_ARTIFACT}.pt")))
-    return LoadedModels(classifier, autoencoder, str(version.version), str(ae_version))
+        denoiser_file = next(Path(clf_dir).rglob(f"{DENOISER_ARTIFACT}.pt"), None)
+        denoiser = Denoiser.load(denoiser_file) if denoiser_file is not None else None
+    return LoadedModels(classifier, autoencoder, str(version.version), str(ae_version), denoiser)
 
 
 def log_detector(run_id: str, detector: Detector) -> str:
@@ -363,3 +375,140 @@ def log_detection(config: TrackingConfig, summary: Mapping[str, Any], grid_png: 
 def log_artifact_file(run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
     MlflowClient().log_artifact(run_id, str(path), artifact_path=artifact_path)
 
+
+
+# ------------------------------------------------------------------------------------- improvement and promotion
+KIND_TAG = "scanflow.kind"
+PARENT_TAG = "scanflow.parent_version"
+PREVIOUS_CHAMPION_TAG = "scanflow.previous_champion"
+FILTER_TAG = "scanflow.filter"
+
+
+def register_candidate(
+    run_id: str,
+    config: TrackingConfig,
+    candidate: Any,
+    info: Any,
+    champion_version: str,
+    detector: Detector | None = None,
+    tags: Mapping[str, str] | None = None,
+    alias: str = CHALLENGER_ALIAS,
+) -> str:
+    """Log an improved model (a retrained `Classifier` or a `FilteredClassifier`) as a new version of the
+    classifier, next to the champion's autoencoder, and point `alias` at it. Returns the new version.
+
+    A retrained classifier brings its refitted `detector`; a filtered one keeps the champion's detector, which
+    then watches the cleaned images. All or nothing, like `register_models`.
+    """
+    from scanflow.improve.filter import FilteredClassifier
+
+    client = MlflowClient(config.tracking_uri)
+    champion = client.get_model_version(config.classifier_name, champion_version)
+    ae_version = _required_tag(config, champion, AUTOENCODER_VERSION_TAG, "it was not registered by Scanflow")
+    created: str | None = None
+    try:
+        if detector is not None:
+            detector_uri = log_detector(run_id, detector)
+        else:
+            detector_uri = _required_tag(config, champion, DETECTOR_TAG, "no drift detector was logged beside it")
+        is_filter = isinstance(candidate, FilteredClassifier)
+        version_tags = {
+            **{k: v for k, v in champion.tags.items() if k == "scanflow.dataset"},
+            **(tags or {}),
+            KIND_TAG: "filter" if is_filter else "retrain",
+            PARENT_TAG: str(champion_version),
+            AUTOENCODER_VERSION_TAG: str(ae_version),
+            DETECTOR_TAG: detector_uri,
+            "scanflow.run_id": run_id,
+        }
+        with _active_run(run_id):
+            if is_filter:
+                version_tags[FILTER_TAG] = "denoiser" + ("+reject" if candidate.scorer is not None else "")
+                artifacts = {CLASSIFIER_ARTIFACT: candidate.classifier, DENOISER_ARTIFACT: candidate.denoiser}
+                if candidate.scorer is not None:
+                    artifacts[REJECTION_DETECTOR_ARTIFACT] = candidate.scorer
+                model_info = _log_pyfunc(
+                    "filtered-classifier", FilteredClassifierModel(info, candidate.reject_threshold), artifacts,
+                    classifier_signature(info), config.classifier_name,
+                )
+            else:
+                model_info = _log_pyfunc(
+                    "classifier", ClassifierModel(info), {CLASSIFIER_ARTIFACT: candidate},
+                    classifier_signature(info), config.classifier_name,
+                )
+        created = str(model_info.registered_model_version)
+        for key, value in version_tags.items():
+            client.set_model_version_tag(config.classifier_name, created, key, str(value))
+        client.set_registered_model_alias(config.classifier_name, alias, created)
+    except BaseException:
+        if created is not None:
+            with contextlib.suppress(MlflowException):
+                client.delete_model_version(config.classifier_name, created)
+        raise
+    return created
+
+
+def version_tags(config: TrackingConfig, version: str) -> dict[str, str]:
+    return dict(MlflowClient(config.tracking_uri).get_model_version(config.classifier_name, str(version)).tags)
+
+
+def champion_version(config: TrackingConfig) -> str:
+    """The classifier version the champion alias points at."""
+    return str(_version_by_alias(config, CHAMPION_ALIAS).version)
+
+
+def promote(config: TrackingConfig, version: str, reason: str) -> str:
+    """Make `version` the champion (its autoencoder alias first, then the classifier's, the switch itself);
+    returns the version it replaced, remembered on the new champion for `rollback`."""
+    client = MlflowClient(config.tracking_uri)
+    previous = champion_version(config)
+    target = client.get_model_version(config.classifier_name, version)
+    ae_version = _required_tag(config, target, AUTOENCODER_VERSION_TAG, "it was not registered by Scanflow")
+    client.set_model_version_tag(config.classifier_name, version, PREVIOUS_CHAMPION_TAG, previous)
+    client.set_model_version_tag(config.classifier_name, version, "scanflow.promotion_reason", reason[:4000])
+    client.set_registered_model_alias(config.autoencoder_name, CHAMPION_ALIAS, ae_version)
+    client.set_registered_model_alias(config.classifier_name, CHAMPION_ALIAS, version)
+    with contextlib.suppress(MlflowException):
+        if str(client.get_model_version_by_alias(config.classifier_name, CHALLENGER_ALIAS).version) == str(version):
+            client.delete_registered_model_alias(config.classifier_name, CHALLENGER_ALIAS)
+    return previous
+
+
+def rollback(config: TrackingConfig, to_version: str | None = None) -> tuple[str, str]:
+    """Point the champion alias back at the version the current champion replaced (or at `to_version`).
+    Returns (from_version, to_version)."""
+    client = MlflowClient(config.tracking_uri)
+    current = _version_by_alias(config, CHAMPION_ALIAS)
+    if to_version is None:
+        to_version = current.tags.get(PREVIOUS_CHAMPION_TAG)
+        if to_version is None:
+            raise ModelNotFoundError(
+                f"{config.classifier_name} v{current.version} replaced no earlier champion: nothing to roll back to "
+                "(name a version with --to)"
+            )
+    try:
+        target = client.get_model_version(config.classifier_name, str(to_version))
+    except MlflowException as error:
+        raise ModelNotFoundError(f"{config.classifier_name} has no version {to_version}: list them in the MLflow UI") from error
+    ae_version = _required_tag(config, target, AUTOENCODER_VERSION_TAG, "it was not registered by Scanflow")
+    _required_tag(config, target, DETECTOR_TAG, "no drift detector was logged beside it")
+    if str(target.version) == str(current.version):
+        raise ModelNotFoundError(f"{config.classifier_name} v{to_version} already is the champion")
+    client.set_model_version_tag(config.classifier_name, str(current.version), "scanflow.rolled_back", "true")
+    client.set_registered_model_alias(config.autoencoder_name, CHAMPION_ALIAS, ae_version)
+    client.set_registered_model_alias(config.classifier_name, CHAMPION_ALIAS, str(target.version))
+    return str(current.version), str(target.version)
+
+
+def log_json(run_id: str, data: Mapping[str, Any], artifact_file: str) -> None:
+    MlflowClient().log_dict(run_id, dict(data), artifact_file)
+
+
+def end_run(run_id: str, failed: bool = False) -> None:
+    MlflowClient().set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED if failed else RunStatus.FINISHED))
+
+
+def start_run(config: TrackingConfig, run_name: str, tags: Mapping[str, str]) -> str:
+    """Open a run that later tasks log into by id (the improve flow spans a pause); end it with `end_run`."""
+    experiment_id = connect(config)
+    return MlflowClient(config.tracking_uri).create_run(experiment_id, run_name=run_name, tags=dict(tags)).info.run_id

@@ -197,6 +197,13 @@ class Detector(ABC):
             details=self._details(features),
         ), features
 
+    def clean_score_quantile(self, quantile: float) -> float:
+        """The `quantile` (0..1) of per-sample scores on the clean calibration images: a per-image threshold
+        that about 1 - quantile of clean images exceed."""
+        if not 0 <= quantile <= 1:
+            raise ValueError(f"quantile must be in [0, 1], got {quantile}")
+        return float(np.quantile(self._require_fitted()["sample_scores"], quantile))
+
     def null_distribution(self, n: int) -> np.ndarray:
         """The statistic on `calibration_windows` clean windows of size n, drawn with replacement (cached per n)."""
         calibration = self._require_fitted()

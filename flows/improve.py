@@ -1,0 +1,219 @@
+"""The improve flow: check the decision, plan, apply, register the challenger, promote or keep the champion.
+
+Run it as `python flows/improve.py BATCH.npy --shown 3,17,... --action retrain --labels 4,0,...`, from the
+supervise flow after a person answered, or as the `improve` deployment. Every decision is audited in MLflow (an
+`improve-<batch>` run with the decision, plan and outcome as JSON); a promotion or a rejection is announced as
+a Prefect event.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.events import emit_event
+from prefect.runtime import flow_run
+
+from scanflow import tracking
+from scanflow.config import TrackingConfig
+from scanflow.data import LabeledImages, hold_out_calibration, load_batch_file, load_train_test
+from scanflow.drift.autoencoder import AutoencoderDetector
+from scanflow.human import Decision
+from scanflow.improve import (
+    DEFAULT_HOLDOUT_FRACTION,
+    DEFAULT_PROMOTION_MARGIN,
+    ImprovementContext,
+    ImprovementOutcome,
+    ImprovementPlan,
+    PromotionVerdict,
+    decide,
+    improver_for,
+)
+
+PROMOTED_EVENT = "scanflow.model.promoted"
+REJECTED_EVENT = "scanflow.model.rejected"
+
+
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def load_champion(config: TrackingConfig) -> tuple[tracking.LoadedModels, AutoencoderDetector, str]:
+    models = tracking.load_models(config)
+    detector, _ = tracking.load_detector(config)
+    dataset = tracking.version_tags(config, models.classifier_version).get("scanflow.dataset", "default")
+    return models, detector, dataset
+
+
+@task(cache_policy=NO_CACHE)
+def load_clean_data(dataset: str, data_dir: str | None, seed: int) -> tuple[LabeledImages, LabeledImages, LabeledImages]:
+    """The champion's clean training images (replay), its calibration hold-out and its test split (clean holdout),
+    rebuilt with the same seed the train flow used."""
+    train, test = load_train_test(dataset, data_dir=data_dir, seed=seed)
+    replay, calibration = hold_out_calibration(train, seed=seed)
+    return replay, calibration, test
+
+
+@task(cache_policy=NO_CACHE)
+def plan_improvement(action: str, context: ImprovementContext, drift: dict | None) -> ImprovementPlan:
+    plan = improver_for(action).plan(None, context)
+    if drift:
+        plan = plan.with_drift(drift)
+    print(f"plan: {plan.description} (about {plan.expected_seconds:.0f} s)")
+    return plan
+
+
+@task(cache_policy=NO_CACHE)
+def apply_improvement(plan: ImprovementPlan, decision: Decision) -> ImprovementOutcome:
+    outcome = improver_for(plan.action).apply(plan, decision)
+    print(f"{plan.action}: {outcome.summary}")
+    return outcome
+
+
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def register_challenger(config: TrackingConfig, run_id: str, outcome: ImprovementOutcome, context: ImprovementContext) -> str:
+    tags = {"scanflow.batch_id": context.batch_id, "scanflow.decided_by": outcome.decided_by}
+    return tracking.register_candidate(
+        run_id, config, outcome.candidate, context.replay.info, context.champion_version, outcome.detector, tags
+    )
+
+
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def promote_or_keep(config: TrackingConfig, version: str, verdict: PromotionVerdict) -> str | None:
+    if not verdict.promote:
+        print(f"champion kept: {verdict.reason}")
+        return None
+    previous = tracking.promote(config, version, verdict.reason)
+    print(f"v{version} promoted to champion (was v{previous}): {verdict.reason}")
+    return previous
+
+
+def _announce(config: TrackingConfig, promoted: bool, payload: dict) -> None:
+    emit_event(
+        event=PROMOTED_EVENT if promoted else REJECTED_EVENT,
+        resource={"prefect.resource.id": f"scanflow.model.{config.classifier_name}", "prefect.resource.name": config.classifier_name},
+        payload=payload,
+    )
+
+
+@flow(name="improve", log_prints=True)
+def improve_flow(
+    batch_path: str,
+    shown_indices: list[int],
+    action: str,
+    labels: list[int] | None = None,
+    note: str = "",
+    decided_by: str = "human",
+    batch_id: str | None = None,
+    drift: dict | None = None,
+    promotion_margin: float = DEFAULT_PROMOTION_MARGIN,
+    holdout_fraction: float = DEFAULT_HOLDOUT_FRACTION,
+    data_dir: str | None = None,
+    seed: int = 0,
+) -> dict:
+    """Carry out a person's decision on a drifted batch (a .npy of uint8 images).
+
+    `shown_indices`: the batch rows the person was shown, in order; `labels`: their classes in that order
+    (needed to retrain; optional for a filter, where they only judge it). The challenger is registered with the
+    `challenger` alias and promoted to `champion` only if it beats it on the shifted holdout without losing more
+    than `promotion_margin` clean accuracy.
+    """
+    config = TrackingConfig.from_env()
+    batch_id = batch_id or Path(batch_path).stem
+    models, detector, dataset = load_champion(config)
+    images = load_batch_file(batch_path, detector.info)
+    decision = Decision.checked(action, labels, len(shown_indices), detector.info.n_classes, note, decided_by)
+    run_tags = {
+        "scanflow.kind": "improve", "scanflow.batch_id": batch_id, "scanflow.action": decision.action,
+        "scanflow.decided_by": decision.decided_by, "scanflow.champion_version": models.classifier_version,
+        "prefect.flow_run_id": str(flow_run.id or ""),
+    }
+    run_id = tracking.start_run(config, f"improve-{batch_id}", run_tags)
+    summary = {"batch_id": batch_id, "action": decision.action, "decided_by": decision.decided_by,
+               "champion_version": models.classifier_version, "mlflow_run_id": run_id, "challenger_version": None,
+               "promoted": False, "reason": ""}
+    try:
+        tracking.log_json(run_id, {**decision.to_dict(), "shown_indices": list(shown_indices), "drift": drift or {}}, "decision.json")
+        if decision.action == "ignore":
+            summary["reason"] = "the decision was to ignore this drift"
+        else:
+            summary.update(_improve(config, run_id, decision, models, detector, dataset, images, shown_indices, batch_id,
+                                    drift, promotion_margin, holdout_fraction, data_dir, seed))
+        tracking.set_tags(run_id, {"scanflow.promoted": str(summary["promoted"]).lower()})
+    except BaseException:
+        tracking.end_run(run_id, failed=True)
+        raise
+    tracking.end_run(run_id)
+    create_markdown_artifact(_summary_markdown(summary), key="improvement", description=f"decision on batch {batch_id}")
+    return summary
+
+
+def _improve(
+    config: TrackingConfig, run_id: str, decision: Decision, models: tracking.LoadedModels, detector: AutoencoderDetector,
+    dataset: str, images: torch.Tensor, shown_indices: list[int], batch_id: str, drift: dict | None,
+    promotion_margin: float, holdout_fraction: float, data_dir: str | None, seed: int,
+) -> dict:
+    replay, calibration, clean_holdout = load_clean_data(dataset, data_dir, seed)
+    context = ImprovementContext(
+        classifier=models.classifier, autoencoder=models.autoencoder, batch=images, shown_indices=tuple(shown_indices),
+        replay=replay, clean_holdout=clean_holdout, calibration=calibration, detector=detector,
+        champion_version=models.classifier_version, batch_id=batch_id, holdout_fraction=holdout_fraction, seed=seed,
+    )
+    plan = plan_improvement(decision.action, context, drift)
+    tracking.log_json(run_id, plan.to_dict(), "plan.json")
+    tracking.log_params(run_id, plan.params)
+    outcome = apply_improvement(plan, decision)
+    version = register_challenger(config, run_id, outcome, context)
+    verdict = decide(outcome.champion_scores, outcome.candidate_scores, promotion_margin)
+    previous = promote_or_keep(config, version, verdict)
+    tracking.log_json(run_id, {**outcome.to_dict(), "challenger_version": version, "verdict": verdict.to_dict()}, "outcome.json")
+    tracking.log_metrics(run_id, _holdout_metrics(outcome))
+    result = {"challenger_version": version, "promoted": verdict.promote, "reason": verdict.reason,
+              "previous_champion": previous, "outcome": outcome.to_dict()}
+    _announce(config, verdict.promote, {"batch_id": batch_id, "version": version, "action": decision.action,
+                                        "previous_champion": previous, "reason": verdict.reason})
+    return result
+
+
+def _holdout_metrics(outcome: ImprovementOutcome) -> dict[str, float]:
+    metrics = {"n_labels_used": outcome.n_labels_used, "n_pseudo_labelled": outcome.n_pseudo_labelled, "improve_seconds": outcome.seconds}
+    for who, scores in (("champion", outcome.champion_scores), ("challenger", outcome.candidate_scores)):
+        if scores is not None:
+            metrics[f"{who}_clean_accuracy"] = scores.clean_accuracy
+            if scores.shifted_accuracy is not None:
+                metrics[f"{who}_shifted_accuracy"] = scores.shifted_accuracy
+    return metrics
+
+
+def _summary_markdown(summary: dict) -> str:
+    lines = [f"# Decision on batch {summary['batch_id']}: {summary['action']} ({summary['decided_by']})", ""]
+    outcome = summary.get("outcome")
+    if outcome:
+        lines += ["| model | clean holdout | shifted holdout |", "|---|---|---|"]
+        for who, key in (("champion v" + summary["champion_version"], "champion_scores"), (f"challenger v{summary['challenger_version']}", "candidate_scores")):
+            scores = outcome[key]
+            shifted = "n/a" if scores["shifted_accuracy"] is None else f"{scores['shifted_accuracy']:.3f} (n={scores['n_shifted']})"
+            lines.append(f"| {who} | {scores['clean_accuracy']:.4f} (n={scores['n_clean']}) | {shifted} |")
+        lines.append("")
+    lines.append(f"**{'Promoted' if summary['promoted'] else 'Champion kept'}**: {summary['reason']}")
+    lines.append(f"\nMLflow run: `{summary['mlflow_run_id']}`")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="apply a decision on a drifted batch")
+    parser.add_argument("batch_path")
+    parser.add_argument("--shown", required=True, help="comma-separated batch rows shown to the person, in order")
+    parser.add_argument("--action", required=True, choices=("retrain", "filter", "ignore"))
+    parser.add_argument("--labels", default="", help="comma-separated class indices of the shown samples")
+    args = parser.parse_args()
+    print(improve_flow(
+        batch_path=args.batch_path, shown_indices=[int(i) for i in args.shown.split(",") if i],
+        action=args.action, labels=[int(i) for i in args.labels.split(",") if i] or None,
+    ))

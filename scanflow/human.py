@@ -1,0 +1,122 @@
+"""The decision a person takes on a drifted batch, shared by the Prefect form, the CLI and the simulated humans.
+
+A decision is an action (retrain, filter or ignore), the labels of the critical samples in the order they were
+shown, an optional note and who decided (a person, the oracle, the policy, or a timeout falling back to the
+policy's default). Labels are checked against what was shown before anything is trained.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from scanflow.drift.base import DriftResult
+from scanflow.errors import ScanflowError
+
+ACTIONS = ("retrain", "filter", "ignore")
+DECIDERS = ("human", "oracle", "policy", "timeout")
+
+
+class InvalidDecisionError(ScanflowError):
+    """A decision that cannot be carried out as given (unknown action, wrong number of labels, unknown class)."""
+
+
+def validate_labels(labels: Sequence[Any] | None, n_shown: int, n_classes: int) -> tuple[int, ...]:
+    """The labels as a tuple of class indices, or an error naming what is wrong and how to fix it."""
+    if labels is None:
+        labels = ()
+    if isinstance(labels, str):
+        labels = [part for part in labels.replace(" ", ",").split(",") if part]
+    values = list(labels)
+    if len(values) != n_shown:
+        raise InvalidDecisionError(
+            f"got {len(values)} labels for {n_shown} critical samples: give one label per sample shown, in the order shown"
+        )
+    checked = []
+    for position, value in enumerate(values):
+        try:
+            label = int(value)
+            if isinstance(value, float) and not float(value).is_integer():
+                raise ValueError
+        except (TypeError, ValueError):
+            raise InvalidDecisionError(f"label {position} is {value!r}: labels are class indices 0..{n_classes - 1}") from None
+        if not 0 <= label < n_classes:
+            raise InvalidDecisionError(f"label {position} is {label}: labels are class indices 0..{n_classes - 1}")
+        checked.append(label)
+    return tuple(checked)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What to do about one drifted batch. `labels` are class indices of the shown samples, in the order shown."""
+
+    action: str
+    labels: tuple[int, ...] = ()
+    note: str = ""
+    decided_by: str = "human"
+
+    def __post_init__(self) -> None:
+        if self.action not in ACTIONS:
+            raise InvalidDecisionError(f"unknown action {self.action!r}: choose one of {', '.join(ACTIONS)}")
+        if self.decided_by not in DECIDERS:
+            raise InvalidDecisionError(f"unknown decider {self.decided_by!r}: one of {', '.join(DECIDERS)}")
+
+    @classmethod
+    def checked(cls, action: str, labels: Sequence[Any] | None, n_shown: int, n_classes: int, note: str = "", decided_by: str = "human") -> "Decision":
+        """A decision whose labels were validated against the `n_shown` samples and `n_classes` classes.
+
+        Retraining needs the labels; filtering and ignoring accept them when given (they become the shifted
+        holdout that judges a filter) and accept none at all.
+        """
+        if action != "retrain" and not labels:
+            return cls(action, (), note, decided_by)
+        return cls(action, validate_labels(labels, n_shown, n_classes), note, decided_by)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "labels": list(self.labels)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Decision":
+        return cls(data["action"], tuple(data.get("labels", ())), data.get("note", ""), data.get("decided_by", "human"))
+
+
+def policy_action(result: DriftResult) -> str:
+    """The action the policy recommends from the detector's evidence.
+
+    Corruption that the autoencoder cannot reconstruct (reconstruction error is the view most often strongest
+    among the critical samples) is pixel-level damage a denoiser can remove: filter. Anything else (shapes moved,
+    scaled or rotated; the image is intact but different) needs the model to learn it: retrain.
+    """
+    if not result.is_drift:
+        return "ignore"
+    share = result.details.get("strongest_component_share", {})
+    if share and max(share, key=share.get) == "reconstruction":
+        return "filter"
+    return "retrain"
+
+
+@dataclass(frozen=True)
+class OracleHuman:
+    """A simulated person who knows the true labels of the batch (kept beside the stream, never in the batch)."""
+
+    true_labels: np.ndarray
+    action: str | None = None
+
+    def decide(self, result: DriftResult, shown_indices: Sequence[int]) -> Decision:
+        """The policy's action (or the fixed `action`) with the true labels of the shown samples."""
+        labels = tuple(int(self.true_labels[i]) for i in shown_indices)
+        action = self.action or policy_action(result)
+        return Decision(action, labels, note="simulated: true labels", decided_by="oracle")
+
+
+@dataclass(frozen=True)
+class PolicyHuman:
+    """A simulated decider without labels: follows `policy_action`; retraining falls back to filtering, since
+    it cannot label anything."""
+
+    def decide(self, result: DriftResult, shown_indices: Sequence[int]) -> Decision:
+        action = policy_action(result)
+        return Decision("filter" if action == "retrain" else action, (), note="simulated: policy without labels", decided_by="policy")

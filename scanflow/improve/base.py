@@ -1,0 +1,234 @@
+"""The improver contract: `plan` says what would be done, a person decides, `apply` does it and measures it.
+
+`plan(drift_result, context)` has no side effects and returns an `ImprovementPlan` that serialises to JSON (what
+will be done, with what data, an expected duration): the flow shows it before pausing for the person.
+`apply(plan, decision)` builds the candidate (a retrained classifier or a filtered one), scores champion and
+candidate on the clean holdout and on the shifted holdout (the share of the person's labelled samples the
+candidate never trained on) and returns an `ImprovementOutcome`. Registering and promoting the candidate is the
+caller's job (`scanflow.tracking`, `scanflow.improve.promotion`), so nothing here touches a server.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+import torch
+
+from scanflow.data import LabeledImages, validate_batch
+from scanflow.drift.autoencoder import AutoencoderDetector
+from scanflow.drift.base import DriftResult
+from scanflow.errors import ScanflowError
+from scanflow.human import Decision, InvalidDecisionError, validate_labels
+from scanflow.improve.promotion import HoldoutScores
+from scanflow.models import Autoencoder, Classifier
+
+#: Share of the person's labels held back to judge a retrained challenger (the shifted holdout).
+DEFAULT_HOLDOUT_FRACTION = 0.3
+
+
+class Predictor(Protocol):
+    def predict(self, images: torch.Tensor) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class ImprovementContext:
+    """Everything an improvement may use: the champion, the drifted batch and which of its samples a person was
+    shown (in order), clean training images to replay, a clean holdout, clean calibration images and
+    the champion's fitted detector (both optional)."""
+
+    classifier: Classifier
+    autoencoder: Autoencoder
+    batch: torch.Tensor
+    shown_indices: tuple[int, ...]
+    replay: LabeledImages
+    clean_holdout: LabeledImages
+    calibration: LabeledImages | None = None
+    detector: AutoencoderDetector | None = None
+    champion_version: str = ""
+    batch_id: str = ""
+    holdout_fraction: float = DEFAULT_HOLDOUT_FRACTION
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "batch", validate_batch(self.batch, self.replay.info))
+        object.__setattr__(self, "shown_indices", tuple(int(i) for i in self.shown_indices))
+        bad = [i for i in self.shown_indices if not 0 <= i < len(self.batch)]
+        if bad:
+            raise ScanflowError(f"shown sample indices {bad[:5]} are outside the batch of {len(self.batch)} images")
+        if len(set(self.shown_indices)) != len(self.shown_indices):
+            raise ScanflowError("shown sample indices repeat: each critical sample is shown (and labelled) once")
+        if not 0 <= self.holdout_fraction < 1:
+            raise ValueError(f"holdout_fraction must be in [0, 1), got {self.holdout_fraction}")
+
+    @property
+    def n_classes(self) -> int:
+        return self.replay.info.n_classes
+
+
+@dataclass(frozen=True)
+class ImprovementPlan:
+    """What `apply` will do; JSON-able through `to_dict` (the in-memory `context` is not part of it)."""
+
+    action: str
+    batch_id: str
+    champion_version: str
+    n_shown: int
+    training_positions: tuple[int, ...]
+    holdout_positions: tuple[int, ...]
+    n_unlabelled: int
+    n_replay: int
+    n_clean_holdout: int
+    expected_seconds: float
+    description: str
+    drift: dict[str, Any]
+    params: dict[str, Any]
+    context: ImprovementContext | None = field(default=None, repr=False, compare=False)
+
+    def with_drift(self, drift: dict[str, Any]) -> "ImprovementPlan":
+        """This plan with the drift verdict it answers (as logged by the detect flow)."""
+        return replace(self, drift=dict(drift))
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "context"}
+        data["training_positions"] = list(self.training_positions)
+        data["holdout_positions"] = list(self.holdout_positions)
+        return data
+
+
+@dataclass(frozen=True)
+class ImprovementOutcome:
+    """What an improvement produced and how champion and candidate score on the holdouts (accuracy 0..1).
+
+    `candidate` is what would serve (a `Classifier` or a `FilteredClassifier`), `detector` the refitted detector
+    for it (None: the champion's detector keeps watching). Both stay out of `to_dict`.
+    """
+
+    action: str
+    decided_by: str
+    batch_id: str
+    champion_version: str
+    champion_scores: HoldoutScores | None
+    candidate_scores: HoldoutScores | None
+    n_labels_used: int
+    n_pseudo_labelled: int
+    seconds: float
+    summary: str
+    candidate: Any = field(default=None, repr=False, compare=False)
+    detector: AutoencoderDetector | None = field(default=None, repr=False, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "action": self.action,
+            "decided_by": self.decided_by,
+            "batch_id": self.batch_id,
+            "champion_version": self.champion_version,
+            "champion_scores": asdict(self.champion_scores) if self.champion_scores else None,
+            "candidate_scores": asdict(self.candidate_scores) if self.candidate_scores else None,
+            "n_labels_used": self.n_labels_used,
+            "n_pseudo_labelled": self.n_pseudo_labelled,
+            "seconds": round(self.seconds, 3),
+            "summary": self.summary,
+        }
+
+
+def holdout_scores(model: Predictor, clean: LabeledImages, shifted: LabeledImages | None) -> HoldoutScores:
+    """Accuracy of `model` on both holdouts; a rejected prediction (-1) counts as wrong."""
+    clean_accuracy = float((model.predict(clean.images) == clean.labels).float().mean())
+    if shifted is None or len(shifted) == 0:
+        return HoldoutScores(clean_accuracy, None, len(clean), 0)
+    shifted_accuracy = float((model.predict(shifted.images) == shifted.labels).float().mean())
+    return HoldoutScores(clean_accuracy, shifted_accuracy, len(clean), len(shifted))
+
+
+def split_positions(n_shown: int, holdout_fraction: float, seed: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Positions (in the order shown) to train on and to hold back; with fewer than 4 samples nothing is held back."""
+    if n_shown < 4 or holdout_fraction == 0:
+        return tuple(range(n_shown)), ()
+    order = np.random.default_rng(seed).permutation(n_shown)
+    n_holdout = max(1, int(round(holdout_fraction * n_shown)))
+    return tuple(sorted(int(i) for i in order[n_holdout:])), tuple(sorted(int(i) for i in order[:n_holdout]))
+
+
+def _drift_summary(result: DriftResult | None) -> dict[str, Any]:
+    if result is None:
+        return {}
+    return {"is_drift": result.is_drift, "statistic": result.statistic, "p_value": result.p_value, "n": result.n,
+            "n_critical": len(result.critical_indices), "detector": result.detector}
+
+
+class Improver(ABC):
+    """Base class of the improvements. Subclasses fill `_describe` (plan details) and `_build` (the candidate)."""
+
+    action: ClassVar[str]
+
+    def plan(self, drift_result: DriftResult | None, context: ImprovementContext) -> ImprovementPlan:
+        """What `apply` will do for this batch; no side effects."""
+        training, holdout = self._positions(context)
+        description, expected_seconds, params = self._describe(context, len(training))
+        return ImprovementPlan(
+            action=self.action,
+            batch_id=context.batch_id,
+            champion_version=context.champion_version,
+            n_shown=len(context.shown_indices),
+            training_positions=training,
+            holdout_positions=holdout,
+            n_unlabelled=len(context.batch),
+            n_replay=len(context.replay),
+            n_clean_holdout=len(context.clean_holdout),
+            expected_seconds=round(expected_seconds, 1),
+            description=description,
+            drift=_drift_summary(drift_result),
+            params=params,
+            context=context,
+        )
+
+    def apply(self, plan: ImprovementPlan, decision: Decision) -> ImprovementOutcome:
+        """Carry out `plan` as `decision` says; the champion's models are never modified."""
+        context = plan.context
+        if context is None:
+            raise ScanflowError("this plan carries no context (it was rebuilt from JSON): call plan() again with the context")
+        if decision.action != plan.action:
+            raise InvalidDecisionError(f"the decision is {decision.action!r} but the plan is {plan.action!r}: plan the chosen action")
+        started = time.perf_counter()
+        labels = validate_labels(decision.labels, plan.n_shown, context.n_classes) if decision.labels else ()
+        if not labels and self.needs_labels:
+            raise InvalidDecisionError(f"{plan.action} needs the labels of the {plan.n_shown} samples shown; none were given")
+        shown = torch.tensor(context.shown_indices, dtype=torch.int64)
+        labelled = LabeledImages(context.batch[shown], torch.tensor(labels, dtype=torch.int64), context.replay.info, f"{context.batch_id}[labelled]") if labels else None
+        training_set = labelled.subset(list(plan.training_positions), f"{context.batch_id}[labelled, training]") if labelled else None
+        holdout_set = labelled.subset(list(plan.holdout_positions), f"{context.batch_id}[labelled, holdout]") if labelled else None
+        candidate, detector, n_pseudo, summary = self._build(context, training_set)
+        champion_scores = holdout_scores(context.classifier, context.clean_holdout, holdout_set)
+        candidate_scores = holdout_scores(candidate, context.clean_holdout, holdout_set)
+        return ImprovementOutcome(
+            action=plan.action,
+            decided_by=decision.decided_by,
+            batch_id=plan.batch_id,
+            champion_version=plan.champion_version,
+            champion_scores=champion_scores,
+            candidate_scores=candidate_scores,
+            n_labels_used=len(training_set) if training_set is not None and self.needs_labels else 0,
+            n_pseudo_labelled=n_pseudo,
+            seconds=time.perf_counter() - started,
+            summary=summary,
+            candidate=candidate,
+            detector=detector,
+        )
+
+    needs_labels: ClassVar[bool] = False
+
+    def _positions(self, context: ImprovementContext) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Training and holdout positions among the shown samples; by default all labels judge, none train."""
+        return (), tuple(range(len(context.shown_indices)))
+
+    @abstractmethod
+    def _describe(self, context: ImprovementContext, n_training_labels: int) -> tuple[str, float, dict[str, Any]]:
+        """A sentence for the person, the expected duration (s), the parameters to log."""
+
+    @abstractmethod
+    def _build(self, context: ImprovementContext, labelled: LabeledImages | None) -> tuple[Predictor, AutoencoderDetector | None, int, str]:
+        """The candidate model, its refitted detector (or None), how many stream images it pseudo-labelled, a summary."""

@@ -1,0 +1,56 @@
+"""The decision schema: label validation with exact messages, actions, simulated humans."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from scanflow.drift.base import DriftResult
+from scanflow.human import Decision, InvalidDecisionError, OracleHuman, PolicyHuman, policy_action, validate_labels
+
+
+def _result(is_drift: bool, share: dict[str, float]) -> DriftResult:
+    return DriftResult(
+        detector="d", is_drift=is_drift, statistic=3.0, p_value=0.01 if is_drift else 0.5, threshold=2.0, alpha=0.05,
+        n=4, sample_scores=np.zeros(4), sample_threshold=1.0, critical_indices=(), details={"strongest_component_share": share},
+    )
+
+
+def test_labels_are_checked_against_what_was_shown():
+    assert validate_labels([3, "1", 0.0], 3, 10) == (3, 1, 0)
+    assert validate_labels("3, 1,0", 3, 10) == (3, 1, 0)
+    with pytest.raises(InvalidDecisionError, match=r"^got 2 labels for 3 critical samples: give one label per sample shown, in the order shown$"):
+        validate_labels([1, 2], 3, 10)
+    with pytest.raises(InvalidDecisionError, match=r"^label 1 is 10: labels are class indices 0\.\.9$"):
+        validate_labels([1, 10, 2], 3, 10)
+    with pytest.raises(InvalidDecisionError, match=r"^label 0 is 'shoe': labels are class indices 0\.\.9$"):
+        validate_labels(["shoe"], 1, 10)
+    with pytest.raises(InvalidDecisionError, match=r"^label 0 is 1\.5"):
+        validate_labels([1.5], 1, 10)
+    with pytest.raises(InvalidDecisionError, match=r"^label 0 is -1"):
+        validate_labels([-1], 1, 10)
+
+
+def test_decisions_name_the_allowed_actions():
+    with pytest.raises(InvalidDecisionError, match=r"^unknown action 'reboot': choose one of retrain, filter, ignore$"):
+        Decision("reboot")
+    with pytest.raises(InvalidDecisionError, match=r"got 0 labels for 2 critical samples"):
+        Decision.checked("retrain", [], 2, 10)
+    assert Decision.checked("filter", None, 2, 10).labels == ()
+    assert Decision.checked("filter", [1, 2], 2, 10).labels == (1, 2)
+    decision = Decision.checked("retrain", [4, 2], 2, 10, note="boots", decided_by="oracle")
+    assert Decision.from_dict(decision.to_dict()) == decision
+
+
+def test_policy_filters_pixel_damage_and_retrains_otherwise():
+    assert policy_action(_result(True, {"reconstruction": 0.6, "latent": 0.4})) == "filter"
+    assert policy_action(_result(True, {"reconstruction": 0.2, "latent": 0.8})) == "retrain"
+    assert policy_action(_result(False, {"reconstruction": 0.9})) == "ignore"
+
+
+def test_simulated_humans_answer_through_the_decision_schema():
+    true_labels = np.array([5, 6, 7, 8])
+    oracle = OracleHuman(true_labels, action="retrain").decide(_result(True, {"latent": 1.0}), [3, 0])
+    assert oracle == Decision("retrain", (8, 5), "simulated: true labels", "oracle")
+    policy = PolicyHuman().decide(_result(True, {"latent": 1.0}), [3, 0])
+    assert policy.action == "filter" and policy.labels == () and policy.decided_by == "policy"

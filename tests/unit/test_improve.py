@@ -1,0 +1,202 @@
+"""Improvers on real data (scikit-learn's 8x8 digits): the plan/apply contract, retraining that learns a shift
+without forgetting, a denoiser that leaves clean inputs alone, rejection, and bad decisions refused up front."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from scanflow.corruptions import corrupt
+from scanflow.drift.autoencoder import fit_detector
+from scanflow.errors import ScanflowError, UnknownCorruptionError
+from scanflow.human import Decision, InvalidDecisionError
+from scanflow.improve import (
+    DenoiserConfig,
+    FilteredClassifier,
+    FilterImprover,
+    ImprovementContext,
+    RetrainConfig,
+    RetrainImprover,
+    fine_tune,
+    holdout_scores,
+    improver_for,
+    train_denoiser,
+)
+from scanflow.improve.filter import corrupted_pairs, family_of
+from scanflow.models import Denoiser
+from scanflow.serving import REJECTED_LABEL
+from scanflow.train import TrainConfig, train_autoencoder, train_classifier
+
+FAST_RETRAIN = RetrainConfig(steps=150, batch_size=64)
+FAST_DENOISER = DenoiserConfig(steps=150, batch_size=64, training_images=1000)
+
+
+@pytest.fixture(scope="module")
+def champion(digits):
+    train, _ = digits
+    classifier, _ = train_classifier(train, TrainConfig(epochs=15, seed=0), progress=False)
+    autoencoder, _ = train_autoencoder(train, TrainConfig(epochs=10, seed=0), latent_dim=8, progress=False)
+    return classifier, autoencoder
+
+
+@pytest.fixture(scope="module")
+def shifted(digits):
+    """The digits test split rotated (severity 5): first half is the production batch, second half the holdout."""
+    _, test = digits
+    rotated = corrupt(test.images, "rotate", 5, seed=1)
+    half = len(test) // 2
+    return rotated[:half], test.labels[:half], rotated[half:], test.labels[half:]
+
+
+@pytest.fixture(scope="module")
+def context(digits, champion, shifted):
+    train, test = digits
+    classifier, autoencoder = champion
+    batch, _, _, _ = shifted
+    detector = fit_detector(classifier, autoencoder, train, test)
+    return ImprovementContext(
+        classifier=classifier, autoencoder=autoencoder, batch=batch, shown_indices=tuple(range(0, 60, 2)),
+        replay=train, clean_holdout=test, calibration=test, detector=detector, champion_version="1", batch_id="b1",
+    )
+
+
+def _accuracy(model, images, labels) -> float:
+    return float((model.predict(images) == labels).float().mean())
+
+
+def _weights(model) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in model.state_dict().values()]
+
+
+def test_fine_tuning_learns_the_shift_without_forgetting_and_leaves_the_champion_alone(digits, champion, shifted):
+    train, test = digits
+    classifier, _ = champion
+    batch, batch_labels, holdout, holdout_labels = shifted
+    before = _weights(classifier)
+    labelled = type(train)(batch[:100], batch_labels[:100], train.info, "rotated[0:100]")
+    result = fine_tune(classifier, labelled, train, FAST_RETRAIN, unlabelled=batch)
+    assert _accuracy(result.classifier, holdout, holdout_labels) > _accuracy(classifier, holdout, holdout_labels) + 0.1
+    assert _accuracy(result.classifier, test.images, test.labels) > _accuracy(classifier, test.images, test.labels) - 0.03
+    assert result.n_labelled == 100 and 0 < result.n_pseudo_labelled <= len(batch)
+    assert all(torch.equal(a, b) for a, b in zip(before, _weights(classifier)))
+
+
+def test_fine_tuning_refuses_labels_outside_the_classes(digits, champion):
+    train, _ = digits
+    bad = type(train)(train.images[:3], torch.tensor([1, 2, 12]), train.info, "bad")
+    with pytest.raises(ScanflowError, match=r"bad: labels must be class indices 0\.\.9, found 1\.\.12"):
+        fine_tune(champion[0], bad, train, FAST_RETRAIN)
+
+
+def test_retrain_config_keeps_room_for_replay():
+    with pytest.raises(ValueError, match="leave room for clean replay"):
+        RetrainConfig(labelled_share=0.6, pseudo_share=0.5)
+
+
+def test_denoiser_training_never_sees_excluded_corruptions():
+    config = DenoiserConfig(exclude=("noise", "rotate"))
+    assert not {"shot_noise", "impulse_noise", "rotate"} & set(config.training_corruptions)
+    assert "glass_blur" in config.training_corruptions and family_of("rotate") == "geometric"
+    with pytest.raises(UnknownCorruptionError, match="cannot exclude 'gauss'"):
+        DenoiserConfig(exclude=("gauss",))
+
+
+def test_corrupted_pairs_keep_a_clean_share_and_shape(digits):
+    train, _ = digits
+    clean = train.images[:400]
+    pairs = corrupted_pairs(clean, DenoiserConfig(clean_share=0.25))
+    unchanged = (pairs == clean).flatten(1).all(dim=1).float().mean().item()
+    assert pairs.shape == clean.shape and pairs.dtype == torch.uint8
+    assert 0.15 < unchanged < 0.4
+
+
+def test_filter_keeps_clean_accuracy_and_removes_noise(digits, champion):
+    train, test = digits
+    classifier, _ = champion
+    result = train_denoiser(classifier, train, DenoiserConfig(steps=400, batch_size=64, training_images=1200, exclude=("noise",)))
+    filtered = FilteredClassifier(classifier, result.denoiser)
+    noisy = corrupt(test.images, "impulse_noise", 3, seed=3)
+    assert _accuracy(filtered, test.images, test.labels) >= _accuracy(classifier, test.images, test.labels) - 0.03
+    assert _accuracy(filtered, noisy, test.labels) > _accuracy(classifier, noisy, test.labels)
+
+
+def test_denoiser_round_trips_and_outputs_uint8(tmp_path, digits):
+    train, _ = digits
+    denoiser = Denoiser(1, 8, 8)
+    loaded = Denoiser.load(denoiser.save(tmp_path / "d.pt"))
+    cleaned = loaded.clean(train.images[:5])
+    assert cleaned.dtype == torch.uint8 and cleaned.shape == (5, 1, 8, 8)
+    assert torch.equal(cleaned, denoiser.clean(train.images[:5]))
+
+
+def test_rejection_answers_minus_one_beyond_the_threshold(digits, champion, context):
+    _, test = digits
+    classifier, _ = champion
+    always = FilteredClassifier(classifier, Denoiser(1, 8, 8), context.detector, reject_threshold=-np.inf)
+    never = FilteredClassifier(classifier, Denoiser(1, 8, 8), context.detector, reject_threshold=np.inf)
+    assert (always.predict(test.images[:10]) == REJECTED_LABEL).all()
+    assert (never.predict(test.images[:10]) != REJECTED_LABEL).all()
+    with pytest.raises(ValueError, match="rejection needs both a scorer"):
+        FilteredClassifier(classifier, Denoiser(1, 8, 8), reject_threshold=1.0)
+
+
+def test_plan_is_json_and_has_no_side_effects(context):
+    before = _weights(context.classifier)
+    plan = RetrainImprover(FAST_RETRAIN).plan(None, context)
+    data = json.loads(json.dumps(plan.to_dict()))
+    assert data["action"] == "retrain" and data["n_shown"] == 30
+    assert len(data["holdout_positions"]) == 9 and len(data["training_positions"]) == 21
+    assert not set(data["holdout_positions"]) & set(data["training_positions"])
+    assert data["expected_seconds"] > 0 and "fine-tune classifier v1" in data["description"]
+    assert all(torch.equal(a, b) for a, b in zip(before, _weights(context.classifier)))
+    filter_plan = FilterImprover(FAST_DENOISER).plan(None, context)
+    assert filter_plan.training_positions == () and len(filter_plan.holdout_positions) == 30
+
+
+def test_retrain_apply_scores_both_models_and_refits_the_detector(context, shifted):
+    _, batch_labels, _, _ = shifted
+    plan = RetrainImprover(FAST_RETRAIN).plan(None, context)
+    labels = [int(batch_labels[i]) for i in context.shown_indices]
+    outcome = RetrainImprover(FAST_RETRAIN).apply(plan, Decision("retrain", tuple(labels), decided_by="oracle"))
+    assert outcome.n_labels_used == 21 and outcome.decided_by == "oracle"
+    assert outcome.champion_scores.n_shifted == outcome.candidate_scores.n_shifted == 9
+    assert outcome.candidate_scores.shifted_accuracy >= outcome.champion_scores.shifted_accuracy
+    assert outcome.detector is not None and outcome.detector.is_fitted
+    assert outcome.detector.classifier is outcome.candidate
+    json.dumps(outcome.to_dict())
+
+
+def test_filter_apply_needs_no_labels(context):
+    improver = FilterImprover(FAST_DENOISER)
+    outcome = improver.apply(improver.plan(None, context), Decision("filter"))
+    assert isinstance(outcome.candidate, FilteredClassifier) and outcome.candidate.classifier is context.classifier
+    assert outcome.candidate_scores.shifted_accuracy is None and outcome.n_labels_used == 0
+
+
+def test_bad_decisions_are_refused_before_any_training(context):
+    improver = RetrainImprover(FAST_RETRAIN)
+    plan = improver.plan(None, context)
+    with pytest.raises(InvalidDecisionError, match=r"^got 3 labels for 30 critical samples"):
+        improver.apply(plan, Decision("retrain", (1, 2, 3)))
+    with pytest.raises(InvalidDecisionError, match=r"^retrain needs the labels of the 30 samples shown"):
+        improver.apply(plan, Decision("retrain"))
+    with pytest.raises(InvalidDecisionError, match=r"^the decision is 'filter' but the plan is 'retrain'"):
+        improver.apply(plan, Decision("filter"))
+    with pytest.raises(InvalidDecisionError, match=r"no improver for 'ignore'"):
+        improver_for("ignore")
+
+
+def test_context_refuses_indices_outside_the_batch(context):
+    with pytest.raises(ScanflowError, match=r"shown sample indices \[999\] are outside the batch of \d+ images"):
+        ImprovementContext(context.classifier, context.autoencoder, context.batch, (0, 999), context.replay, context.clean_holdout)
+    with pytest.raises(ScanflowError, match="shown sample indices repeat"):
+        ImprovementContext(context.classifier, context.autoencoder, context.batch, (1, 1), context.replay, context.clean_holdout)
+
+
+def test_holdout_scores_count_rejections_as_wrong(digits, champion, context):
+    _, test = digits
+    always = FilteredClassifier(champion[0], Denoiser(1, 8, 8), context.detector, reject_threshold=-np.inf)
+    assert holdout_scores(always, test, None).clean_accuracy == 0.0
