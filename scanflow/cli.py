@@ -18,6 +18,9 @@ examples:
   scanflow train --dataset mnist --data-dir ../shared/data
   scanflow corrupt --output corruptions.png
   scanflow detect --batch batch.npy --json  test a production batch (uint8 [N,H,W] or [N,C,H,W]) for drift
+  scanflow improve --batch batch.npy --shown 4,17,9 --action retrain --labels 3,3,8
+                                         apply a decision on a drifted batch; promote the result if it earns it
+  scanflow rollback                      give the champion alias back to the version it replaced
 """
 
 
@@ -66,6 +69,29 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--no-report", action="store_true", help="skip Evidently's HTML report (saves a few seconds)")
     detect.add_argument("--json", action="store_true", help="print the drift result as JSON")
     detect.set_defaults(handler=_detect)
+
+    improve = commands.add_parser(
+        "improve",
+        help="run the improve flow: retrain or filter after drift, register the challenger, promote it if it earns it",
+        description="Applies a decision on a drifted batch. --shown lists the batch rows shown to the person (the "
+        "detect result's selected_indices), --labels their classes in that order.",
+    )
+    improve.add_argument("--batch", required=True, help="the drifted batch, a .npy of uint8 images")
+    improve.add_argument("--shown", required=True, help="comma-separated batch rows shown to the person, in order")
+    improve.add_argument("--action", required=True, choices=("retrain", "filter", "ignore"))
+    improve.add_argument("--labels", default="", help="comma-separated class indices of the shown samples, in order")
+    improve.add_argument("--note", default="", help="recorded with the decision in MLflow")
+    improve.add_argument("--margin", type=float, default=0.005, help="clean accuracy a challenger may lose (default: 0.005)")
+    improve.add_argument("--batch-id", help="identifier recorded with the decision (default: the file name)")
+    improve.add_argument("--data-dir", help="directory holding the champion's dataset files")
+    improve.add_argument("--json", action="store_true", help="print the outcome as JSON")
+    improve.set_defaults(handler=_improve)
+
+    rollback = commands.add_parser(
+        "rollback", help="point the champion alias back at the version the current champion replaced (or --to VERSION)"
+    )
+    rollback.add_argument("--to", dest="to_version", help="the classifier version to make champion again")
+    rollback.set_defaults(handler=_rollback)
 
     corrupt = commands.add_parser("corrupt", help="write a PNG gallery of the 15 MNIST-C corruptions at every severity")
     corrupt.add_argument("--dataset", default="default")
@@ -131,6 +157,46 @@ def _detect(args: argparse.Namespace) -> int:
             f"{summary['batch_id']}: {verdict} (statistic {summary['statistic']:.3f}, threshold {summary['threshold']:.3f}, "
             f"p = {summary['p_value']:.4f}); {summary['n_critical']} critical of {summary['n']}; MLflow run {summary['mlflow_run_id']}"
         )
+    return 0
+
+
+def _int_list(text: str, what: str) -> list[int]:
+    try:
+        return [int(part) for part in text.replace(" ", "").split(",") if part]
+    except ValueError:
+        raise ScanflowError(f"{what} must be comma-separated integers, got {text!r}") from None
+
+
+def _improve(args: argparse.Namespace) -> int:
+    from scanflow.data import load_batch_file
+
+    load_batch_file(args.batch)
+    shown = _int_list(args.shown, "--shown")
+    labels = _int_list(args.labels, "--labels") or None
+    from flows.improve import improve_flow
+
+    summary = improve_flow(
+        batch_path=args.batch, shown_indices=shown, action=args.action, labels=labels, note=args.note,
+        batch_id=args.batch_id, promotion_margin=args.margin, data_dir=args.data_dir,
+    )
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    elif summary["challenger_version"] is None:
+        print(f"{summary['batch_id']}: {summary['reason']}; MLflow run {summary['mlflow_run_id']}")
+    else:
+        verdict = "promoted to champion" if summary["promoted"] else "registered as challenger, champion kept"
+        print(f"{summary['batch_id']}: v{summary['challenger_version']} {verdict}: {summary['reason']}")
+    return 0
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    from scanflow import tracking
+    from scanflow.config import TrackingConfig
+
+    config = TrackingConfig.from_env()
+    tracking.check_reachable(config.tracking_uri)
+    previous, current = tracking.rollback(config, args.to_version)
+    print(f"{config.classifier_name}: champion moved from v{previous} back to v{current}")
     return 0
 
 

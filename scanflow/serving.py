@@ -96,9 +96,10 @@ class FilteredClassifierModel(_ImageModel):
     artifact = CLASSIFIER_ARTIFACT
     model_class = Classifier
 
-    def __init__(self, info: DatasetInfo, reject_threshold: float | None = None) -> None:
+    def __init__(self, info: DatasetInfo, reject_threshold: float | None = None, gate_threshold: float | None = None) -> None:
         super().__init__(info)
         self.reject_threshold = reject_threshold
+        self.gate_threshold = gate_threshold
         self.denoiser: Denoiser | None = None
         self.scorer: Any = None
 
@@ -111,8 +112,7 @@ class FilteredClassifierModel(_ImageModel):
             self.scorer = Detector.load(context.artifacts[REJECTION_DETECTOR_ARTIFACT])
 
     def _run(self, images: torch.Tensor) -> np.ndarray:
-        cleaned = self.denoiser.clean(images)
-        labels = self.model.predict(cleaned).numpy().astype(np.int64)
-        if self.scorer is not None:
-            labels[np.asarray(self.scorer.score(cleaned)) > self.reject_threshold] = REJECTED_LABEL
-        return labels
+        from scanflow.improve.filter import FilteredClassifier
+
+        filtered = FilteredClassifier(self.model, self.denoiser, self.scorer, self.reject_threshold, self.gate_threshold)
+        return filtered.predict(images).numpy().astype(np.int64)

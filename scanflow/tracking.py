@@ -428,7 +428,7 @@ def register_candidate(
                 if candidate.scorer is not None:
                     artifacts[REJECTION_DETECTOR_ARTIFACT] = candidate.scorer
                 model_info = _log_pyfunc(
-                    "filtered-classifier", FilteredClassifierModel(info, candidate.reject_threshold), artifacts,
+                    "filtered-classifier", FilteredClassifierModel(info, candidate.reject_threshold, candidate.gate_threshold), artifacts,
                     classifier_signature(info), config.classifier_name,
                 )
             else:

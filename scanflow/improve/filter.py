@@ -133,23 +133,40 @@ def train_denoiser(classifier: Classifier, data: LabeledImages, config: Denoiser
     return DenoiserResult(denoiser, config.training_corruptions, time.perf_counter() - started)
 
 
+def correction_size(original: torch.Tensor, cleaned: torch.Tensor) -> torch.Tensor:
+    """Mean absolute change per image, float [N], on the [0, 1] pixel scale."""
+    return (to_float(cleaned) - to_float(original)).abs().flatten(1).mean(dim=1)
+
+
 @dataclass
 class FilteredClassifier:
-    """The unchanged classifier behind a denoiser; with `reject_threshold`, images whose drift score (by
-    `scorer`, on the cleaned image) stays above it are answered with REJECTED_LABEL instead of a guess."""
+    """The unchanged classifier behind a denoiser.
+
+    `gate_threshold` (mean absolute correction, [0, 1] pixel scale): an image the denoiser would change less than
+    this is passed through untouched, so clean inputs keep exactly the champion's answers; calibrated as a high
+    quantile of the corrections on clean images. With `reject_threshold`, images whose drift score (by `scorer`,
+    on what the classifier sees) stays above it are answered with REJECTED_LABEL instead of a guess.
+    """
 
     classifier: Classifier
     denoiser: Denoiser
     scorer: object | None = field(default=None, repr=False)
     reject_threshold: float | None = None
+    gate_threshold: float | None = None
 
     def __post_init__(self) -> None:
         if (self.scorer is None) != (self.reject_threshold is None):
             raise ValueError("rejection needs both a scorer (a fitted detector) and a reject_threshold, or neither")
 
     def clean(self, images: torch.Tensor) -> torch.Tensor:
-        """What the classifier sees: the cleaned uint8 batch."""
-        return self.denoiser.clean(validate_batch(images))
+        """What the classifier sees: the cleaned uint8 batch (gated images unchanged)."""
+        images = validate_batch(images)
+        cleaned = self.denoiser.clean(images)
+        if self.gate_threshold is None:
+            return cleaned
+        keep = correction_size(images, cleaned) <= self.gate_threshold
+        cleaned[keep] = images[keep]
+        return cleaned
 
     def predict_proba(self, images: torch.Tensor) -> torch.Tensor:
         return self.classifier.predict_proba(self.clean(images))
@@ -164,6 +181,15 @@ class FilteredClassifier:
         return labels
 
 
+def calibrate_gate(denoiser: Denoiser, clean_images: torch.Tensor, quantile: float) -> float:
+    """The correction size that `quantile` of clean images stay below: the gate of a `FilteredClassifier`."""
+    if not 0 < quantile < 1:
+        raise ValueError(f"gate quantile must be in (0, 1), got {quantile}")
+    return float(torch.quantile(correction_size(clean_images, denoiser.clean(clean_images)), quantile))
+
+
+#: Share of clean images the filter's gate passes through untouched (the rest are cleaned, usually harmlessly).
+DEFAULT_GATE_QUANTILE = 0.9
 #: Seconds per denoiser training step of batch 128 on 28x28 images measured on 2 cores; scaled by image area.
 SECONDS_PER_STEP_28PX = 0.1
 
@@ -178,11 +204,14 @@ class FilterImprover(Improver):
 
     action = "filter"
 
-    def __init__(self, config: DenoiserConfig = DenoiserConfig(), reject_fpr: float | None = None) -> None:
+    def __init__(
+        self, config: DenoiserConfig = DenoiserConfig(), reject_fpr: float | None = None, gate_quantile: float | None = DEFAULT_GATE_QUANTILE
+    ) -> None:
         if reject_fpr is not None and not 0 < reject_fpr < 1:
             raise ValueError(f"reject_fpr must be in (0, 1) or None, got {reject_fpr}")
         self.config = config
         self.reject_fpr = reject_fpr
+        self.gate_quantile = gate_quantile
 
     def _describe(self, context: ImprovementContext, n_training_labels: int) -> tuple[str, float, dict[str, Any]]:
         area = context.replay.info.height * context.replay.info.width / 784
@@ -193,7 +222,8 @@ class FilterImprover(Improver):
             f"classifier v{context.champion_version or '?'} (unchanged); no labels needed"
             + (f"; reject images still beyond the detector's clean {1 - self.reject_fpr:.1%} quantile" if self.reject_fpr else "")
         )
-        return description, seconds, {**self.config.as_params(), "filter_reject_fpr": self.reject_fpr or 0.0}
+        params = {**self.config.as_params(), "filter_reject_fpr": self.reject_fpr or 0.0, "filter_gate_quantile": self.gate_quantile or 0.0}
+        return description, seconds, params
 
     def _build(self, context: ImprovementContext, labelled: LabeledImages | None) -> tuple[FilteredClassifier, None, int, str]:
         result = train_denoiser(context.classifier, context.replay, self.config)
@@ -202,6 +232,10 @@ class FilterImprover(Improver):
             if context.detector is None:
                 raise ScanflowError("rejection needs the champion's fitted detector in the improvement context")
             scorer, threshold = context.detector, context.detector.clean_score_quantile(1.0 - self.reject_fpr)
-        filtered = FilteredClassifier(context.classifier, result.denoiser, scorer, threshold)
+        gate = None
+        if self.gate_quantile is not None:
+            gate_images = context.calibration.images if context.calibration is not None else context.clean_holdout.images
+            gate = calibrate_gate(result.denoiser, gate_images, self.gate_quantile)
+        filtered = FilteredClassifier(context.classifier, result.denoiser, scorer, threshold, gate)
         summary = f"denoiser trained on {len(result.training_corruptions)} synthetic corruptions in {result.seconds:.0f} s"
         return filtered, None, 0, summary

@@ -25,7 +25,7 @@ from scanflow.improve import (
     improver_for,
     train_denoiser,
 )
-from scanflow.improve.filter import corrupted_pairs, family_of
+from scanflow.improve.filter import calibrate_gate, corrupted_pairs, family_of
 from scanflow.models import Denoiser
 from scanflow.serving import REJECTED_LABEL
 from scanflow.train import TrainConfig, train_autoencoder, train_classifier
@@ -200,3 +200,17 @@ def test_holdout_scores_count_rejections_as_wrong(digits, champion, context):
     _, test = digits
     always = FilteredClassifier(champion[0], Denoiser(1, 8, 8), context.detector, reject_threshold=-np.inf)
     assert holdout_scores(always, test, None).clean_accuracy == 0.0
+
+
+def test_the_gate_passes_clean_images_through_untouched(digits, champion):
+    train, test = digits
+    classifier, _ = champion
+    denoiser = train_denoiser(classifier, train, FAST_DENOISER).denoiser
+    gate = calibrate_gate(denoiser, test.images, 0.9)
+    filtered = FilteredClassifier(classifier, denoiser, gate_threshold=gate)
+    unchanged = (filtered.clean(test.images) == test.images).flatten(1).all(dim=1).float().mean().item()
+    assert 0.85 <= unchanged <= 0.95
+    noisy = corrupt(test.images, "impulse_noise", 5, seed=4)
+    assert (filtered.clean(noisy) != noisy).flatten(1).any(dim=1).float().mean().item() > 0.5
+    with pytest.raises(ValueError, match=r"gate quantile must be in \(0, 1\)"):
+        calibrate_gate(denoiser, test.images, 1.0)

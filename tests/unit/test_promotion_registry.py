@@ -1,0 +1,110 @@
+"""Challengers, promotion and rollback against a real SQLite MLflow registry; served filter versions."""
+
+from __future__ import annotations
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from scanflow import tracking
+from scanflow.cli import main
+from scanflow.drift.autoencoder import fit_detector
+from scanflow.errors import ModelNotFoundError
+from scanflow.improve import FilteredClassifier
+from scanflow.models import Autoencoder, Classifier, Denoiser
+
+
+@pytest.fixture(scope="module")
+def models(digits):
+    train, test = digits
+    torch.manual_seed(0)
+    classifier = Classifier(1, 8, 8, 10)
+    classifier.set_normalization(train.images)
+    autoencoder = Autoencoder(1, 8, 8, latent_dim=8)
+    detector = fit_detector(classifier.eval(), autoencoder.eval(), train, test)
+    return classifier, autoencoder, detector
+
+
+@pytest.fixture()
+def champion(tracking_config, models, digits):
+    train, _ = digits
+    classifier, autoencoder, detector = models
+    with tracking.training_run(tracking_config, "train") as run_id:
+        versions = tracking.register_models(run_id, tracking_config, classifier, autoencoder, train, detector=detector)
+    return versions
+
+
+def _improve_run(config) -> str:
+    return tracking.start_run(config, "improve-test", {"scanflow.kind": "improve"})
+
+
+def test_challenger_promotion_and_rollback_move_only_the_alias(tracking_config, champion, models, digits):
+    train, _ = digits
+    client = MlflowClient(tracking_config.tracking_uri)
+    run_id = _improve_run(tracking_config)
+    retrained = Classifier(1, 8, 8, 10)
+    version = tracking.register_candidate(run_id, tracking_config, retrained, train.info, champion.classifier_version, detector=models[2])
+    tracking.end_run(run_id)
+    name = tracking_config.classifier_name
+    assert str(client.get_model_version_by_alias(name, "challenger").version) == version
+    assert tracking.champion_version(tracking_config) == champion.classifier_version
+    tags = tracking.version_tags(tracking_config, version)
+    assert tags["scanflow.kind"] == "retrain" and tags["scanflow.parent_version"] == champion.classifier_version
+    assert tags["scanflow.autoencoder_version"] == champion.autoencoder_version
+    assert tags["scanflow.detector_uri"].startswith(f"runs:/{run_id}/")
+
+    previous = tracking.promote(tracking_config, version, "beats the champion")
+    assert previous == champion.classifier_version
+    assert tracking.champion_version(tracking_config) == version
+    with pytest.raises(mlflow.exceptions.MlflowException):
+        client.get_model_version_by_alias(name, "challenger")
+    assert tracking.load_detector(tracking_config)[1] == version
+
+    assert main(["rollback"]) == 0
+    assert tracking.champion_version(tracking_config) == champion.classifier_version
+    assert tracking.version_tags(tracking_config, version)["scanflow.rolled_back"] == "true"
+    with pytest.raises(ModelNotFoundError, match="replaced no earlier champion: nothing to roll back to"):
+        tracking.rollback(tracking_config)
+    assert tracking.rollback(tracking_config, to_version=version) == (champion.classifier_version, version)
+    with pytest.raises(ModelNotFoundError, match="has no version 99"):
+        tracking.rollback(tracking_config, to_version="99")
+
+
+def test_a_filter_version_serves_like_any_classifier(tracking_config, champion, models, digits):
+    train, test = digits
+    classifier, _, detector = models
+    run_id = _improve_run(tracking_config)
+    filtered = FilteredClassifier(classifier, Denoiser(1, 8, 8), detector, reject_threshold=detector.clean_score_quantile(0.5), gate_threshold=0.0)
+    version = tracking.register_candidate(run_id, tracking_config, filtered, train.info, champion.classifier_version)
+    tracking.end_run(run_id)
+    tags = tracking.version_tags(tracking_config, version)
+    assert tags["scanflow.kind"] == "filter" and tags["scanflow.filter"] == "denoiser+reject"
+    assert tags["scanflow.detector_uri"] == tracking.version_tags(tracking_config, champion.classifier_version)["scanflow.detector_uri"]
+    served = mlflow.pyfunc.load_model(f"models:/{tracking_config.classifier_name}/{version}")
+    labels = served.predict(test.images[:40].numpy())
+    assert labels.dtype == np.int64 and labels.shape == (40,)
+    assert np.array_equal(labels, filtered.predict(test.images[:40]).numpy())
+    assert (labels == -1).any() and (labels >= 0).any()
+    tracking.promote(tracking_config, version, "test")
+    loaded = tracking.load_models(tracking_config)
+    assert loaded.is_filtered and loaded.classifier_version == version
+
+
+def test_a_failed_registration_leaves_no_version_behind(tracking_config, champion, models, digits, monkeypatch):
+    train, _ = digits
+    client = MlflowClient(tracking_config.tracking_uri)
+    before = {str(v.version) for v in client.search_model_versions(f"name='{tracking_config.classifier_name}'")}
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("registry went away")
+
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", refuse)
+    run_id = _improve_run(tracking_config)
+    with pytest.raises(RuntimeError, match="registry went away"):
+        tracking.register_candidate(run_id, tracking_config, Classifier(1, 8, 8, 10), train.info, champion.classifier_version, detector=models[2])
+    monkeypatch.undo()
+    after = {str(v.version) for v in client.search_model_versions(f"name='{tracking_config.classifier_name}'")}
+    assert after == before
+    assert tracking.champion_version(tracking_config) == champion.classifier_version
