@@ -285,10 +285,11 @@ def load_splits(name: str, data_dir: Path, seed: int) -> Splits:
 
 
 # --------------------------------------------------------------------------------------------------- models
-def trained_models(splits: Splits, seed: int, cache_dir: Path) -> tuple[Classifier, Autoencoder, str]:
+def trained_models(splits: Splits | Any, seed: int, cache_dir: Path) -> tuple[Classifier, Autoencoder, str]:
     """The seeded classifier and autoencoder, from `cache_dir/<dataset>-seed<seed>-epochs<epochs>/` if saved there.
 
-    Returns the models and a sentence saying where they came from (and the training time in seconds).
+    `splits` needs only `name` and `train` (any object with them will do: the improvement benchmark shares this
+    cache). Returns the models and a sentence saying where they came from (and the training time in seconds).
     """
     config = TrainConfig(seed=seed)
     epochs = config.resolved_epochs(len(splits.train))

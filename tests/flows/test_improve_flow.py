@@ -1,0 +1,153 @@
+"""The improve flow under Prefect's test harness: decisions audited in MLflow, challenger registered and promoted
+(or not) by the rule, events emitted, bad decisions refused before anything is written."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+from prefect.client.orchestration import get_client
+from prefect.events.filters import EventFilter, EventNameFilter
+
+from flows.improve import improve_flow
+from flows.train import train_flow
+from scanflow import tracking
+from scanflow.config import TrackingConfig
+from scanflow.corruptions import corrupt
+from scanflow.data import load_train_test
+from scanflow.human import InvalidDecisionError
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def champion(mlflow_store, digits):
+    env = {"MLFLOW_TRACKING_URI": mlflow_store, "SCANFLOW_MODEL_NAME": "improve-flow-classifier", "SCANFLOW_EXPERIMENT": "improve-flow"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        train_flow(dataset="digits", epochs=15, autoencoder_epochs=10, latent_dim=8)
+        yield env
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@pytest.fixture()
+def env(champion, monkeypatch):
+    for key, value in champion.items():
+        monkeypatch.setenv(key, value)
+    return champion
+
+
+@pytest.fixture(scope="module")
+def rotated_batch(tmp_path_factory, digits):
+    """200 strongly rotated digits test images, saved as a batch, and their true labels (kept beside it)."""
+    _, test = load_train_test("digits", seed=0)
+    images = corrupt(test.images[:200], "rotate", 5, seed=7)
+    path = tmp_path_factory.mktemp("batches") / "rotated.npy"
+    np.save(path, images.numpy())
+    return str(path), test.labels[:200].numpy()
+
+
+def _versions(config: TrackingConfig) -> set[str]:
+    return {str(v.version) for v in MlflowClient(config.tracking_uri).search_model_versions(f"name='{config.classifier_name}'")}
+
+
+def _improve_runs(config: TrackingConfig) -> list:
+    client = MlflowClient(config.tracking_uri)
+    experiment = client.get_experiment_by_name(config.experiment_name)
+    return client.search_runs([experiment.experiment_id], "tags.`scanflow.kind` = 'improve'")
+
+
+def _events(name: str, version: str) -> list:
+    deadline = time.time() + 30
+    while True:
+        with get_client(sync_client=True) as client:
+            page = client.read_events(EventFilter(event=EventNameFilter(name=[name])), limit=50)
+        found = [e for e in page.events if e.payload.get("version") == version]
+        if found or time.time() > deadline:
+            return found
+        time.sleep(1)
+
+
+def test_retrain_decision_is_audited_registered_and_judged(env, rotated_batch):
+    config = TrackingConfig.from_env()
+    path, true_labels = rotated_batch
+    champion_before = tracking.champion_version(config)
+    shown = list(range(0, 120, 3))
+    summary = improve_flow(batch_path=path, shown_indices=shown, action="retrain", labels=[int(true_labels[i]) for i in shown],
+                           note="rotated scans", decided_by="oracle")
+    assert summary["challenger_version"] not in (None, champion_before)
+    outcome = summary["outcome"]
+    assert outcome["candidate_scores"]["n_shifted"] == 12 and outcome["n_labels_used"] == 28
+    if summary["promoted"]:
+        assert tracking.champion_version(config) == summary["challenger_version"]
+        assert summary["previous_champion"] == champion_before
+    else:
+        assert tracking.champion_version(config) == champion_before
+    run = MlflowClient(config.tracking_uri).get_run(summary["mlflow_run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["scanflow.decided_by"] == "oracle"
+    assert run.data.tags["scanflow.promoted"] == str(summary["promoted"]).lower()
+    assert {"champion_shifted_accuracy", "challenger_shifted_accuracy", "challenger_clean_accuracy"} <= set(run.data.metrics)
+    files = {f.path for f in MlflowClient(config.tracking_uri).list_artifacts(run.info.run_id)}
+    assert {"decision.json", "plan.json", "outcome.json"} <= files
+    decision = MlflowClient(config.tracking_uri).download_artifacts(run.info.run_id, "decision.json")
+    with open(decision) as handle:
+        assert json.load(handle)["labels"] == [int(true_labels[i]) for i in shown]
+    event_name = "scanflow.model.promoted" if summary["promoted"] else "scanflow.model.rejected"
+    [event] = _events(event_name, summary["challenger_version"])
+    assert event.resource.id == "scanflow.model.improve-flow-classifier"
+    assert event.payload["previous_champion"] == summary["previous_champion"]
+
+
+def test_invalid_labels_leave_nothing_written(env, rotated_batch):
+    config = TrackingConfig.from_env()
+    path, _ = rotated_batch
+    versions, runs = _versions(config), len(_improve_runs(config))
+    with pytest.raises(InvalidDecisionError, match=r"got 2 labels for 3 critical samples"):
+        improve_flow(batch_path=path, shown_indices=[0, 1, 2], action="retrain", labels=[1, 2])
+    with pytest.raises(InvalidDecisionError, match=r"label 1 is 12: labels are class indices 0\.\.9"):
+        improve_flow(batch_path=path, shown_indices=[0, 1, 2], action="retrain", labels=[1, 12, 2])
+    assert _versions(config) == versions and len(_improve_runs(config)) == runs
+
+
+def test_ignore_is_recorded_and_changes_nothing(env, rotated_batch):
+    config = TrackingConfig.from_env()
+    path, _ = rotated_batch
+    versions, champion = _versions(config), tracking.champion_version(config)
+    summary = improve_flow(batch_path=path, shown_indices=[0, 1], action="ignore", note="known seasonal effect")
+    assert summary["challenger_version"] is None and not summary["promoted"]
+    assert _versions(config) == versions and tracking.champion_version(config) == champion
+    run = MlflowClient(config.tracking_uri).get_run(summary["mlflow_run_id"])
+    assert run.data.tags["scanflow.action"] == "ignore"
+
+
+def test_filter_from_the_command_line(env, rotated_batch, prefect_server):
+    config = TrackingConfig.from_env()
+    path, true_labels = rotated_batch
+    shown = list(range(10))
+    labels = ",".join(str(int(true_labels[i])) for i in shown)
+    completed = subprocess.run(
+        [sys.executable, "-m", "scanflow.cli", "improve", "--batch", path, "--shown", ",".join(map(str, shown)),
+         "--action", "filter", "--labels", labels, "--json"],
+        capture_output=True, text=True, env={**os.environ, "PREFECT_API_URL": prefect_server}, timeout=600,
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    summary = json.loads(completed.stdout[completed.stdout.index("{\n"):])
+    assert summary["action"] == "filter" and summary["outcome"]["candidate_scores"]["n_shifted"] == 10
+    assert tracking.version_tags(config, summary["challenger_version"])["scanflow.kind"] == "filter"
+    bad = subprocess.run(
+        [sys.executable, "-m", "scanflow.cli", "improve", "--batch", path, "--shown", "1,2", "--action", "retrain", "--labels", "1,x"],
+        capture_output=True, text=True, env={**os.environ, "PREFECT_API_URL": prefect_server}, timeout=600,
+    )
+    assert bad.returncode == 2 and "--labels must be comma-separated integers, got '1,x'" in bad.stderr
