@@ -31,6 +31,11 @@ def load_champion_detector(config: TrackingConfig, alias: str) -> tuple[Autoenco
     return tracking.load_detector(config, alias)
 
 
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def load_input_filter(config: TrackingConfig, alias: str):
+    return tracking.load_input_filter(config, alias)
+
+
 @task(cache_policy=NO_CACHE)
 def load_batch(path: str, detector: AutoencoderDetector) -> torch.Tensor:
     return load_batch_file(path, detector.info)
@@ -84,7 +89,8 @@ def detect_flow(
     budget: int = DEFAULT_LABEL_BUDGET,
     report: bool = True,
 ) -> dict:
-    """Test one production batch (a .npy of uint8 images) against the champion's detector.
+    """Test one production batch (a .npy of uint8 images) against the champion's detector (on the cleaned batch
+    when the champion is a filter-wrapped classifier: the drift it was built for is then acknowledged).
 
     Logs the verdict to MLflow, publishes a summary and the critical samples as Prefect artifacts, emits
     `scanflow.drift.detected` when drifted, then (off the hot path) attaches Evidently's HTML report.
@@ -93,6 +99,10 @@ def detect_flow(
     batch_id = batch_id or Path(batch_path).stem
     detector, model_version = load_champion_detector(config, alias)
     images = load_batch(batch_path, detector)
+    input_filter = load_input_filter(config, alias)
+    if input_filter is not None:
+        print(f"v{model_version} filters its inputs: testing what its classifier sees (the cleaned batch)")
+        images = input_filter.clean(images)
     detection = detect(detector, images, batch_id, model_version, budget)
     grid_png = critical_samples_png(images, detection)
     run_id = log_detection(config, detection, grid_png)

@@ -18,6 +18,7 @@ examples:
   scanflow train --dataset mnist --data-dir ../shared/data
   scanflow corrupt --output corruptions.png
   scanflow detect --batch batch.npy --json  test a production batch (uint8 [N,H,W] or [N,C,H,W]) for drift
+  scanflow predict --batch batch.npy      label a batch with the served champion; predictions logged with lineage
   scanflow improve --batch batch.npy --shown 4,17,9 --action retrain --labels 3,3,8
                                          apply a decision on a drifted batch; promote the result if it earns it
   scanflow rollback                      give the champion alias back to the version it replaced
@@ -69,6 +70,15 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--no-report", action="store_true", help="skip Evidently's HTML report (saves a few seconds)")
     detect.add_argument("--json", action="store_true", help="print the drift result as JSON")
     detect.set_defaults(handler=_detect)
+
+    predict = commands.add_parser(
+        "predict", help="run the predict flow: label a batch with the served champion, log predictions and lineage to MLflow"
+    )
+    predict.add_argument("--batch", required=True, help=".npy file of uint8 images [N, H, W] or [N, C, H, W]")
+    predict.add_argument("--batch-id", help="identifier recorded with the predictions (default: the file name)")
+    predict.add_argument("--alias", default="champion", help="registry alias to serve (default: champion)")
+    predict.add_argument("--json", action="store_true", help="print the summary and labels as JSON")
+    predict.set_defaults(handler=_predict)
 
     improve = commands.add_parser(
         "improve",
@@ -157,6 +167,21 @@ def _detect(args: argparse.Namespace) -> int:
             f"{summary['batch_id']}: {verdict} (statistic {summary['statistic']:.3f}, threshold {summary['threshold']:.3f}, "
             f"p = {summary['p_value']:.4f}); {summary['n_critical']} critical of {summary['n']}; MLflow run {summary['mlflow_run_id']}"
         )
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from scanflow.data import load_batch_file
+
+    load_batch_file(args.batch)
+    from flows.predict import predict_flow
+
+    summary = predict_flow(batch_path=args.batch, batch_id=args.batch_id, alias=args.alias)
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"{summary['batch_id']}: {summary['n']} labels by v{summary['model_version']} ({summary['n_rejected']} rejected); "
+              f"MLflow run {summary['mlflow_run_id']}")
     return 0
 
 

@@ -263,6 +263,14 @@ def canonical_dataset_name(name: str) -> str:
     return canonical
 
 
+def dataset_info(name: str) -> DatasetInfo:
+    """The description (classes, image shape) of a known dataset, without loading it."""
+    canonical = canonical_dataset_name(name)
+    if canonical not in _INFOS:
+        raise UnknownDatasetError(f"{name!r} is not one dataset: name one of {', '.join(_INFOS)}")
+    return _INFOS[canonical]
+
+
 def _check_split(split: str) -> str:
     if split not in SPLITS:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")

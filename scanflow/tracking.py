@@ -16,7 +16,7 @@ import tempfile
 import warnings
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -382,6 +382,7 @@ KIND_TAG = "scanflow.kind"
 PARENT_TAG = "scanflow.parent_version"
 PREVIOUS_CHAMPION_TAG = "scanflow.previous_champion"
 FILTER_TAG = "scanflow.filter"
+FILTER_GATE_TAG = "scanflow.filter_gate"
 
 
 def register_candidate(
@@ -424,6 +425,7 @@ def register_candidate(
         with _active_run(run_id):
             if is_filter:
                 version_tags[FILTER_TAG] = "denoiser" + ("+reject" if candidate.scorer is not None else "")
+                version_tags[FILTER_GATE_TAG] = "none" if candidate.gate_threshold is None else repr(float(candidate.gate_threshold))
                 artifacts = {CLASSIFIER_ARTIFACT: candidate.classifier, DENOISER_ARTIFACT: candidate.denoiser}
                 if candidate.scorer is not None:
                     artifacts[REJECTION_DETECTOR_ARTIFACT] = candidate.scorer
@@ -446,6 +448,19 @@ def register_candidate(
                 client.delete_model_version(config.classifier_name, created)
         raise
     return created
+
+
+def load_input_filter(config: TrackingConfig, alias: str = CHAMPION_ALIAS) -> Any:
+    """The input filter of the version at `alias` (a `FilteredClassifier` whose `clean` gives what its classifier
+    sees), or None for a plain classifier. The drift detector of a filtered version watches the cleaned images."""
+    from scanflow.improve.filter import FilteredClassifier
+
+    version = _version_by_alias(config, alias)
+    if FILTER_TAG not in version.tags:
+        return None
+    models = load_models(config, alias)
+    gate = version.tags.get(FILTER_GATE_TAG, "none")
+    return FilteredClassifier(models.classifier, models.denoiser, gate_threshold=None if gate == "none" else float(gate))
 
 
 def version_tags(config: TrackingConfig, version: str) -> dict[str, str]:
@@ -512,3 +527,45 @@ def start_run(config: TrackingConfig, run_name: str, tags: Mapping[str, str]) ->
     """Open a run that later tasks log into by id (the improve flow spans a pause); end it with `end_run`."""
     experiment_id = connect(config)
     return MlflowClient(config.tracking_uri).create_run(experiment_id, run_name=run_name, tags=dict(tags)).info.run_id
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """A registered classifier version loaded as its MLflow pyfunc (what a serving endpoint runs)."""
+
+    model: Any
+    version: str
+    info: Any
+
+
+def load_served_model(config: TrackingConfig, alias: str = CHAMPION_ALIAS) -> ServedModel:
+    """The pyfunc of the classifier at `alias`, with the dataset description it was trained for."""
+    from scanflow.data import dataset_info
+
+    version = _version_by_alias(config, alias)
+    with _quiet_mlflow():
+        model = mlflow.pyfunc.load_model(f"models:/{config.classifier_name}/{version.version}")
+    return ServedModel(model, str(version.version), dataset_info(version.tags.get("scanflow.dataset", "default")))
+
+
+def log_predictions(
+    config: TrackingConfig, batch_id: str, model_version: str, labels: np.ndarray, classes: Sequence[str],
+    tags: Mapping[str, str] | None = None,
+) -> str:
+    """One MLflow run per predicted batch: the labels (CSV: batch index, label, class name) and their lineage."""
+    experiment_id = connect(config)
+    client = MlflowClient(config.tracking_uri)
+    run_tags = {"scanflow.kind": "predict", "scanflow.batch_id": batch_id, "scanflow.model_version": model_version, **(tags or {})}
+    run_id = client.create_run(experiment_id, run_name=f"predict-{batch_id}", tags=run_tags).info.run_id
+    try:
+        rejected = int(np.sum(labels < 0))
+        log_metrics(run_id, {"n": float(len(labels)), "n_rejected": float(rejected)})
+        rows = ["batch_index,label,class"] + [
+            f"{i},{int(label)},{classes[int(label)] if label >= 0 else 'rejected'}" for i, label in enumerate(labels)
+        ]
+        client.log_text(run_id, "\n".join(rows) + "\n", "predictions.csv")
+    except BaseException:
+        end_run(run_id, failed=True)
+        raise
+    end_run(run_id)
+    return run_id

@@ -151,3 +151,20 @@ def test_filter_from_the_command_line(env, rotated_batch, prefect_server):
         capture_output=True, text=True, env={**os.environ, "PREFECT_API_URL": prefect_server}, timeout=600,
     )
     assert bad.returncode == 2 and "--labels must be comma-separated integers, got '1,x'" in bad.stderr
+
+
+def test_predict_flow_serves_the_champion_and_keeps_lineage(env, rotated_batch):
+    from flows.predict import predict_flow
+
+    config = TrackingConfig.from_env()
+    path, _ = rotated_batch
+    summary = predict_flow(batch_path=path, batch_id="rotated-1")
+    assert summary["model_version"] == tracking.champion_version(config) and summary["n"] == 200
+    assert all(-1 <= label <= 9 for label in summary["labels"])
+    client = MlflowClient(config.tracking_uri)
+    run = client.get_run(summary["mlflow_run_id"])
+    assert run.data.tags["scanflow.batch_id"] == "rotated-1" and run.data.tags["scanflow.model_version"] == summary["model_version"]
+    with open(client.download_artifacts(run.info.run_id, "predictions.csv")) as handle:
+        lines = handle.read().splitlines()
+    assert lines[0] == "batch_index,label,class" and len(lines) == 201
+    assert lines[1].split(",")[1] == str(summary["labels"][0])

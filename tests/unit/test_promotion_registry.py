@@ -87,9 +87,13 @@ def test_a_filter_version_serves_like_any_classifier(tracking_config, champion, 
     assert labels.dtype == np.int64 and labels.shape == (40,)
     assert np.array_equal(labels, filtered.predict(test.images[:40]).numpy())
     assert (labels == -1).any() and (labels >= 0).any()
+    assert tracking.load_input_filter(tracking_config) is None
     tracking.promote(tracking_config, version, "test")
     loaded = tracking.load_models(tracking_config)
     assert loaded.is_filtered and loaded.classifier_version == version
+    input_filter = tracking.load_input_filter(tracking_config)
+    assert input_filter.gate_threshold == 0.0
+    assert torch.equal(input_filter.clean(test.images[:40]), filtered.clean(test.images[:40]))
 
 
 def test_a_failed_registration_leaves_no_version_behind(tracking_config, champion, models, digits, monkeypatch):

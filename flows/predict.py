@@ -1,0 +1,62 @@
+"""The predict flow: score a production batch with the served champion and keep every prediction with its lineage.
+
+Run it as `python flows/predict.py BATCH.npy`, `scanflow predict --batch BATCH.npy`, or as the `predict` deployment.
+The model is loaded as the MLflow pyfunc behind `NAME@ALIAS`, exactly what a serving endpoint would load, so a
+filter-wrapped champion filters (and may answer -1, rejected) here too.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np
+from prefect import flow, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+
+from scanflow import tracking
+from scanflow.config import CHAMPION_ALIAS, TrackingConfig
+from scanflow.data import load_batch_file
+
+
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def load_served_model(config: TrackingConfig, alias: str):
+    return tracking.load_served_model(config, alias)
+
+
+@task(cache_policy=NO_CACHE)
+def predict(model, images: np.ndarray) -> np.ndarray:
+    return np.asarray(model.predict(images), dtype=np.int64)
+
+
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def log_predictions(config: TrackingConfig, batch_id: str, model_version: str, labels: np.ndarray, classes: tuple[str, ...]) -> str:
+    return tracking.log_predictions(config, batch_id, model_version, labels, classes, {"prefect.flow_run_id": str(flow_run.id or "")})
+
+
+@flow(name="predict", log_prints=True)
+def predict_flow(batch_path: str, batch_id: str | None = None, alias: str = CHAMPION_ALIAS) -> dict:
+    """Label one production batch (a .npy of uint8 images) with the registered classifier at `alias`; the labels
+    (int64, -1 = rejected by a filter) are logged to MLflow with the batch id and the model version."""
+    config = TrackingConfig.from_env()
+    batch_id = batch_id or Path(batch_path).stem
+    served = load_served_model(config, alias)
+    images = load_batch_file(batch_path, served.info).numpy()
+    labels = predict(served.model, images)
+    run_id = log_predictions(config, batch_id, served.version, labels, served.info.classes)
+    counts = np.bincount(labels[labels >= 0], minlength=served.info.n_classes)
+    rows = [{"class": name, "predicted": int(count)} for name, count in zip(served.info.classes, counts)]
+    rows.append({"class": "rejected (-1)", "predicted": int(np.sum(labels < 0))})
+    create_table_artifact(rows, key="predictions", description=f"batch {batch_id} by {config.classifier_name} v{served.version}")
+    print(f"batch {batch_id}: {len(labels)} predictions by v{served.version}, {int(np.sum(labels < 0))} rejected; MLflow run {run_id}")
+    return {"batch_id": batch_id, "model_version": served.version, "n": int(len(labels)), "n_rejected": int(np.sum(labels < 0)),
+            "labels": labels.tolist(), "mlflow_run_id": run_id}
+
+
+if __name__ == "__main__":
+    print({k: v for k, v in predict_flow(batch_path=sys.argv[1]).items() if k != "labels"})
