@@ -24,6 +24,7 @@ from scanflow.config import CHAMPION_ALIAS, TrackingConfig
 from scanflow.data import load_batch_file
 from scanflow.detect import DEFAULT_LABEL_BUDGET, DRIFT_EVENT, Detection, critical_samples_png, detect_batch, save_evidently_report, summary_markdown
 from scanflow.drift.autoencoder import AutoencoderDetector
+from scanflow.human import policy_action
 
 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
@@ -111,8 +112,16 @@ def detect_flow(
         announce_drift(detection, config.classifier_name)
     if report:
         evidently_report(detector, images, run_id)
-    return {**detection.summary(), "mlflow_run_id": run_id}
+    return {
+        **detection.summary(),
+        "mlflow_run_id": run_id,
+        "critical_rows": detection.critical_rows(),
+        "guesses": [int(detection.predicted_labels[i]) for i in detection.selection.indices],
+        "classes": list(detection.classes),
+        "recommended_action": policy_action(detection.result),
+        "grid_png_b64": base64.b64encode(grid_png).decode("ascii"),
+    }
 
 
 if __name__ == "__main__":
-    print(detect_flow(batch_path=sys.argv[1]))
+    print({k: v for k, v in detect_flow(batch_path=sys.argv[1]).items() if k != "grid_png_b64"})

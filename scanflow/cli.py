@@ -159,6 +159,7 @@ def _detect(args: argparse.Namespace) -> int:
     from flows.detect import detect_flow
 
     summary = detect_flow(batch_path=args.batch, batch_id=args.batch_id, alias=alias, budget=args.budget, report=not args.no_report)
+    summary.pop("grid_png_b64")
     if args.json:
         print(json.dumps(summary, indent=2))
     else:

@@ -1,0 +1,217 @@
+"""The supervise flow: the loop over a production stream. Per batch: predict, detect; on drift, show the evidence
+and pause for a person's decision (in a child flow, so a timeout leaves the loop healthy), then improve.
+
+Run it as `scanflow supervise`, `python flows/supervise.py`, or as the `supervise` deployment. A person answers in
+the Prefect UI (the form shows the critical samples and comes pre-filled with the model's guesses), with
+`scanflow answer RUN_ID ...`, or with `resume_flow_run`; `human="oracle"` or `"policy"` answers the same pause
+from a helper thread, so unattended runs take the path a person takes.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np
+from prefect import flow, pause_flow_run, resume_flow_run, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId, FlowRunFilterState, FlowRunFilterStateType
+from prefect.client.schemas.objects import StateType
+from prefect.input import RunInput
+from prefect.runtime import flow_run
+from pydantic import Field, create_model
+
+from flows.detect import detect_flow
+from flows.improve import improve_flow
+from flows.predict import predict_flow
+from scanflow import tracking
+from scanflow.config import TrackingConfig
+from scanflow.human import ACTIONS, Decision
+from scanflow.stream import StreamBatch, make_stream, read_stream
+
+HUMANS = ("person", "oracle", "policy")
+DEFAULT_PAUSE_TIMEOUT_S = 3600
+DEFAULT_ACTION_ON_TIMEOUT = "ignore"
+
+
+def decision_form(
+    n_shown: int, classes: tuple[str, ...], guesses: list[int] | None = None, recommended: str | None = None, description: str | None = None
+) -> type[RunInput]:
+    """The pause form for one batch, with its constraints (label count, class range, actions) in the schema, so
+    the Prefect server itself refuses a wrong answer and keeps the run paused; labels pre-filled with the model's
+    `guesses`, the action with the `recommended` one, `description` (Markdown) shown above the fields.
+
+    Defaults go into the fields themselves: `RunInput.with_initial_data` re-declares the fields it fills and drops
+    their constraints (prefect 3.8.8), which would let the server accept a label list of the wrong length.
+    """
+    label = Annotated[int, Field(ge=0, le=len(classes) - 1)]
+    labels_help = f"class index of each critical sample, in the order shown (0..{len(classes) - 1}: " + ", ".join(
+        f"{i} {name}" for i, name in enumerate(classes)
+    ) + ")"
+    action_field = Field(description="retrain on your labels, filter the inputs (no labels needed), or ignore")
+    labels_field = Field(min_length=n_shown, max_length=n_shown, description=labels_help)
+    if recommended is not None:
+        action_field = Field(default=recommended, description=action_field.description)
+    if guesses is not None:
+        labels_field = Field(default=list(guesses), min_length=n_shown, max_length=n_shown, description=labels_help)
+    model = create_model(
+        "Decision",
+        __base__=RunInput,
+        action=(Literal[ACTIONS], action_field),
+        labels=(list[label], labels_field),
+        note=(str, Field(default="", description="why (kept in MLflow with the decision)")),
+    )
+    if description is not None:
+        model._description = description
+    return model
+
+
+def form_description(detection: dict, grid_png_b64: str, classes: tuple[str, ...]) -> str:
+    """Markdown shown above the form: the verdict, the recommendation, the grid and a table of the samples."""
+    rows = "\n".join(
+        f"| {row['position']} | {row['batch_index']} | {row['score']:.2f} | {row['predicted']} |" for row in detection["critical_rows"]
+    )
+    return (
+        f"## Drift in batch {detection['batch_id']} (model v{detection['model_version']})\n\n"
+        f"Statistic {detection['statistic']:.2f} vs threshold {detection['threshold']:.2f}, p = {detection['p_value']:.4f}; "
+        f"{detection['n_critical']} of {detection['n']} samples look critical. Recommended: **{detection['recommended_action']}**.\n\n"
+        f"![critical samples](data:image/png;base64,{grid_png_b64})\n\n"
+        "| position | batch row | score | model's guess |\n|---|---|---|---|\n" + rows + "\n\n"
+        "Correct the labels the model got wrong (they are pre-filled with its guesses), choose an action, submit."
+    )
+
+
+@flow(name="ask-human", log_prints=True)
+def ask_human(batch_id: str, n_shown: int, classes: list[str], guesses: list[int], recommended: str, description: str, timeout_s: int, poll_interval_s: int = 2) -> dict:
+    """Pause until a person (or a simulated one) answers the decision form for `batch_id`; returns the answer."""
+    form = decision_form(n_shown, tuple(classes), guesses, recommended, description)
+    print(f"batch {batch_id}: waiting for a decision (timeout {timeout_s} s)")
+    answer = pause_flow_run(wait_for_input=form, timeout=timeout_s, poll_interval=poll_interval_s)
+    return {"action": answer.action, "labels": list(answer.labels), "note": answer.note}
+
+
+def paused_child(parent_id: Any, timeout_s: float = 120.0) -> Any:
+    """The id of the paused `ask-human` child of flow run `parent_id`, once it is paused."""
+    deadline = time.monotonic() + timeout_s
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent_id]),
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED])),
+            ))
+            if runs:
+                return runs[0].id
+            time.sleep(0.5)
+    raise TimeoutError(f"no paused decision form under flow run {parent_id} within {timeout_s:.0f} s")
+
+
+def answer_when_paused(parent_id: Any, decision: Decision) -> threading.Thread:
+    """Answer the next pause under `parent_id` with `decision`, through `resume_flow_run` (the door a person uses)."""
+    def run() -> None:
+        child = paused_child(parent_id)
+        resume_flow_run(child, run_input={"action": decision.action, "labels": list(decision.labels), "note": decision.note})
+
+    thread = threading.Thread(target=run, name="simulated-human", daemon=True)
+    thread.start()
+    return thread
+
+
+@task(cache_policy=NO_CACHE)
+def simulated_decision(human: str, batch: StreamBatch, detection: dict) -> Decision:
+    shown = detection["selected_indices"]
+    if human == "oracle":
+        labels = batch.true_labels()
+        return Decision(detection["recommended_action"], tuple(int(labels[i]) for i in shown), "simulated: true labels", "oracle")
+    guesses = tuple(detection["guesses"])
+    action = "filter" if detection["recommended_action"] == "retrain" else detection["recommended_action"]
+    return Decision(action, guesses, "simulated: policy, model's guesses unchanged", "policy")
+
+
+@task(cache_policy=NO_CACHE)
+def batch_accuracy(predicted: list[int], batch: StreamBatch) -> float:
+    truth = batch.true_labels()
+    return float(np.mean(np.asarray(predicted) == truth))
+
+
+@flow(name="supervise", log_prints=True)
+def supervise_flow(
+    stream_dir: str | None = None,
+    dataset: str = "default",
+    n_batches: int = 6,
+    batch_size: int = 200,
+    drift_at: int = 3,
+    corruption: str = "shot_noise",
+    human: Literal["person", "oracle", "policy"] = "oracle",
+    budget: int = 20,
+    pause_timeout_s: int = DEFAULT_PAUSE_TIMEOUT_S,
+    action_on_timeout: Literal["retrain", "filter", "ignore"] = DEFAULT_ACTION_ON_TIMEOUT,
+    promotion_margin: float = 0.005,
+    seed: int = 0,
+) -> dict:
+    """Supervise a production stream batch by batch (see the module docstring).
+
+    Without `stream_dir`, a demo stream is written to `./stream/`: `n_batches` batches of `batch_size` test
+    images, corrupted with `corruption` from batch `drift_at` on (true labels kept beside it for the oracle and
+    the report). Returns the per-batch table also published as the `supervision-summary` artifact.
+    """
+    config = TrackingConfig.from_env()
+    batches = read_stream(stream_dir) if stream_dir and (Path(stream_dir) / "stream.json").is_file() else make_stream(
+        stream_dir or "stream", dataset, n_batches, batch_size, drift_at, corruption, seed=seed
+    )
+    rows = []
+    for batch in batches:
+        prediction = predict_flow(batch_path=batch.path, batch_id=batch.batch_id)
+        detection = detect_flow(batch_path=batch.path, batch_id=batch.batch_id, budget=budget, report=False)
+        row = {"batch": batch.batch_id, "corrupted": batch.corruption or "no", "model": f"v{prediction['model_version']}",
+               "drift": "yes" if detection["is_drift"] else "no", "p_value": round(detection["p_value"], 4),
+               "decision": "-", "decided_by": "-", "labels_used": 0,
+               "accuracy_before": round(batch_accuracy(prediction["labels"], batch), 4), "accuracy_after": None, "promoted": "-"}
+        if detection["is_drift"]:
+            evidence = detection
+            description = form_description(evidence, evidence["grid_png_b64"], evidence["classes"])
+            if human != "person":
+                answer_when_paused(flow_run.id, simulated_decision(human, batch, evidence))
+            state = ask_human(batch.batch_id, len(evidence["selected_indices"]), list(evidence["classes"]), evidence["guesses"],
+                              evidence["recommended_action"], description, pause_timeout_s, return_state=True)
+            if state.is_completed():
+                answer = state.result()
+                decided_by = "human" if human == "person" else human
+            else:
+                print(f"batch {batch.batch_id}: no answer within {pause_timeout_s} s; the policy's default '{action_on_timeout}' runs")
+                answer, decided_by = {"action": action_on_timeout, "labels": None, "note": "pause timed out"}, "timeout"
+            labels = answer["labels"] if answer["action"] == "retrain" or decided_by != "timeout" else None
+            outcome = improve_flow(batch_path=batch.path, shown_indices=evidence["selected_indices"], action=answer["action"],
+                                   labels=labels, note=answer["note"], decided_by=decided_by, batch_id=batch.batch_id,
+                                   drift={k: detection[k] for k in ("statistic", "p_value", "threshold", "n_critical")},
+                                   promotion_margin=promotion_margin, seed=seed)
+            row.update(decision=answer["action"], decided_by=decided_by, promoted="yes" if outcome["promoted"] else "no",
+                       labels_used=(outcome.get("outcome") or {}).get("n_labels_used", 0))
+            after = predict_flow(batch_path=batch.path, batch_id=f"{batch.batch_id}-after")
+            row["accuracy_after"] = round(batch_accuracy(after["labels"], batch), 4)
+        rows.append(row)
+        print(" | ".join(f"{k}={v}" for k, v in row.items()))
+    create_table_artifact(rows, key="supervision-summary", description="per batch: drift, decision, accuracy before/after")
+    create_markdown_artifact(summary_markdown(rows), key="supervision-report", description="the supervised stream at a glance")
+    return {"batches": rows, "champion": tracking.champion_version(config), "prefect_flow_run_id": str(flow_run.id or "")}
+
+
+def summary_markdown(rows: list[dict]) -> str:
+    header = "| batch | corrupted | model | drift | p | decision | by | labels | accuracy before | after | promoted |\n|---|---|---|---|---|---|---|---|---|---|---|\n"
+    body = "\n".join(
+        f"| {r['batch']} | {r['corrupted']} | {r['model']} | {r['drift']} | {r['p_value']} | {r['decision']} | {r['decided_by']} | "
+        f"{r['labels_used']} | {r['accuracy_before']:.3f} | {'-' if r['accuracy_after'] is None else format(r['accuracy_after'], '.3f')} | {r['promoted']} |"
+        for r in rows
+    )
+    return "# Supervised stream\n\n" + header + body
+
+
+if __name__ == "__main__":
+    print(summary_markdown(supervise_flow()["batches"]))

@@ -1,0 +1,115 @@
+"""The supervise loop under Prefect's test harness: drift pauses a child flow with a per-batch form; answers come
+through resume_flow_run (simulated oracle, or a test acting as the person); bad answers are refused by the server
+with the run still paused; a timeout runs the default and is recorded as such."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import pytest
+from prefect import resume_flow_run
+from prefect.client.orchestration import get_client
+
+from flows.supervise import decision_form, paused_child, supervise_flow
+from flows.train import train_flow
+from scanflow import tracking
+from scanflow.config import TrackingConfig
+from scanflow.stream import make_stream
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def champion(mlflow_store):
+    env = {"MLFLOW_TRACKING_URI": mlflow_store, "SCANFLOW_MODEL_NAME": "supervise-flow-classifier", "SCANFLOW_EXPERIMENT": "supervise-flow"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        train_flow(dataset="digits", epochs=15, autoencoder_epochs=10, latent_dim=8)
+        yield env
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@pytest.fixture()
+def env(champion, monkeypatch):
+    for key, value in champion.items():
+        monkeypatch.setenv(key, value)
+    return champion
+
+
+def _stream(tmp_path, n_batches=3, drift_at=1):
+    make_stream(tmp_path / "stream", "digits", n_batches=n_batches, batch_size=100, drift_at=drift_at, corruption="impulse_noise", severity=5)
+    return str(tmp_path / "stream")
+
+
+def test_the_form_carries_the_batch_constraints_and_the_guesses():
+    form = decision_form(3, ("a", "b"), guesses=[0, 1, 1], recommended="filter", description="## evidence")
+    schema = form.model_json_schema()
+    assert schema["properties"]["labels"]["default"] == [0, 1, 1] and schema["properties"]["action"]["default"] == "filter"
+    assert form._description == "## evidence"
+    assert schema["properties"]["labels"]["minItems"] == 3 and schema["properties"]["labels"]["maxItems"] == 3
+    assert schema["properties"]["labels"]["items"]["maximum"] == 1
+    assert set(schema["properties"]["action"]["enum"]) == {"retrain", "filter", "ignore"}
+
+
+def test_oracle_loop_decides_improves_and_reports(env, tmp_path):
+    result = supervise_flow(stream_dir=_stream(tmp_path), human="oracle", budget=20)
+    rows = result["batches"]
+    assert [r["corrupted"] for r in rows] == ["no", "impulse_noise", "impulse_noise"]
+    assert rows[0]["drift"] == "no" and rows[1]["drift"] == "yes"
+    assert rows[1]["decided_by"] == "oracle" and rows[1]["decision"] in ("retrain", "filter")
+    assert rows[1]["accuracy_after"] is not None
+    if rows[1]["promoted"] == "yes":
+        assert result["champion"] != rows[0]["model"].removeprefix("v")
+
+
+def test_a_person_answer_is_validated_by_the_server_and_the_run_stays_paused(env, tmp_path):
+    config = TrackingConfig.from_env()
+    errors: list[str] = []
+    states: list[str] = []
+
+    def person() -> None:
+        from flows.supervise import paused_child
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+        with get_client(sync_client=True) as client:
+            import time
+
+            deadline = time.monotonic() + 300
+            parent = None
+            while parent is None and time.monotonic() < deadline:
+                runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[run_name])))
+                parent = runs[0].id if runs else None
+                time.sleep(0.5)
+        child = paused_child(parent, timeout_s=300)
+        for bad in ({"action": "retrain", "labels": [1, 2]}, {"action": "reboot", "labels": [0] * 20}, {"action": "retrain", "labels": [12] * 20}):
+            try:
+                resume_flow_run(child, run_input=bad)
+                errors.append(f"accepted {bad}")
+            except Exception as error:  # the server refuses; the run must stay paused
+                errors.append(str(error))
+            with get_client(sync_client=True) as client:
+                states.append(client.read_flow_run(child).state.type.value)
+        resume_flow_run(child, run_input={"action": "ignore", "labels": [0] * 20, "note": "seen it"})
+
+    run_name = "supervise-person-test"
+    thread = threading.Thread(target=person, daemon=True)
+    thread.start()
+    result = supervise_flow.with_options(flow_run_name=run_name)(stream_dir=_stream(tmp_path, n_batches=2), human="person", budget=20)
+    thread.join(timeout=60)
+    assert len(errors) == 3 and all("Validation failed" in e for e in errors), errors
+    assert states == ["PAUSED"] * 3
+    assert result["batches"][1]["decision"] == "ignore" and result["batches"][1]["decided_by"] == "human"
+    assert tracking.champion_version(config) == result["champion"]
+
+
+def test_a_timeout_runs_the_default_and_says_so(env, tmp_path):
+    result = supervise_flow(stream_dir=_stream(tmp_path, n_batches=2), human="person", pause_timeout_s=3, action_on_timeout="ignore")
+    row = result["batches"][1]
+    assert row["drift"] == "yes" and row["decided_by"] == "timeout" and row["decision"] == "ignore"
