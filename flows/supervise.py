@@ -9,6 +9,7 @@ from a helper thread, so unattended runs take the path a person takes.
 
 from __future__ import annotations
 
+import json
 import sys
 import threading
 import time
@@ -32,6 +33,7 @@ from pydantic import Field, create_model
 from flows.detect import detect_flow
 from flows.improve import improve_flow
 from flows.predict import predict_flow
+from flows.train import train_flow
 from scanflow import tracking
 from scanflow.config import TrackingConfig
 from scanflow.human import ACTIONS, Decision
@@ -124,6 +126,35 @@ def answer_when_paused(parent_id: Any, decision: Decision) -> threading.Thread:
     return thread
 
 
+def answer_paused_run(run_id: str, action: str, labels: list[int] | None = None, note: str = "") -> str:
+    """Resume the paused decision form of `run_id` (a supervise run or its paused ask-human child) after printing
+    the evidence table it shows; `labels=None` keeps the pre-filled guesses. The server validates the answer."""
+    from uuid import UUID
+
+    from scanflow.errors import ScanflowError
+
+    try:
+        run_uuid = UUID(str(run_id))
+    except ValueError:
+        raise ScanflowError(f"{run_id!r} is not a flow run id (a UUID, shown in the Prefect UI and the run's logs)") from None
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(run_uuid)
+        target = run.id if run.state and run.state.is_paused() else paused_child(run.id, timeout_s=5)
+        paused = client.read_flow_run(target)
+        keyset = paused.state.state_details.run_input_keyset or {}
+        description = client.read_flow_run_input(target, keyset["description"]) if "description" in keyset else ""
+        schema = json.loads(client.read_flow_run_input(target, keyset["schema"])) if "schema" in keyset else {}
+    text = json.loads(description) if description.startswith('"') else description
+    print("\n".join(line for line in text.splitlines() if "data:image" not in line))
+    if labels is None:
+        labels = schema.get("properties", {}).get("labels", {}).get("default", [])
+    try:
+        resume_flow_run(target, run_input={"action": action, "labels": list(labels), "note": note})
+    except Exception as error:
+        raise ScanflowError(f"the server refused the answer, the run stays paused: {error}") from error
+    return f"answered flow run {target}: {action} with {len(labels)} labels"
+
+
 @task(cache_policy=NO_CACHE)
 def simulated_decision(human: str, batch: StreamBatch, detection: dict) -> Decision:
     shown = detection["selected_indices"]
@@ -163,6 +194,9 @@ def supervise_flow(
     the report). Returns the per-batch table also published as the `supervision-summary` artifact.
     """
     config = TrackingConfig.from_env()
+    if not tracking.has_champion(config):
+        print(f"no champion of {config.classifier_name} yet: training one on {dataset}")
+        train_flow(dataset=dataset, seed=seed)
     batches = read_stream(stream_dir) if stream_dir and (Path(stream_dir) / "stream.json").is_file() else make_stream(
         stream_dir or "stream", dataset, n_batches, batch_size, drift_at, corruption, seed=seed
     )

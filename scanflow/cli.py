@@ -97,6 +97,39 @@ def build_parser() -> argparse.ArgumentParser:
     improve.add_argument("--json", action="store_true", help="print the outcome as JSON")
     improve.set_defaults(handler=_improve)
 
+    supervise = commands.add_parser(
+        "supervise",
+        help="the whole loop: train a champion if there is none, then predict, detect and (on drift) ask and improve, per batch",
+        description="Supervises a production stream (by default a demo stream written to ./stream: clean batches, then "
+        "corrupted ones). On drift the run pauses for a decision: answered by the oracle (true labels), the policy, or a "
+        "person in the Prefect UI or with `scanflow answer`.",
+    )
+    supervise.add_argument("--stream-dir", help="folder of a stream written before (default: write a demo stream to ./stream)")
+    supervise.add_argument("--dataset", default="default")
+    supervise.add_argument("--batches", type=int, default=6, help="demo stream: number of batches (default: 6)")
+    supervise.add_argument("--batch-size", type=int, default=200, help="demo stream: images per batch (default: 200)")
+    supervise.add_argument("--drift-at", type=int, default=3, help="demo stream: first corrupted batch (default: 3)")
+    supervise.add_argument("--corruption", default="shot_noise", help="demo stream: corruption (default: shot_noise)")
+    supervise.add_argument("--human", choices=("oracle", "policy", "person"), default="oracle",
+                           help="who answers a pause: simulated oracle (default), simulated policy, or a person")
+    supervise.add_argument("--interactive", action="store_true",
+                           help="a person answers: start a local Prefect server (if PREFECT_API_URL is unset), print the UI link, wait")
+    supervise.add_argument("--timeout", type=int, default=3600, help="seconds a pause waits for an answer (default: 3600)")
+    supervise.add_argument("--on-timeout", choices=("retrain", "filter", "ignore"), default="ignore",
+                           help="the action when nobody answers in time (default: ignore); recorded as a timeout")
+    supervise.add_argument("--budget", type=int, default=20, help="critical samples shown per drifted batch (default: 20)")
+    supervise.set_defaults(handler=_supervise)
+
+    answer = commands.add_parser(
+        "answer", help="answer a paused supervise run (shows its critical samples' summary first)",
+        description="Resumes the paused decision form of flow run RUN_ID (the supervise run or its ask-human child).",
+    )
+    answer.add_argument("run_id", help="the supervise flow run id (or the paused ask-human run id)")
+    answer.add_argument("--action", required=True, choices=("retrain", "filter", "ignore"))
+    answer.add_argument("--labels", default=None, help="comma-separated class indices in the order shown (default: the model's guesses)")
+    answer.add_argument("--note", default="")
+    answer.set_defaults(handler=_answer)
+
     rollback = commands.add_parser(
         "rollback", help="point the champion alias back at the version the current champion replaced (or --to VERSION)"
     )
@@ -212,6 +245,44 @@ def _improve(args: argparse.Namespace) -> int:
     else:
         verdict = "promoted to champion" if summary["promoted"] else "registered as challenger, champion kept"
         print(f"{summary['batch_id']}: v{summary['challenger_version']} {verdict}: {summary['reason']}")
+    return 0
+
+
+def _supervise(args: argparse.Namespace) -> int:
+    human = "person" if args.interactive else args.human
+    server = None
+    if args.interactive and not os.environ.get("PREFECT_API_URL"):
+        from scanflow.local import start_prefect_server
+
+        server = start_prefect_server()
+        os.environ["PREFECT_API_URL"] = server.api_url
+        print(f"Prefect UI: {server.ui_url}  (paused runs wait there for your decision; logs in {server.log_path})")
+    try:
+        from flows.supervise import summary_markdown, supervise_flow
+
+        result = supervise_flow(
+            stream_dir=args.stream_dir, dataset=args.dataset, n_batches=args.batches, batch_size=args.batch_size,
+            drift_at=args.drift_at, corruption=args.corruption, human=human, budget=args.budget,
+            pause_timeout_s=args.timeout, action_on_timeout=args.on_timeout,
+        )
+    finally:
+        if server is not None:
+            server.stop()
+    print()
+    print(summary_markdown(result["batches"]))
+    print(f"\nChampion now: v{result['champion']}")
+    from scanflow.config import TrackingConfig
+
+    print(f"MLflow UI:  {mlflow_ui_hint(TrackingConfig.from_env().tracking_uri)}")
+    print(f"Prefect UI: {prefect_ui_hint(result['prefect_flow_run_id'])}")
+    return 0
+
+
+def _answer(args: argparse.Namespace) -> int:
+    from flows.supervise import answer_paused_run
+
+    labels = _int_list(args.labels, "--labels") if args.labels else None
+    print(answer_paused_run(args.run_id, args.action, labels, args.note))
     return 0
 
 

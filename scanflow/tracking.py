@@ -467,6 +467,15 @@ def version_tags(config: TrackingConfig, version: str) -> dict[str, str]:
     return dict(MlflowClient(config.tracking_uri).get_model_version(config.classifier_name, str(version)).tags)
 
 
+def has_champion(config: TrackingConfig) -> bool:
+    """Whether the classifier has a version with the champion alias (the store is checked to be reachable)."""
+    try:
+        _version_by_alias(config, CHAMPION_ALIAS)
+    except ModelNotFoundError:
+        return False
+    return True
+
+
 def champion_version(config: TrackingConfig) -> str:
     """The classifier version the champion alias points at."""
     return str(_version_by_alias(config, CHAMPION_ALIAS).version)

@@ -113,3 +113,39 @@ def test_a_timeout_runs_the_default_and_says_so(env, tmp_path):
     result = supervise_flow(stream_dir=_stream(tmp_path, n_batches=2), human="person", pause_timeout_s=3, action_on_timeout="ignore")
     row = result["batches"][1]
     assert row["drift"] == "yes" and row["decided_by"] == "timeout" and row["decision"] == "ignore"
+
+
+def test_a_person_answers_from_the_command_line(env, tmp_path, prefect_server):
+    import subprocess
+    import sys
+    import time
+
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+    run_name = "supervise-cli-answer-test"
+    outputs: list[subprocess.CompletedProcess] = []
+
+    def person() -> None:
+        deadline = time.monotonic() + 300
+        parent = None
+        with get_client(sync_client=True) as client:
+            while parent is None and time.monotonic() < deadline:
+                runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[run_name])))
+                parent = runs[0].id if runs else None
+                time.sleep(0.5)
+        paused_child(parent, timeout_s=300)
+        command = [sys.executable, "-m", "scanflow.cli", "answer", str(parent), "--action"]
+        environment = {**os.environ, "PREFECT_API_URL": prefect_server}
+        outputs.append(subprocess.run(command + ["retrain", "--labels", "1,2"], capture_output=True, text=True, env=environment, timeout=300))
+        outputs.append(subprocess.run(command + ["ignore", "--note", "from the shell"], capture_output=True, text=True, env=environment, timeout=300))
+
+    thread = threading.Thread(target=person, daemon=True)
+    thread.start()
+    result = supervise_flow.with_options(flow_run_name=run_name)(stream_dir=_stream(tmp_path, n_batches=2), human="person", budget=20)
+    thread.join(timeout=60)
+    refused, accepted = outputs
+    assert refused.returncode == 2 and "the server refused the answer, the run stays paused" in refused.stderr
+    assert accepted.returncode == 0, accepted.stderr[-2000:]
+    assert "| position | batch row | score | model's guess |" in accepted.stdout
+    assert "answered flow run" in accepted.stdout
+    assert result["batches"][1]["decision"] == "ignore" and result["batches"][1]["decided_by"] == "human"
