@@ -19,7 +19,7 @@ endif
 .PHONY: demo test venv system-deps clean
 
 demo: venv system-deps
-	$(VENV)/bin/scanflow train
+	$(VENV)/bin/scanflow supervise
 
 test: venv system-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -36,4 +36,4 @@ system-deps:
 	@bash infra/system-deps.sh $(DEB_PACKAGES)
 
 clean:
-	rm -rf $(VENV) mlflow.db mlartifacts corruptions.png .pytest_cache
+	rm -rf $(VENV) mlflow.db mlartifacts stream corruptions.png .pytest_cache

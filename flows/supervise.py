@@ -183,7 +183,7 @@ def supervise_flow(
     human: Literal["person", "oracle", "policy"] = "oracle",
     budget: int = 20,
     pause_timeout_s: int = DEFAULT_PAUSE_TIMEOUT_S,
-    action_on_timeout: Literal["retrain", "filter", "ignore"] = DEFAULT_ACTION_ON_TIMEOUT,
+    action_on_timeout: Literal["filter", "ignore"] = DEFAULT_ACTION_ON_TIMEOUT,
     promotion_margin: float = 0.005,
     seed: int = 0,
 ) -> dict:
@@ -191,7 +191,8 @@ def supervise_flow(
 
     Without `stream_dir`, a demo stream is written to `./stream/`: `n_batches` batches of `batch_size` test
     images, corrupted with `corruption` from batch `drift_at` on (true labels kept beside it for the oracle and
-    the report). Returns the per-batch table also published as the `supervision-summary` artifact.
+    the report). Returns the per-batch table also published as the `supervision-summary` artifact. Nobody answering
+    within `pause_timeout_s` runs `action_on_timeout` (filter or ignore: retraining needs a person's labels).
     """
     config = TrackingConfig.from_env()
     if not tracking.has_champion(config):
@@ -221,7 +222,8 @@ def supervise_flow(
             else:
                 print(f"batch {batch.batch_id}: no answer within {pause_timeout_s} s; the policy's default '{action_on_timeout}' runs")
                 answer, decided_by = {"action": action_on_timeout, "labels": None, "note": "pause timed out"}, "timeout"
-            labels = answer["labels"] if answer["action"] == "retrain" or decided_by != "timeout" else None
+            # The form needs a label per sample; the policy only echoes the model's guesses, which must not judge a challenger.
+            labels = None if decided_by in ("policy", "timeout") else answer["labels"]
             outcome = improve_flow(batch_path=batch.path, shown_indices=evidence["selected_indices"], action=answer["action"],
                                    labels=labels, note=answer["note"], decided_by=decided_by, batch_id=batch.batch_id,
                                    drift={k: detection[k] for k in ("statistic", "p_value", "threshold", "n_critical")},

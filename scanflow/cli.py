@@ -115,8 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     supervise.add_argument("--interactive", action="store_true",
                            help="a person answers: start a local Prefect server (if PREFECT_API_URL is unset), print the UI link, wait")
     supervise.add_argument("--timeout", type=int, default=3600, help="seconds a pause waits for an answer (default: 3600)")
-    supervise.add_argument("--on-timeout", choices=("retrain", "filter", "ignore"), default="ignore",
-                           help="the action when nobody answers in time (default: ignore); recorded as a timeout")
+    supervise.add_argument("--on-timeout", choices=("filter", "ignore"), default="ignore",
+                           help="the action when nobody answers in time (default: ignore; retraining needs labels); recorded as a timeout")
     supervise.add_argument("--budget", type=int, default=20, help="critical samples shown per drifted batch (default: 20)")
     supervise.set_defaults(handler=_supervise)
 
