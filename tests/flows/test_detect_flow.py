@@ -15,35 +15,17 @@ from prefect.client.orchestration import get_client
 from prefect.events.filters import EventFilter, EventNameFilter
 
 from flows.detect import detect_flow
-from flows.train import train_flow
 from scanflow.corruptions import corrupt
 from scanflow.errors import InvalidBatchError
+from tests.flows.conftest import digits_champion
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def champion(mlflow_store, digits):
-    """A digits champion (with its detector) in a model namespace of this module."""
-    env = {"MLFLOW_TRACKING_URI": mlflow_store, "SCANFLOW_MODEL_NAME": "detect-flow-classifier", "SCANFLOW_EXPERIMENT": "detect-flow"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        train_flow(dataset="digits", epochs=15, autoencoder_epochs=10, latent_dim=8)
+    with digits_champion(mlflow_store, "detect-flow") as env:
         yield env
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
-@pytest.fixture()
-def env(champion, monkeypatch):
-    for key, value in champion.items():
-        monkeypatch.setenv(key, value)
-    return champion
 
 
 def _save(tmp_path, name, images):

@@ -16,37 +16,20 @@ from prefect.client.orchestration import get_client
 from prefect.events.filters import EventFilter, EventNameFilter
 
 from flows.improve import improve_flow
-from flows.train import train_flow
 from scanflow import tracking
 from scanflow.config import TrackingConfig
 from scanflow.corruptions import corrupt
 from scanflow.data import load_train_test
 from scanflow.human import InvalidDecisionError
+from tests.flows.conftest import digits_champion
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def champion(mlflow_store, digits):
-    env = {"MLFLOW_TRACKING_URI": mlflow_store, "SCANFLOW_MODEL_NAME": "improve-flow-classifier", "SCANFLOW_EXPERIMENT": "improve-flow"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        train_flow(dataset="digits", epochs=15, autoencoder_epochs=10, latent_dim=8)
+    with digits_champion(mlflow_store, "improve-flow") as env:
         yield env
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
-@pytest.fixture()
-def env(champion, monkeypatch):
-    for key, value in champion.items():
-        monkeypatch.setenv(key, value)
-    return champion
 
 
 @pytest.fixture(scope="module")

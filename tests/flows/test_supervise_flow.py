@@ -12,35 +12,18 @@ from prefect import resume_flow_run
 from prefect.client.orchestration import get_client
 
 from flows.supervise import decision_form, paused_child, supervise_flow
-from flows.train import train_flow
 from scanflow import tracking
 from scanflow.config import TrackingConfig
 from scanflow.stream import make_stream
+from tests.flows.conftest import digits_champion
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def champion(mlflow_store):
-    env = {"MLFLOW_TRACKING_URI": mlflow_store, "SCANFLOW_MODEL_NAME": "supervise-flow-classifier", "SCANFLOW_EXPERIMENT": "supervise-flow"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        train_flow(dataset="digits", epochs=15, autoencoder_epochs=10, latent_dim=8)
+    with digits_champion(mlflow_store, "supervise-flow") as env:
         yield env
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
-@pytest.fixture()
-def env(champion, monkeypatch):
-    for key, value in champion.items():
-        monkeypatch.setenv(key, value)
-    return champion
 
 
 def _stream(tmp_path, n_batches=3, drift_at=1):
