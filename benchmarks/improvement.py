@@ -6,7 +6,7 @@ Accuracy on a separate corrupted holdout and on the clean holdout (the same imag
   (a) no improvement
   (b) retrain with B randomly chosen stream samples, oracle-labelled (the published selection)
   (c) retrain on the champion's own predictions of the whole stream (the published follow-up)
-  (d) Scanflow's retrain: B critical samples chosen by the detector and `select_critical`, oracle-labelled, plus
+  (d) Scanflow's retrain: B critical samples chosen by the detector and `select_typical`, oracle-labelled, plus
       confident pseudo-labels of the stream and clean replay
   (e) Scanflow's filter: a denoiser in front of the unchanged champion; no labels
   (f) upper bound: retrain with every stream sample labelled
@@ -38,7 +38,7 @@ from benchmarks.detection import _default_data_dir, log, markdown_table, rng_for
 from scanflow.corruptions import corrupt, corruption_names
 from scanflow.data import LabeledImages, load_train_test
 from scanflow.drift.autoencoder import fit_detector
-from scanflow.drift.selection import select_critical
+from scanflow.drift.selection import select_typical
 from scanflow.improve import DEFAULT_PROMOTION_MARGIN, DenoiserConfig, FilteredClassifier, HoldoutScores, RetrainConfig, decide, fine_tune, train_denoiser
 from scanflow.improve.filter import DEFAULT_GATE_QUANTILE, calibrate_gate
 from scanflow.models import Classifier
@@ -190,7 +190,7 @@ def run_dataset(name: str, config: Config) -> tuple[list[Row], str]:
             tuned = fine_tune(classifier, labelled(random_rows), data.train, plain)
             record(f"b{budget}", tuned.classifier, tuned.seconds)
             started = time.perf_counter()
-            selection = select_critical(result.sample_scores, result.critical_indices, budget, features["latent"], probabilities.argmax(axis=1))
+            selection = select_typical(result.sample_scores, result.critical_indices, budget, features["latent"], seed=config.seed)
             tuned = fine_tune(classifier, labelled(np.asarray(selection.indices)), data.train, retrain, unlabelled=stream)
             record(f"d{budget}", tuned.classifier, time.perf_counter() - started, judge=budget == MAIN_BUDGET)
         own = torch.from_numpy(probabilities.argmax(axis=1)).long()

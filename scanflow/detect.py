@@ -15,7 +15,7 @@ import torch
 
 from scanflow.drift.autoencoder import AutoencoderDetector
 from scanflow.drift.base import DriftResult
-from scanflow.drift.selection import Selection, select_critical
+from scanflow.drift.selection import Selection, select_typical
 from scanflow.gallery import image_grid
 
 DEFAULT_LABEL_BUDGET = 20
@@ -75,11 +75,12 @@ def detect_batch(
     detector: AutoencoderDetector, images: torch.Tensor, batch_id: str, model_version: str,
     budget: int = DEFAULT_LABEL_BUDGET, classes: tuple[str, ...] | None = None,
 ) -> Detection:
-    """Test one batch, pick at most `budget` diverse, class-aware critical samples for a person."""
+    """Test one batch, pick at most `budget` critical samples for a person to label: typical of the drifted data
+    (their labels teach a retrained model the most), shown strangest first."""
     probabilities = detector.classifier.predict_proba(images).numpy()
     result, features = detector.assess(images, probabilities=probabilities)
     predicted = probabilities.argmax(axis=1)
-    selection = select_critical(result.sample_scores, result.critical_indices, budget, features["latent"], predicted)
+    selection = select_typical(result.sample_scores, result.critical_indices, budget, features["latent"])
     names = classes or tuple(str(k) for k in range(probabilities.shape[1]))
     return Detection(batch_id, model_version, result, selection, predicted, names)
 

@@ -54,3 +54,24 @@ def test_is_deterministic_and_validates_inputs():
     with pytest.raises(ValueError, match=r"critical_indices must lie in \[0, 50\)"):
         select_critical(scores, (99,), 5)
     assert select_critical(scores, critical, 0).indices == ()
+
+
+def test_typical_selection_takes_one_representative_per_group_and_shows_the_strangest_first():
+    from scanflow.drift.selection import select_typical
+
+    rng = np.random.default_rng(0)
+    centres = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    embeddings = np.concatenate([c + rng.normal(0, 0.5, (30, 2)) for c in centres])
+    embeddings[5] = [4.0, 4.0]  # an outlier: extreme, not typical
+    scores = rng.random(90) + 1.0
+    scores[5] = 10.0
+    selection = select_typical(scores, tuple(range(90)), 3, embeddings)
+    groups = {int(np.argmin(np.linalg.norm(centres - embeddings[i], axis=1))) for i in selection.indices}
+    assert len(selection.indices) == 3 and groups == {0, 1, 2} and 5 not in selection.indices
+    assert [scores[i] for i in selection.indices] == sorted((scores[i] for i in selection.indices), reverse=True)
+    assert selection == select_typical(scores, tuple(range(90)), 3, embeddings)
+    top_two = np.argsort(-scores)[:2]
+    few = select_typical(scores, tuple(int(i) for i in top_two), 4, embeddings)
+    assert set(top_two) <= set(few.indices) and len(few.indices) == 4 and few.n_above_threshold == 2
+    with pytest.raises(ValueError, match="embeddings have 3 rows but there are 90 sample scores"):
+        select_typical(scores, (1,), 1, embeddings[:3])
