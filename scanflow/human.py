@@ -83,17 +83,21 @@ class Decision:
         return cls(data["action"], tuple(data.get("labels", ())), data.get("note", ""), data.get("decided_by", "human"))
 
 
+#: Views of the autoencoder detector that see pixel-level damage (what a denoiser can undo).
+PIXEL_LEVEL_VIEWS = ("reconstruction", "pixels")
+
+
 def policy_action(result: DriftResult) -> str:
     """The action the policy recommends from the detector's evidence.
 
-    Corruption that the autoencoder cannot reconstruct (reconstruction error is the view most often strongest
-    among the critical samples) is pixel-level damage a denoiser can remove: filter. Anything else (shapes moved,
-    scaled or rotated; the image is intact but different) needs the model to learn it: retrain.
+    When most critical samples are strangest in a pixel-level view (the autoencoder cannot reconstruct them, or
+    their pixel statistics moved), the damage is what a denoiser removes: filter. Otherwise (shapes moved, scaled,
+    rotated; the image is intact but different) the model has to learn it: retrain.
     """
     if not result.is_drift:
         return "ignore"
     share = result.details.get("strongest_component_share", {})
-    if share and max(share, key=share.get) == "reconstruction":
+    if share and sum(share.get(view, 0.0) for view in PIXEL_LEVEL_VIEWS) > 0.5:
         return "filter"
     return "retrain"
 

@@ -44,6 +44,7 @@ def test_decisions_name_the_allowed_actions():
 
 def test_policy_filters_pixel_damage_and_retrains_otherwise():
     assert policy_action(_result(True, {"reconstruction": 0.6, "latent": 0.4})) == "filter"
+    assert policy_action(_result(True, {"reconstruction": 0.3, "pixels": 0.3, "latent": 0.4})) == "filter"
     assert policy_action(_result(True, {"reconstruction": 0.2, "latent": 0.8})) == "retrain"
     assert policy_action(_result(False, {"reconstruction": 0.9})) == "ignore"
 
