@@ -49,6 +49,12 @@ def load_champion(config: TrackingConfig) -> tuple[tracking.LoadedModels, Autoen
     return models, detector, dataset
 
 
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def load_served_champion(config: TrackingConfig):
+    """The champion as it serves when it filters its inputs (what a challenger must beat), else None."""
+    return tracking.load_input_filter(config)
+
+
 @task(cache_policy=NO_CACHE)
 def load_clean_data(dataset: str, data_dir: str | None, seed: int) -> tuple[LabeledImages, LabeledImages, LabeledImages]:
     """The champion's clean training images (replay), its calibration hold-out and its test split (clean holdout),
@@ -161,6 +167,7 @@ def _improve(
     context = ImprovementContext(
         classifier=models.classifier, autoencoder=models.autoencoder, batch=images, shown_indices=tuple(shown_indices),
         replay=replay, clean_holdout=clean_holdout, calibration=calibration, detector=detector,
+        served_champion=load_served_champion(config),
         champion_version=models.classifier_version, batch_id=batch_id, holdout_fraction=holdout_fraction, seed=seed,
     )
     plan = plan_improvement(decision.action, context, drift)

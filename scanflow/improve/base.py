@@ -38,7 +38,8 @@ class Predictor(Protocol):
 class ImprovementContext:
     """Everything an improvement may use: the champion, the drifted batch and which of its samples a person was
     shown (in order), clean training images to replay, a clean holdout, clean calibration images and
-    the champion's fitted detector (both optional)."""
+    the champion's fitted detector (both optional). `served_champion` is the champion as it serves when that differs
+    from its classifier (a filter-wrapped champion): it is what a challenger has to beat."""
 
     classifier: Classifier
     autoencoder: Autoencoder
@@ -48,6 +49,7 @@ class ImprovementContext:
     clean_holdout: LabeledImages
     calibration: LabeledImages | None = None
     detector: AutoencoderDetector | None = None
+    served_champion: Predictor | None = None
     champion_version: str = ""
     batch_id: str = ""
     holdout_fraction: float = DEFAULT_HOLDOUT_FRACTION
@@ -202,7 +204,7 @@ class Improver(ABC):
         training_set = labelled.subset(list(plan.training_positions), f"{context.batch_id}[labelled, training]") if labelled else None
         holdout_set = labelled.subset(list(plan.holdout_positions), f"{context.batch_id}[labelled, holdout]") if labelled else None
         candidate, detector, n_pseudo, summary = self._build(context, training_set)
-        champion_scores = holdout_scores(context.classifier, context.clean_holdout, holdout_set)
+        champion_scores = holdout_scores(context.served_champion or context.classifier, context.clean_holdout, holdout_set)
         candidate_scores = holdout_scores(candidate, context.clean_holdout, holdout_set)
         return ImprovementOutcome(
             action=plan.action,

@@ -214,3 +214,13 @@ def test_the_gate_passes_clean_images_through_untouched(digits, champion):
     assert (filtered.clean(noisy) != noisy).flatten(1).any(dim=1).float().mean().item() > 0.5
     with pytest.raises(ValueError, match=r"gate quantile must be in \(0, 1\)"):
         calibrate_gate(denoiser, test.images, 1.0)
+
+
+def test_a_filtered_champion_is_judged_as_it_serves(context):
+    from dataclasses import replace
+
+    perfect = type("Oracle", (), {"predict": lambda self, images: torch.full((len(images),), -2)})()
+    improver = FilterImprover(FAST_DENOISER)
+    judged = replace(context, served_champion=perfect)
+    outcome = improver.apply(improver.plan(None, judged), Decision("filter", tuple(range(10)) * 3))
+    assert outcome.champion_scores.clean_accuracy == 0.0 and outcome.champion_scores.shifted_accuracy == 0.0
