@@ -42,7 +42,7 @@ class DenoiserConfig:
     training_images: int = 12_000
     clean_share: float = 0.25
     severities: tuple[int, ...] = (1, 2, 3, 4, 5)
-    steps: int = 1_000
+    steps: int = 500
     batch_size: int = 64
     learning_rate: float = 2e-3
     consistency_weight: float = 0.1
