@@ -34,6 +34,7 @@ from scanflow.improve import (
     ImprovementPlan,
     PromotionVerdict,
     decide,
+    improvement_markdown,
     improver_for,
 )
 
@@ -42,17 +43,8 @@ REJECTED_EVENT = "scanflow.model.rejected"
 
 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
-def load_champion(config: TrackingConfig) -> tuple[tracking.LoadedModels, AutoencoderDetector, str]:
-    models = tracking.load_models(config)
-    detector, _ = tracking.load_detector(config)
-    dataset = tracking.version_tags(config, models.classifier_version).get("scanflow.dataset", "default")
-    return models, detector, dataset
-
-
-@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
-def load_served_champion(config: TrackingConfig):
-    """The champion as it serves when it filters its inputs (what a challenger must beat), else None."""
-    return tracking.load_input_filter(config)
+def load_champion(config: TrackingConfig) -> tuple[tracking.LoadedModels, AutoencoderDetector]:
+    return tracking.load_models(config), tracking.load_detector(config)[0]
 
 
 @task(cache_policy=NO_CACHE)
@@ -130,7 +122,7 @@ def improve_flow(
     """
     config = TrackingConfig.from_env()
     batch_id = batch_id or Path(batch_path).stem
-    models, detector, dataset = load_champion(config)
+    models, detector = load_champion(config)
     images = load_batch_file(batch_path, detector.info)
     decision = Decision.checked(action, labels, len(shown_indices), detector.info.n_classes, note, decided_by)
     run_tags = {
@@ -147,27 +139,27 @@ def improve_flow(
         if decision.action == "ignore":
             summary["reason"] = "the decision was to ignore this drift"
         else:
-            summary.update(_improve(config, run_id, decision, models, detector, dataset, images, shown_indices, batch_id,
+            summary.update(_improve(config, run_id, decision, models, detector, images, shown_indices, batch_id,
                                     drift, promotion_margin, holdout_fraction, data_dir, seed))
         tracking.set_tags(run_id, {"scanflow.promoted": str(summary["promoted"]).lower()})
     except BaseException:
         tracking.end_run(run_id, failed=True)
         raise
     tracking.end_run(run_id)
-    create_markdown_artifact(_summary_markdown(summary), key="improvement", description=f"decision on batch {batch_id}")
+    create_markdown_artifact(improvement_markdown(summary), key="improvement", description=f"decision on batch {batch_id}")
     return summary
 
 
 def _improve(
     config: TrackingConfig, run_id: str, decision: Decision, models: tracking.LoadedModels, detector: AutoencoderDetector,
-    dataset: str, images: torch.Tensor, shown_indices: list[int], batch_id: str, drift: dict | None,
+    images: torch.Tensor, shown_indices: list[int], batch_id: str, drift: dict | None,
     promotion_margin: float, holdout_fraction: float, data_dir: str | None, seed: int,
 ) -> dict:
-    replay, calibration, clean_holdout = load_clean_data(dataset, data_dir, seed)
+    replay, calibration, clean_holdout = load_clean_data(models.dataset, data_dir, seed)
     context = ImprovementContext(
         classifier=models.classifier, autoencoder=models.autoencoder, batch=images, shown_indices=tuple(shown_indices),
         replay=replay, clean_holdout=clean_holdout, calibration=calibration, detector=detector,
-        served_champion=load_served_champion(config),
+        served_champion=models.input_filter,
         champion_version=models.classifier_version, batch_id=batch_id, holdout_fraction=holdout_fraction, seed=seed,
     )
     plan = plan_improvement(decision.action, context, drift)
@@ -178,7 +170,7 @@ def _improve(
     verdict = decide(outcome.champion_scores, outcome.candidate_scores, promotion_margin)
     previous = promote_or_keep(config, version, verdict)
     tracking.log_json(run_id, {**outcome.to_dict(), "challenger_version": version, "verdict": verdict.to_dict()}, "outcome.json")
-    tracking.log_metrics(run_id, _holdout_metrics(outcome))
+    tracking.log_metrics(run_id, outcome.as_metrics())
     result = {"challenger_version": version, "promoted": verdict.promote, "reason": verdict.reason,
               "previous_champion": previous, "outcome": outcome.to_dict()}
     _announce(config, verdict.promote, {"batch_id": batch_id, "version": version, "action": decision.action,
@@ -186,41 +178,7 @@ def _improve(
     return result
 
 
-def _holdout_metrics(outcome: ImprovementOutcome) -> dict[str, float]:
-    metrics = {"n_labels_used": outcome.n_labels_used, "n_pseudo_labelled": outcome.n_pseudo_labelled, "improve_seconds": outcome.seconds}
-    for who, scores in (("champion", outcome.champion_scores), ("challenger", outcome.candidate_scores)):
-        if scores is not None:
-            metrics[f"{who}_clean_accuracy"] = scores.clean_accuracy
-            if scores.shifted_accuracy is not None:
-                metrics[f"{who}_shifted_accuracy"] = scores.shifted_accuracy
-    return metrics
-
-
-def _summary_markdown(summary: dict) -> str:
-    lines = [f"# Decision on batch {summary['batch_id']}: {summary['action']} ({summary['decided_by']})", ""]
-    outcome = summary.get("outcome")
-    if outcome:
-        lines += ["| model | clean holdout | shifted holdout |", "|---|---|---|"]
-        for who, key in (("champion v" + summary["champion_version"], "champion_scores"), (f"challenger v{summary['challenger_version']}", "candidate_scores")):
-            scores = outcome[key]
-            shifted = "n/a" if scores["shifted_accuracy"] is None else f"{scores['shifted_accuracy']:.3f} (n={scores['n_shifted']})"
-            lines.append(f"| {who} | {scores['clean_accuracy']:.4f} (n={scores['n_clean']}) | {shifted} |")
-        lines.append("")
-    lines.append(f"**{'Promoted' if summary['promoted'] else 'Champion kept'}**: {summary['reason']}")
-    lines.append(f"\nMLflow run: `{summary['mlflow_run_id']}`")
-    return "\n".join(lines)
-
-
 if __name__ == "__main__":
-    import argparse
+    from scanflow.cli import main
 
-    parser = argparse.ArgumentParser(description="apply a decision on a drifted batch")
-    parser.add_argument("batch_path")
-    parser.add_argument("--shown", required=True, help="comma-separated batch rows shown to the person, in order")
-    parser.add_argument("--action", required=True, choices=("retrain", "filter", "ignore"))
-    parser.add_argument("--labels", default="", help="comma-separated class indices of the shown samples")
-    args = parser.parse_args()
-    print(improve_flow(
-        batch_path=args.batch_path, shown_indices=[int(i) for i in args.shown.split(",") if i],
-        action=args.action, labels=[int(i) for i in args.labels.split(",") if i] or None,
-    ))
+    sys.exit(main(["improve", "--batch", *sys.argv[1:]]))

@@ -100,19 +100,16 @@ class FilteredClassifierModel(_ImageModel):
         super().__init__(info)
         self.reject_threshold = reject_threshold
         self.gate_threshold = gate_threshold
-        self.denoiser: Denoiser | None = None
-        self.scorer: Any = None
+        self.filtered: Any = None
 
     def load_context(self, context: Any) -> None:
-        super().load_context(context)
-        self.denoiser = Denoiser.load(context.artifacts[DENOISER_ARTIFACT])
-        if self.reject_threshold is not None:
-            from scanflow.drift.base import Detector
-
-            self.scorer = Detector.load(context.artifacts[REJECTION_DETECTOR_ARTIFACT])
-
-    def _run(self, images: torch.Tensor) -> np.ndarray:
+        from scanflow.drift.base import Detector
         from scanflow.improve.filter import FilteredClassifier
 
-        filtered = FilteredClassifier(self.model, self.denoiser, self.scorer, self.reject_threshold, self.gate_threshold)
-        return filtered.predict(images).numpy().astype(np.int64)
+        super().load_context(context)
+        denoiser = Denoiser.load(context.artifacts[DENOISER_ARTIFACT])
+        scorer = Detector.load(context.artifacts[REJECTION_DETECTOR_ARTIFACT]) if self.reject_threshold is not None else None
+        self.filtered = FilteredClassifier(self.model, denoiser, scorer, self.reject_threshold, self.gate_threshold)
+
+    def _run(self, images: torch.Tensor) -> np.ndarray:
+        return self.filtered.predict(images).numpy().astype(np.int64)

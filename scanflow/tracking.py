@@ -204,8 +204,9 @@ def _log_pyfunc(
 ) -> Any:
     """Log `python_model` with each artifact saved by its own `save` (artifact key = file stem), and register it."""
     with tempfile.TemporaryDirectory() as tmp, _quiet_mlflow():
-        suffix = {True: ".pkl", False: ".pt"}
-        files = {key: str(obj.save(Path(tmp) / f"{key}{suffix[isinstance(obj, Detector)]}")) for key, obj in artifacts.items()}
+        files = {
+            key: str(obj.save(Path(tmp) / f"{key}{'.pkl' if isinstance(obj, Detector) else '.pt'}")) for key, obj in artifacts.items()
+        }
         return mlflow.pyfunc.log_model(
             name=name,
             python_model=python_model,
@@ -302,11 +303,23 @@ class LoadedModels:
     autoencoder: Autoencoder
     classifier_version: str
     autoencoder_version: str
+    dataset: str = "default"
     denoiser: Denoiser | None = None
+    gate_threshold: float | None = None
 
     @property
     def is_filtered(self) -> bool:
         return self.denoiser is not None
+
+    @property
+    def input_filter(self) -> Any:
+        """The version as it serves when it filters its inputs (a `FilteredClassifier`: its `clean` gives what the
+        classifier sees, its `predict` what the pyfunc answers, rejection aside), or None for a plain classifier."""
+        if self.denoiser is None:
+            return None
+        from scanflow.improve.filter import FilteredClassifier
+
+        return FilteredClassifier(self.classifier, self.denoiser, gate_threshold=self.gate_threshold)
 
 
 def load_models(config: TrackingConfig, alias: str = CHAMPION_ALIAS) -> LoadedModels:
@@ -324,7 +337,11 @@ def load_models(config: TrackingConfig, alias: str = CHAMPION_ALIAS) -> LoadedMo
         autoencoder = Autoencoder.load(next(Path(ae_dir).rglob(f"{AUTOENCODER_ARTIFACT}.pt")))
         denoiser_file = next(Path(clf_dir).rglob(f"{DENOISER_ARTIFACT}.pt"), None)
         denoiser = Denoiser.load(denoiser_file) if denoiser_file is not None else None
-    return LoadedModels(classifier, autoencoder, str(version.version), str(ae_version), denoiser)
+    gate = version.tags.get(FILTER_GATE_TAG, "none")
+    return LoadedModels(
+        classifier, autoencoder, str(version.version), str(ae_version), version.tags.get("scanflow.dataset", "default"),
+        denoiser, None if gate == "none" else float(gate),
+    )
 
 
 def log_detector(run_id: str, detector: Detector) -> str:
@@ -451,16 +468,11 @@ def register_candidate(
 
 
 def load_input_filter(config: TrackingConfig, alias: str = CHAMPION_ALIAS) -> Any:
-    """The input filter of the version at `alias` (a `FilteredClassifier` whose `clean` gives what its classifier
-    sees), or None for a plain classifier. The drift detector of a filtered version watches the cleaned images."""
-    from scanflow.improve.filter import FilteredClassifier
-
-    version = _version_by_alias(config, alias)
-    if FILTER_TAG not in version.tags:
+    """`LoadedModels.input_filter` of the version at `alias`, downloading its models only when it filters. The drift
+    detector of a filtered version watches the cleaned images."""
+    if FILTER_TAG not in _version_by_alias(config, alias).tags:
         return None
-    models = load_models(config, alias)
-    gate = version.tags.get(FILTER_GATE_TAG, "none")
-    return FilteredClassifier(models.classifier, models.denoiser, gate_threshold=None if gate == "none" else float(gate))
+    return load_models(config, alias).input_filter
 
 
 def version_tags(config: TrackingConfig, version: str) -> dict[str, str]:

@@ -7,6 +7,7 @@ from scanflow.improve.base import (
     ImprovementPlan,
     Improver,
     holdout_scores,
+    improvement_markdown,
 )
 from scanflow.improve.filter import DenoiserConfig, FilteredClassifier, FilterImprover, train_denoiser
 from scanflow.improve.promotion import DEFAULT_PROMOTION_MARGIN, HoldoutScores, PromotionVerdict, decide
@@ -25,6 +26,6 @@ def improver_for(action: str) -> Improver:
 __all__ = [
     "ACTIONS", "DEFAULT_HOLDOUT_FRACTION", "DEFAULT_PROMOTION_MARGIN", "DenoiserConfig", "FilterImprover",
     "FilteredClassifier", "HoldoutScores", "ImprovementContext", "ImprovementOutcome", "ImprovementPlan", "Improver",
-    "PromotionVerdict", "RetrainConfig", "RetrainImprover", "decide", "fine_tune", "holdout_scores", "improver_for",
+    "PromotionVerdict", "RetrainConfig", "RetrainImprover", "decide", "fine_tune", "holdout_scores", "improvement_markdown", "improver_for",
     "train_denoiser",
 ]

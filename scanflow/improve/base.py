@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field, fields, replace
+from collections.abc import Mapping
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
@@ -122,6 +123,16 @@ class ImprovementOutcome:
     candidate: Any = field(default=None, repr=False, compare=False)
     detector: AutoencoderDetector | None = field(default=None, repr=False, compare=False)
 
+    def as_metrics(self) -> dict[str, float]:
+        """Flat metrics for tracking: labels used, time, and each model's holdout accuracies."""
+        metrics = {"n_labels_used": self.n_labels_used, "n_pseudo_labelled": self.n_pseudo_labelled, "improve_seconds": self.seconds}
+        for who, scores in (("champion", self.champion_scores), ("challenger", self.candidate_scores)):
+            if scores is not None:
+                metrics[f"{who}_clean_accuracy"] = scores.clean_accuracy
+                if scores.shifted_accuracy is not None:
+                    metrics[f"{who}_shifted_accuracy"] = scores.shifted_accuracy
+        return metrics
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "action": self.action,
@@ -166,6 +177,7 @@ class Improver(ABC):
     """Base class of the improvements. Subclasses fill `_describe` (plan details) and `_build` (the candidate)."""
 
     action: ClassVar[str]
+    needs_labels: ClassVar[bool] = False
 
     def plan(self, drift_result: DriftResult | None, context: ImprovementContext) -> ImprovementPlan:
         """What `apply` will do for this batch; no side effects."""
@@ -221,8 +233,6 @@ class Improver(ABC):
             detector=detector,
         )
 
-    needs_labels: ClassVar[bool] = False
-
     def _positions(self, context: ImprovementContext) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """Training and holdout positions among the shown samples; by default all labels judge, none train."""
         return (), tuple(range(len(context.shown_indices)))
@@ -234,3 +244,19 @@ class Improver(ABC):
     @abstractmethod
     def _build(self, context: ImprovementContext, labelled: LabeledImages | None) -> tuple[Predictor, AutoencoderDetector | None, int, str]:
         """The candidate model, its refitted detector (or None), how many stream images it pseudo-labelled, a summary."""
+
+
+def improvement_markdown(summary: Mapping[str, Any]) -> str:
+    """The improve flow's summary (decision, holdout scores of champion and challenger, verdict) as Markdown."""
+    lines = [f"# Decision on batch {summary['batch_id']}: {summary['action']} ({summary['decided_by']})", ""]
+    outcome = summary.get("outcome")
+    if outcome:
+        lines += ["| model | clean holdout | shifted holdout |", "|---|---|---|"]
+        for who, key in (("champion v" + summary["champion_version"], "champion_scores"), (f"challenger v{summary['challenger_version']}", "candidate_scores")):
+            scores = outcome[key]
+            shifted = "n/a" if scores["shifted_accuracy"] is None else f"{scores['shifted_accuracy']:.3f} (n={scores['n_shifted']})"
+            lines.append(f"| {who} | {scores['clean_accuracy']:.4f} (n={scores['n_clean']}) | {shifted} |")
+        lines.append("")
+    lines.append(f"**{'Promoted' if summary['promoted'] else 'Champion kept'}**: {summary['reason']}")
+    lines.append(f"\nMLflow run: `{summary['mlflow_run_id']}`")
+    return "\n".join(lines)
