@@ -19,10 +19,8 @@ from typing import Annotated, Any, Literal
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import numpy as np
-from prefect import flow, pause_flow_run, resume_flow_run, task
+from prefect import flow, pause_flow_run, resume_flow_run
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId, FlowRunFilterState, FlowRunFilterStateType
 from prefect.client.schemas.objects import StateType
@@ -36,10 +34,10 @@ from flows.predict import predict_flow
 from flows.train import train_flow
 from scanflow import tracking
 from scanflow.config import TrackingConfig
-from scanflow.human import ACTIONS, Decision
-from scanflow.stream import StreamBatch, make_stream, read_stream
+from scanflow.human import ACTIONS, Decision, OracleHuman, PolicyHuman
+from scanflow.stream import make_stream, read_stream
+from scanflow.supervision import batch_row, form_description, summary_markdown, with_decision
 
-HUMANS = ("person", "oracle", "policy")
 DEFAULT_PAUSE_TIMEOUT_S = 3600
 DEFAULT_ACTION_ON_TIMEOUT = "ignore"
 
@@ -76,21 +74,6 @@ def decision_form(
     return model
 
 
-def form_description(detection: dict, grid_png_b64: str, classes: tuple[str, ...]) -> str:
-    """Markdown shown above the form: the verdict, the recommendation, the grid and a table of the samples."""
-    rows = "\n".join(
-        f"| {row['position']} | {row['batch_index']} | {row['score']:.2f} | {row['predicted']} |" for row in detection["critical_rows"]
-    )
-    return (
-        f"## Drift in batch {detection['batch_id']} (model v{detection['model_version']})\n\n"
-        f"Statistic {detection['statistic']:.2f} vs threshold {detection['threshold']:.2f}, p = {detection['p_value']:.4f}; "
-        f"{detection['n_critical']} of {detection['n']} samples look critical. Recommended: **{detection['recommended_action']}**.\n\n"
-        f"![critical samples](data:image/png;base64,{grid_png_b64})\n\n"
-        "| position | batch row | score | model's guess |\n|---|---|---|---|\n" + rows + "\n\n"
-        "Correct the labels the model got wrong (they are pre-filled with its guesses), choose an action, submit."
-    )
-
-
 @flow(name="ask-human", log_prints=True)
 def ask_human(batch_id: str, n_shown: int, classes: list[str], guesses: list[int], recommended: str, description: str, timeout_s: int, poll_interval_s: int = 2) -> dict:
     """Pause until a person (or a simulated one) answers the decision form for `batch_id`; returns the answer."""
@@ -115,11 +98,13 @@ def paused_child(parent_id: Any, timeout_s: float = 120.0) -> Any:
     raise TimeoutError(f"no paused decision form under flow run {parent_id} within {timeout_s:.0f} s")
 
 
-def answer_when_paused(parent_id: Any, decision: Decision) -> threading.Thread:
-    """Answer the next pause under `parent_id` with `decision`, through `resume_flow_run` (the door a person uses)."""
+def answer_when_paused(parent_id: Any, decision: Decision, guesses: list[int]) -> threading.Thread:
+    """Answer the next pause under `parent_id` with `decision`, through `resume_flow_run` (the door a person uses).
+    A decision without labels submits the pre-filled `guesses`: the form wants one label per sample."""
     def run() -> None:
         child = paused_child(parent_id)
-        resume_flow_run(child, run_input={"action": decision.action, "labels": list(decision.labels), "note": decision.note})
+        labels = list(decision.labels) or list(guesses)
+        resume_flow_run(child, run_input={"action": decision.action, "labels": labels, "note": decision.note})
 
     thread = threading.Thread(target=run, name="simulated-human", daemon=True)
     thread.start()
@@ -155,23 +140,6 @@ def answer_paused_run(run_id: str, action: str, labels: list[int] | None = None,
     return f"answered flow run {target}: {action} with {len(labels)} labels"
 
 
-@task(cache_policy=NO_CACHE)
-def simulated_decision(human: str, batch: StreamBatch, detection: dict) -> Decision:
-    shown = detection["selected_indices"]
-    if human == "oracle":
-        labels = batch.true_labels()
-        return Decision(detection["recommended_action"], tuple(int(labels[i]) for i in shown), "simulated: true labels", "oracle")
-    guesses = tuple(detection["guesses"])
-    action = "filter" if detection["recommended_action"] == "retrain" else detection["recommended_action"]
-    return Decision(action, guesses, "simulated: policy, model's guesses unchanged", "policy")
-
-
-@task(cache_policy=NO_CACHE)
-def batch_accuracy(predicted: list[int], batch: StreamBatch) -> float:
-    truth = batch.true_labels()
-    return float(np.mean(np.asarray(predicted) == truth))
-
-
 @flow(name="supervise", log_prints=True)
 def supervise_flow(
     stream_dir: str | None = None,
@@ -205,17 +173,14 @@ def supervise_flow(
     for batch in batches:
         prediction = predict_flow(batch_path=batch.path, batch_id=batch.batch_id)
         detection = detect_flow(batch_path=batch.path, batch_id=batch.batch_id, budget=budget, report=False)
-        row = {"batch": batch.batch_id, "corrupted": batch.corruption or "no", "model": f"v{prediction['model_version']}",
-               "drift": "yes" if detection["is_drift"] else "no", "p_value": round(detection["p_value"], 4),
-               "decision": "-", "decided_by": "-", "labels_used": 0,
-               "accuracy_before": round(batch_accuracy(prediction["labels"], batch), 4), "accuracy_after": None, "promoted": "-"}
+        row = batch_row(batch, prediction, detection)
         if detection["is_drift"]:
-            evidence = detection
-            description = form_description(evidence, evidence["grid_png_b64"], evidence["classes"])
+            shown, recommended = detection["selected_indices"], detection["recommended_action"]
             if human != "person":
-                answer_when_paused(flow_run.id, simulated_decision(human, batch, evidence))
-            state = ask_human(batch.batch_id, len(evidence["selected_indices"]), list(evidence["classes"]), evidence["guesses"],
-                              evidence["recommended_action"], description, pause_timeout_s, return_state=True)
+                decider = OracleHuman(batch.true_labels()) if human == "oracle" else PolicyHuman()
+                answer_when_paused(flow_run.id, decider.decide(recommended, shown), detection["guesses"])
+            state = ask_human(batch.batch_id, len(shown), detection["classes"], detection["guesses"], recommended,
+                              form_description(detection), pause_timeout_s, return_state=True)
             if state.is_completed():
                 answer = state.result()
                 decided_by = "human" if human == "person" else human
@@ -224,29 +189,17 @@ def supervise_flow(
                 answer, decided_by = {"action": action_on_timeout, "labels": None, "note": "pause timed out"}, "timeout"
             # The form needs a label per sample; the policy only echoes the model's guesses, which must not judge a challenger.
             labels = None if decided_by in ("policy", "timeout") else answer["labels"]
-            outcome = improve_flow(batch_path=batch.path, shown_indices=evidence["selected_indices"], action=answer["action"],
-                                   labels=labels, note=answer["note"], decided_by=decided_by, batch_id=batch.batch_id,
-                                   drift={k: detection[k] for k in ("statistic", "p_value", "threshold", "n_critical")},
-                                   promotion_margin=promotion_margin, seed=seed)
-            row.update(decision=answer["action"], decided_by=decided_by, promoted="yes" if outcome["promoted"] else "no",
-                       labels_used=(outcome.get("outcome") or {}).get("n_labels_used", 0))
+            improvement = improve_flow(batch_path=batch.path, shown_indices=shown, action=answer["action"],
+                                       labels=labels, note=answer["note"], decided_by=decided_by, batch_id=batch.batch_id,
+                                       drift={k: detection[k] for k in ("statistic", "p_value", "threshold", "n_critical")},
+                                       promotion_margin=promotion_margin, seed=seed)
             after = predict_flow(batch_path=batch.path, batch_id=f"{batch.batch_id}-after")
-            row["accuracy_after"] = round(batch_accuracy(after["labels"], batch), 4)
+            row = with_decision(row, batch, improvement, after)
         rows.append(row)
         print(" | ".join(f"{k}={v}" for k, v in row.items()))
     create_table_artifact(rows, key="supervision-summary", description="per batch: drift, decision, accuracy before/after")
     create_markdown_artifact(summary_markdown(rows), key="supervision-report", description="the supervised stream at a glance")
     return {"batches": rows, "champion": tracking.champion_version(config), "prefect_flow_run_id": str(flow_run.id or "")}
-
-
-def summary_markdown(rows: list[dict]) -> str:
-    header = "| batch | corrupted | model | drift | p | decision | by | labels | accuracy before | after | promoted |\n|---|---|---|---|---|---|---|---|---|---|---|\n"
-    body = "\n".join(
-        f"| {r['batch']} | {r['corrupted']} | {r['model']} | {r['drift']} | {r['p_value']} | {r['decision']} | {r['decided_by']} | "
-        f"{r['labels_used']} | {r['accuracy_before']:.3f} | {'-' if r['accuracy_after'] is None else format(r['accuracy_after'], '.3f')} | {r['promoted']} |"
-        for r in rows
-    )
-    return "# Supervised stream\n\n" + header + body
 
 
 if __name__ == "__main__":

@@ -258,7 +258,8 @@ def _supervise(args: argparse.Namespace) -> int:
         os.environ["PREFECT_API_URL"] = server.api_url
         print(f"Prefect UI: {server.ui_url}  (paused runs wait there for your decision; logs in {server.log_path})")
     try:
-        from flows.supervise import summary_markdown, supervise_flow
+        from flows.supervise import supervise_flow
+        from scanflow.supervision import summary_markdown
 
         result = supervise_flow(
             stream_dir=args.stream_dir, dataset=args.dataset, n_batches=args.batches, batch_size=args.batch_size,

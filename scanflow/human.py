@@ -109,18 +109,18 @@ class OracleHuman:
     true_labels: np.ndarray
     action: str | None = None
 
-    def decide(self, result: DriftResult, shown_indices: Sequence[int]) -> Decision:
-        """The policy's action (or the fixed `action`) with the true labels of the shown samples."""
+    def decide(self, recommended_action: str, shown_indices: Sequence[int]) -> Decision:
+        """The recommended action (`policy_action` of the drift result, or the fixed `action`) with the true labels
+        of the shown samples."""
         labels = tuple(int(self.true_labels[i]) for i in shown_indices)
-        action = self.action or policy_action(result)
-        return Decision(action, labels, note="simulated: true labels", decided_by="oracle")
+        return Decision(self.action or recommended_action, labels, note="simulated: true labels", decided_by="oracle")
 
 
 @dataclass(frozen=True)
 class PolicyHuman:
-    """A simulated decider without labels: follows `policy_action`; retraining falls back to filtering, since
-    it cannot label anything."""
+    """A simulated decider without labels: follows the recommended action; retraining falls back to filtering,
+    since it cannot label anything."""
 
-    def decide(self, result: DriftResult, shown_indices: Sequence[int]) -> Decision:
-        action = policy_action(result)
-        return Decision("filter" if action == "retrain" else action, (), note="simulated: policy without labels", decided_by="policy")
+    def decide(self, recommended_action: str, shown_indices: Sequence[int]) -> Decision:
+        action = "filter" if recommended_action == "retrain" else recommended_action
+        return Decision(action, (), note="simulated: policy without labels", decided_by="policy")

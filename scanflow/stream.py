@@ -8,6 +8,7 @@ read. Images come from the dataset's test split, seeded, without repetition acro
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -34,6 +35,10 @@ class StreamBatch:
     def true_labels(self) -> np.ndarray:
         """The batch's true labels (int64 [N]), kept beside the stream for the oracle and the report."""
         return np.load(self.labels_path, allow_pickle=False)
+
+    def accuracy(self, predicted: Sequence[int] | np.ndarray) -> float:
+        """Share of `predicted` labels (int [N]; -1 = rejected, counted wrong) equal to the true ones."""
+        return float(np.mean(np.asarray(predicted) == self.true_labels()))
 
 
 def make_stream(

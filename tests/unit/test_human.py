@@ -51,7 +51,8 @@ def test_policy_filters_pixel_damage_and_retrains_otherwise():
 
 def test_simulated_humans_answer_through_the_decision_schema():
     true_labels = np.array([5, 6, 7, 8])
-    oracle = OracleHuman(true_labels, action="retrain").decide(_result(True, {"latent": 1.0}), [3, 0])
+    oracle = OracleHuman(true_labels, action="retrain").decide("filter", [3, 0])
     assert oracle == Decision("retrain", (8, 5), "simulated: true labels", "oracle")
-    policy = PolicyHuman().decide(_result(True, {"latent": 1.0}), [3, 0])
+    assert OracleHuman(true_labels).decide(policy_action(_result(True, {"pixels": 0.9})), [1]).action == "filter"
+    policy = PolicyHuman().decide(policy_action(_result(True, {"latent": 1.0})), [3, 0])
     assert policy.action == "filter" and policy.labels == () and policy.decided_by == "policy"

@@ -1,0 +1,45 @@
+"""The supervise loop's report, without Prefect: demo streams keep true labels beside the batches; rows and the
+summary table come from the flows' JSON results."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from scanflow.errors import ScanflowError, UnknownCorruptionError
+from scanflow.stream import make_stream, read_stream
+from scanflow.supervision import batch_row, form_description, summary_markdown, with_decision
+
+
+def test_a_stream_turns_corrupted_and_keeps_labels_beside_it(tmp_path):
+    batches = make_stream(tmp_path, "digits", n_batches=3, batch_size=50, drift_at=2, corruption="fog")
+    assert read_stream(tmp_path) == batches
+    assert [b.corruption for b in batches] == [None, None, "fog"]
+    images = np.load(batches[0].path)
+    assert images.dtype == np.uint8 and images.shape == (50, 1, 8, 8)
+    truth = batches[0].true_labels()
+    assert batches[0].accuracy(truth) == 1.0 and batches[0].accuracy(np.full(50, -1)) == 0.0
+    with pytest.raises(UnknownCorruptionError, match="unknown corruption 'smoke'"):
+        make_stream(tmp_path / "x", "digits", corruption="smoke")
+    with pytest.raises(ScanflowError, match="fewer than 100 batches x 200: lower either"):
+        make_stream(tmp_path / "y", "digits", n_batches=100, drift_at=3)
+    with pytest.raises(ScanflowError, match="holds no stream"):
+        read_stream(tmp_path / "nowhere")
+
+
+def test_rows_and_summary_from_the_flow_results(tmp_path):
+    [batch] = make_stream(tmp_path, "digits", n_batches=1, batch_size=10, drift_at=0, corruption="fog")
+    truth = batch.true_labels().tolist()
+    wrong = [(t + 1) % 10 for t in truth]
+    detection = {"is_drift": True, "p_value": 0.00123, "batch_id": batch.batch_id, "model_version": "1", "statistic": 9.0,
+                 "threshold": 2.0, "n_critical": 7, "n": 10, "recommended_action": "filter", "grid_png_b64": "AAAA",
+                 "critical_rows": [{"position": 0, "batch_index": 4, "score": 3.14159, "predicted": "7"}]}
+    row = batch_row(batch, {"model_version": "1", "labels": wrong}, detection)
+    assert row["accuracy_before"] == 0.0 and row["drift"] == "yes" and row["p_value"] == 0.0012 and row["corrupted"] == "fog"
+    improvement = {"action": "filter", "decided_by": "oracle", "promoted": True, "outcome": {"n_labels_used": 0}}
+    done = with_decision(row, batch, improvement, {"labels": truth})
+    assert done["accuracy_after"] == 1.0 and done["promoted"] == "yes" and row["promoted"] == "-"
+    table = summary_markdown([done])
+    assert f"| {batch.batch_id} | fog | v1 | yes | 0.0012 | filter | oracle | 0 | 0.000 | 1.000 | yes |" in table
+    text = form_description(detection)
+    assert "data:image/png;base64,AAAA" in text and "| 0 | 4 | 3.14 | 7 |" in text and "Recommended: **filter**" in text
