@@ -26,14 +26,6 @@ from scanflow.models import Classifier, Denoiser, to_float
 from scanflow.serving import REJECTED_LABEL
 
 
-def family_of(corruption: str) -> str:
-    """The family ("noise", "blur", ...) a registered corruption belongs to."""
-    for family, members in FAMILIES.items():
-        if corruption in members:
-            return family
-    raise UnknownCorruptionError(f"unknown corruption {corruption!r}; known: {', '.join(CORRUPTIONS)}")
-
-
 @dataclass(frozen=True)
 class DenoiserConfig:
     """How the denoiser is trained. `exclude` names corruptions or families it must never see."""
