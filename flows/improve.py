@@ -130,11 +130,10 @@ def improve_flow(
         "scanflow.decided_by": decision.decided_by, "scanflow.champion_version": models.classifier_version,
         "prefect.flow_run_id": str(flow_run.id or ""),
     }
-    run_id = tracking.start_run(config, f"improve-{batch_id}", run_tags)
-    summary = {"batch_id": batch_id, "action": decision.action, "decided_by": decision.decided_by,
-               "champion_version": models.classifier_version, "mlflow_run_id": run_id, "challenger_version": None,
-               "promoted": False, "reason": ""}
-    try:
+    with tracking.tracked_run(config, f"improve-{batch_id}", run_tags) as run_id:
+        summary = {"batch_id": batch_id, "action": decision.action, "decided_by": decision.decided_by,
+                   "champion_version": models.classifier_version, "mlflow_run_id": run_id, "challenger_version": None,
+                   "promoted": False, "reason": ""}
         tracking.log_json(run_id, {**decision.to_dict(), "shown_indices": list(shown_indices), "drift": drift or {}}, "decision.json")
         if decision.action == "ignore":
             summary["reason"] = "the decision was to ignore this drift"
@@ -142,10 +141,6 @@ def improve_flow(
             summary.update(_improve(config, run_id, decision, models, detector, images, shown_indices, batch_id,
                                     drift, promotion_margin, holdout_fraction, data_dir, seed))
         tracking.set_tags(run_id, {"scanflow.promoted": str(summary["promoted"]).lower()})
-    except BaseException:
-        tracking.end_run(run_id, failed=True)
-        raise
-    tracking.end_run(run_id)
     create_markdown_artifact(improvement_markdown(summary), key="improvement", description=f"decision on batch {batch_id}")
     return summary
 

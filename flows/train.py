@@ -112,7 +112,7 @@ def train_flow(
     config = TrackingConfig.from_env()
     train, calibration, test = load_data(dataset, data_dir, allow_download, seed)
     prefect_tags = {"prefect.flow_run_id": str(flow_run.id or ""), "scanflow.dataset": train.info.name}
-    with tracking.training_run(config, run_name=f"train-{train.info.name}", tags=prefect_tags) as run_id:
+    with tracking.tracked_run(config, run_name=f"train-{train.info.name}", tags=prefect_tags) as run_id:
         tracking.log_dataset(run_id, train, context="training")
         tracking.log_dataset(run_id, calibration, context="calibration")
         tracking.log_dataset(run_id, test, context="evaluation")

@@ -106,10 +106,11 @@ def _quiet_mlflow() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def training_run(
+def tracked_run(
     config: TrackingConfig, run_name: str | None = None, tags: Mapping[str, str] | None = None
 ) -> Iterator[str]:
-    """Open an MLflow run for one training; yields its run id; ends it FAILED if the body raises."""
+    """Open an MLflow run (a training, a detected batch, a decision...); yields its run id; ends it FINISHED, or
+    FAILED if the body raises."""
     experiment_id = connect(config)
     client = MlflowClient(config.tracking_uri)
     run = client.create_run(experiment_id, run_name=run_name, tags=dict(tags or {}))
@@ -126,7 +127,7 @@ def training_run(
 def _active_run(run_id: str) -> Iterator[None]:
     """Make `run_id` MLflow's active run in this thread for fluent calls (log_model, log_input).
 
-    Leaving re-marks the run RUNNING: its final status is set once, by `training_run`.
+    Leaving re-marks the run RUNNING: its final status is set once, by `tracked_run`.
     """
     active = mlflow.active_run()
     if active is not None and active.info.run_id == run_id:
@@ -363,8 +364,6 @@ def load_detector(config: TrackingConfig, alias: str = CHAMPION_ALIAS) -> tuple[
 def log_detection(config: TrackingConfig, summary: Mapping[str, Any], grid_png: bytes | None = None) -> str:
     """One MLflow run per detected batch: verdict as metrics and tags, the JSON summary and the critical-sample
     grid as artifacts. Returns the run id (the Evidently report is added later with `log_artifact_file`)."""
-    experiment_id = connect(config)
-    client = MlflowClient(config.tracking_uri)
     tags = {
         "scanflow.kind": "detect",
         "scanflow.batch_id": str(summary["batch_id"]),
@@ -372,9 +371,8 @@ def log_detection(config: TrackingConfig, summary: Mapping[str, Any], grid_png: 
         "scanflow.is_drift": str(bool(summary["is_drift"])).lower(),
         "scanflow.detector": str(summary["detector"]),
     }
-    run = client.create_run(experiment_id, run_name=f"detect-{summary['batch_id']}", tags=tags)
-    run_id = run.info.run_id
-    try:
+    with tracked_run(config, f"detect-{summary['batch_id']}", tags) as run_id:
+        client = MlflowClient(config.tracking_uri)
         log_metrics(run_id, {k: float(summary[k]) for k in ("statistic", "p_value", "threshold", "n_critical", "n")})
         client.log_dict(run_id, dict(summary), "drift_result.json")
         if grid_png is not None:
@@ -382,10 +380,6 @@ def log_detection(config: TrackingConfig, summary: Mapping[str, Any], grid_png: 
                 path = Path(tmp) / "critical_samples.png"
                 path.write_bytes(grid_png)
                 client.log_artifact(run_id, str(path))
-    except BaseException:
-        client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
-        raise
-    client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
     return run_id
 
 
@@ -540,16 +534,6 @@ def log_json(run_id: str, data: Mapping[str, Any], artifact_file: str) -> None:
     MlflowClient().log_dict(run_id, dict(data), artifact_file)
 
 
-def end_run(run_id: str, failed: bool = False) -> None:
-    MlflowClient().set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED if failed else RunStatus.FINISHED))
-
-
-def start_run(config: TrackingConfig, run_name: str, tags: Mapping[str, str]) -> str:
-    """Open a run that later tasks log into by id (the improve flow spans a pause); end it with `end_run`."""
-    experiment_id = connect(config)
-    return MlflowClient(config.tracking_uri).create_run(experiment_id, run_name=run_name, tags=dict(tags)).info.run_id
-
-
 @dataclass(frozen=True)
 class ServedModel:
     """A registered classifier version loaded as its MLflow pyfunc (what a serving endpoint runs)."""
@@ -574,19 +558,11 @@ def log_predictions(
     tags: Mapping[str, str] | None = None,
 ) -> str:
     """One MLflow run per predicted batch: the labels (CSV: batch index, label, class name) and their lineage."""
-    experiment_id = connect(config)
-    client = MlflowClient(config.tracking_uri)
     run_tags = {"scanflow.kind": "predict", "scanflow.batch_id": batch_id, "scanflow.model_version": model_version, **(tags or {})}
-    run_id = client.create_run(experiment_id, run_name=f"predict-{batch_id}", tags=run_tags).info.run_id
-    try:
-        rejected = int(np.sum(labels < 0))
-        log_metrics(run_id, {"n": float(len(labels)), "n_rejected": float(rejected)})
+    with tracked_run(config, f"predict-{batch_id}", run_tags) as run_id:
+        log_metrics(run_id, {"n": float(len(labels)), "n_rejected": float(np.sum(labels < 0))})
         rows = ["batch_index,label,class"] + [
             f"{i},{int(label)},{classes[int(label)] if label >= 0 else 'rejected'}" for i, label in enumerate(labels)
         ]
-        client.log_text(run_id, "\n".join(rows) + "\n", "predictions.csv")
-    except BaseException:
-        end_run(run_id, failed=True)
-        raise
-    end_run(run_id)
+        MlflowClient(config.tracking_uri).log_text(run_id, "\n".join(rows) + "\n", "predictions.csv")
     return run_id

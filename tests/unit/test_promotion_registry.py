@@ -31,22 +31,17 @@ def models(digits):
 def champion(tracking_config, models, digits):
     train, _ = digits
     classifier, autoencoder, detector = models
-    with tracking.training_run(tracking_config, "train") as run_id:
+    with tracking.tracked_run(tracking_config, "train") as run_id:
         versions = tracking.register_models(run_id, tracking_config, classifier, autoencoder, train, detector=detector)
     return versions
-
-
-def _improve_run(config) -> str:
-    return tracking.start_run(config, "improve-test", {"scanflow.kind": "improve"})
 
 
 def test_challenger_promotion_and_rollback_move_only_the_alias(tracking_config, champion, models, digits):
     train, _ = digits
     client = MlflowClient(tracking_config.tracking_uri)
-    run_id = _improve_run(tracking_config)
-    retrained = Classifier(1, 8, 8, 10)
-    version = tracking.register_candidate(run_id, tracking_config, retrained, train.info, champion.classifier_version, detector=models[2])
-    tracking.end_run(run_id)
+    with tracking.tracked_run(tracking_config, "improve-test") as run_id:
+        retrained = Classifier(1, 8, 8, 10)
+        version = tracking.register_candidate(run_id, tracking_config, retrained, train.info, champion.classifier_version, detector=models[2])
     name = tracking_config.classifier_name
     assert str(client.get_model_version_by_alias(name, "challenger").version) == version
     assert tracking.champion_version(tracking_config) == champion.classifier_version
@@ -75,10 +70,9 @@ def test_challenger_promotion_and_rollback_move_only_the_alias(tracking_config, 
 def test_a_filter_version_serves_like_any_classifier(tracking_config, champion, models, digits):
     train, test = digits
     classifier, _, detector = models
-    run_id = _improve_run(tracking_config)
     filtered = FilteredClassifier(classifier, Denoiser(1, 8, 8), detector, reject_threshold=detector.clean_score_quantile(0.5), gate_threshold=0.0)
-    version = tracking.register_candidate(run_id, tracking_config, filtered, train.info, champion.classifier_version)
-    tracking.end_run(run_id)
+    with tracking.tracked_run(tracking_config, "improve-test") as run_id:
+        version = tracking.register_candidate(run_id, tracking_config, filtered, train.info, champion.classifier_version)
     tags = tracking.version_tags(tracking_config, version)
     assert tags["scanflow.kind"] == "filter" and tags["scanflow.filter"] == "denoiser+reject"
     assert tags["scanflow.detector_uri"] == tracking.version_tags(tracking_config, champion.classifier_version)["scanflow.detector_uri"]
@@ -105,8 +99,7 @@ def test_a_failed_registration_leaves_no_version_behind(tracking_config, champio
         raise RuntimeError("registry went away")
 
     monkeypatch.setattr(MlflowClient, "set_registered_model_alias", refuse)
-    run_id = _improve_run(tracking_config)
-    with pytest.raises(RuntimeError, match="registry went away"):
+    with pytest.raises(RuntimeError, match="registry went away"), tracking.tracked_run(tracking_config, "improve-test") as run_id:
         tracking.register_candidate(run_id, tracking_config, Classifier(1, 8, 8, 10), train.info, champion.classifier_version, detector=models[2])
     monkeypatch.undo()
     after = {str(v.version) for v in client.search_model_versions(f"name='{tracking_config.classifier_name}'")}

@@ -45,7 +45,7 @@ def test_missing_store_folder_is_named(tmp_path):
 
 def test_training_run_records_params_metrics_and_dataset_lineage(tracking_config, digits):
     train, _ = digits
-    with tracking.training_run(tracking_config, run_name="unit", tags={"k": "v"}) as run_id:
+    with tracking.tracked_run(tracking_config, run_name="unit", tags={"k": "v"}) as run_id:
         tracking.log_params(run_id, {"epochs": 3})
         for epoch in (1, 2):
             tracking.log_metrics(run_id, {"loss": 1.0 / epoch}, step=epoch)
@@ -63,7 +63,7 @@ def test_training_run_records_params_metrics_and_dataset_lineage(tracking_config
 
 def test_failed_body_marks_the_run_failed(tracking_config):
     with pytest.raises(RuntimeError):
-        with tracking.training_run(tracking_config) as run_id:
+        with tracking.tracked_run(tracking_config) as run_id:
             raise RuntimeError("boom")
     assert MlflowClient(tracking_config.tracking_uri).get_run(run_id).info.status == "FAILED"
 
@@ -71,7 +71,7 @@ def test_failed_body_marks_the_run_failed(tracking_config):
 def test_register_sets_champion_and_serves_uint8_in_int64_out(tracking_config, digits, small_models):
     train, test = digits
     classifier, autoencoder = small_models
-    with tracking.training_run(tracking_config) as run_id:
+    with tracking.tracked_run(tracking_config) as run_id:
         versions = tracking.register_models(run_id, tracking_config, classifier, autoencoder, train)
     client = MlflowClient(tracking_config.tracking_uri)
     champion = client.get_model_version_by_alias(tracking_config.classifier_name, "champion")
@@ -104,7 +104,7 @@ def test_a_failed_registration_leaves_nothing_half_registered(tracking_config, d
         return real_log(name, *args, **kwargs)
 
     monkeypatch.setattr(tracking, "_log_pyfunc", fail_on_classifier)
-    with tracking.training_run(tracking_config) as run_id, pytest.raises(OSError, match="disk full"):
+    with tracking.tracked_run(tracking_config) as run_id, pytest.raises(OSError, match="disk full"):
         tracking.register_models(run_id, tracking_config, classifier, autoencoder, train)
     client = MlflowClient(tracking_config.tracking_uri)
     assert client.search_model_versions(f"name='{tracking_config.autoencoder_name}'") == []
