@@ -193,7 +193,7 @@ def supervise_flow(
                                        labels=labels, note=answer["note"], decided_by=decided_by, batch_id=batch.batch_id,
                                        drift={k: detection[k] for k in ("statistic", "p_value", "threshold", "n_critical")},
                                        promotion_margin=promotion_margin, seed=seed)
-            after = predict_flow(batch_path=batch.path, batch_id=f"{batch.batch_id}-after")
+            after = predict_flow(batch_path=batch.path, batch_id=f"{batch.batch_id}-after") if improvement["promoted"] else prediction
             row = with_decision(row, batch, improvement, after)
         rows.append(row)
         print(" | ".join(f"{k}={v}" for k, v in row.items()))
