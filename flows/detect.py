@@ -9,6 +9,7 @@ import base64
 import sys
 import tempfile
 from pathlib import Path
+from typing import Literal
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -19,7 +20,8 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
-from scanflow import tracking
+from flows.settings import tracking_config
+from scanflow import tracking as scanflow_tracking
 from scanflow.config import CHAMPION_ALIAS, TrackingConfig
 from scanflow.data import load_batch_file
 from scanflow.detect import DEFAULT_LABEL_BUDGET, DRIFT_EVENT, Detection, critical_samples_png, detect_batch, save_evidently_report, summary_markdown
@@ -29,12 +31,12 @@ from scanflow.human import policy_action
 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
 def load_champion_detector(config: TrackingConfig, alias: str) -> tuple[AutoencoderDetector, str]:
-    return tracking.load_detector(config, alias)
+    return scanflow_tracking.load_detector(config, alias)
 
 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
 def load_input_filter(config: TrackingConfig, alias: str):
-    return tracking.load_input_filter(config, alias)
+    return scanflow_tracking.load_input_filter(config, alias)
 
 
 @task(cache_policy=NO_CACHE)
@@ -51,7 +53,7 @@ def detect(detector: AutoencoderDetector, images: torch.Tensor, batch_id: str, m
 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
 def log_detection(config: TrackingConfig, detection: Detection, grid_png: bytes) -> str:
-    return tracking.log_detection(config, detection.summary(), grid_png)
+    return scanflow_tracking.log_detection(config, detection.summary(), grid_png)
 
 
 @task(cache_policy=NO_CACHE)
@@ -66,12 +68,15 @@ def publish(detection: Detection, grid_png: bytes, mlflow_run_id: str) -> None:
 
 
 @task(cache_policy=NO_CACHE)
-def announce_drift(detection: Detection, model_name: str) -> None:
+def announce_drift(detection: Detection, model_name: str, batch_path: str, responder: str) -> None:
+    """The `scanflow.drift.detected` event: its payload carries what an automation needs to start the
+    respond-to-drift deployment on the same batch; the `scanflow.responder` resource label says who acts on it
+    (the automation matches only 'automation', so a supervise loop that handles its own drift is not doubled)."""
     summary = detection.summary()
     emit_event(
         event=DRIFT_EVENT,
-        resource={"prefect.resource.id": f"scanflow.model.{model_name}", "prefect.resource.name": model_name},
-        payload={k: summary[k] for k in ("batch_id", "model_version", "statistic", "p_value", "n_critical")},
+        resource={"prefect.resource.id": f"scanflow.model.{model_name}", "prefect.resource.name": model_name, "scanflow.responder": responder},
+        payload={**{k: summary[k] for k in ("batch_id", "model_version", "statistic", "p_value", "n_critical")}, "batch_path": batch_path},
     )
 
 
@@ -79,26 +84,33 @@ def announce_drift(detection: Detection, model_name: str) -> None:
 def evidently_report(detector: AutoencoderDetector, images: torch.Tensor, mlflow_run_id: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = save_evidently_report(detector, images, Path(tmp) / "evidently_report.html")
-        tracking.log_artifact_file(mlflow_run_id, path)
+        scanflow_tracking.log_artifact_file(mlflow_run_id, path)
 
 
-@flow(name="detect", log_prints=True)
+@flow(name="detect", log_prints=True, persist_result=True)
 def detect_flow(
     batch_path: str,
     batch_id: str | None = None,
     alias: str = CHAMPION_ALIAS,
     budget: int = DEFAULT_LABEL_BUDGET,
     report: bool = True,
+    responder: Literal["automation", "supervise", "none"] = "automation",
+    alpha: float | None = None,
+    tracking: str | None = None,
 ) -> dict:
     """Test one production batch (a .npy of uint8 images) against the champion's detector (on the cleaned batch
     when the champion is a filter-wrapped classifier: the drift it was built for is then acknowledged).
 
     Logs the verdict to MLflow, publishes a summary and the critical samples as Prefect artifacts, emits
-    `scanflow.drift.detected` when drifted, then (off the hot path) attaches Evidently's HTML report.
+    `scanflow.drift.detected` when drifted (`responder`: who acts on it, see `announce_drift`; 'none': no event), then (off the hot path) attaches Evidently's HTML report. `alpha`
+    overrides the detector's false-alarm rate (default: the one it was fitted with); `tracking` names an
+    MLflowTracking block (default: the environment).
     """
-    config = TrackingConfig.from_env()
+    config = tracking_config(tracking)
     batch_id = batch_id or Path(batch_path).stem
     detector, model_version = load_champion_detector(config, alias)
+    if alpha is not None:
+        detector.at_alpha(alpha)
     images = load_batch(batch_path, detector)
     input_filter = load_input_filter(config, alias)
     if input_filter is not None:
@@ -108,8 +120,8 @@ def detect_flow(
     grid_png = critical_samples_png(images, detection)
     run_id = log_detection(config, detection, grid_png)
     publish(detection, grid_png, run_id)
-    if detection.result.is_drift:
-        announce_drift(detection, config.classifier_name)
+    if detection.result.is_drift and responder != "none":
+        announce_drift(detection, config.classifier_name, str(Path(batch_path).resolve()), responder)
     if report:
         evidently_report(detector, images, run_id)
     return {

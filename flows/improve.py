@@ -21,7 +21,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 from prefect.runtime import flow_run
 
-from scanflow import tracking
+from flows.settings import tracking_config
+from scanflow import tracking as scanflow_tracking
 from scanflow.config import TrackingConfig
 from scanflow.data import LabeledImages, hold_out_calibration, load_batch_file, load_train_test
 from scanflow.drift.autoencoder import AutoencoderDetector
@@ -43,8 +44,8 @@ REJECTED_EVENT = "scanflow.model.rejected"
 
 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
-def load_champion(config: TrackingConfig) -> tuple[tracking.LoadedModels, AutoencoderDetector]:
-    return tracking.load_models(config), tracking.load_detector(config)[0]
+def load_champion(config: TrackingConfig) -> tuple[scanflow_tracking.LoadedModels, AutoencoderDetector]:
+    return scanflow_tracking.load_models(config), scanflow_tracking.load_detector(config)[0]
 
 
 @task(cache_policy=NO_CACHE)
@@ -75,7 +76,7 @@ def apply_improvement(plan: ImprovementPlan, decision: Decision) -> ImprovementO
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
 def register_challenger(config: TrackingConfig, run_id: str, outcome: ImprovementOutcome, context: ImprovementContext) -> str:
     tags = {"scanflow.batch_id": context.batch_id, "scanflow.decided_by": outcome.decided_by}
-    return tracking.register_candidate(
+    return scanflow_tracking.register_candidate(
         run_id, config, outcome.candidate, context.replay.info, context.champion_version, outcome.detector, tags
     )
 
@@ -85,7 +86,7 @@ def promote_or_keep(config: TrackingConfig, version: str, verdict: PromotionVerd
     if not verdict.promote:
         print(f"champion kept: {verdict.reason}")
         return None
-    previous = tracking.promote(config, version, verdict.reason)
+    previous = scanflow_tracking.promote(config, version, verdict.reason)
     print(f"v{version} promoted to champion (was v{previous}): {verdict.reason}")
     return previous
 
@@ -98,7 +99,7 @@ def _announce(config: TrackingConfig, promoted: bool, payload: dict) -> None:
     )
 
 
-@flow(name="improve", log_prints=True)
+@flow(name="improve", log_prints=True, persist_result=True)
 def improve_flow(
     batch_path: str,
     shown_indices: list[int],
@@ -112,15 +113,16 @@ def improve_flow(
     holdout_fraction: float = DEFAULT_HOLDOUT_FRACTION,
     data_dir: str | None = None,
     seed: int = 0,
+    tracking: str | None = None,
 ) -> dict:
     """Carry out a person's decision on a drifted batch (a .npy of uint8 images).
 
     `shown_indices`: the batch rows the person was shown, in order; `labels`: their classes in that order
     (needed to retrain; optional for a filter, where they only judge it). The challenger is registered with the
     `challenger` alias and promoted to `champion` only if it beats it on the shifted holdout without losing more
-    than `promotion_margin` clean accuracy.
+    than `promotion_margin` clean accuracy. `tracking` names an MLflowTracking block (default: the environment).
     """
-    config = TrackingConfig.from_env()
+    config = tracking_config(tracking)
     batch_id = batch_id or Path(batch_path).stem
     models, detector = load_champion(config)
     images = load_batch_file(batch_path, detector.info)
@@ -130,23 +132,23 @@ def improve_flow(
         "scanflow.decided_by": decision.decided_by, "scanflow.champion_version": models.classifier_version,
         "prefect.flow_run_id": str(flow_run.id or ""),
     }
-    with tracking.tracked_run(config, f"improve-{batch_id}", run_tags) as run_id:
+    with scanflow_tracking.tracked_run(config, f"improve-{batch_id}", run_tags) as run_id:
         summary = {"batch_id": batch_id, "action": decision.action, "decided_by": decision.decided_by,
                    "champion_version": models.classifier_version, "mlflow_run_id": run_id, "challenger_version": None,
                    "promoted": False, "reason": ""}
-        tracking.log_json(run_id, {**decision.to_dict(), "shown_indices": list(shown_indices), "drift": drift or {}}, "decision.json")
+        scanflow_tracking.log_json(run_id, {**decision.to_dict(), "shown_indices": list(shown_indices), "drift": drift or {}}, "decision.json")
         if decision.action == "ignore":
             summary["reason"] = "the decision was to ignore this drift"
         else:
             summary.update(_improve(config, run_id, decision, models, detector, images, shown_indices, batch_id,
                                     drift, promotion_margin, holdout_fraction, data_dir, seed))
-        tracking.set_tags(run_id, {"scanflow.promoted": str(summary["promoted"]).lower()})
+        scanflow_tracking.set_tags(run_id, {"scanflow.promoted": str(summary["promoted"]).lower()})
     create_markdown_artifact(improvement_markdown(summary), key="improvement", description=f"decision on batch {batch_id}")
     return summary
 
 
 def _improve(
-    config: TrackingConfig, run_id: str, decision: Decision, models: tracking.LoadedModels, detector: AutoencoderDetector,
+    config: TrackingConfig, run_id: str, decision: Decision, models: scanflow_tracking.LoadedModels, detector: AutoencoderDetector,
     images: torch.Tensor, shown_indices: list[int], batch_id: str, drift: dict | None,
     promotion_margin: float, holdout_fraction: float, data_dir: str | None, seed: int,
 ) -> dict:
@@ -158,14 +160,14 @@ def _improve(
         champion_version=models.classifier_version, batch_id=batch_id, holdout_fraction=holdout_fraction, seed=seed,
     )
     plan = plan_improvement(decision.action, context, drift)
-    tracking.log_json(run_id, plan.to_dict(), "plan.json")
-    tracking.log_params(run_id, plan.params)
+    scanflow_tracking.log_json(run_id, plan.to_dict(), "plan.json")
+    scanflow_tracking.log_params(run_id, plan.params)
     outcome = apply_improvement(plan, decision)
     version = register_challenger(config, run_id, outcome, context)
     verdict = decide(outcome.champion_scores, outcome.candidate_scores, promotion_margin)
     previous = promote_or_keep(config, version, verdict)
-    tracking.log_json(run_id, {**outcome.to_dict(), "challenger_version": version, "verdict": verdict.to_dict()}, "outcome.json")
-    tracking.log_metrics(run_id, outcome.as_metrics())
+    scanflow_tracking.log_json(run_id, {**outcome.to_dict(), "challenger_version": version, "verdict": verdict.to_dict()}, "outcome.json")
+    scanflow_tracking.log_metrics(run_id, outcome.as_metrics())
     result = {"challenger_version": version, "promoted": verdict.promote, "reason": verdict.reason,
               "previous_champion": previous, "outcome": outcome.to_dict()}
     _announce(config, verdict.promote, {"batch_id": batch_id, "version": version, "action": decision.action,

@@ -19,14 +19,15 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from scanflow import tracking
+from flows.settings import tracking_config
+from scanflow import tracking as scanflow_tracking
 from scanflow.config import CHAMPION_ALIAS, TrackingConfig
 from scanflow.data import load_batch_file
 
 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
 def load_served_model(config: TrackingConfig, alias: str):
-    return tracking.load_served_model(config, alias)
+    return scanflow_tracking.load_served_model(config, alias)
 
 
 @task(cache_policy=NO_CACHE)
@@ -36,14 +37,15 @@ def predict(model, images: np.ndarray) -> np.ndarray:
 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
 def log_predictions(config: TrackingConfig, batch_id: str, model_version: str, labels: np.ndarray, classes: tuple[str, ...]) -> str:
-    return tracking.log_predictions(config, batch_id, model_version, labels, classes, {"prefect.flow_run_id": str(flow_run.id or "")})
+    return scanflow_tracking.log_predictions(config, batch_id, model_version, labels, classes, {"prefect.flow_run_id": str(flow_run.id or "")})
 
 
-@flow(name="predict", log_prints=True)
-def predict_flow(batch_path: str, batch_id: str | None = None, alias: str = CHAMPION_ALIAS) -> dict:
+@flow(name="predict", log_prints=True, persist_result=True)
+def predict_flow(batch_path: str, batch_id: str | None = None, alias: str = CHAMPION_ALIAS, tracking: str | None = None) -> dict:
     """Label one production batch (a .npy of uint8 images) with the registered classifier at `alias`; the labels
-    (int64, -1 = rejected by a filter) are logged to MLflow with the batch id and the model version."""
-    config = TrackingConfig.from_env()
+    (int64, -1 = rejected by a filter) are logged to MLflow with the batch id and the model version. `tracking` names
+    an MLflowTracking block (default: the environment)."""
+    config = tracking_config(tracking)
     batch_id = batch_id or Path(batch_path).stem
     served = load_served_model(config, alias)
     images = load_batch_file(batch_path, served.info).numpy()

@@ -32,15 +32,12 @@ from flows.detect import detect_flow
 from flows.improve import improve_flow
 from flows.predict import predict_flow
 from flows.train import train_flow
-from scanflow import tracking
-from scanflow.config import TrackingConfig
+from flows.settings import supervision_settings, tracking_config
+from flows.steps import Steps
+from scanflow import tracking as scanflow_tracking
 from scanflow.human import ACTIONS, Decision, OracleHuman, PolicyHuman
-from scanflow.stream import make_stream, read_stream
-from scanflow.supervision import batch_row, form_description, summary_markdown, with_decision
-
-DEFAULT_PAUSE_TIMEOUT_S = 3600
-DEFAULT_ACTION_ON_TIMEOUT = "ignore"
-
+from scanflow.stream import StreamBatch, make_stream, read_stream
+from scanflow.supervision import SupervisionSettings, batch_row, form_description, summary_markdown, with_decision
 
 def decision_form(
     n_shown: int, classes: tuple[str, ...], guesses: list[int] | None = None, recommended: str | None = None, description: str | None = None
@@ -140,7 +137,56 @@ def answer_paused_run(run_id: str, action: str, labels: list[int] | None = None,
     return f"answered flow run {target}: {action} with {len(labels)} labels"
 
 
-@flow(name="supervise", log_prints=True)
+def respond(batch: StreamBatch, detection: dict, human: str, settings: SupervisionSettings, steps: Steps, seed: int = 0) -> dict:
+    """On a drifted batch: pause for a decision (answered by a person, or by the simulated `human` through the
+    same form), run the timeout action when nobody answers, then improve. Returns the improve flow's outcome."""
+    path = str(Path(batch.path).resolve())
+    shown, recommended = detection["selected_indices"], detection["recommended_action"]
+    if human != "person":
+        decider = OracleHuman(batch.true_labels()) if human == "oracle" else PolicyHuman()
+        answer_when_paused(flow_run.id, decider.decide(recommended, shown), detection["guesses"])
+    state = ask_human(batch.batch_id, len(shown), detection["classes"], detection["guesses"], recommended,
+                      form_description(detection), settings.pause_timeout_s, return_state=True)
+    if state.is_completed():
+        answer = state.result()
+        decided_by = "human" if human == "person" else human
+    else:
+        print(f"batch {batch.batch_id}: no answer within {settings.pause_timeout_s} s; the policy's default '{settings.action_on_timeout}' runs")
+        answer, decided_by = {"action": settings.action_on_timeout, "labels": None, "note": "pause timed out"}, "timeout"
+    # The form needs a label per sample; the policy only echoes the model's guesses, which must not judge a challenger.
+    labels = None if decided_by in ("policy", "timeout") else answer["labels"]
+    return steps.run(improve_flow, batch_path=path, shown_indices=shown, action=answer["action"], labels=labels,
+                     note=answer["note"], decided_by=decided_by, batch_id=batch.batch_id,
+                     drift={k: detection[k] for k in ("statistic", "p_value", "threshold", "n_critical")},
+                     promotion_margin=settings.promotion_margin, seed=seed)
+
+
+@flow(name="respond-to-drift", log_prints=True, persist_result=True)
+def respond_flow(
+    batch_path: str,
+    batch_id: str | None = None,
+    human: Literal["person", "oracle", "policy"] = "person",
+    policy: str | None = None,
+    tracking: str | None = None,
+    step_deployments: str | None = None,
+    seed: int = 0,
+) -> dict:
+    """React to a `scanflow.drift.detected` event (the automation in infra/prefect.yaml starts this deployment with
+    the event's batch): re-test the batch against the current champion, and if it still drifts, pause for a decision
+    and improve. `human="oracle"` needs the true labels beside the batch (`labels/<batch_id>.npy`, as a stream has)."""
+    settings = supervision_settings(policy)
+    steps = Steps(step_deployments, tracking)
+    batch = StreamBatch(batch_id=batch_id or Path(batch_path).stem, path=str(Path(batch_path).resolve()), corruption=None, severity=None)
+    detection = steps.run(detect_flow, batch_path=batch.path, batch_id=batch.batch_id, budget=settings.budget,
+                          alpha=settings.alpha, report=False, responder="none")
+    if not detection["is_drift"]:
+        print(f"batch {batch.batch_id}: no drift against the current champion (p = {detection['p_value']:.4f}); nothing to do")
+        return {"batch_id": batch.batch_id, "is_drift": False, "p_value": detection["p_value"], "improvement": None}
+    improvement = respond(batch, detection, human, settings, steps, seed)
+    return {"batch_id": batch.batch_id, "is_drift": True, "p_value": detection["p_value"], "improvement": improvement}
+
+
+@flow(name="supervise", log_prints=True, persist_result=True)
 def supervise_flow(
     stream_dir: str | None = None,
     dataset: str = "default",
@@ -149,58 +195,55 @@ def supervise_flow(
     drift_at: int = 3,
     corruption: str = "shot_noise",
     human: Literal["person", "oracle", "policy"] = "oracle",
-    budget: int = 20,
-    pause_timeout_s: int = DEFAULT_PAUSE_TIMEOUT_S,
-    action_on_timeout: Literal["filter", "ignore"] = DEFAULT_ACTION_ON_TIMEOUT,
-    promotion_margin: float = 0.005,
+    policy: str | None = None,
+    tracking: str | None = None,
+    budget: int | None = None,
+    alpha: float | None = None,
+    pause_timeout_s: int | None = None,
+    action_on_timeout: Literal["filter", "ignore"] | None = None,
+    promotion_margin: float | None = None,
+    step_deployments: str | None = None,
     seed: int = 0,
 ) -> dict:
     """Supervise a production stream batch by batch (see the module docstring).
 
     Without `stream_dir`, a demo stream is written to `./stream/`: `n_batches` batches of `batch_size` test
     images, corrupted with `corruption` from batch `drift_at` on (true labels kept beside it for the oracle and
-    the report). Returns the per-batch table also published as the `supervision-summary` artifact. Nobody answering
-    within `pause_timeout_s` runs `action_on_timeout` (filter or ignore: retraining needs a person's labels).
+    the report). Returns the per-batch table also published as the `supervision-summary` artifact.
+
+    `policy` names a SupervisionPolicy block (default: the built-in policy); `budget`, `alpha`, `pause_timeout_s`,
+    `action_on_timeout` and `promotion_margin` override it one by one. Nobody answering within the timeout runs the
+    timeout action (filter or ignore: retraining needs a person's labels). `tracking` names an MLflowTracking block
+    (default: the environment). `step_deployments` names the deployments the steps run as (`predict/<name>`,
+    `detect/<name>`, ...: e.g. 'process' or 'docker' from infra/prefect.yaml); None runs them as sub-flows here.
     """
-    config = TrackingConfig.from_env()
-    if not tracking.has_champion(config):
+    settings = supervision_settings(policy, budget=budget, alpha=alpha, pause_timeout_s=pause_timeout_s,
+                                    action_on_timeout=action_on_timeout, promotion_margin=promotion_margin)
+    print(f"supervision policy: {settings}")
+    steps = Steps(step_deployments, tracking)
+    config = tracking_config(tracking)
+    if not scanflow_tracking.has_champion(config):
         print(f"no champion of {config.classifier_name} yet: training one on {dataset}")
-        train_flow(dataset=dataset, seed=seed)
+        steps.run(train_flow, dataset=dataset, seed=seed)
     batches = read_stream(stream_dir) if stream_dir and (Path(stream_dir) / "stream.json").is_file() else make_stream(
         stream_dir or "stream", dataset, n_batches, batch_size, drift_at, corruption, seed=seed
     )
     rows = []
     for batch in batches:
-        prediction = predict_flow(batch_path=batch.path, batch_id=batch.batch_id)
-        detection = detect_flow(batch_path=batch.path, batch_id=batch.batch_id, budget=budget, report=False)
+        path = str(Path(batch.path).resolve())
+        prediction = steps.run(predict_flow, batch_path=path, batch_id=batch.batch_id)
+        detection = steps.run(detect_flow, batch_path=path, batch_id=batch.batch_id, budget=settings.budget, alpha=settings.alpha, report=False, responder="supervise")
         row = batch_row(batch, prediction, detection)
         if detection["is_drift"]:
-            shown, recommended = detection["selected_indices"], detection["recommended_action"]
-            if human != "person":
-                decider = OracleHuman(batch.true_labels()) if human == "oracle" else PolicyHuman()
-                answer_when_paused(flow_run.id, decider.decide(recommended, shown), detection["guesses"])
-            state = ask_human(batch.batch_id, len(shown), detection["classes"], detection["guesses"], recommended,
-                              form_description(detection), pause_timeout_s, return_state=True)
-            if state.is_completed():
-                answer = state.result()
-                decided_by = "human" if human == "person" else human
-            else:
-                print(f"batch {batch.batch_id}: no answer within {pause_timeout_s} s; the policy's default '{action_on_timeout}' runs")
-                answer, decided_by = {"action": action_on_timeout, "labels": None, "note": "pause timed out"}, "timeout"
-            # The form needs a label per sample; the policy only echoes the model's guesses, which must not judge a challenger.
-            labels = None if decided_by in ("policy", "timeout") else answer["labels"]
-            improvement = improve_flow(batch_path=batch.path, shown_indices=shown, action=answer["action"],
-                                       labels=labels, note=answer["note"], decided_by=decided_by, batch_id=batch.batch_id,
-                                       drift={k: detection[k] for k in ("statistic", "p_value", "threshold", "n_critical")},
-                                       promotion_margin=promotion_margin, seed=seed)
-            after = predict_flow(batch_path=batch.path, batch_id=f"{batch.batch_id}-after") if improvement["promoted"] else prediction
+            improvement = respond(batch, detection, human, settings, steps, seed)
+            after = steps.run(predict_flow, batch_path=path, batch_id=f"{batch.batch_id}-after") if improvement["promoted"] else prediction
             row = with_decision(row, batch, improvement, after)
         rows.append(row)
         print(" | ".join(f"{k}={v}" for k, v in row.items()))
     create_table_artifact(rows, key="supervision-summary", description="per batch: drift, decision, accuracy before/after")
     create_markdown_artifact(summary_markdown(rows), key="supervision-report", description="the supervised stream at a glance")
-    return {"batches": rows, "champion": tracking.champion_version(config), "prefect_flow_run_id": str(flow_run.id or "")}
-
+    return {"batches": rows, "champion": scanflow_tracking.champion_version(config), "tracking_uri": config.tracking_uri,
+            "prefect_flow_run_id": str(flow_run.id or "")}
 
 if __name__ == "__main__":
     print(summary_markdown(supervise_flow()["batches"]))

@@ -17,7 +17,8 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from scanflow import tracking
+from flows.settings import tracking_config
+from scanflow import tracking as scanflow_tracking
 from scanflow.config import TrackingConfig
 from scanflow.data import LabeledImages, hold_out_calibration, load_train_test
 from scanflow.drift.autoencoder import AutoencoderDetector, fit_detector
@@ -39,7 +40,7 @@ def load_data(dataset: str, data_dir: str | None, allow_download: bool, seed: in
 
 def _epoch_logger(run_id: str, prefix: str, epochs: int, progress_id) -> callable:
     def on_epoch(metrics: EpochMetrics) -> None:
-        tracking.log_metrics(run_id, metrics.as_metrics(prefix), step=metrics.epoch)
+        scanflow_tracking.log_metrics(run_id, metrics.as_metrics(prefix), step=metrics.epoch)
         update_progress_artifact(artifact_id=progress_id, progress=100.0 * metrics.epoch / epochs)
         print(f"{prefix} epoch {metrics.epoch}/{epochs}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.as_metrics(prefix).items()))
 
@@ -49,7 +50,7 @@ def _epoch_logger(run_id: str, prefix: str, epochs: int, progress_id) -> callabl
 @task(cache_policy=NO_CACHE)
 def train_classifier_step(train: LabeledImages, test: LabeledImages, config: TrainConfig, run_id: str) -> Classifier:
     epochs = config.resolved_epochs(len(train))
-    tracking.log_params(run_id, {f"classifier_{k}": v for k, v in config.as_params(len(train)).items()})
+    scanflow_tracking.log_params(run_id, {f"classifier_{k}": v for k, v in config.as_params(len(train)).items()})
     progress = create_progress_artifact(0.0, key="classifier-training", description="classifier epochs done")
     model, _ = train_classifier(train, config, validation=test, on_epoch=_epoch_logger(run_id, "classifier", epochs, progress))
     return model
@@ -59,7 +60,7 @@ def train_classifier_step(train: LabeledImages, test: LabeledImages, config: Tra
 def train_autoencoder_step(train: LabeledImages, config: TrainConfig, latent_dim: int, run_id: str) -> Autoencoder:
     epochs = config.resolved_epochs(len(train))
     params = {**config.as_params(len(train)), "latent_dim": latent_dim}
-    tracking.log_params(run_id, {f"autoencoder_{k}": v for k, v in params.items()})
+    scanflow_tracking.log_params(run_id, {f"autoencoder_{k}": v for k, v in params.items()})
     progress = create_progress_artifact(0.0, key="autoencoder-training", description="autoencoder epochs done")
     model, _ = train_autoencoder(train, config, latent_dim, on_epoch=_epoch_logger(run_id, "autoencoder", epochs, progress))
     return model
@@ -69,7 +70,7 @@ def train_autoencoder_step(train: LabeledImages, config: TrainConfig, latent_dim
 def evaluate_step(classifier: Classifier, autoencoder: Autoencoder, test: LabeledImages, run_id: str) -> Evaluation:
     evaluation = evaluate_classifier(classifier, test)
     reconstruction = float(autoencoder.reconstruction_error(test.images).mean())
-    tracking.log_metrics(run_id, {"test_accuracy": evaluation.accuracy, "test_reconstruction_mse": reconstruction})
+    scanflow_tracking.log_metrics(run_id, {"test_accuracy": evaluation.accuracy, "test_reconstruction_mse": reconstruction})
     print(f"test accuracy {evaluation.accuracy:.4f} on {evaluation.n} images; autoencoder test MSE {reconstruction:.5f}")
     return evaluation
 
@@ -79,8 +80,8 @@ def fit_detector_step(
     classifier: Classifier, autoencoder: Autoencoder, train: LabeledImages, calibration: LabeledImages, seed: int, run_id: str
 ) -> AutoencoderDetector:
     detector = fit_detector(classifier, autoencoder, train, calibration, seed=seed)
-    tracking.log_params(run_id, {"detector": detector.name, "detector_alpha": detector.alpha, "detector_sample_fpr": detector.sample_fpr})
-    tracking.log_metrics(run_id, {"detector_sample_threshold": detector.sample_threshold})
+    scanflow_tracking.log_params(run_id, {"detector": detector.name, "detector_alpha": detector.alpha, "detector_sample_fpr": detector.sample_fpr})
+    scanflow_tracking.log_metrics(run_id, {"detector_sample_threshold": detector.sample_threshold})
     return detector
 
 
@@ -88,12 +89,12 @@ def fit_detector_step(
 def register_step(
     run_id: str, config: TrackingConfig, classifier: Classifier, autoencoder: Autoencoder,
     detector: AutoencoderDetector, train: LabeledImages, evaluation: Evaluation,
-) -> tracking.RegisteredVersions:
+) -> scanflow_tracking.RegisteredVersions:
     tags = {"scanflow.test_accuracy": f"{evaluation.accuracy:.4f}", "scanflow.run_id": run_id}
-    return tracking.register_models(run_id, config, classifier, autoencoder, train, tags=tags, detector=detector)
+    return scanflow_tracking.register_models(run_id, config, classifier, autoencoder, train, tags=tags, detector=detector)
 
 
-@flow(name="train", log_prints=True)
+@flow(name="train", log_prints=True, persist_result=True)
 def train_flow(
     dataset: str = "default",
     epochs: int | None = None,
@@ -103,19 +104,21 @@ def train_flow(
     data_dir: str | None = None,
     allow_download: bool = False,
     register_models: bool = True,
+    tracking: str | None = None,
 ) -> dict:
     """Train the classifier and its autoencoder on `dataset`, fit their drift detector, track the run in MLflow and
     register both models as champion (the detector is logged beside them).
 
-    `epochs=None` trains for about 150k images (3 epochs of Fashion-MNIST). Returns a JSON-able summary.
+    `epochs=None` trains for about 150k images (3 epochs of Fashion-MNIST). `tracking` names an MLflowTracking
+    block (default: the environment). Returns a JSON-able summary.
     """
-    config = TrackingConfig.from_env()
+    config = tracking_config(tracking)
     train, calibration, test = load_data(dataset, data_dir, allow_download, seed)
     prefect_tags = {"prefect.flow_run_id": str(flow_run.id or ""), "scanflow.dataset": train.info.name}
-    with tracking.tracked_run(config, run_name=f"train-{train.info.name}", tags=prefect_tags) as run_id:
-        tracking.log_dataset(run_id, train, context="training")
-        tracking.log_dataset(run_id, calibration, context="calibration")
-        tracking.log_dataset(run_id, test, context="evaluation")
+    with scanflow_tracking.tracked_run(config, run_name=f"train-{train.info.name}", tags=prefect_tags) as run_id:
+        scanflow_tracking.log_dataset(run_id, train, context="training")
+        scanflow_tracking.log_dataset(run_id, calibration, context="calibration")
+        scanflow_tracking.log_dataset(run_id, test, context="evaluation")
         classifier = train_classifier_step(train, test, TrainConfig(epochs=epochs, seed=seed), run_id)
         autoencoder = train_autoencoder_step(train, TrainConfig(epochs=autoencoder_epochs, seed=seed), latent_dim, run_id)
         evaluation = evaluate_step(classifier, autoencoder, test, run_id)

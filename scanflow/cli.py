@@ -114,10 +114,15 @@ def build_parser() -> argparse.ArgumentParser:
                            help="who answers a pause: simulated oracle (default), simulated policy, or a person")
     supervise.add_argument("--interactive", action="store_true",
                            help="a person answers: start a local Prefect server (if PREFECT_API_URL is unset), print the UI link, wait")
-    supervise.add_argument("--timeout", type=int, default=3600, help="seconds a pause waits for an answer (default: 3600)")
-    supervise.add_argument("--on-timeout", choices=("filter", "ignore"), default="ignore",
-                           help="the action when nobody answers in time (default: ignore; retraining needs labels); recorded as a timeout")
-    supervise.add_argument("--budget", type=int, default=20, help="critical samples shown per drifted batch (default: 20)")
+    supervise.add_argument("--policy", help="name of a SupervisionPolicy block (default: the built-in policy); the options below override it")
+    supervise.add_argument("--tracking", help="name of an MLflowTracking block (default: $MLFLOW_TRACKING_URI and $SCANFLOW_*)")
+    supervise.add_argument("--timeout", type=int, help="seconds a pause waits for an answer (policy default: 3600)")
+    supervise.add_argument("--on-timeout", choices=("filter", "ignore"),
+                           help="the action when nobody answers in time (policy default: ignore; retraining needs labels); recorded as a timeout")
+    supervise.add_argument("--budget", type=int, help="critical samples shown per drifted batch (policy default: 20)")
+    supervise.add_argument("--alpha", type=float, help="false-alarm rate of the drift test on clean batches (policy default: 0.05)")
+    supervise.add_argument("--step-deployments", metavar="NAME",
+                           help="run the steps as the deployments <flow>/NAME (see `scanflow serve`) instead of sub-flows in this process")
     supervise.set_defaults(handler=_supervise)
 
     answer = commands.add_parser(
@@ -129,6 +134,30 @@ def build_parser() -> argparse.ArgumentParser:
     answer.add_argument("--labels", default=None, help="comma-separated class indices in the order shown (default: the model's guesses)")
     answer.add_argument("--note", default="")
     answer.set_defaults(handler=_answer)
+
+    blocks = commands.add_parser(
+        "blocks", help="Prefect blocks: register Scanflow's block types (storage, tracking, policy) with the server",
+        description="Registers ScanflowStorage, MLflowTracking and SupervisionPolicy with the Prefect server at "
+        "$PREFECT_API_URL, so they appear in the UI's block catalog.",
+    )
+    blocks.add_argument("action", choices=("register",))
+    blocks.add_argument("--save-defaults", action="store_true",
+                        help="also save a 'default' document of each block from the environment (storage only if $SCANFLOW_S3_BUCKET is set)")
+    blocks.add_argument("--overwrite", action="store_true", help="with --save-defaults: replace existing 'default' documents")
+    blocks.set_defaults(handler=_blocks)
+
+    serve_parser = commands.add_parser(
+        "serve", help="serve every flow as a deployment from this process, with the drift automation (Ctrl-C stops)",
+        description="Serves train/predict/detect/improve/supervise/respond-to-drift as deployments named NAME, and the "
+        "automation that starts respond-to-drift/NAME on every scanflow.drift.detected event. Needs $PREFECT_API_URL.",
+    )
+    serve_parser.add_argument("--name", default="process", help="deployment name (default: process)")
+    serve_parser.add_argument("--human", choices=("oracle", "policy", "person"), default="person",
+                              help="who answers the pauses of runs started from these deployments (default: person)")
+    serve_parser.add_argument("--tracking", help="MLflowTracking block the deployments use (default: the environment of this process)")
+    serve_parser.add_argument("--policy", help="SupervisionPolicy block of the supervise and respond deployments")
+    serve_parser.add_argument("--limit", type=int, help="at most this many runs at once")
+    serve_parser.set_defaults(handler=_serve)
 
     rollback = commands.add_parser(
         "rollback", help="point the champion alias back at the version the current champion replaced (or --to VERSION)"
@@ -263,8 +292,9 @@ def _supervise(args: argparse.Namespace) -> int:
 
         result = supervise_flow(
             stream_dir=args.stream_dir, dataset=args.dataset, n_batches=args.batches, batch_size=args.batch_size,
-            drift_at=args.drift_at, corruption=args.corruption, human=human, budget=args.budget,
-            pause_timeout_s=args.timeout, action_on_timeout=args.on_timeout,
+            drift_at=args.drift_at, corruption=args.corruption, human=human, policy=args.policy, tracking=args.tracking,
+            budget=args.budget, alpha=args.alpha, pause_timeout_s=args.timeout, action_on_timeout=args.on_timeout,
+            step_deployments=args.step_deployments,
         )
     finally:
         if server is not None:
@@ -272,9 +302,7 @@ def _supervise(args: argparse.Namespace) -> int:
     print()
     print(summary_markdown(result["batches"]))
     print(f"\nChampion now: v{result['champion']}")
-    from scanflow.config import TrackingConfig
-
-    print(f"MLflow UI:  {mlflow_ui_hint(TrackingConfig.from_env().tracking_uri)}")
+    print(f"MLflow UI:  {mlflow_ui_hint(result['tracking_uri'])}")
     print(f"Prefect UI: {prefect_ui_hint(result['prefect_flow_run_id'])}")
     return 0
 
@@ -284,6 +312,34 @@ def _answer(args: argparse.Namespace) -> int:
 
     labels = _int_list(args.labels, "--labels") if args.labels else None
     print(answer_paused_run(args.run_id, args.action, labels, args.note))
+    return 0
+
+
+def _require_prefect_server(what: str) -> None:
+    if not os.environ.get("PREFECT_API_URL"):
+        raise ScanflowError(
+            f"{what} needs a Prefect server that outlives this command: start one (`prefect server start`, or "
+            "`scanflow supervise --interactive` starts a local one) and set PREFECT_API_URL=http://127.0.0.1:4200/api"
+        )
+
+
+def _blocks(args: argparse.Namespace) -> int:
+    _require_prefect_server("scanflow blocks register")
+    import blocks
+
+    for slug in blocks.register():
+        print(f"registered block type {slug}")
+    if args.save_defaults:
+        for document in blocks.save_defaults(overwrite=args.overwrite):
+            print(f"saved block {document}")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    _require_prefect_server("scanflow serve")
+    from flows.deployments import serve_all
+
+    serve_all(args.name, human=args.human, tracking=args.tracking, policy=args.policy, limit=args.limit)
     return 0
 
 

@@ -7,7 +7,7 @@ environment defaults are applied with `setdefault`, never overriding an explicit
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ENVIRONMENT_DEFAULTS: dict[str, str] = {
@@ -57,9 +57,62 @@ class TrackingConfig:
             autoencoder_name=os.environ.get("SCANFLOW_AUTOENCODER_NAME", f"{classifier.removesuffix('-classifier')}-autoencoder"),
         )
 
+    def environment(self) -> dict[str, str]:
+        """The variables `from_env` reads, for child processes (workers, containers) that must track to the same place."""
+        return {
+            "MLFLOW_TRACKING_URI": self.tracking_uri,
+            "SCANFLOW_EXPERIMENT": self.experiment_name,
+            "SCANFLOW_MODEL_NAME": self.classifier_name,
+            "SCANFLOW_AUTOENCODER_NAME": self.autoencoder_name,
+        }
+
     @property
     def artifact_root(self) -> str | None:
         """For a local SQLite store, artifacts go beside the database (`mlartifacts/`); servers choose their own."""
         if self.tracking_uri.startswith("sqlite:///"):
             return (Path(self.tracking_uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
         return None
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """An S3 bucket (any S3-compatible server: AWS, SeaweedFS, MinIO) and the key prefix Scanflow writes under.
+
+    `endpoint_url` None means AWS itself; credentials None means boto3's own chain (environment, profile, role).
+    The secret stays out of `repr`.
+    """
+
+    bucket: str
+    endpoint_url: str | None = None
+    region_name: str = "us-east-1"
+    access_key_id: str | None = None
+    secret_access_key: str | None = field(default=None, repr=False)
+    prefix: str = "scanflow"
+
+    @classmethod
+    def from_env(cls) -> "StorageConfig | None":
+        """`SCANFLOW_S3_BUCKET` (None when unset), `SCANFLOW_S3_PREFIX`, the endpoint from `AWS_ENDPOINT_URL_S3`,
+        `AWS_ENDPOINT_URL` or `MLFLOW_S3_ENDPOINT_URL`, and the standard `AWS_*` credential variables."""
+        bucket = os.environ.get("SCANFLOW_S3_BUCKET", "").strip()
+        if not bucket:
+            return None
+        endpoint = next((os.environ[k] for k in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL") if os.environ.get(k)), None)
+        return cls(
+            bucket=bucket,
+            endpoint_url=endpoint,
+            region_name=os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1",
+            access_key_id=os.environ.get("AWS_ACCESS_KEY_ID"),
+            secret_access_key=os.environ.get("AWS_SECRET_ACCESS_KEY"),
+            prefix=os.environ.get("SCANFLOW_S3_PREFIX", "scanflow"),
+        )
+
+    def environment(self) -> dict[str, str]:
+        """The variables that point boto3, MLflow and child processes (workers, containers) at this bucket."""
+        env = {"SCANFLOW_S3_BUCKET": self.bucket, "SCANFLOW_S3_PREFIX": self.prefix, "AWS_DEFAULT_REGION": self.region_name}
+        if self.endpoint_url:
+            env.update(AWS_ENDPOINT_URL_S3=self.endpoint_url, MLFLOW_S3_ENDPOINT_URL=self.endpoint_url)
+        if self.access_key_id:
+            env["AWS_ACCESS_KEY_ID"] = self.access_key_id
+        if self.secret_access_key:
+            env["AWS_SECRET_ACCESS_KEY"] = self.secret_access_key
+        return env

@@ -6,6 +6,7 @@ Only the `prefect` command is run here (no Prefect import), so the library stays
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -42,21 +43,26 @@ class LocalPrefectServer:
         return f"http://127.0.0.1:{self.port}"
 
     def stop(self) -> None:
+        """SIGTERM to the server's process group (its services and workers too), SIGKILL if it lingers."""
         if self.process.poll() is None:
-            self.process.terminate()
+            os.killpg(self.process.pid, signal.SIGTERM)
             try:
                 self.process.wait(timeout=20)
             except subprocess.TimeoutExpired:
-                self.process.kill()
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
 
 
-def start_prefect_server(port: int | None = None, log_dir: str | Path | None = None) -> LocalPrefectServer:
-    """`prefect server start` on 127.0.0.1:`port` (a free one by default); returns once it answers /api/health."""
+def start_prefect_server(port: int | None = None, log_dir: str | Path | None = None, home: str | Path | None = None) -> LocalPrefectServer:
+    """`prefect server start` on 127.0.0.1:`port` (a free one by default); returns once it answers /api/health.
+    `home` gives it a PREFECT_HOME (and so a database) of its own; by default it uses the user's."""
     port = port or free_port()
     log_path = Path(log_dir or tempfile.mkdtemp(prefix="scanflow-prefect-")) / "prefect-server.log"
     api_url = f"http://127.0.0.1:{port}/api"
     env = {**os.environ, "PREFECT_UI_API_URL": api_url, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     env.pop("PREFECT_API_URL", None)
+    if home is not None:
+        env["PREFECT_HOME"] = str(home)
     prefect = Path(sys.executable).with_name("prefect")
     with open(log_path, "wb") as log:
         process = subprocess.Popen(

@@ -4,9 +4,62 @@ the decision form, one report row per batch, the summary table. The Prefect side
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from scanflow.detect import DEFAULT_LABEL_BUDGET
+from scanflow.drift.base import DEFAULT_ALPHA
+from scanflow.errors import ScanflowError
+from scanflow.improve.promotion import DEFAULT_PROMOTION_MARGIN
 from scanflow.stream import StreamBatch
+
+TIMEOUT_ACTIONS = ("filter", "ignore")
+
+
+class InvalidPolicyError(ScanflowError, ValueError):
+    """A supervision policy value outside its range."""
+
+
+@dataclass(frozen=True)
+class SupervisionSettings:
+    """How the supervise loop treats drift: what counts as drift, how much a person is asked, how long the loop
+    waits, and what earns a promotion. The `SupervisionPolicy` Prefect block stores one of these by name.
+
+    `alpha`: false-alarm rate of the batch test on clean batches (a fraction). `budget`: critical samples shown
+    (and labelled) per drifted batch. `pause_timeout_s`: seconds a decision form waits. `action_on_timeout`: what
+    runs when nobody answers (filter or ignore; retraining needs a person's labels). `promotion_margin`: clean
+    accuracy (a fraction) a challenger may lose and still be promoted.
+    """
+
+    alpha: float = DEFAULT_ALPHA
+    budget: int = DEFAULT_LABEL_BUDGET
+    pause_timeout_s: int = 3600
+    action_on_timeout: str = "ignore"
+    promotion_margin: float = DEFAULT_PROMOTION_MARGIN
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not 0 < self.alpha < 1:
+            problems.append(f"alpha must be a false-alarm rate in (0, 1), got {self.alpha}")
+        if self.budget < 1:
+            problems.append(f"budget must be at least 1 sample, got {self.budget}")
+        if self.pause_timeout_s < 1:
+            problems.append(f"pause_timeout_s must be at least 1 second, got {self.pause_timeout_s}")
+        if self.action_on_timeout not in TIMEOUT_ACTIONS:
+            problems.append(f"action_on_timeout must be one of {', '.join(TIMEOUT_ACTIONS)} (retraining needs a person's labels), got {self.action_on_timeout!r}")
+        if not 0 <= self.promotion_margin < 1:
+            problems.append(f"promotion_margin must be a fraction in [0, 1), got {self.promotion_margin}")
+        if problems:
+            raise InvalidPolicyError("invalid supervision policy: " + "; ".join(problems))
+
+    def overridden(self, **values: Any) -> "SupervisionSettings":
+        """These settings with every value that is not None replaced (a run's explicit parameters win over its
+        policy); unknown names are an error, not ignored."""
+        known = {f.name for f in fields(self)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise InvalidPolicyError(f"unknown supervision settings {unknown}; known: {sorted(known)}")
+        return replace(self, **{k: v for k, v in values.items() if v is not None})
 
 
 def form_description(detection: Mapping[str, Any]) -> str:

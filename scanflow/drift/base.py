@@ -106,6 +106,14 @@ class Detector(ABC):
         self._calibration: Features | None = None
         self._null: dict[int, np.ndarray] = {}
 
+    def at_alpha(self, alpha: float) -> "Detector":
+        """Use another false-alarm rate from now on (e.g. a supervision policy's): the null distributions are kept
+        per window size, so the new threshold is one quantile away and nothing is refitted."""
+        if not 0 < alpha < 1:
+            raise ValueError(f"alpha must be a false-alarm rate in (0, 1), got {alpha}")
+        self.alpha = alpha
+        return self
+
     # ----------------------------------------------------------------------------------------------- hooks
     @abstractmethod
     def _fit(self, reference: torch.Tensor) -> None:

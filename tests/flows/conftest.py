@@ -1,4 +1,5 @@
-"""One Prefect test harness (a temporary server, ~20-40 s to start here) for every flow test of the session."""
+"""One real Prefect server (`prefect server start` with its services: UI, events, automations; ~20-40 s to start
+here) for every flow test of the session, on a free 127.0.0.1 port with a database of its own."""
 
 from __future__ import annotations
 
@@ -10,12 +11,41 @@ import pytest
 
 
 @pytest.fixture(scope="session", autouse=True)
-def prefect_server():
-    from prefect.settings import PREFECT_API_URL
-    from prefect.testing.utilities import prefect_test_harness
+def prefect_server(tmp_path_factory):
+    """The session's server; yields its API URL, also exported as PREFECT_API_URL for the subprocesses tests start
+    (`scanflow` commands, served deployments, workers)."""
+    from prefect.context import _temporary_global_settings_context, get_settings_context
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    with prefect_test_harness(server_startup_timeout=180):
-        yield PREFECT_API_URL.value()
+    from scanflow.local import start_prefect_server
+
+    folder = tmp_path_factory.mktemp("prefect")
+    server = start_prefect_server(log_dir=folder, home=folder / "home")
+    saved = os.environ.get("PREFECT_API_URL")
+    os.environ["PREFECT_API_URL"] = server.api_url
+    try:
+        # As Prefect's test harness does: the settings also become the global context, so threads started by the
+        # code under test (the simulated human answering a pause) talk to this server too.
+        with temporary_settings(updates={PREFECT_API_URL: server.api_url}), _temporary_global_settings_context(get_settings_context()):
+            yield server.api_url
+    finally:
+        _drain_prefect_workers()
+        server.stop()
+        if saved is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = saved
+
+
+def _drain_prefect_workers() -> None:
+    """Flush the background log and event senders before their server goes away (as Prefect's test harness does)."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    with contextlib.suppress(Exception):
+        APILogWorker.drain_all(timeout=10)
+    with contextlib.suppress(Exception):
+        EventsWorker.drain_all(timeout=10)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,50 @@
+"""Settings of a flow run: from the Blocks named in its parameters (loaded inside the run, never at import), else
+from the environment. Deployments name blocks; scripts and tests usually rely on the environment."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from prefect.blocks.core import Block
+
+from scanflow.config import TrackingConfig
+from scanflow.errors import ScanflowError
+from scanflow.supervision import SupervisionSettings
+
+B = TypeVar("B", bound=Block)
+
+
+class BlockNotFoundError(ScanflowError, LookupError):
+    """A block document named in a flow's parameters that the Prefect server does not hold."""
+
+
+def load_block(block_type: type[B], name: str) -> B:
+    """`block_type.load(name)` with an error that says how to create the document."""
+    try:
+        return block_type.load(name)
+    except ValueError as error:
+        raise BlockNotFoundError(
+            f"no {block_type.get_block_type_name()} block named {name!r} on the Prefect server ({error}); create it in the "
+            f"UI (Blocks > +) or with `scanflow blocks register --save-defaults` (saves 'default' documents)"
+        ) from error
+
+
+def tracking_config(tracking: str | None) -> TrackingConfig:
+    """The `MLflowTracking` block named `tracking`, or the environment (`TrackingConfig.from_env`) when None."""
+    if tracking is None:
+        return TrackingConfig.from_env()
+    from blocks import MLflowTracking
+
+    return load_block(MLflowTracking, tracking).config()
+
+
+def supervision_settings(policy: str | None, **overrides: Any) -> SupervisionSettings:
+    """The `SupervisionPolicy` block named `policy` (or the built-in defaults), with every override that is not None
+    applied on top: a run's explicit parameters win over its policy."""
+    if policy is None:
+        base = SupervisionSettings()
+    else:
+        from blocks import SupervisionPolicy
+
+        base = load_block(SupervisionPolicy, policy).settings()
+    return base.overridden(**overrides)

@@ -1,0 +1,44 @@
+"""How the supervise flow runs its steps: as sub-flows in its own process (the default), or as deployments
+(`run_deployment`, linked as sub-flows in the UI) so each step can run on its own infrastructure: a process worker,
+a Docker container, a Kubernetes pod. The flow code is the same either way; only `step_deployments` changes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import Flow
+from prefect.deployments import run_deployment
+from prefect.exceptions import ObjectNotFound
+
+from scanflow.errors import ScanflowError
+
+STEP_POLL_INTERVAL_S = 1
+
+
+class StepFailedError(ScanflowError, RuntimeError):
+    """A step deployment that is missing or whose run did not complete."""
+
+
+class Steps:
+    """Runs step flows with the supervise run's `tracking` block passed on; `deployment` None means sub-flows here."""
+
+    def __init__(self, deployment: str | None = None, tracking: str | None = None) -> None:
+        self.deployment = deployment
+        self.tracking = tracking
+
+    def run(self, step: Flow, **parameters: Any) -> Any:
+        parameters["tracking"] = self.tracking
+        if self.deployment is None:
+            return step(**parameters)
+        name = f"{step.name}/{self.deployment}"
+        try:
+            run = run_deployment(name, parameters=parameters, timeout=None, poll_interval=STEP_POLL_INTERVAL_S)
+        except ObjectNotFound:
+            raise StepFailedError(
+                f"no deployment {name!r} on the Prefect server: deploy the steps (`prefect deploy --all` with "
+                f"infra/prefect.yaml, or `scanflow serve --name {self.deployment}`) or run without step_deployments"
+            ) from None
+        if not run.state or not run.state.is_completed():
+            state = run.state.name if run.state else "unknown"
+            raise StepFailedError(f"step {name} (flow run {run.id}) ended {state}: {run.state.message if run.state else ''}")
+        return run.state.result()
