@@ -6,6 +6,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.scanflow-installed
 DEB_PACKAGES ?= dataset-fashion-mnist
+# The browser test drives Debian's Chromium through Playwright (Playwright's own browser download is not needed).
+TEST_DEB_PACKAGES ?= chromium
 PYTEST_ARGS ?=
 
 # torch is pinned to the wheels this project is developed with (CUDA builds that run on the CPU, served from the
@@ -22,6 +24,7 @@ demo: venv system-deps
 	$(VENV)/bin/scanflow supervise
 
 test: venv system-deps
+	@bash infra/system-deps.sh $(TEST_DEB_PACKAGES)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 venv: $(STAMP)
