@@ -8,14 +8,14 @@ from typing import Any
 from prefect import serve
 from prefect.events import DeploymentEventTrigger
 
-from flows.detect import detect_flow
+from flows.detect import detect_flow, report_flow
 from flows.improve import improve_flow
 from flows.predict import predict_flow
 from flows.supervise import respond_flow, supervise_flow
 from flows.train import train_flow
 from scanflow.detect import DRIFT_EVENT
 
-STEP_FLOWS = (train_flow, predict_flow, detect_flow, improve_flow)
+STEP_FLOWS = (train_flow, predict_flow, detect_flow, report_flow, improve_flow)
 
 
 def drift_trigger() -> DeploymentEventTrigger:

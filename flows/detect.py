@@ -135,5 +135,20 @@ def detect_flow(
     }
 
 
+@flow(name="drift-report", log_prints=True, persist_result=True)
+def report_flow(batch_path: str, mlflow_run_id: str, alias: str = CHAMPION_ALIAS, tracking: str | None = None) -> str:
+    """Evidently's HTML report on a batch the detect flow has tested, attached to that detect run in MLflow as
+    `evidently_report.html`. It is slow (10-50 s: plotly), so the supervise loop runs it beside the pause, off the
+    path from a batch to its decision form. Returns the artifact's path inside the run."""
+    config = tracking_config(tracking)
+    detector, _ = load_champion_detector(config, alias)
+    images = load_batch(batch_path, detector)
+    input_filter = load_input_filter(config, alias)
+    if input_filter is not None:
+        images = input_filter.clean(images)
+    evidently_report(detector, images, mlflow_run_id)
+    return "evidently_report.html"
+
+
 if __name__ == "__main__":
     print({k: v for k, v in detect_flow(batch_path=sys.argv[1]).items() if k != "grid_png_b64"})

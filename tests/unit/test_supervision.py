@@ -32,7 +32,7 @@ def test_rows_and_summary_from_the_flow_results(tmp_path):
     truth = batch.true_labels().tolist()
     wrong = [(t + 1) % 10 for t in truth]
     detection = {"is_drift": True, "p_value": 0.00123, "batch_id": batch.batch_id, "model_version": "1", "statistic": 9.0,
-                 "threshold": 2.0, "n_critical": 7, "n": 10, "recommended_action": "filter", "grid_png_b64": "AAAA",
+                 "threshold": 2.0, "n_critical": 7, "n": 10, "recommended_action": "filter", "grid_png_b64": "AAAA", "mlflow_run_id": "r123",
                  "critical_rows": [{"position": 0, "batch_index": 4, "score": 3.14159, "predicted": "7"}]}
     row = batch_row(batch, {"model_version": "1", "labels": wrong}, detection)
     assert row["accuracy_before"] == 0.0 and row["drift"] == "yes" and row["p_value"] == 0.0012 and row["corrupted"] == "fog"
@@ -43,3 +43,4 @@ def test_rows_and_summary_from_the_flow_results(tmp_path):
     assert f"| {batch.batch_id} | fog | v1 | yes | 0.0012 | filter | oracle | 0 | 0.000 | 1.000 | yes |" in table
     text = form_description(detection)
     assert "data:image/png;base64,AAAA" in text and "| 0 | 4 | 3.14 | 7 |" in text and "Recommended: **filter**" in text
+    assert "Evidently's report on this batch is being attached to MLflow run `r123`" in text

@@ -1,0 +1,111 @@
+"""Latency from a drifted batch's arrival to the decision form a person sees in the Prefect UI.
+
+A local `prefect server` (its UI included), a digits champion in a temporary MLflow store, and a stream whose
+batches drift from the second on. The supervise loop runs its steps as sub-flows of one run; reports are off the
+path (the Evidently report is not produced inside the loop). For every drifted batch a person, played by headless
+Chromium through Playwright, waits on the paused run's page, presses Resume as soon as it appears and answers
+"ignore" (so the next batch is not delayed by an improvement). Three times are read from the server and the browser:
+
+  arrival    the start of the batch's predict sub-flow (the loop picks the batch up)
+  paused     the ask-human run entering Paused (the form exists on the server)
+  visible    the form's fields rendered in the browser after Resume (what a person sees)
+
+Run: `python -m benchmarks.form_latency [--dataset digits|fashion-mnist] [--batches 4] [--batch-size 80]` (about 2
+minutes on digits, 4 on Fashion-MNIST). Prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from tests.flows.ui import PauseForm, browser_page
+
+
+def _timestamp(value) -> float:
+    return value.timestamp() if hasattr(value, "timestamp") else datetime.datetime.fromisoformat(str(value)).timestamp()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batches", type=int, default=4, help="stream batches; all but the first drift")
+    parser.add_argument("--batch-size", type=int, default=80, help="images per batch (digits has 359 test images)")
+    parser.add_argument("--dataset", default="digits", help="digits (seconds to train) or fashion-mnist (the demo's data)")
+    parser.add_argument("--epochs", type=int, default=None, help="champion epochs (default: 15 for digits, 1 for fashion-mnist)")
+    args = parser.parse_args()
+    epochs = args.epochs or (15 if args.dataset == "digits" else 1)
+
+    work = Path(tempfile.mkdtemp(prefix="scanflow-latency-"))
+    os.environ.update(MLFLOW_TRACKING_URI=f"sqlite:///{work / 'mlflow.db'}", SCANFLOW_MODEL_NAME="latency-classifier", SCANFLOW_EXPERIMENT="latency")
+    from scanflow.local import start_prefect_server
+
+    server = start_prefect_server(log_dir=work, home=work / "prefect")
+    os.environ["PREFECT_API_URL"] = server.api_url
+    try:
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterName, FlowRunFilterParentFlowRunId
+        from prefect.context import _temporary_global_settings_context, get_settings_context
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        with temporary_settings(updates={PREFECT_API_URL: server.api_url}), _temporary_global_settings_context(get_settings_context()):
+            from flows.supervise import paused_child, supervise_flow
+            from flows.train import train_flow
+            from scanflow.stream import make_stream
+
+            train_flow(dataset=args.dataset, epochs=epochs, autoencoder_epochs=epochs, **({"latent_dim": 8} if args.dataset == "digits" else {}))
+            make_stream(work / "stream", args.dataset, n_batches=args.batches, batch_size=args.batch_size, drift_at=1, corruption="impulse_noise", severity=5)
+            run_name = f"latency-{uuid.uuid4().hex[:8]}"
+            loop = threading.Thread(target=lambda: supervise_flow.with_options(flow_run_name=run_name)(
+                stream_dir=str(work / "stream"), human="person", pause_timeout_s=600), daemon=True)
+            loop.start()
+            with get_client(sync_client=True) as client:
+                while not (runs := client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[run_name])))):
+                    time.sleep(0.2)
+                parent = runs[0].id
+            rows, answered = [], set()
+            with browser_page() as page:
+                while loop.is_alive() or len(answered) < args.batches - 1:
+                    try:
+                        child = paused_child(parent, timeout_s=5)
+                    except TimeoutError:
+                        if not loop.is_alive():
+                            break
+                        continue
+                    if child in answered:
+                        time.sleep(0.2)
+                        continue
+                    form = PauseForm.open(page, server.ui_url, str(child))
+                    visible = time.time()
+                    with get_client(sync_client=True) as client:
+                        paused_run = client.read_flow_run(child)
+                        batch_id = paused_run.parameters["batch_id"]
+                        predict = client.read_flow_runs(
+                            flow_filter=FlowFilter(name=FlowFilterName(any_=["predict"])),
+                            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent])),
+                        )
+                    arrival = min(_timestamp(r.start_time) for r in predict if r.parameters.get("batch_id") == batch_id)
+                    paused_at = _timestamp(paused_run.state.timestamp)
+                    rows.append((batch_id, paused_at - arrival, visible - paused_at, visible - arrival))
+                    form.choose_action("ignore")
+                    form.submit()
+                    answered.add(child)
+            loop.join(timeout=300)
+    finally:
+        server.stop()
+
+    print(f"\nForm latency, {datetime.date.today()}, {platform.machine()} with {os.cpu_count()} cores, {args.dataset} champion ({epochs} epochs), "
+          f"{args.batches} batches of {args.batch_size} (impulse_noise severity 5 from batch 1), steps as sub-flows, reports off the path\n")
+    print("| batch | arrival -> paused (s) | paused -> form visible (s) | arrival -> form visible (s) |\n|---|---|---|---|")
+    for batch_id, to_pause, to_visible, total in rows:
+        print(f"| {batch_id} | {to_pause:.1f} | {to_visible:.1f} | {total:.1f} |")
+
+
+if __name__ == "__main__":
+    main()

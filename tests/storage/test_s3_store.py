@@ -1,0 +1,79 @@
+"""S3Store against a real S3 server (SeaweedFS): round trips, errors that name the fix, and a restart that loses
+nothing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from scanflow.config import StorageConfig
+from scanflow.local import free_port, start_seaweedfs
+from scanflow.storage import ObjectNotFoundError, S3Store, StorageUnavailableError
+from tests.storage.conftest import ACCESS_KEY, SECRET_KEY
+
+
+def _store(endpoint: str, bucket: str = "scanflow-test", secret: str = SECRET_KEY) -> S3Store:
+    return S3Store(StorageConfig(bucket=bucket, endpoint_url=endpoint, access_key_id=ACCESS_KEY, secret_access_key=secret, prefix="runs"))
+
+
+def test_batches_json_and_files_round_trip_under_the_prefix(s3_server, tmp_path):
+    store = _store(s3_server.endpoint_url)
+    store.ensure_bucket()
+    store.ensure_bucket()
+    images = np.random.default_rng(0).integers(0, 256, size=(50, 1, 28, 28), dtype=np.uint8)
+    uri = store.put_array(store.key("batches", "b0.npy"), images)
+    assert uri == "s3://scanflow-test/runs/batches/b0.npy"
+    loaded = store.get_array("runs/batches/b0.npy")
+    assert loaded.dtype == np.uint8 and np.array_equal(loaded, images)
+    store.put_json(store.key("predictions", "b0.json"), {"labels": [1, 2, 3], "model_version": "4"})
+    assert store.get_json("runs/predictions/b0.json")["model_version"] == "4"
+    (tmp_path / "report.html").write_text("<html>report</html>")
+    store.put_file(store.key("reports", "b0.html"), tmp_path / "report.html")
+    assert store.get_file("runs/reports/b0.html", tmp_path / "out" / "r.html").read_text() == "<html>report</html>"
+    assert not list((tmp_path / "out").glob("*.partial"))
+    assert sorted(store.keys("runs/")) == ["runs/batches/b0.npy", "runs/predictions/b0.json", "runs/reports/b0.html"]
+    assert store.exists("runs/batches/b0.npy") and not store.exists("runs/batches/nope.npy")
+
+
+def test_a_missing_key_is_named(s3_server):
+    store = _store(s3_server.endpoint_url)
+    store.ensure_bucket()
+    with pytest.raises(ObjectNotFoundError, match=r"s3://scanflow-test/runs/nope.npy does not exist in bucket 'scanflow-test'"):
+        store.get_array("runs/nope.npy")
+
+
+def test_wrong_credentials_are_named_with_the_fix(s3_server):
+    with pytest.raises(StorageUnavailableError, match=r"refused the credentials \((InvalidAccessKeyId|SignatureDoesNotMatch|AccessDenied)\): check the access key id and secret"):
+        _store(s3_server.endpoint_url, secret="wrong").put_json("runs/x.json", {})
+
+
+def test_a_missing_bucket_is_named_with_the_fix(s3_server):
+    with pytest.raises(StorageUnavailableError, match=r"bucket 'never-created' at http://127.0.0.1:\d+ does not exist: create it"):
+        _store(s3_server.endpoint_url, bucket="never-created").get_json("runs/x.json")
+
+
+def test_an_unreachable_endpoint_is_named_with_the_fix():
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(StorageUnavailableError, match=rf"cannot reach the S3 endpoint of bucket 'scanflow-test' at {endpoint} .*start it"):
+        _store(endpoint).get_json("runs/x.json")
+
+
+def test_nothing_is_lost_when_the_server_restarts_between_two_batches(tmp_path):
+    server = start_seaweedfs(tmp_path / "data", ACCESS_KEY, SECRET_KEY)
+    try:
+        store = _store(server.endpoint_url, bucket="restart")
+        store.ensure_bucket()
+        first = np.arange(28 * 28 * 3, dtype=np.uint8).reshape(3, 1, 28, 28)
+        store.put_array("runs/batches/b0.npy", first)
+    finally:
+        server.stop()
+    with pytest.raises(StorageUnavailableError, match="cannot reach the S3 endpoint"):
+        store.get_array("runs/batches/b0.npy")
+    server = start_seaweedfs(tmp_path / "data", ACCESS_KEY, SECRET_KEY, ports=server.ports)
+    try:
+        store = _store(server.endpoint_url, bucket="restart")
+        assert np.array_equal(store.get_array("runs/batches/b0.npy"), first)
+        store.put_array("runs/batches/b1.npy", first + 1)
+        assert sorted(store.keys("runs/batches/")) == ["runs/batches/b0.npy", "runs/batches/b1.npy"]
+    finally:
+        server.stop()
