@@ -35,9 +35,11 @@ def _save(tmp_path, name, images):
 
 
 def _drift_events(batch_id):
+    """This module's drift events for `batch_id` (the session's server holds every test's events)."""
+    model = os.environ["SCANFLOW_MODEL_NAME"]
     with get_client(sync_client=True) as client:
         page = client.read_events(EventFilter(event=EventNameFilter(name=["scanflow.drift.detected"])), limit=50)
-    return [e for e in page.events if e.payload.get("batch_id") == batch_id]
+    return [e for e in page.events if e.payload.get("batch_id") == batch_id and e.resource.id == f"scanflow.model.{model}"]
 
 
 def test_corrupted_batch_is_drift_logged_published_and_announced(env, digits, tmp_path):

@@ -52,12 +52,13 @@ def _improve_runs(config: TrackingConfig) -> list:
     return client.search_runs([experiment.experiment_id], "tags.`scanflow.kind` = 'improve'")
 
 
-def _events(name: str, version: str) -> list:
+def _events(name: str, version: str, model_name: str) -> list:
+    """Events `name` about `version` of `model_name` (the session's server holds every test's events)."""
     deadline = time.time() + 30
     while True:
         with get_client(sync_client=True) as client:
             page = client.read_events(EventFilter(event=EventNameFilter(name=[name])), limit=50)
-        found = [e for e in page.events if e.payload.get("version") == version]
+        found = [e for e in page.events if e.payload.get("version") == version and e.resource.id == f"scanflow.model.{model_name}"]
         if found or time.time() > deadline:
             return found
         time.sleep(1)
@@ -88,7 +89,7 @@ def test_retrain_decision_is_audited_registered_and_judged(env, rotated_batch):
     with open(decision) as handle:
         assert json.load(handle)["labels"] == [int(true_labels[i]) for i in shown]
     event_name = "scanflow.model.promoted" if summary["promoted"] else "scanflow.model.rejected"
-    [event] = _events(event_name, summary["challenger_version"])
+    [event] = _events(event_name, summary["challenger_version"], config.classifier_name)
     assert event.resource.id == "scanflow.model.improve-flow-classifier"
     assert event.payload["previous_champion"] == summary["previous_champion"]
 
