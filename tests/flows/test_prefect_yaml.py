@@ -63,3 +63,17 @@ def test_prefect_yaml_deploys_every_step_and_a_process_worker_runs_one(env, pref
                 break
             time.sleep(1)
     assert triggered and triggered[0].parameters["batch_path"] == str(drifted), "the drift event started no respond-to-drift run"
+
+
+def test_the_kubernetes_base_job_template_creates_a_work_pool(prefect_server):
+    run_env = {**os.environ, "PREFECT_API_URL": prefect_server}
+    _prefect("work-pool", "create", "scanflow-k8s", "--type", "kubernetes", "--overwrite",
+             "--base-job-template", "infra/kubernetes/base-job-template.json", env=run_env)
+    with get_client(sync_client=True) as client:
+        pool = client.read_work_pool("scanflow-k8s")
+    assert pool.type == "kubernetes"
+    variables = pool.base_job_template["variables"]["properties"]
+    assert variables["image"]["default"] == "scanflow-step:latest" and variables["s3_secret_name"]["default"] == "scanflow-s3"
+    container = pool.base_job_template["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]["containers"][0]
+    assert {"secretRef": {"name": "{{ s3_secret_name }}"}} in container["envFrom"]
+    assert container["securityContext"]["runAsUser"] == 1000
