@@ -159,6 +159,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve_parser.add_argument("--limit", type=int, help="at most this many runs at once")
     serve_parser.set_defaults(handler=_serve)
 
+    stack = commands.add_parser(
+        "stack", help="the local stack: SeaweedFS (S3), MLflow server (artifacts in S3), Prefect server, as local processes",
+        description="up: start the three servers from DIR (data kept across restarts), health-checked, and print the "
+        "variables that point at them (eval \"$(scanflow stack env)\" in a shell); down: stop them; status: which run.",
+    )
+    stack.add_argument("action", choices=("up", "down", "status", "env"))
+    stack.add_argument("--dir", default=".scanflow/stack", help="where the stack keeps its data, logs and PIDs (default: .scanflow/stack)")
+    stack.add_argument("--prefect-port", type=int, help="default 4200 (first start; later starts reuse the ports)")
+    stack.add_argument("--mlflow-port", type=int, help="default 5000")
+    stack.add_argument("--s3-port", type=int, help="default 8333")
+    stack.set_defaults(handler=_stack)
+
     rollback = commands.add_parser(
         "rollback", help="point the champion alias back at the version the current champion replaced (or --to VERSION)"
     )
@@ -340,6 +352,26 @@ def _serve(args: argparse.Namespace) -> int:
     from flows.deployments import serve_all
 
     serve_all(args.name, human=args.human, tracking=args.tracking, policy=args.policy, limit=args.limit)
+    return 0
+
+
+def _stack(args: argparse.Namespace) -> int:
+    from scanflow import stack
+
+    if args.action == "up":
+        requested = {k: v for k, v in (("prefect", args.prefect_port), ("mlflow", args.mlflow_port), ("s3", args.s3_port)) if v}
+        info = stack.up(args.dir, requested or None)
+        print(f"Prefect UI: {info.prefect_ui_url}\nMLflow UI:  {info.mlflow_tracking_uri}\nS3:         {info.s3_endpoint_url} "
+              f"(bucket {info.bucket}; keys in {args.dir}/credentials.json)\nLogs:       {info.directory}/*.log\n")
+        print(info.exports())
+    elif args.action == "down":
+        stopped = stack.down(args.dir)
+        print(f"stopped: {', '.join(stopped)}" if stopped else f"no stack running from {args.dir}")
+    elif args.action == "status":
+        states = stack.status(args.dir)
+        print("\n".join(f"{name}: {'running' if alive else 'stopped'}" for name, alive in states.items()) or f"no stack started from {args.dir}")
+    else:
+        print(stack.info(args.dir).exports())
     return 0
 
 

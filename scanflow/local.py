@@ -44,14 +44,7 @@ class LocalPrefectServer:
         return f"http://127.0.0.1:{self.port}"
 
     def stop(self) -> None:
-        """SIGTERM to the server's process group (its services and workers too), SIGKILL if it lingers."""
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=10)
+        stop_process_group(self.process)
 
 
 def start_prefect_server(port: int | None = None, log_dir: str | Path | None = None, home: str | Path | None = None) -> LocalPrefectServer:
@@ -71,18 +64,36 @@ def start_prefect_server(port: int | None = None, log_dir: str | Path | None = N
             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
         )
     server = LocalPrefectServer(process, port, log_path)
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    wait_until_healthy("the Prefect server", f"{api_url}/health", process, log_path, server.stop)
+    return server
+
+
+def wait_until_healthy(what: str, url: str, process: subprocess.Popen, log_path: Path, stop, timeout_s: float = STARTUP_TIMEOUT_S) -> None:
+    """Poll `url` until it answers 200; a process that exits, or no answer within `timeout_s`, is an error naming
+    the log (after `stop()` is called)."""
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise ScanflowError(f"the Prefect server exited at start (code {process.returncode}); see {log_path}")
+            raise ScanflowError(f"{what} exited at start (code {process.returncode}); see {log_path}")
         try:
-            with urllib.request.urlopen(f"{api_url}/health", timeout=2) as response:
+            with urllib.request.urlopen(url, timeout=2) as response:
                 if response.status == 200:
-                    return server
+                    return
         except OSError:
             time.sleep(1)
-    server.stop()
-    raise ScanflowError(f"the Prefect server did not answer within {STARTUP_TIMEOUT_S} s; see {log_path}")
+    stop()
+    raise ScanflowError(f"{what} did not answer on {url} within {timeout_s:.0f} s; see {log_path}")
+
+
+def stop_process_group(process: subprocess.Popen) -> None:
+    """SIGTERM to the process group of `process` (a server and the workers it forked), SIGKILL if it lingers."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
 
 
 @dataclass
@@ -101,14 +112,7 @@ class LocalS3Server:
         return f"http://127.0.0.1:{self.ports['s3']}"
 
     def stop(self) -> None:
-        """SIGTERM to its process group, SIGKILL if it lingers."""
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=10)
+        stop_process_group(self.process)
 
 
 SEAWEEDFS_PORTS = ("s3", "master", "filer", "volume", "admin", "webdav")
@@ -152,3 +156,40 @@ def start_seaweedfs(
             time.sleep(0.5)
     server.stop()
     raise ScanflowError(f"SeaweedFS's S3 API did not answer on {server.endpoint_url} within 60 s; see {log_path}")
+
+
+@dataclass
+class LocalMlflowServer:
+    """`mlflow server` on SQLite, proxying artifacts to an S3 bucket (clients need no S3 credentials)."""
+
+    process: subprocess.Popen
+    port: int
+    log_path: Path
+
+    @property
+    def tracking_uri(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        stop_process_group(self.process)
+
+
+def start_mlflow_server(
+    database: str | Path, artifacts_destination: str, s3_environment: dict[str, str], port: int | None = None, log_dir: str | Path | None = None
+) -> LocalMlflowServer:
+    """`mlflow server` with its runs and registry in the SQLite file `database` and artifacts under
+    `artifacts_destination` (e.g. s3://scanflow/mlflow, reached with `s3_environment`: MLFLOW_S3_ENDPOINT_URL and
+    the AWS keys), served through the tracking server; returns once /health answers."""
+    port = port or free_port()
+    log_path = Path(log_dir or Path(database).parent) / "mlflow-server.log"
+    mlflow = Path(sys.executable).with_name("mlflow")
+    env = {**os.environ, **s3_environment, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    command = [str(mlflow), "server", "--backend-store-uri", f"sqlite:///{Path(database).resolve()}",
+               "--artifacts-destination", artifacts_destination, "--serve-artifacts",
+               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    server = LocalMlflowServer(process, port, log_path)
+    wait_until_healthy("the MLflow server", f"{server.tracking_uri}/health", process, log_path, server.stop)
+    return server
