@@ -20,13 +20,14 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
-from flows.settings import tracking_config
+from flows.settings import local_batch, storage_store, tracking_config
 from scanflow import tracking as scanflow_tracking
 from scanflow.config import CHAMPION_ALIAS, TrackingConfig
 from scanflow.data import load_batch_file
 from scanflow.detect import DEFAULT_LABEL_BUDGET, DRIFT_EVENT, Detection, critical_samples_png, detect_batch, save_evidently_report, summary_markdown
 from scanflow.drift.autoencoder import AutoencoderDetector
 from scanflow.human import policy_action
+from scanflow.storage import S3Store
 
 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
@@ -54,6 +55,13 @@ def detect(detector: AutoencoderDetector, images: torch.Tensor, batch_id: str, m
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
 def log_detection(config: TrackingConfig, detection: Detection, grid_png: bytes) -> str:
     return scanflow_tracking.log_detection(config, detection.summary(), grid_png)
+
+
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def store_detection(store: S3Store, detection: Detection, batch_path: str, mlflow_run_id: str) -> str:
+    """The verdict and the critical samples as `detections/<batch_id>.json` in the bucket."""
+    record = {**detection.summary(), "batch": batch_path, "mlflow_run_id": mlflow_run_id, "critical_rows": detection.critical_rows()}
+    return store.put_json(store.key("detections", f"{detection.batch_id}.json"), record)
 
 
 @task(cache_policy=NO_CACHE)
@@ -97,6 +105,7 @@ def detect_flow(
     responder: Literal["automation", "supervise", "none"] = "automation",
     alpha: float | None = None,
     tracking: str | None = None,
+    storage: str | None = None,
 ) -> dict:
     """Test one production batch (a .npy of uint8 images) against the champion's detector (on the cleaned batch
     when the champion is a filter-wrapped classifier: the drift it was built for is then acknowledged).
@@ -104,14 +113,16 @@ def detect_flow(
     Logs the verdict to MLflow, publishes a summary and the critical samples as Prefect artifacts, emits
     `scanflow.drift.detected` when drifted (`responder`: who acts on it, see `announce_drift`; 'none': no event), then (off the hot path) attaches Evidently's HTML report. `alpha`
     overrides the detector's false-alarm rate (default: the one it was fitted with); `tracking` names an
-    MLflowTracking block (default: the environment).
+    MLflowTracking block, `storage` a ScanflowStorage block (default: the environment); with storage the verdict is
+    also written to the bucket as `detections/<batch_id>.json` and `batch_path` may be s3://bucket/key.
     """
     config = tracking_config(tracking)
+    store = storage_store(storage)
     batch_id = batch_id or Path(batch_path).stem
     detector, model_version = load_champion_detector(config, alias)
     if alpha is not None:
         detector.at_alpha(alpha)
-    images = load_batch(batch_path, detector)
+    images = load_batch(local_batch(batch_path, store), detector)
     input_filter = load_input_filter(config, alias)
     if input_filter is not None:
         print(f"v{model_version} filters its inputs: testing what its classifier sees (the cleaned batch)")
@@ -120,6 +131,8 @@ def detect_flow(
     grid_png = critical_samples_png(images, detection)
     run_id = log_detection(config, detection, grid_png)
     publish(detection, grid_png, run_id)
+    if store is not None:
+        store_detection(store, detection, batch_path, run_id)
     if detection.result.is_drift and responder != "none":
         announce_drift(detection, config.classifier_name, str(Path(batch_path).resolve()), responder)
     if report:
@@ -136,13 +149,13 @@ def detect_flow(
 
 
 @flow(name="drift-report", log_prints=True, persist_result=True)
-def report_flow(batch_path: str, mlflow_run_id: str, alias: str = CHAMPION_ALIAS, tracking: str | None = None) -> str:
+def report_flow(batch_path: str, mlflow_run_id: str, alias: str = CHAMPION_ALIAS, tracking: str | None = None, storage: str | None = None) -> str:
     """Evidently's HTML report on a batch the detect flow has tested, attached to that detect run in MLflow as
     `evidently_report.html`. It is slow (10-50 s: plotly), so the supervise loop runs it beside the pause, off the
     path from a batch to its decision form. Returns the artifact's path inside the run."""
     config = tracking_config(tracking)
     detector, _ = load_champion_detector(config, alias)
-    images = load_batch(batch_path, detector)
+    images = load_batch(local_batch(batch_path, storage_store(storage)), detector)
     input_filter = load_input_filter(config, alias)
     if input_filter is not None:
         images = input_filter.clean(images)

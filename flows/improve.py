@@ -21,7 +21,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 from prefect.runtime import flow_run
 
-from flows.settings import tracking_config
+from flows.settings import local_batch, storage_store, tracking_config
 from scanflow import tracking as scanflow_tracking
 from scanflow.config import TrackingConfig
 from scanflow.data import LabeledImages, hold_out_calibration, load_batch_file, load_train_test
@@ -114,18 +114,20 @@ def improve_flow(
     data_dir: str | None = None,
     seed: int = 0,
     tracking: str | None = None,
+    storage: str | None = None,
 ) -> dict:
     """Carry out a person's decision on a drifted batch (a .npy of uint8 images).
 
     `shown_indices`: the batch rows the person was shown, in order; `labels`: their classes in that order
     (needed to retrain; optional for a filter, where they only judge it). The challenger is registered with the
     `challenger` alias and promoted to `champion` only if it beats it on the shifted holdout without losing more
-    than `promotion_margin` clean accuracy. `tracking` names an MLflowTracking block (default: the environment).
+    than `promotion_margin` clean accuracy. `tracking` names an MLflowTracking block, `storage` a ScanflowStorage
+    block (default: the environment; needed when `batch_path` is s3://bucket/key).
     """
     config = tracking_config(tracking)
     batch_id = batch_id or Path(batch_path).stem
     models, detector = load_champion(config)
-    images = load_batch_file(batch_path, detector.info)
+    images = load_batch_file(local_batch(batch_path, storage_store(storage)), detector.info)
     decision = Decision.checked(action, labels, len(shown_indices), detector.info.n_classes, note, decided_by)
     run_tags = {
         "scanflow.kind": "improve", "scanflow.batch_id": batch_id, "scanflow.action": decision.action,

@@ -19,10 +19,11 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from flows.settings import tracking_config
+from flows.settings import local_batch, storage_store, tracking_config
 from scanflow import tracking as scanflow_tracking
 from scanflow.config import CHAMPION_ALIAS, TrackingConfig
 from scanflow.data import load_batch_file
+from scanflow.storage import S3Store
 
 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
@@ -40,17 +41,29 @@ def log_predictions(config: TrackingConfig, batch_id: str, model_version: str, l
     return scanflow_tracking.log_predictions(config, batch_id, model_version, labels, classes, {"prefect.flow_run_id": str(flow_run.id or "")})
 
 
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def store_predictions(store: S3Store, batch_id: str, record: dict) -> str:
+    return store.put_json(store.key("predictions", f"{batch_id}.json"), record)
+
+
 @flow(name="predict", log_prints=True, persist_result=True)
-def predict_flow(batch_path: str, batch_id: str | None = None, alias: str = CHAMPION_ALIAS, tracking: str | None = None) -> dict:
-    """Label one production batch (a .npy of uint8 images) with the registered classifier at `alias`; the labels
-    (int64, -1 = rejected by a filter) are logged to MLflow with the batch id and the model version. `tracking` names
-    an MLflowTracking block (default: the environment)."""
+def predict_flow(
+    batch_path: str, batch_id: str | None = None, alias: str = CHAMPION_ALIAS, tracking: str | None = None, storage: str | None = None
+) -> dict:
+    """Label one production batch (a .npy of uint8 images, a local path or s3://bucket/key) with the registered
+    classifier at `alias`; the labels (int64, -1 = rejected by a filter) are logged to MLflow with the batch id and
+    the model version, and written to the bucket as `predictions/<batch_id>.json` when storage is configured.
+    `tracking` names an MLflowTracking block, `storage` a ScanflowStorage block (default: the environment)."""
     config = tracking_config(tracking)
+    store = storage_store(storage)
     batch_id = batch_id or Path(batch_path).stem
     served = load_served_model(config, alias)
-    images = load_batch_file(batch_path, served.info).numpy()
+    images = load_batch_file(local_batch(batch_path, store), served.info).numpy()
     labels = predict(served.model, images)
     run_id = log_predictions(config, batch_id, served.version, labels, served.info.classes)
+    if store is not None:
+        store_predictions(store, batch_id, {"batch_id": batch_id, "batch": batch_path, "model": config.classifier_name,
+                                            "model_version": served.version, "mlflow_run_id": run_id, "labels": labels.tolist()})
     counts = np.bincount(labels[labels >= 0], minlength=served.info.n_classes)
     rows = [{"class": name, "predicted": int(count)} for name, count in zip(served.info.classes, counts)]
     rows.append({"class": "rejected (-1)", "predicted": int(np.sum(labels < 0))})

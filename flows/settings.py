@@ -7,8 +7,10 @@ from typing import Any, TypeVar
 
 from prefect.blocks.core import Block
 
-from scanflow.config import TrackingConfig
+from scanflow.config import StorageConfig, TrackingConfig
+from scanflow.data import default_cache_dir
 from scanflow.errors import ScanflowError
+from scanflow.storage import S3Store, is_s3_uri
 from scanflow.supervision import SupervisionSettings
 
 B = TypeVar("B", bound=Block)
@@ -48,3 +50,27 @@ def supervision_settings(policy: str | None, **overrides: Any) -> SupervisionSet
 
         base = load_block(SupervisionPolicy, policy).settings()
     return base.overridden(**overrides)
+
+
+def storage_store(storage: str | None) -> S3Store | None:
+    """The bucket of the `ScanflowStorage` block named `storage`, else of the environment (SCANFLOW_S3_BUCKET and
+    the AWS_* variables), else None: flows then keep everything local and in MLflow."""
+    if storage is not None:
+        from blocks import ScanflowStorage
+
+        return load_block(ScanflowStorage, storage).store()
+    config = StorageConfig.from_env()
+    return S3Store(config) if config else None
+
+
+def local_batch(batch_path: str, store: S3Store | None) -> str:
+    """A local path for `batch_path`: itself, or for `s3://bucket/key` a copy downloaded into the cache (a step in
+    its own container fetches its own)."""
+    if not is_s3_uri(batch_path):
+        return batch_path
+    if store is None:
+        raise ScanflowError(
+            f"{batch_path} is in S3 but no storage is configured: pass storage=<ScanflowStorage block name> or set "
+            "SCANFLOW_S3_BUCKET and the AWS_* variables (`scanflow stack env` prints them for the local stack)"
+        )
+    return str(store.fetch(batch_path, default_cache_dir().parent / "s3"))

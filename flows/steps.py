@@ -4,6 +4,7 @@ a Docker container, a Kubernetes pod. The flow code is the same either way; only
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from prefect import Flow
@@ -20,14 +21,16 @@ class StepFailedError(ScanflowError, RuntimeError):
 
 
 class Steps:
-    """Runs step flows with the supervise run's `tracking` block passed on; `deployment` None means sub-flows here."""
+    """Runs step flows with the supervise run's `tracking` and `storage` blocks passed on (to the steps that take
+    them); `deployment` None means sub-flows here."""
 
-    def __init__(self, deployment: str | None = None, tracking: str | None = None) -> None:
+    def __init__(self, deployment: str | None = None, tracking: str | None = None, storage: str | None = None) -> None:
         self.deployment = deployment
-        self.tracking = tracking
+        self.blocks = {"tracking": tracking, "storage": storage}
 
     def run(self, step: Flow, **parameters: Any) -> Any:
-        parameters["tracking"] = self.tracking
+        accepted = inspect.signature(step.fn).parameters
+        parameters.update({name: block for name, block in self.blocks.items() if name in accepted})
         if self.deployment is None:
             return step(**parameters)
         name = f"{step.name}/{self.deployment}"

@@ -180,6 +180,7 @@ def respond_flow(
     human: Literal["person", "oracle", "policy"] = "person",
     policy: str | None = None,
     tracking: str | None = None,
+    storage: str | None = None,
     step_deployments: str | None = None,
     seed: int = 0,
 ) -> dict:
@@ -187,7 +188,7 @@ def respond_flow(
     the event's batch): re-test the batch against the current champion, and if it still drifts, pause for a decision
     and improve. `human="oracle"` needs the true labels beside the batch (`labels/<batch_id>.npy`, as a stream has)."""
     settings = supervision_settings(policy)
-    steps = Steps(step_deployments, tracking)
+    steps = Steps(step_deployments, tracking, storage)
     batch = StreamBatch(batch_id=batch_id or Path(batch_path).stem, path=str(Path(batch_path).resolve()), corruption=None, severity=None)
     detection = steps.run(detect_flow, batch_path=batch.path, batch_id=batch.batch_id, budget=settings.budget,
                           alpha=settings.alpha, report=False, responder="none")
@@ -209,6 +210,7 @@ def supervise_flow(
     human: Literal["person", "oracle", "policy"] = "oracle",
     policy: str | None = None,
     tracking: str | None = None,
+    storage: str | None = None,
     budget: int | None = None,
     alpha: float | None = None,
     pause_timeout_s: int | None = None,
@@ -226,13 +228,14 @@ def supervise_flow(
     `policy` names a SupervisionPolicy block (default: the built-in policy); `budget`, `alpha`, `pause_timeout_s`,
     `action_on_timeout` and `promotion_margin` override it one by one. Nobody answering within the timeout runs the
     timeout action (filter or ignore: retraining needs a person's labels). `tracking` names an MLflowTracking block
+    (default: the environment); `storage` a ScanflowStorage block whose bucket receives predictions and verdicts
     (default: the environment). `step_deployments` names the deployments the steps run as (`predict/<name>`,
     `detect/<name>`, ...: e.g. 'process' or 'docker' from infra/prefect.yaml); None runs them as sub-flows here.
     """
     settings = supervision_settings(policy, budget=budget, alpha=alpha, pause_timeout_s=pause_timeout_s,
                                     action_on_timeout=action_on_timeout, promotion_margin=promotion_margin)
     print(f"supervision policy: {settings}")
-    steps = Steps(step_deployments, tracking)
+    steps = Steps(step_deployments, tracking, storage)
     config = tracking_config(tracking)
     if not scanflow_tracking.has_champion(config):
         print(f"no champion of {config.classifier_name} yet: training one on {dataset}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,21 @@ class StorageUnavailableError(ScanflowError, ConnectionError):
 
 class ObjectNotFoundError(ScanflowError, FileNotFoundError):
     """A key that is not in the bucket."""
+
+
+S3_SCHEME = "s3://"
+
+
+def is_s3_uri(location: str) -> bool:
+    return str(location).startswith(S3_SCHEME)
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    """`s3://bucket/key` as (bucket, key); anything else is an error naming the expected form."""
+    bucket, _, key = str(uri).removeprefix(S3_SCHEME).partition("/")
+    if not is_s3_uri(uri) or not bucket or not key:
+        raise ScanflowError(f"{uri!r} is not an S3 object URI: expected s3://BUCKET/KEY")
+    return bucket, key
 
 
 _CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidToken", "ExpiredToken"}
@@ -54,6 +70,16 @@ class S3Store:
                               retries={"max_attempts": 4, "mode": "standard"}),
             )
         return self._client
+
+    def in_bucket(self, bucket: str) -> "S3Store":
+        """The same endpoint, credentials and client on another bucket."""
+        return self if bucket == self.config.bucket else S3Store(replace(self.config, bucket=bucket), client=self._client)
+
+    def fetch(self, uri: str, cache_dir: str | Path) -> Path:
+        """Download `s3://bucket/key` to `cache_dir/bucket/key` (kept: later steps on this machine reuse it)."""
+        bucket, key = parse_s3_uri(uri)
+        target = Path(cache_dir) / bucket / key
+        return target if target.is_file() else self.in_bucket(bucket).get_file(key, target)
 
     @property
     def where(self) -> str:

@@ -60,3 +60,16 @@ def tracking_config(mlflow_store, monkeypatch, request):
     monkeypatch.setenv("SCANFLOW_MODEL_NAME", f"{stem}-classifier")
     monkeypatch.setenv("SCANFLOW_EXPERIMENT", stem)
     return TrackingConfig.from_env()
+
+
+S3_ACCESS_KEY, S3_SECRET_KEY = "scanflow-test", "scanflow-test-secret"
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """One SeaweedFS S3 server (authentication on, 127.0.0.1 only) for the session."""
+    from scanflow.local import start_seaweedfs
+
+    server = start_seaweedfs(tmp_path_factory.mktemp("seaweedfs"), S3_ACCESS_KEY, S3_SECRET_KEY)
+    yield server
+    server.stop()

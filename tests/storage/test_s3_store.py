@@ -9,7 +9,7 @@ import pytest
 from scanflow.config import StorageConfig
 from scanflow.local import free_port, start_seaweedfs
 from scanflow.storage import ObjectNotFoundError, S3Store, StorageUnavailableError
-from tests.storage.conftest import ACCESS_KEY, SECRET_KEY
+from tests.conftest import S3_ACCESS_KEY as ACCESS_KEY, S3_SECRET_KEY as SECRET_KEY
 
 
 def _store(endpoint: str, bucket: str = "scanflow-test", secret: str = SECRET_KEY) -> S3Store:
