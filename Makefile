@@ -8,6 +8,10 @@ STAMP := $(VENV)/.scanflow-installed
 DEB_PACKAGES ?= dataset-fashion-mnist
 # The browser test drives Debian's Chromium through Playwright (Playwright's own browser download is not needed).
 TEST_DEB_PACKAGES ?= chromium
+# The container tests (always on in CI, opt-in elsewhere with SCANFLOW_DOCKER_TESTS=1) need a Docker daemon and debootstrap.
+ifneq ($(filter true,$(CI))$(filter 1,$(SCANFLOW_DOCKER_TESTS)),)
+TEST_DEB_PACKAGES += docker.io debootstrap
+endif
 PYTEST_ARGS ?=
 
 # torch is pinned to the wheels this project is developed with (CUDA builds that run on the CPU, served from the

@@ -19,6 +19,7 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
+from prefect.runtime import flow_run
 
 from flows.settings import local_batch, storage_store, tracking_config
 from scanflow import tracking as scanflow_tracking
@@ -54,7 +55,7 @@ def detect(detector: AutoencoderDetector, images: torch.Tensor, batch_id: str, m
 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
 def log_detection(config: TrackingConfig, detection: Detection, grid_png: bytes) -> str:
-    return scanflow_tracking.log_detection(config, detection.summary(), grid_png)
+    return scanflow_tracking.log_detection(config, detection.summary(), grid_png, {"prefect.flow_run_id": str(flow_run.id or "")})
 
 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)

@@ -171,6 +171,17 @@ def build_parser() -> argparse.ArgumentParser:
     stack.add_argument("--s3-port", type=int, help="default 8333")
     stack.set_defaults(handler=_stack)
 
+    image = commands.add_parser(
+        "build-image", help="build the step image (infra/Dockerfile) through the Docker SDK, streaming its output",
+        description="Assembles the build context (sources, dependency pins of this environment, a local CPU torch "
+        "wheel when pip's find-links hold one, the CA bundle) and builds it; an image built from the same context is reused.",
+    )
+    image.add_argument("--tag", default="scanflow-step:latest")
+    image.add_argument("--base-image", default="python:3.11-slim",
+                       help="a Debian/Ubuntu image with apt (default python:3.11-slim; without a registry, a local debootstrap image: infra/base-image.sh)")
+    image.add_argument("--force", action="store_true", help="rebuild even if an image from the same context exists")
+    image.set_defaults(handler=_build_image)
+
     rollback = commands.add_parser(
         "rollback", help="point the champion alias back at the version the current champion replaced (or --to VERSION)"
     )
@@ -372,6 +383,14 @@ def _stack(args: argparse.Namespace) -> int:
         print("\n".join(f"{name}: {'running' if alive else 'stopped'}" for name, alive in states.items()) or f"no stack started from {args.dir}")
     else:
         print(stack.info(args.dir).exports())
+    return 0
+
+
+def _build_image(args: argparse.Namespace) -> int:
+    from scanflow.image import build_image
+
+    image_id = build_image(args.tag, args.base_image, force=args.force)
+    print(f"{args.tag}: {image_id}")
     return 0
 
 

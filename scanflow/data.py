@@ -408,8 +408,12 @@ def _not_found(name: str, split: str, data_dir: str | Path | None, reason: str =
 
 
 def _torchvision_dataset_class(name: str) -> Any:
-    """torchvision's downloader for ``name``; imported lazily because it takes seconds."""
-    import torchvision.datasets as tvd
+    """torchvision's downloader for ``name``; imported lazily because it takes seconds, and optional (the `download`
+    extra): serving and the step image need no torchvision."""
+    try:
+        import torchvision.datasets as tvd
+    except ImportError as error:
+        raise ImportError(f"downloads need torchvision ({error}): pip install 'scanflow[download]'") from error
 
     return {"fashion-mnist": tvd.FashionMNIST, "mnist": tvd.MNIST, "cifar10": tvd.CIFAR10}[name]
 

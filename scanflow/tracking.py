@@ -361,10 +361,12 @@ def load_detector(config: TrackingConfig, alias: str = CHAMPION_ALIAS) -> tuple[
         return Detector.load(mlflow.artifacts.download_artifacts(uri, dst_path=tmp)), str(version.version)
 
 
-def log_detection(config: TrackingConfig, summary: Mapping[str, Any], grid_png: bytes | None = None) -> str:
-    """One MLflow run per detected batch: verdict as metrics and tags, the JSON summary and the critical-sample
-    grid as artifacts. Returns the run id (the Evidently report is added later with `log_artifact_file`)."""
+def log_detection(config: TrackingConfig, summary: Mapping[str, Any], grid_png: bytes | None = None, extra_tags: Mapping[str, str] | None = None) -> str:
+    """One MLflow run per detected batch: verdict as metrics and tags (plus `extra_tags`, e.g. the Prefect flow run),
+    the JSON summary and the critical-sample grid as artifacts. Returns the run id (the Evidently report is added
+    later with `log_artifact_file`)."""
     tags = {
+        **(extra_tags or {}),
         "scanflow.kind": "detect",
         "scanflow.batch_id": str(summary["batch_id"]),
         "scanflow.model_version": str(summary["model_version"]),

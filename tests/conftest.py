@@ -73,3 +73,13 @@ def s3_server(tmp_path_factory):
     server = start_seaweedfs(tmp_path_factory.mktemp("seaweedfs"), S3_ACCESS_KEY, S3_SECRET_KEY)
     yield server
     server.stop()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Container tests are opt-in for developers (minutes of image build, root, docker.io) and always on in CI."""
+    if os.environ.get("CI", "").lower() == "true" or os.environ.get("SCANFLOW_DOCKER_TESTS") == "1":
+        return
+    skip = pytest.mark.skip(reason="container test: opt in with SCANFLOW_DOCKER_TESTS=1 (CI always runs it)")
+    for item in items:
+        if "docker" in item.keywords:
+            item.add_marker(skip)

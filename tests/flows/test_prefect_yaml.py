@@ -39,7 +39,7 @@ def _prefect(*args: str, env: dict) -> subprocess.CompletedProcess:
 def test_prefect_yaml_deploys_every_step_and_a_process_worker_runs_one(env, prefect_server, tmp_path):
     run_env = {**os.environ, "PREFECT_API_URL": prefect_server, "SCANFLOW_PROJECT_DIR": str(REPO)}
     _prefect("work-pool", "create", "scanflow-process", "--type", "process", "--overwrite", env=run_env)
-    _prefect("--no-prompt", "deploy", "--prefect-file", "infra/prefect.yaml", "--all", env=run_env)
+    _prefect("--no-prompt", "deploy", "--prefect-file", "infra/prefect.yaml", "--name", "process", env=run_env)
     with get_client(sync_client=True) as client:
         deployments = {flow: client.read_deployment_by_name(f"{flow}/process") for flow in FLOWS}
         assert all(d.work_pool_name == "scanflow-process" for d in deployments.values())

@@ -1,0 +1,114 @@
+"""Steps in containers for real: the step image from infra/Dockerfile, a Docker work pool and a prefect-docker
+worker on this machine, the predict and detect deployments of infra/prefect.yaml. The containers (host network)
+reach the session's Prefect server, an MLflow server whose artifacts live in SeaweedFS, and the bucket, all on
+127.0.0.1; the test reads what they wrote back from MLflow and the bucket.
+
+Opt-in for developers (`SCANFLOW_DOCKER_TESTS=1`; needs root, docker.io and debootstrap); always on in CI."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+from prefect.client.orchestration import get_client
+from prefect.deployments import run_deployment
+from pydantic import SecretStr
+
+from blocks import MLflowTracking, ScanflowStorage
+from scanflow.config import TrackingConfig
+from scanflow.local import start_mlflow_server
+from scanflow.stream import make_stream, read_stream
+from tests.conftest import S3_ACCESS_KEY, S3_SECRET_KEY
+from tests.flows.conftest import digits_champion
+
+pytestmark = [pytest.mark.slow, pytest.mark.docker]
+
+REPO = Path(__file__).resolve().parents[2]
+PREFECT = str(Path(sys.executable).with_name("prefect"))
+IMAGE = "scanflow-step:test"
+BASE_IMAGE = "scanflow-base:bookworm"
+
+
+@pytest.fixture(scope="module")
+def step_image():
+    """The daemon, the local base image and the step image (rebuilt only when its build context changed)."""
+    for script in ("dockerd.sh", "base-image.sh"):
+        result = subprocess.run(["bash", str(REPO / "infra" / script), *([BASE_IMAGE] if script == "base-image.sh" else [])],
+                                capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr
+    from scanflow.image import build_image
+
+    build_image(IMAGE, BASE_IMAGE, progress=lambda line: None)
+    return IMAGE
+
+
+@pytest.fixture(scope="module")
+def servers(s3_server, tmp_path_factory):
+    """An MLflow server (SQLite runs, artifacts proxied to the bucket) and the blocks that tell a container where
+    everything is."""
+    storage = ScanflowStorage(bucket="docker-pool", endpoint_url=s3_server.endpoint_url, aws_access_key_id=S3_ACCESS_KEY,
+                              aws_secret_access_key=SecretStr(S3_SECRET_KEY), prefix="prod")
+    storage.store().ensure_bucket()
+    folder = tmp_path_factory.mktemp("mlflow-server")
+    mlflow_server = start_mlflow_server(folder / "mlflow.db", "s3://docker-pool/mlflow", {**storage.environment()}, log_dir=folder)
+    try:
+        with digits_champion(mlflow_server.tracking_uri, "docker-pool") as env:
+            config = TrackingConfig.from_env()
+        MLflowTracking.from_config(config).save("docker-tracking", overwrite=True)
+        storage.save("docker-storage", overwrite=True)
+        yield config, storage.store()
+    finally:
+        mlflow_server.stop()
+
+
+def _prefect(*args: str, env: dict) -> None:
+    result = subprocess.run([PREFECT, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+def test_predict_and_detect_run_in_containers_and_their_results_reach_mlflow_and_s3(step_image, servers, prefect_server, tmp_path):
+    config, store = servers
+    run_env = {**os.environ, "PREFECT_API_URL": prefect_server, "SCANFLOW_STEP_IMAGE": step_image, "SCANFLOW_PROJECT_DIR": str(REPO)}
+    _prefect("work-pool", "create", "scanflow-docker", "--type", "docker", "--overwrite", env=run_env)
+    _prefect("--no-prompt", "deploy", "--prefect-file", "infra/prefect.yaml", "--name", "docker", env=run_env)
+
+    make_stream(tmp_path / "stream", "digits", n_batches=2, batch_size=100, drift_at=1, corruption="impulse_noise", severity=5)
+    uri = store.put_array(store.key("batches", "b-docker.npy"), np.load(read_stream(tmp_path / "stream")[1].path))
+    blocks = {"tracking": "docker-tracking", "storage": "docker-storage"}
+
+    with open(tmp_path / "worker.log", "wb") as log:
+        worker = subprocess.Popen([PREFECT, "worker", "start", "--pool", "scanflow-docker", "--type", "docker"],
+                                  cwd=tmp_path, env=run_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        predicted = run_deployment("predict/docker", parameters={"batch_path": uri, "batch_id": "b-docker", **blocks}, timeout=900, poll_interval=2)
+        detected = run_deployment("detect/docker", parameters={"batch_path": uri, "batch_id": "b-docker", "report": False,
+                                                               "responder": "none", **blocks}, timeout=900, poll_interval=2)
+    finally:
+        os.killpg(worker.pid, signal.SIGINT)
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(worker.pid, signal.SIGKILL)
+    log_text = (tmp_path / "worker.log").read_text(errors="replace")
+    assert predicted.state.is_completed(), f"{predicted.state}\n{log_text[-4000:]}"
+    assert detected.state.is_completed(), f"{detected.state}\n{log_text[-4000:]}"
+    with get_client(sync_client=True) as client:
+        assert all(client.read_flow_run(run.id).infrastructure_pid for run in (predicted, detected)), "not run by the Docker worker"
+
+    predictions = store.get_json("prod/predictions/b-docker.json")
+    verdict = store.get_json("prod/detections/b-docker.json")
+    assert len(predictions["labels"]) == 100 and predictions["model"] == config.classifier_name
+    assert verdict["is_drift"]
+    mlflow = MlflowClient(config.tracking_uri)
+    for run_id in (predictions["mlflow_run_id"], verdict["mlflow_run_id"]):
+        run = mlflow.get_run(run_id)
+        assert run.info.status == "FINISHED" and run.data.tags["prefect.flow_run_id"] in (str(predicted.id), str(detected.id))
+    artifacts = [key for key in store.keys("mlflow/") if verdict["mlflow_run_id"] in key]
+    assert artifacts, "the detect run's artifacts are not in the bucket"
