@@ -5,7 +5,6 @@ run whose steps are deployments works unchanged, and its own drift events do not
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from prefect.deployments import run_deployment
 from blocks import MLflowTracking
 from flows.supervise import supervise_flow
 from scanflow.config import TrackingConfig
+from scanflow.local import stop_process_group
 from scanflow.stream import make_stream
 from tests.flows.conftest import digits_champion
 
@@ -66,11 +66,7 @@ def served(tracking_block, prefect_server, tmp_path_factory):
                 pytest.fail("scanflow serve did not create its deployments within 180 s")
         yield deployment
     finally:
-        os.killpg(process.pid, signal.SIGINT)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+        stop_process_group(process)
 
 
 def _runs_of(deployment_id) -> list:

@@ -8,10 +8,8 @@ Opt-in for developers (`SCANFLOW_DOCKER_TESTS=1`; needs root, docker.io and debo
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +21,7 @@ from pydantic import SecretStr
 
 from blocks import MLflowTracking, ScanflowStorage
 from scanflow.config import TrackingConfig
-from scanflow.local import start_mlflow_server
+from scanflow.local import start_mlflow_server, stop_process_group
 from scanflow.stream import make_stream, read_stream
 from tests.conftest import S3_ACCESS_KEY, S3_SECRET_KEY
 from tests.flows.conftest import digits_champion
@@ -59,7 +57,7 @@ def servers(s3_server, tmp_path_factory):
     folder = tmp_path_factory.mktemp("mlflow-server")
     mlflow_server = start_mlflow_server(folder / "mlflow.db", "s3://docker-pool/mlflow", {**storage.environment()}, log_dir=folder)
     try:
-        with digits_champion(mlflow_server.tracking_uri, "docker-pool") as env:
+        with digits_champion(mlflow_server.tracking_uri, "docker-pool"):
             config = TrackingConfig.from_env()
         MLflowTracking.from_config(config).save("docker-tracking", overwrite=True)
         storage.save("docker-storage", overwrite=True)
@@ -91,11 +89,7 @@ def test_predict_and_detect_run_in_containers_and_their_results_reach_mlflow_and
         detected = run_deployment("detect/docker", parameters={"batch_path": uri, "batch_id": "b-docker", "report": False,
                                                                "responder": "none", **blocks}, timeout=900, poll_interval=2)
     finally:
-        os.killpg(worker.pid, signal.SIGINT)
-        try:
-            worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(worker.pid, signal.SIGKILL)
+        stop_process_group(worker)
     log_text = (tmp_path / "worker.log").read_text(errors="replace")
     assert predicted.state.is_completed(), f"{predicted.state}\n{log_text[-4000:]}"
     assert detected.state.is_completed(), f"{detected.state}\n{log_text[-4000:]}"

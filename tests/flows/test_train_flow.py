@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import mlflow
-import numpy as np
 import pytest
 from mlflow import MlflowClient
 from prefect.client.orchestration import get_client
