@@ -41,7 +41,6 @@ from scanflow.drift.autoencoder import fit_detector
 from scanflow.drift.selection import select_typical
 from scanflow.improve import DEFAULT_PROMOTION_MARGIN, DenoiserConfig, FilteredClassifier, HoldoutScores, RetrainConfig, decide, fine_tune, train_denoiser
 from scanflow.improve.filter import DEFAULT_GATE_QUANTILE, calibrate_gate
-from scanflow.models import Classifier
 
 #: Two folds of corruptions; every family has members in both, and a fold's denoiser trains on the other fold.
 FOLDS = (
