@@ -28,7 +28,7 @@ from scanflow.data import load_batch_file
 from scanflow.detect import DEFAULT_LABEL_BUDGET, DRIFT_EVENT, Detection, critical_samples_png, detect_batch, save_evidently_report, summary_markdown
 from scanflow.drift.autoencoder import AutoencoderDetector
 from scanflow.human import policy_action
-from scanflow.storage import S3Store
+from scanflow.storage import S3Store, absolute_location
 
 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
@@ -135,7 +135,7 @@ def detect_flow(
     if store is not None:
         store_detection(store, detection, batch_path, run_id)
     if detection.result.is_drift and responder != "none":
-        announce_drift(detection, config.classifier_name, str(Path(batch_path).resolve()), responder)
+        announce_drift(detection, config.classifier_name, absolute_location(batch_path), responder)
     if report:
         evidently_report(detector, images, run_id)
     return {

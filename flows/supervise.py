@@ -37,6 +37,7 @@ from flows.settings import supervision_settings, tracking_config
 from flows.steps import Steps
 from scanflow import tracking as scanflow_tracking
 from scanflow.human import ACTIONS, Decision, OracleHuman, PolicyHuman
+from scanflow.storage import absolute_location
 from scanflow.stream import StreamBatch, make_stream, read_stream
 from scanflow.supervision import SupervisionSettings, batch_row, form_description, summary_markdown, with_decision
 
@@ -141,7 +142,7 @@ def answer_paused_run(run_id: str, action: str, labels: list[int] | None = None,
 def respond(batch: StreamBatch, detection: dict, human: str, settings: SupervisionSettings, steps: Steps, seed: int = 0) -> dict:
     """On a drifted batch: pause for a decision (answered by a person, or by the simulated `human` through the
     same form), run the timeout action when nobody answers, then improve. Returns the improve flow's outcome."""
-    path = str(Path(batch.path).resolve())
+    path = absolute_location(batch.path)
     shown, recommended = detection["selected_indices"], detection["recommended_action"]
     if human != "person":
         decider = OracleHuman(batch.true_labels()) if human == "oracle" else PolicyHuman()
@@ -189,7 +190,7 @@ def respond_flow(
     and improve. `human="oracle"` needs the true labels beside the batch (`labels/<batch_id>.npy`, as a stream has)."""
     settings = supervision_settings(policy)
     steps = Steps(step_deployments, tracking, storage)
-    batch = StreamBatch(batch_id=batch_id or Path(batch_path).stem, path=str(Path(batch_path).resolve()), corruption=None, severity=None)
+    batch = StreamBatch(batch_id=batch_id or Path(batch_path).stem, path=absolute_location(batch_path), corruption=None, severity=None)
     detection = steps.run(detect_flow, batch_path=batch.path, batch_id=batch.batch_id, budget=settings.budget,
                           alpha=settings.alpha, report=False, responder="none")
     if not detection["is_drift"]:
@@ -245,7 +246,7 @@ def supervise_flow(
     )
     rows = []
     for batch in batches:
-        path = str(Path(batch.path).resolve())
+        path = absolute_location(batch.path)
         prediction = steps.run(predict_flow, batch_path=path, batch_id=batch.batch_id)
         detection = steps.run(detect_flow, batch_path=path, batch_id=batch.batch_id, budget=settings.budget, alpha=settings.alpha, report=False, responder="supervise")
         row = batch_row(batch, prediction, detection)

@@ -35,6 +35,11 @@ def is_s3_uri(location: str) -> bool:
     return str(location).startswith(S3_SCHEME)
 
 
+def absolute_location(location: str) -> str:
+    """An S3 URI as it is, a local path made absolute (so another process or an event consumer finds it)."""
+    return str(location) if is_s3_uri(location) else str(Path(location).resolve())
+
+
 def parse_s3_uri(uri: str) -> tuple[str, str]:
     """`s3://bucket/key` as (bucket, key); anything else is an error naming the expected form."""
     bucket, _, key = str(uri).removeprefix(S3_SCHEME).partition("/")

@@ -77,3 +77,11 @@ def test_nothing_is_lost_when_the_server_restarts_between_two_batches(tmp_path):
         assert sorted(store.keys("runs/batches/")) == ["runs/batches/b0.npy", "runs/batches/b1.npy"]
     finally:
         server.stop()
+
+
+def test_locations_handed_to_other_processes_are_absolute_and_s3_uris_stay_as_they_are(tmp_path, monkeypatch):
+    from scanflow.storage import absolute_location
+
+    monkeypatch.chdir(tmp_path)
+    assert absolute_location("stream/b0.npy") == str(tmp_path / "stream" / "b0.npy")
+    assert absolute_location("s3://bucket/prod/b0.npy") == "s3://bucket/prod/b0.npy"
