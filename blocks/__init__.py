@@ -36,10 +36,7 @@ def save_defaults(overwrite: bool = False) -> list[str]:
     documents: list[Block] = [MLflowTracking.from_config(TrackingConfig.from_env()), SupervisionPolicy()]
     storage = StorageConfig.from_env()
     if storage is not None:
-        documents.append(ScanflowStorage(
-            bucket=storage.bucket, endpoint_url=storage.endpoint_url, region_name=storage.region_name,
-            aws_access_key_id=storage.access_key_id, aws_secret_access_key=storage.secret_access_key, prefix=storage.prefix,
-        ))
+        documents.append(ScanflowStorage.from_config(storage))
     saved = []
     for document in documents:
         slug = document.get_block_type_slug()

@@ -45,6 +45,11 @@ class ScanflowStorage(Block):
         return StorageConfig(bucket=self.bucket, endpoint_url=self.endpoint_url or None, region_name=self.region_name,
                              access_key_id=self.aws_access_key_id or None, secret_access_key=secret, prefix=self.prefix)
 
+    @classmethod
+    def from_config(cls, config: StorageConfig) -> "ScanflowStorage":
+        return cls(bucket=config.bucket, endpoint_url=config.endpoint_url, region_name=config.region_name,
+                   aws_access_key_id=config.access_key_id, aws_secret_access_key=config.secret_access_key, prefix=config.prefix)
+
     def store(self) -> S3Store:
         """A boto3-backed store on this bucket."""
         return S3Store(self.config())

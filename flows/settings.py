@@ -64,8 +64,8 @@ def storage_store(storage: str | None) -> S3Store | None:
 
 
 def local_batch(batch_path: str, store: S3Store | None) -> str:
-    """A local path for `batch_path`: itself, or for `s3://bucket/key` a copy downloaded into the cache (a step in
-    its own container fetches its own)."""
+    """A local path for `batch_path`: itself, or for `s3://bucket/key` a copy downloaded under the data cache
+    (`$SCANFLOW_CACHE_DIR/s3/`, default ~/.cache/scanflow/datasets/s3/; a step in its own container fetches its own)."""
     if not is_s3_uri(batch_path):
         return batch_path
     if store is None:
@@ -73,4 +73,4 @@ def local_batch(batch_path: str, store: S3Store | None) -> str:
             f"{batch_path} is in S3 but no storage is configured: pass storage=<ScanflowStorage block name> or set "
             "SCANFLOW_S3_BUCKET and the AWS_* variables (`scanflow stack env` prints them for the local stack)"
         )
-    return str(store.fetch(batch_path, default_cache_dir().parent / "s3"))
+    return str(store.fetch(batch_path, default_cache_dir() / "s3"))

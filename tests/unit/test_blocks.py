@@ -32,6 +32,7 @@ def test_storage_block_keeps_the_secret_out_of_its_repr_and_hands_it_to_the_libr
     assert "s3cr3t" not in repr(config)
     assert storage.environment()["AWS_SECRET_ACCESS_KEY"] == "s3cr3t"
     assert storage.environment()["MLFLOW_S3_ENDPOINT_URL"] == "http://127.0.0.1:8333"
+    assert ScanflowStorage.from_config(config).config() == config
 
 
 def test_storage_block_refuses_a_bucket_name_s3_would_refuse():
