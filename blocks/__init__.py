@@ -1,7 +1,8 @@
 """Prefect Blocks: Scanflow's settings stored by name in the Prefect server, editable in its UI.
 
 `scanflow blocks register` registers the three types (so they appear in the UI's block catalog) and, with
-`--save-defaults`, saves a document of each named `default` from the current environment.
+`--save-defaults`, saves a document of each named `default` from the current environment, and with a bucket
+configured, prefect-aws's `s3-bucket/scanflow-results` on it (Prefect result storage for steps in containers).
 Flows load blocks inside the run, never at import: pass a block's name as the flow's `tracking`, `policy` or
 `storage` parameter.
 """
@@ -16,8 +17,9 @@ from blocks.tracking import MLflowTracking
 
 BLOCK_TYPES = (ScanflowStorage, MLflowTracking, SupervisionPolicy)
 DEFAULT_DOCUMENT = "default"
+RESULTS_DOCUMENT = "scanflow-results"
 
-__all__ = ["BLOCK_TYPES", "DEFAULT_DOCUMENT", "MLflowTracking", "ScanflowStorage", "SupervisionPolicy", "register", "save_defaults"]
+__all__ = ["BLOCK_TYPES", "DEFAULT_DOCUMENT", "RESULTS_DOCUMENT", "MLflowTracking", "ScanflowStorage", "SupervisionPolicy", "register", "save_defaults"]
 
 
 def register() -> list[str]:
@@ -33,18 +35,20 @@ def save_defaults(overwrite: bool = False) -> list[str]:
     are kept unless `overwrite`. Returns the `slug/name` of each document saved."""
     from scanflow.config import StorageConfig, TrackingConfig
 
-    documents: list[Block] = [MLflowTracking.from_config(TrackingConfig.from_env()), SupervisionPolicy()]
+    documents: list[tuple[Block, str]] = [(MLflowTracking.from_config(TrackingConfig.from_env()), DEFAULT_DOCUMENT),
+                                          (SupervisionPolicy(), DEFAULT_DOCUMENT)]
     storage = StorageConfig.from_env()
     if storage is not None:
-        documents.append(ScanflowStorage.from_config(storage))
+        block = ScanflowStorage.from_config(storage)
+        documents += [(block, DEFAULT_DOCUMENT), (block.result_storage(), RESULTS_DOCUMENT)]
     saved = []
-    for document in documents:
+    for document, name in documents:
         slug = document.get_block_type_slug()
         try:
-            document.save(DEFAULT_DOCUMENT, overwrite=overwrite)
+            document.save(name, overwrite=overwrite)
         except ValueError as error:
             if "already in use" not in str(error):
                 raise
             continue
-        saved.append(f"{slug}/{DEFAULT_DOCUMENT}")
+        saved.append(f"{slug}/{name}")
     return saved

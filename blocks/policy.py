@@ -14,7 +14,8 @@ _DEFAULTS = SupervisionSettings()
 
 class SupervisionPolicy(Block):
     """What counts as drift, how many samples a person labels, how long the loop waits for an answer, what runs
-    when nobody answers, and how much clean accuracy a challenger may lose and still replace the champion."""
+    when nobody answers, how much clean accuracy a challenger may lose and still replace the champion, and whether a
+    shift already decided about is asked about again."""
 
     _block_type_name = "Scanflow Supervision Policy"
     _block_type_slug = "scanflow-supervision-policy"
@@ -36,7 +37,13 @@ class SupervisionPolicy(Block):
         default=_DEFAULTS.promotion_margin, ge=0, lt=1, description="Clean accuracy (a fraction) a challenger may lose and still be promoted."
     )
 
+    ask_known_shifts: bool = Field(
+        default=_DEFAULTS.ask_known_shifts,
+        description="Ask again about a drift that repeats a shift already decided about for the champion (default: one drift, one question).",
+    )
+
     def settings(self) -> SupervisionSettings:
         """The plain settings the library takes."""
         return SupervisionSettings(alpha=self.alpha, budget=self.budget, pause_timeout_s=self.pause_timeout_s,
-                                   action_on_timeout=self.action_on_timeout, promotion_margin=self.promotion_margin)
+                                   action_on_timeout=self.action_on_timeout, promotion_margin=self.promotion_margin,
+                                   ask_known_shifts=self.ask_known_shifts)

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
 
 from scanflow.config import StorageConfig
 from scanflow.storage import S3Store
+
+if TYPE_CHECKING:
+    from prefect_aws import S3Bucket
+
+RESULTS_FOLDER = "prefect-results"
 
 
 class ScanflowStorage(Block):
@@ -53,6 +58,25 @@ class ScanflowStorage(Block):
     def store(self) -> S3Store:
         """A boto3-backed store on this bucket."""
         return S3Store(self.config())
+
+    def result_storage(self) -> "S3Bucket":
+        """Prefect result storage on this bucket (prefect-aws `S3Bucket`, under `<prefix>/prefect-results`).
+
+        A step run in a container persists its return value there, so the supervise run that started it through
+        `run_deployment` can read it, and a retried run on another machine finds the results of the tasks it cached.
+        Save it (`scanflow blocks register --save-defaults`, or `.save("scanflow-results")`) and point
+        PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK at `s3-bucket/<name>` where the steps run (infra/prefect.yaml does
+        for the docker pool)."""
+        from prefect_aws import AwsCredentials, S3Bucket
+        from prefect_aws.client_parameters import AwsClientParameters
+
+        credentials = AwsCredentials(
+            aws_access_key_id=self.aws_access_key_id or None, aws_secret_access_key=self.aws_secret_access_key,
+            region_name=self.region_name,
+            aws_client_parameters=AwsClientParameters(endpoint_url=self.endpoint_url or None,
+                                                      config={"s3": {"addressing_style": "path"}}),
+        )
+        return S3Bucket(bucket_name=self.bucket, credentials=credentials, bucket_folder=f"{self.prefix}/{RESULTS_FOLDER}")
 
     def environment(self) -> dict[str, str]:
         """Variables for child processes (a worker's job variables, a container's env); includes the secret."""

@@ -44,4 +44,13 @@ class Steps:
         if not run.state or not run.state.is_completed():
             state = run.state.name if run.state else "unknown"
             raise StepFailedError(f"step {name} (flow run {run.id}) ended {state}: {run.state.message if run.state else ''}")
-        return run.state.result()
+        try:
+            return run.state.result()
+        except Exception as error:
+            raise StepFailedError(
+                f"step {name} (flow run {run.id}) completed but its result cannot be read here ({type(error).__name__}: "
+                f"{error}): a step on other infrastructure must persist its result where this run can read it; save "
+                "the result storage (`scanflow blocks register --save-defaults` with a bucket configured) and set "
+                "PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK=s3-bucket/scanflow-results in the step's environment "
+                "(infra/prefect.yaml does for the docker pool)"
+            ) from error

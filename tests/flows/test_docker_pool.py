@@ -1,7 +1,7 @@
 """Steps in containers for real: the step image from infra/Dockerfile, a Docker work pool and a prefect-docker
-worker on this machine, the predict and detect deployments of infra/prefect.yaml. The containers (host network)
-reach the session's Prefect server, an MLflow server whose artifacts live in SeaweedFS, and the bucket, all on
-127.0.0.1; the test reads what they wrote back from MLflow and the bucket.
+worker on this machine, the docker deployments of infra/prefect.yaml driven by a supervise run. The containers
+(host network) reach the session's Prefect server, an MLflow server whose artifacts live in SeaweedFS, and the
+bucket, all on 127.0.0.1; the test reads what they wrote back from MLflow and the bucket.
 
 Opt-in for developers (`SCANFLOW_DOCKER_TESTS=1`; needs root, docker.io and debootstrap); always on in CI."""
 
@@ -12,17 +12,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 from mlflow import MlflowClient
 from prefect.client.orchestration import get_client
-from prefect.deployments import run_deployment
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterParentFlowRunId
 from pydantic import SecretStr
 
-from blocks import MLflowTracking, ScanflowStorage
+from blocks import RESULTS_DOCUMENT, MLflowTracking, ScanflowStorage
+from flows.supervise import supervise_flow
 from scanflow.config import TrackingConfig
 from scanflow.local import start_mlflow_server, stop_process_group
-from scanflow.stream import make_stream, read_stream
 from tests.conftest import S3_ACCESS_KEY, S3_SECRET_KEY
 from tests.flows.conftest import digits_champion
 
@@ -61,6 +60,7 @@ def servers(s3_server, tmp_path_factory):
             config = TrackingConfig.from_env()
         MLflowTracking.from_config(config).save("docker-tracking", overwrite=True)
         storage.save("docker-storage", overwrite=True)
+        storage.result_storage().save(RESULTS_DOCUMENT, overwrite=True)
         yield config, storage.store()
     finally:
         mlflow_server.stop()
@@ -71,38 +71,49 @@ def _prefect(*args: str, env: dict) -> None:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
-def test_predict_and_detect_run_in_containers_and_their_results_reach_mlflow_and_s3(step_image, servers, prefect_server, tmp_path):
+def test_supervise_runs_its_steps_in_containers_and_reads_their_results_from_the_bucket(step_image, servers, prefect_server, tmp_path):
+    """The supervise loop here, its steps (predict, detect, the report beside the pause, improve, predict after) as
+    the docker deployments: batches reach the containers through the bucket, the steps' return values come back
+    through Prefect result storage in the bucket, records land in MLflow and the bucket."""
     config, store = servers
     run_env = {**os.environ, "PREFECT_API_URL": prefect_server, "SCANFLOW_STEP_IMAGE": step_image, "SCANFLOW_PROJECT_DIR": str(REPO)}
     _prefect("work-pool", "create", "scanflow-docker", "--type", "docker", "--overwrite", env=run_env)
     _prefect("--no-prompt", "deploy", "--prefect-file", "infra/prefect.yaml", "--name", "docker", env=run_env)
 
-    make_stream(tmp_path / "stream", "digits", n_batches=2, batch_size=100, drift_at=1, corruption="impulse_noise", severity=5)
-    uri = store.put_array(store.key("batches", "b-docker.npy"), np.load(read_stream(tmp_path / "stream")[1].path))
-    blocks = {"tracking": "docker-tracking", "storage": "docker-storage"}
-
     with open(tmp_path / "worker.log", "wb") as log:
         worker = subprocess.Popen([PREFECT, "worker", "start", "--pool", "scanflow-docker", "--type", "docker"],
                                   cwd=tmp_path, env=run_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        predicted = run_deployment("predict/docker", parameters={"batch_path": uri, "batch_id": "b-docker", **blocks}, timeout=900, poll_interval=2)
-        detected = run_deployment("detect/docker", parameters={"batch_path": uri, "batch_id": "b-docker", "report": False,
-                                                               "responder": "none", **blocks}, timeout=900, poll_interval=2)
+        state = supervise_flow(stream_dir=str(tmp_path / "stream"), dataset="digits", n_batches=1, batch_size=100, drift_at=0,
+                               corruption="impulse_noise", human="oracle", tracking="docker-tracking", storage="docker-storage",
+                               step_deployments="docker", return_state=True)
     finally:
         stop_process_group(worker)
     log_text = (tmp_path / "worker.log").read_text(errors="replace")
-    assert predicted.state.is_completed(), f"{predicted.state}\n{log_text[-4000:]}"
-    assert detected.state.is_completed(), f"{detected.state}\n{log_text[-4000:]}"
-    with get_client(sync_client=True) as client:
-        assert all(client.read_flow_run(run.id).infrastructure_pid for run in (predicted, detected)), "not run by the Docker worker"
+    assert state.is_completed(), f"{state}\n{log_text[-4000:]}"
+    (row,) = state.result()["batches"]
+    assert row["drift"] == "yes" and row["decided_by"] == "oracle", row
 
-    predictions = store.get_json("prod/predictions/b-docker.json")
-    verdict = store.get_json("prod/detections/b-docker.json")
-    assert len(predictions["labels"]) == 100 and predictions["model"] == config.classifier_name
+    with get_client(sync_client=True) as client:
+        steps = client.read_flow_runs(flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[state.state_details.flow_run_id])))
+        containers = {run.name: run for run in client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[r.id for r in steps])))
+                      if run.deployment_id is not None}
+    assert len(containers) >= 4, [run.name for run in steps]
+    assert all(run.infrastructure_pid and run.state.is_completed() for run in containers.values()), "a step was not run by the Docker worker"
+    assert list(store.keys("prod/prefect-results/")), "no step result in the bucket"
+
+    batch_id = row["batch"]
+    (uploaded,) = [key for key in store.keys("prod/batches/") if key.startswith(f"prod/batches/{batch_id}-")]
+    predictions = store.get_json(f"prod/predictions/{batch_id}.json")
+    verdict = store.get_json(f"prod/detections/{batch_id}.json")
+    assert predictions["batch"] == store.uri(uploaded) and len(predictions["labels"]) == 100 and predictions["model"] == config.classifier_name
     assert verdict["is_drift"]
     mlflow = MlflowClient(config.tracking_uri)
     for run_id in (predictions["mlflow_run_id"], verdict["mlflow_run_id"]):
         run = mlflow.get_run(run_id)
-        assert run.info.status == "FINISHED" and run.data.tags["prefect.flow_run_id"] in (str(predicted.id), str(detected.id))
+        assert run.info.status == "FINISHED" and run.data.tags["prefect.flow_run_id"] in {str(r.id) for r in containers.values()}
     artifacts = [key for key in store.keys("mlflow/") if verdict["mlflow_run_id"] in key]
     assert artifacts, "the detect run's artifacts are not in the bucket"
+    runs = mlflow.search_runs([mlflow.get_experiment_by_name(config.experiment_name).experiment_id])
+    improve_runs = [run for run in runs if "scanflow.promoted" in run.data.tags]
+    assert improve_runs and all(run.info.status == "FINISHED" for run in improve_runs)
