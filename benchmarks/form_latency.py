@@ -63,7 +63,7 @@ def main() -> None:
             make_stream(work / "stream", args.dataset, n_batches=args.batches, batch_size=args.batch_size, drift_at=1, corruption="impulse_noise", severity=5)
             run_name = f"latency-{uuid.uuid4().hex[:8]}"
             loop = threading.Thread(target=lambda: supervise_flow.with_options(flow_run_name=run_name)(
-                stream_dir=str(work / "stream"), human="person", pause_timeout_s=600), daemon=True)
+                stream_dir=str(work / "stream"), human="person", pause_timeout_s=600, ask_known_shifts=True), daemon=True)
             loop.start()
             with get_client(sync_client=True) as client:
                 while not (runs := client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[run_name])))):

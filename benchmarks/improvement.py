@@ -85,6 +85,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
     parser.add_argument("--quick", action="store_true", help="one corruption per family, B = 100 only, shorter training")
     parser.add_argument("--datasets", nargs="+", choices=("fashion-mnist", "mnist"), default=("fashion-mnist", "mnist"))
     parser.add_argument("--corruptions", nargs="+", choices=corruption_names(), help="override the configuration's list")
+    parser.add_argument("--budgets", nargs="+", type=int, help=f"override the label budgets of (b) and (d); must include {MAIN_BUDGET}")
     parser.add_argument("--stream-size", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-dir", type=Path, default=_default_data_dir())
@@ -92,10 +93,11 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
     args = parser.parse_args(argv)
     defaults = QUICK if args.quick else FULL
     corruptions = {name: tuple(args.corruptions) if args.corruptions else defaults["corruptions"][name] for name in args.datasets}
-    if MAIN_BUDGET not in defaults["budgets"]:
-        parser.error(f"the budgets must include {MAIN_BUDGET}")
+    budgets = tuple(sorted(set(args.budgets))) if args.budgets else defaults["budgets"]
+    if MAIN_BUDGET not in budgets:
+        parser.error(f"the budgets must include {MAIN_BUDGET}, the budget the targets are stated at; got {', '.join(map(str, budgets))}")
     return Config(
-        quick=args.quick, datasets=tuple(args.datasets), corruptions=corruptions, budgets=defaults["budgets"],
+        quick=args.quick, datasets=tuple(args.datasets), corruptions=corruptions, budgets=budgets,
         retrain_steps=defaults["retrain_steps"], denoiser_steps=defaults["denoiser_steps"], stream_size=args.stream_size,
         severity=3, seed=args.seed, data_dir=args.data_dir, cache_dir=args.cache_dir.expanduser(),
     )

@@ -27,6 +27,7 @@ from scanflow.config import CHAMPION_ALIAS, TrackingConfig
 from scanflow.data import load_batch_file
 from scanflow.detect import DEFAULT_LABEL_BUDGET, DRIFT_EVENT, Detection, critical_samples_png, detect_batch, save_evidently_report, summary_markdown
 from scanflow.drift.autoencoder import AutoencoderDetector
+from scanflow.drift.known import ShiftMatch, match_known_shift
 from scanflow.human import policy_action
 from scanflow.storage import S3Store, absolute_location
 
@@ -54,8 +55,22 @@ def detect(detector: AutoencoderDetector, images: torch.Tensor, batch_id: str, m
 
 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
-def log_detection(config: TrackingConfig, detection: Detection, grid_png: bytes) -> str:
-    return scanflow_tracking.log_detection(config, detection.summary(), grid_png, {"prefect.flow_run_id": str(flow_run.id or "")})
+def recognise_known_shift(config: TrackingConfig, detector: AutoencoderDetector, images: torch.Tensor, model_version: str) -> ShiftMatch | None:
+    """The shift a person already decided about for this champion that the drifted batch cannot be told apart from
+    (energy two-sample test at the detector's alpha), or None: a new drift."""
+    known = scanflow_tracking.known_shifts(config, model_version)
+    match = match_known_shift(detector.shift_signature(images), known, detector.alpha, seed=detector.seed) if known else None
+    if match is not None:
+        print(f"the drift is the known shift of batch {match.shift.batch_id} (decided: {match.shift.decision}; "
+              f"p = {match.p_value:.3f} that they differ); no new question")
+    elif known:
+        print(f"the drift differs from all {len(known)} known shift(s) of v{model_version}: a new question")
+    return match
+
+
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def log_detection(config: TrackingConfig, detection: Detection, grid_png: bytes, tags: dict[str, str]) -> str:
+    return scanflow_tracking.log_detection(config, detection.summary(), grid_png, {"prefect.flow_run_id": str(flow_run.id or ""), **tags})
 
 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
@@ -66,10 +81,12 @@ def store_detection(store: S3Store, detection: Detection, batch_path: str, mlflo
 
 
 @task(cache_policy=NO_CACHE)
-def publish(detection: Detection, grid_png: bytes, mlflow_run_id: str) -> None:
+def publish(detection: Detection, grid_png: bytes, mlflow_run_id: str, known: ShiftMatch | None = None) -> None:
     grid = base64.b64encode(grid_png).decode("ascii")
+    known_line = (f"\n\n**Known shift**: indistinguishable from batch {known.shift.batch_id} (decided: {known.shift.decision}, "
+                  f"energy test p = {known.p_value:.3f}); not asked again." if known is not None else "")
     create_markdown_artifact(
-        summary_markdown(detection) + f"\n\nMLflow run: `{mlflow_run_id}`\n\n![critical samples](data:image/png;base64,{grid})",
+        summary_markdown(detection) + known_line + f"\n\nMLflow run: `{mlflow_run_id}`\n\n![critical samples](data:image/png;base64,{grid})",
         key="drift-summary",
         description=f"drift verdict for batch {detection.batch_id}",
     )
@@ -105,6 +122,7 @@ def detect_flow(
     report: bool = True,
     responder: Literal["automation", "supervise", "none"] = "automation",
     alpha: float | None = None,
+    recognise_known: bool = True,
     tracking: str | None = None,
     storage: str | None = None,
 ) -> dict:
@@ -113,7 +131,9 @@ def detect_flow(
 
     Logs the verdict to MLflow, publishes a summary and the critical samples as Prefect artifacts, emits
     `scanflow.drift.detected` when drifted (`responder`: who acts on it, see `announce_drift`; 'none': no event), then (off the hot path) attaches Evidently's HTML report. `alpha`
-    overrides the detector's false-alarm rate (default: the one it was fitted with); `tracking` names an
+    overrides the detector's false-alarm rate (default: the one it was fitted with). A drift that is a known shift
+    of the champion (decided about before, see the improve flow) is reported with `known_shift` set and announces
+    nothing; `recognise_known=False` treats every drift as new. `tracking` names an
     MLflowTracking block, `storage` a ScanflowStorage block (default: the environment); with storage the verdict is
     also written to the bucket as `detections/<batch_id>.json` and `batch_path` may be s3://bucket/key.
     """
@@ -130,11 +150,13 @@ def detect_flow(
         images = input_filter.clean(images)
     detection = detect(detector, images, batch_id, model_version, budget)
     grid_png = critical_samples_png(images, detection)
-    run_id = log_detection(config, detection, grid_png)
-    publish(detection, grid_png, run_id)
+    known = recognise_known_shift(config, detector, images, model_version) if detection.result.is_drift and recognise_known else None
+    tags = {"scanflow.known_shift_of": known.shift.batch_id} if known is not None else {}
+    run_id = log_detection(config, detection, grid_png, tags)
+    publish(detection, grid_png, run_id, known)
     if store is not None:
         store_detection(store, detection, batch_path, run_id)
-    if detection.result.is_drift and responder != "none":
+    if detection.result.is_drift and known is None and responder != "none":
         announce_drift(detection, config.classifier_name, absolute_location(batch_path), responder)
     if report:
         evidently_report(detector, images, run_id)
@@ -145,6 +167,7 @@ def detect_flow(
         "guesses": [int(detection.predicted_labels[i]) for i in detection.selection.indices],
         "classes": list(detection.classes),
         "recommended_action": policy_action(detection.result),
+        "known_shift": known.to_dict() if known is not None else None,
         "grid_png_b64": base64.b64encode(grid_png).decode("ascii"),
     }
 

@@ -26,6 +26,7 @@ from scanflow import tracking as scanflow_tracking
 from scanflow.config import TrackingConfig
 from scanflow.data import LabeledImages, hold_out_calibration, load_batch_file, load_train_test
 from scanflow.drift.autoencoder import AutoencoderDetector
+from scanflow.drift.known import KnownShift
 from scanflow.human import Decision
 from scanflow.improve import (
     DEFAULT_HOLDOUT_FRACTION,
@@ -91,6 +92,18 @@ def promote_or_keep(config: TrackingConfig, version: str, verdict: PromotionVerd
     return previous
 
 
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def remember_known_shift(config: TrackingConfig, run_id: str, batch_id: str, action: str, images: torch.Tensor) -> str:
+    """Keep the decided batch as the champion now serving sees it (through its filter, by its detector), so later
+    batches with the same shift are recognised instead of asked about again. Returns the champion version."""
+    detector, version = scanflow_tracking.load_detector(config)
+    input_filter = scanflow_tracking.load_input_filter(config)
+    seen = input_filter.clean(images) if input_filter is not None else images
+    scanflow_tracking.log_known_shift(config, KnownShift(batch_id, version, action, run_id, detector.shift_signature(seen)))
+    print(f"the shift of batch {batch_id} is now known to v{version}: batches like it will not be asked about again")
+    return version
+
+
 def _announce(config: TrackingConfig, promoted: bool, payload: dict) -> None:
     emit_event(
         event=PROMOTED_EVENT if promoted else REJECTED_EVENT,
@@ -113,6 +126,7 @@ def improve_flow(
     holdout_fraction: float = DEFAULT_HOLDOUT_FRACTION,
     data_dir: str | None = None,
     seed: int = 0,
+    remember_shift: bool = True,
     tracking: str | None = None,
     storage: str | None = None,
 ) -> dict:
@@ -121,7 +135,9 @@ def improve_flow(
     `shown_indices`: the batch rows the person was shown, in order; `labels`: their classes in that order
     (needed to retrain; optional for a filter, where they only judge it). The challenger is registered with the
     `challenger` alias and promoted to `champion` only if it beats it on the shifted holdout without losing more
-    than `promotion_margin` clean accuracy. `tracking` names an MLflowTracking block, `storage` a ScanflowStorage
+    than `promotion_margin` clean accuracy. When the decision stands (the drift ignored, or the challenger
+    promoted) and `remember_shift`, the batch becomes a known shift of the champion: the detect flow recognises
+    batches like it and does not ask again (one drift, one question). `tracking` names an MLflowTracking block, `storage` a ScanflowStorage
     block (default: the environment; needed when `batch_path` is s3://bucket/key).
     """
     config = tracking_config(tracking)
@@ -144,6 +160,8 @@ def improve_flow(
         else:
             summary.update(_improve(config, run_id, decision, models, detector, images, shown_indices, batch_id,
                                     drift, promotion_margin, holdout_fraction, data_dir, seed))
+        if remember_shift and decision.decided_by != "timeout" and (decision.action == "ignore" or summary["promoted"]):
+            summary["known_shift_of"] = remember_known_shift(config, run_id, batch_id, decision.action, images)
         scanflow_tracking.set_tags(run_id, {"scanflow.promoted": str(summary["promoted"]).lower()})
     create_markdown_artifact(improvement_markdown(summary), key="improvement", description=f"decision on batch {batch_id}")
     return summary

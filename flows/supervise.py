@@ -1,4 +1,4 @@
-"""The supervise flow: the loop over a production stream. Per batch: predict, detect; on drift, show the evidence
+"""The supervise flow: the loop over a production stream. Per batch: predict, detect; on a drift nobody decided about yet, show the evidence
 and pause for a person's decision (in a child flow, so a timeout leaves the loop healthy), then improve.
 
 Run it as `scanflow supervise`, `python flows/supervise.py`, or as the `supervise` deployment. A person answers in
@@ -33,13 +33,13 @@ from flows.detect import detect_flow, report_flow
 from flows.improve import improve_flow
 from flows.predict import predict_flow
 from flows.train import train_flow
-from flows.settings import supervision_settings, tracking_config
+from flows.settings import shared_batch, storage_store, supervision_settings, tracking_config
 from flows.steps import Steps
 from scanflow import tracking as scanflow_tracking
 from scanflow.human import ACTIONS, Decision, OracleHuman, PolicyHuman
 from scanflow.storage import absolute_location
 from scanflow.stream import StreamBatch, make_stream, read_stream
-from scanflow.supervision import SupervisionSettings, batch_row, form_description, summary_markdown, with_decision
+from scanflow.supervision import SupervisionSettings, batch_row, form_description, summary_markdown, with_decision, with_known_shift
 
 def decision_form(
     n_shown: int, classes: tuple[str, ...], guesses: list[int] | None = None, recommended: str | None = None, description: str | None = None
@@ -139,10 +139,10 @@ def answer_paused_run(run_id: str, action: str, labels: list[int] | None = None,
     return f"answered flow run {target}: {action} with {len(labels)} labels"
 
 
-def respond(batch: StreamBatch, detection: dict, human: str, settings: SupervisionSettings, steps: Steps, seed: int = 0) -> dict:
+def respond(batch: StreamBatch, path: str, detection: dict, human: str, settings: SupervisionSettings, steps: Steps, seed: int = 0) -> dict:
     """On a drifted batch: pause for a decision (answered by a person, or by the simulated `human` through the
-    same form), run the timeout action when nobody answers, then improve. Returns the improve flow's outcome."""
-    path = absolute_location(batch.path)
+    same form), run the timeout action when nobody answers, then improve (the steps read the batch at `path`).
+    Returns the improve flow's outcome."""
     shown, recommended = detection["selected_indices"], detection["recommended_action"]
     if human != "person":
         decider = OracleHuman(batch.true_labels()) if human == "oracle" else PolicyHuman()
@@ -186,17 +186,21 @@ def respond_flow(
     seed: int = 0,
 ) -> dict:
     """React to a `scanflow.drift.detected` event (the automation in infra/prefect.yaml starts this deployment with
-    the event's batch): re-test the batch against the current champion, and if it still drifts, pause for a decision
-    and improve. `human="oracle"` needs the true labels beside the batch (`labels/<batch_id>.npy`, as a stream has)."""
+    the event's batch): re-test the batch against the current champion, and if it still drifts with a shift nobody
+    decided about yet, pause for a decision and improve. `human="oracle"` needs the true labels beside the batch (`labels/<batch_id>.npy`, as a stream has)."""
     settings = supervision_settings(policy)
     steps = Steps(step_deployments, tracking, storage)
     batch = StreamBatch(batch_id=batch_id or Path(batch_path).stem, path=absolute_location(batch_path), corruption=None, severity=None)
     detection = steps.run(detect_flow, batch_path=batch.path, batch_id=batch.batch_id, budget=settings.budget,
-                          alpha=settings.alpha, report=False, responder="none")
+                          alpha=settings.alpha, recognise_known=not settings.ask_known_shifts, report=False, responder="none")
     if not detection["is_drift"]:
         print(f"batch {batch.batch_id}: no drift against the current champion (p = {detection['p_value']:.4f}); nothing to do")
         return {"batch_id": batch.batch_id, "is_drift": False, "p_value": detection["p_value"], "improvement": None}
-    improvement = respond(batch, detection, human, settings, steps, seed)
+    if detection.get("known_shift"):
+        print(f"batch {batch.batch_id}: the known shift of batch {detection['known_shift']['batch_id']}; nothing to ask")
+        return {"batch_id": batch.batch_id, "is_drift": True, "p_value": detection["p_value"], "improvement": None,
+                "known_shift": detection["known_shift"]}
+    improvement = respond(batch, batch.path, detection, human, settings, steps, seed)
     return {"batch_id": batch.batch_id, "is_drift": True, "p_value": detection["p_value"], "improvement": improvement}
 
 
@@ -217,6 +221,7 @@ def supervise_flow(
     pause_timeout_s: int | None = None,
     action_on_timeout: Literal["filter", "ignore"] | None = None,
     promotion_margin: float | None = None,
+    ask_known_shifts: bool | None = None,
     step_deployments: str | None = None,
     seed: int = 0,
 ) -> dict:
@@ -227,14 +232,17 @@ def supervise_flow(
     the report). Returns the per-batch table also published as the `supervision-summary` artifact.
 
     `policy` names a SupervisionPolicy block (default: the built-in policy); `budget`, `alpha`, `pause_timeout_s`,
-    `action_on_timeout` and `promotion_margin` override it one by one. Nobody answering within the timeout runs the
-    timeout action (filter or ignore: retraining needs a person's labels). `tracking` names an MLflowTracking block
+    `action_on_timeout`, `promotion_margin` and `ask_known_shifts` override it one by one. A drift that repeats a
+    shift already decided about for the champion is reported as known and not asked about (unless
+    `ask_known_shifts`). Nobody answering within the timeout runs the timeout action (filter or ignore: retraining
+    needs a person's labels) and makes no shift known. `tracking` names an MLflowTracking block
     (default: the environment); `storage` a ScanflowStorage block whose bucket receives predictions and verdicts
     (default: the environment). `step_deployments` names the deployments the steps run as (`predict/<name>`,
     `detect/<name>`, ...: e.g. 'process' or 'docker' from infra/prefect.yaml); None runs them as sub-flows here.
     """
     settings = supervision_settings(policy, budget=budget, alpha=alpha, pause_timeout_s=pause_timeout_s,
-                                    action_on_timeout=action_on_timeout, promotion_margin=promotion_margin)
+                                    action_on_timeout=action_on_timeout, promotion_margin=promotion_margin,
+                                    ask_known_shifts=ask_known_shifts)
     print(f"supervision policy: {settings}")
     steps = Steps(step_deployments, tracking, storage)
     config = tracking_config(tracking)
@@ -244,14 +252,18 @@ def supervise_flow(
     batches = read_stream(stream_dir) if stream_dir and (Path(stream_dir) / "stream.json").is_file() else make_stream(
         stream_dir or "stream", dataset, n_batches, batch_size, drift_at, corruption, seed=seed
     )
+    store = storage_store(storage)
     rows = []
     for batch in batches:
-        path = absolute_location(batch.path)
+        path = shared_batch(absolute_location(batch.path), batch.batch_id, store)
         prediction = steps.run(predict_flow, batch_path=path, batch_id=batch.batch_id)
-        detection = steps.run(detect_flow, batch_path=path, batch_id=batch.batch_id, budget=settings.budget, alpha=settings.alpha, report=False, responder="supervise")
+        detection = steps.run(detect_flow, batch_path=path, batch_id=batch.batch_id, budget=settings.budget, alpha=settings.alpha,
+                              recognise_known=not settings.ask_known_shifts, report=False, responder="supervise")
         row = batch_row(batch, prediction, detection)
-        if detection["is_drift"]:
-            improvement = respond(batch, detection, human, settings, steps, seed)
+        if detection["is_drift"] and detection.get("known_shift"):
+            row = with_known_shift(row, detection["known_shift"])
+        elif detection["is_drift"]:
+            improvement = respond(batch, path, detection, human, settings, steps, seed)
             after = steps.run(predict_flow, batch_path=path, batch_id=f"{batch.batch_id}-after") if improvement["promoted"] else prediction
             row = with_decision(row, batch, improvement, after)
         rows.append(row)

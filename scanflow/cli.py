@@ -121,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
                            help="the action when nobody answers in time (policy default: ignore; retraining needs labels); recorded as a timeout")
     supervise.add_argument("--budget", type=int, help="critical samples shown per drifted batch (policy default: 20)")
     supervise.add_argument("--alpha", type=float, help="false-alarm rate of the drift test on clean batches (policy default: 0.05)")
+    supervise.add_argument("--ask-known-shifts", action="store_true", default=None,
+                           help="ask again about a drift that repeats a shift already decided about (default: one drift, one question)")
     supervise.add_argument("--step-deployments", metavar="NAME",
                            help="run the steps as the deployments <flow>/NAME (see `scanflow serve`) instead of sub-flows in this process")
     supervise.set_defaults(handler=_supervise)
@@ -317,7 +319,7 @@ def _supervise(args: argparse.Namespace) -> int:
             stream_dir=args.stream_dir, dataset=args.dataset, n_batches=args.batches, batch_size=args.batch_size,
             drift_at=args.drift_at, corruption=args.corruption, human=human, policy=args.policy, tracking=args.tracking,
             budget=args.budget, alpha=args.alpha, pause_timeout_s=args.timeout, action_on_timeout=args.on_timeout,
-            step_deployments=args.step_deployments,
+            ask_known_shifts=args.ask_known_shifts, step_deployments=args.step_deployments,
         )
     finally:
         if server is not None:

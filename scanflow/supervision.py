@@ -28,7 +28,8 @@ class SupervisionSettings:
     `alpha`: false-alarm rate of the batch test on clean batches (a fraction). `budget`: critical samples shown
     (and labelled) per drifted batch. `pause_timeout_s`: seconds a decision form waits. `action_on_timeout`: what
     runs when nobody answers (filter or ignore; retraining needs a person's labels). `promotion_margin`: clean
-    accuracy (a fraction) a challenger may lose and still be promoted.
+    accuracy (a fraction) a challenger may lose and still be promoted. `ask_known_shifts`: ask again about a drift
+    that is a shift a person already decided about for the champion (off by default: one drift, one question).
     """
 
     alpha: float = DEFAULT_ALPHA
@@ -36,6 +37,7 @@ class SupervisionSettings:
     pause_timeout_s: int = 3600
     action_on_timeout: str = "ignore"
     promotion_margin: float = DEFAULT_PROMOTION_MARGIN
+    ask_known_shifts: bool = False
 
     def __post_init__(self) -> None:
         problems = []
@@ -98,6 +100,11 @@ def with_decision(row: Mapping[str, Any], batch: StreamBatch, improvement: Mappi
         "labels_used": (improvement.get("outcome") or {}).get("n_labels_used", 0),
         "accuracy_after": round(batch.accuracy(after["labels"]), 4),
     }
+
+
+def with_known_shift(row: Mapping[str, Any], known_shift: Mapping[str, Any]) -> dict[str, Any]:
+    """`row` of a drifted batch recognised as a shift already decided about (no question asked)."""
+    return {**row, "drift": "known", "decision": f"as {known_shift['batch_id']} ({known_shift['decision']})", "decided_by": "known shift"}
 
 
 def summary_markdown(rows: Sequence[Mapping[str, Any]]) -> str:

@@ -32,6 +32,7 @@ import scanflow
 from scanflow.config import CHALLENGER_ALIAS, CHAMPION_ALIAS, TrackingConfig
 from scanflow.data import LabeledImages
 from scanflow.drift.base import Detector
+from scanflow.drift.known import KnownShift
 from scanflow.errors import ModelNotFoundError, TrackingUnavailableError
 from scanflow.models import Autoencoder, Classifier, Denoiser, SavableModel
 from scanflow.serving import (
@@ -530,6 +531,34 @@ def rollback(config: TrackingConfig, to_version: str | None = None) -> tuple[str
     client.set_registered_model_alias(config.autoencoder_name, CHAMPION_ALIAS, ae_version)
     client.set_registered_model_alias(config.classifier_name, CHAMPION_ALIAS, str(target.version))
     return str(current.version), str(target.version)
+
+
+KNOWN_SHIFT_TAG_PREFIX = "scanflow.known_shift."
+KNOWN_SHIFT_ARTIFACT = "known-shift.npz"
+
+
+def log_known_shift(config: TrackingConfig, shift: KnownShift) -> None:
+    """Keep `shift` as `known-shift.npz` in its decision's run and list that run on the classifier version it
+    applies to (tag `scanflow.known_shift.<batch_id>` = run id): the version's detector will not ask about it again."""
+    client = MlflowClient(config.tracking_uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / KNOWN_SHIFT_ARTIFACT
+        path.write_bytes(shift.to_bytes())
+        client.log_artifact(shift.mlflow_run_id, str(path))
+    key = KNOWN_SHIFT_TAG_PREFIX + "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in shift.batch_id)
+    client.set_model_version_tag(config.classifier_name, shift.model_version, key, shift.mlflow_run_id)
+
+
+def known_shifts(config: TrackingConfig, version: str) -> list[KnownShift]:
+    """The shifts decided about for classifier `version` (see `log_known_shift`), in batch id order."""
+    client = MlflowClient(config.tracking_uri)
+    run_ids = [run_id for key, run_id in sorted(version_tags(config, version).items()) if key.startswith(KNOWN_SHIFT_TAG_PREFIX)]
+    shifts = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for run_id in run_ids:
+            path = client.download_artifacts(run_id, KNOWN_SHIFT_ARTIFACT, tmp)
+            shifts.append(KnownShift.from_bytes(Path(path).read_bytes()))
+    return shifts
 
 
 def log_json(run_id: str, data: Mapping[str, Any], artifact_file: str) -> None:

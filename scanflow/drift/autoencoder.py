@@ -144,6 +144,15 @@ class AutoencoderDetector(Detector):
             },
         }
 
+    def shift_signature(self, images: Any, probabilities: np.ndarray | None = None) -> np.ndarray:
+        """Per-image signals (the log-scale component scores and the raw pixel statistics), each in clean standard
+        deviations from its clean calibration mean, float [N, F]: what two batches are compared on to tell whether
+        they carry the same shift (`scanflow.drift.known`)."""
+        images = self._check(images)
+        clean = self._require_fitted()["signals"]
+        signals = self._features(images, probabilities)["signals"]
+        return (signals - clean.mean(axis=0)) / (clean.std(axis=0) + _EPS)
+
     def report_features(self, images: torch.Tensor) -> Features:
         """Latent vectors "z" [N, D] and softmax outputs "p" [N, K]: the columns of the human-facing report."""
         return {

@@ -74,8 +74,10 @@ def _runs_of(deployment_id) -> list:
         return client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])))
 
 
-def _stream(folder: Path) -> list[Path]:
-    make_stream(folder, "digits", n_batches=2, batch_size=100, drift_at=1, corruption="impulse_noise", severity=5)
+def _stream(folder: Path, corruption: str = "impulse_noise") -> list[Path]:
+    """Two digits batches, the second corrupted; each test its own corruption (a decision that stands makes its
+    shift known to the shared champion, and a known shift is not asked about again)."""
+    make_stream(folder, "digits", n_batches=2, batch_size=100, drift_at=1, corruption=corruption, severity=5)
     return sorted((folder).glob("batch-*.npy"))
 
 
@@ -103,7 +105,7 @@ def test_drift_found_by_a_detect_deployment_starts_respond_to_drift_through_the_
 
 def test_supervise_runs_its_steps_as_deployments_without_waking_the_automation(served, tracking_block, tmp_path):
     folder = tmp_path / "stream"
-    _stream(folder)
+    _stream(folder, corruption="fog")
     respond_runs_before = len(_runs_of(served.id))
     result = supervise_flow(stream_dir=str(folder), human="oracle", tracking=tracking_block[0], step_deployments=NAME)
     rows = result["batches"]

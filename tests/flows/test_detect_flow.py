@@ -96,3 +96,30 @@ def test_cli_detect_prints_json_and_exits_non_zero_on_bad_batches(env, digits, p
         [sys.executable, "-m", "scanflow.cli", "detect", "--batch", bad], env=run_env, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 2 and "expected uint8 pixel values 0..255, got float32" in result.stderr
+
+
+def test_a_drift_decided_about_is_not_asked_about_again_but_a_new_one_is(env, digits, tmp_path):
+    from flows.improve import improve_flow
+
+    _, test = digits
+    first = _save(tmp_path, "shot-a", corrupt(test.images[:150], "shot_noise", 4, seed=0).numpy())
+    again = _save(tmp_path, "shot-b", corrupt(test.images[150:300], "shot_noise", 4, seed=1).numpy())
+    other = _save(tmp_path, "fog-b", corrupt(test.images[150:300], "fog", 4, seed=1).numpy())
+    found = detect_flow(batch_path=first, report=False, responder="none")
+    assert found["is_drift"] and found["known_shift"] is None
+    decided = improve_flow(batch_path=first, shown_indices=found["selected_indices"], action="ignore", note="scanner noise, accepted")
+    assert decided["known_shift_of"] == found["model_version"]
+
+    repeated = detect_flow(batch_path=again, report=False)
+    assert repeated["is_drift"] and repeated["known_shift"]["batch_id"] == "shot-a" and repeated["known_shift"]["decision"] == "ignore"
+    assert repeated["known_shift"]["p_value"] > 0.05
+    run = MlflowClient(env["MLFLOW_TRACKING_URI"]).get_run(repeated["mlflow_run_id"])
+    assert run.data.tags["scanflow.known_shift_of"] == "shot-a"
+    new = detect_flow(batch_path=other, report=False)
+    assert new["is_drift"] and new["known_shift"] is None
+
+    deadline = time.time() + 30
+    while not _drift_events("fog-b") and time.time() < deadline:
+        time.sleep(1)
+    assert _drift_events("fog-b"), "the new drift was not announced"
+    assert not _drift_events("shot-b"), "the known shift was announced as a new drift"

@@ -8,7 +8,7 @@ import pytest
 
 from scanflow.errors import ScanflowError, UnknownCorruptionError
 from scanflow.stream import make_stream, read_stream
-from scanflow.supervision import batch_row, form_description, summary_markdown, with_decision
+from scanflow.supervision import batch_row, form_description, summary_markdown, with_decision, with_known_shift
 
 
 def test_a_stream_turns_corrupted_and_keeps_labels_beside_it(tmp_path):
@@ -44,3 +44,6 @@ def test_rows_and_summary_from_the_flow_results(tmp_path):
     text = form_description(detection)
     assert "data:image/png;base64,AAAA" in text and "| 0 | 4 | 3.14 | 7 |" in text and "Recommended: **filter**" in text
     assert "Evidently's report on this batch is being attached to MLflow run `r123`" in text
+
+    known = with_known_shift(row, {"batch_id": "batch-003", "decision": "filter", "p_value": 0.4})
+    assert f"| {batch.batch_id} | fog | v1 | known | 0.0012 | as batch-003 (filter) | known shift | 0 | 0.000 | - | - |" in summary_markdown([known])
