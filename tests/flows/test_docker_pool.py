@@ -23,7 +23,6 @@ from flows.supervise import supervise_flow
 from scanflow.config import TrackingConfig
 from scanflow.local import start_mlflow_server, stop_process_group
 from tests.conftest import S3_ACCESS_KEY, S3_SECRET_KEY
-from tests.flows.conftest import digits_champion
 
 pytestmark = [pytest.mark.slow, pytest.mark.docker]
 
@@ -48,16 +47,15 @@ def step_image():
 
 @pytest.fixture(scope="module")
 def servers(s3_server, tmp_path_factory):
-    """An MLflow server (SQLite runs, artifacts proxied to the bucket) and the blocks that tell a container where
-    everything is."""
+    """An MLflow server (SQLite runs, artifacts proxied to the bucket, no model yet) and the blocks that tell a
+    container where everything is."""
     storage = ScanflowStorage(bucket="docker-pool", endpoint_url=s3_server.endpoint_url, aws_access_key_id=S3_ACCESS_KEY,
                               aws_secret_access_key=SecretStr(S3_SECRET_KEY), prefix="prod")
     storage.store().ensure_bucket()
     folder = tmp_path_factory.mktemp("mlflow-server")
     mlflow_server = start_mlflow_server(folder / "mlflow.db", "s3://docker-pool/mlflow", {**storage.environment()}, log_dir=folder)
     try:
-        with digits_champion(mlflow_server.tracking_uri, "docker-pool"):
-            config = TrackingConfig.from_env()
+        config = TrackingConfig(mlflow_server.tracking_uri, "docker-pool", "docker-pool-classifier", "docker-pool-autoencoder")
         MLflowTracking.from_config(config).save("docker-tracking", overwrite=True)
         storage.save("docker-storage", overwrite=True)
         storage.result_storage().save(RESULTS_DOCUMENT, overwrite=True)
@@ -66,15 +64,21 @@ def servers(s3_server, tmp_path_factory):
         mlflow_server.stop()
 
 
+def _flow_names(runs) -> set[str]:
+    with get_client(sync_client=True) as client:
+        return {client.read_flow(run.flow_id).name for run in runs}
+
+
 def _prefect(*args: str, env: dict) -> None:
     result = subprocess.run([PREFECT, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
 def test_supervise_runs_its_steps_in_containers_and_reads_their_results_from_the_bucket(step_image, servers, prefect_server, tmp_path):
-    """The supervise loop here, its steps (predict, detect, the report beside the pause, improve, predict after) as
-    the docker deployments: batches reach the containers through the bucket, the steps' return values come back
-    through Prefect result storage in the bucket, records land in MLflow and the bucket."""
+    """The supervise loop here, every step (train: there is no champion yet; predict, detect, the report beside the
+    pause, improve, predict after) as the docker deployments: batches reach the containers through the bucket, the
+    steps' return values come back through Prefect result storage in the bucket, records and models land in MLflow
+    and the bucket."""
     config, store = servers
     run_env = {**os.environ, "PREFECT_API_URL": prefect_server, "SCANFLOW_STEP_IMAGE": step_image, "SCANFLOW_PROJECT_DIR": str(REPO)}
     _prefect("work-pool", "create", "scanflow-docker", "--type", "docker", "--overwrite", env=run_env)
@@ -98,7 +102,9 @@ def test_supervise_runs_its_steps_in_containers_and_reads_their_results_from_the
         steps = client.read_flow_runs(flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[state.state_details.flow_run_id])))
         containers = {run.name: run for run in client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[r.id for r in steps])))
                       if run.deployment_id is not None}
-    assert len(containers) >= 4, [run.name for run in steps]
+    assert len(containers) >= 5, [run.name for run in steps]
+    flow_names = _flow_names(containers.values())
+    assert {"train", "predict", "detect", "drift-report", "improve"} <= flow_names, flow_names
     assert all(run.infrastructure_pid and run.state.is_completed() for run in containers.values()), "a step was not run by the Docker worker"
     assert list(store.keys("prod/prefect-results/")), "no step result in the bucket"
 
@@ -114,6 +120,8 @@ def test_supervise_runs_its_steps_in_containers_and_reads_their_results_from_the
         assert run.info.status == "FINISHED" and run.data.tags["prefect.flow_run_id"] in {str(r.id) for r in containers.values()}
     artifacts = [key for key in store.keys("mlflow/") if verdict["mlflow_run_id"] in key]
     assert artifacts, "the detect run's artifacts are not in the bucket"
+    trained_in = mlflow.get_run(mlflow.get_model_version(config.classifier_name, "1").run_id)
+    assert trained_in.data.tags["prefect.flow_run_id"] in {str(r.id) for r in containers.values()}, "v1 was not trained in a container"
     runs = mlflow.search_runs([mlflow.get_experiment_by_name(config.experiment_name).experiment_id])
     improve_runs = [run for run in runs if "scanflow.promoted" in run.data.tags]
     assert improve_runs and all(run.info.status == "FINISHED" for run in improve_runs)
