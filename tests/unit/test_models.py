@@ -90,3 +90,19 @@ def test_classifier_reaches_97_percent_on_real_mnist_held_out(mnist_dir):
     train, test = load_train_test("mnist", data_dir=mnist_dir.parent)
     model, _ = train_classifier(train, TrainConfig(epochs=10, seed=0), progress=False)
     assert evaluate_classifier(model, test).accuracy >= 0.97
+
+
+@pytest.mark.parametrize("shape", [(1, 28, 28), (1, 8, 8), (3, 30, 30)])
+def test_fast_inference_paths_compute_what_the_training_layers_compute(shape):
+    """Inference runs channels-last and the decoder's last layer as a sub-pixel convolution; both are only speed."""
+    torch.manual_seed(0)
+    autoencoder, classifier = Autoencoder(*shape), Classifier(*shape, n_classes=10)
+    images = torch.randint(0, 256, (40, *shape), dtype=torch.uint8)
+    x = images.float() / 255
+    with torch.no_grad():
+        expected_images = autoencoder.train().decode(autoencoder.encode(x))
+        expected_errors = ((expected_images - x) ** 2).mean(dim=(1, 2, 3))
+        expected_proba = torch.softmax(classifier.eval()(x), dim=1)
+    latents, errors = autoencoder.embed_with_error(images)
+    assert torch.allclose(errors, expected_errors, atol=1e-6) and torch.allclose(latents, autoencoder.embed(images), atol=1e-6)
+    assert torch.allclose(classifier.predict_proba(images), expected_proba, atol=1e-6)
