@@ -130,11 +130,11 @@ def detect_flow(
     when the champion is a filter-wrapped classifier: the drift it was built for is then acknowledged).
 
     Logs the verdict to MLflow, publishes a summary and the critical samples as Prefect artifacts, emits
-    `scanflow.drift.detected` when drifted (`responder`: who acts on it, see `announce_drift`; 'none': no event), then (off the hot path) attaches Evidently's HTML report. `alpha`
-    overrides the detector's false-alarm rate (default: the one it was fitted with). A drift that is a known shift
-    of the champion (decided about before, see the improve flow) is reported with `known_shift` set and announces
-    nothing; `recognise_known=False` treats every drift as new. `tracking` names an
-    MLflowTracking block, `storage` a ScanflowStorage block (default: the environment); with storage the verdict is
+    `scanflow.drift.detected` when drifted (`responder`: who acts on it, see `announce_drift`; 'none': no event),
+    then (off the hot path) attaches Evidently's HTML report. `alpha` overrides the detector's false-alarm rate
+    (default: the one it was fitted with). A drift that is a known shift of the champion (decided about before, see
+    the improve flow) is reported with `known_shift` set and announces nothing; `recognise_known=False` treats every
+    drift as new. `tracking` names an MLflowTracking block, `storage` a ScanflowStorage block (default: the environment); with storage the verdict is
     also written to the bucket as `detections/<batch_id>.json` and `batch_path` may be s3://bucket/key.
     """
     config = tracking_config(tracking)

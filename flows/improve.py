@@ -136,9 +136,10 @@ def improve_flow(
     (needed to retrain; optional for a filter, where they only judge it). The challenger is registered with the
     `challenger` alias and promoted to `champion` only if it beats it on the shifted holdout without losing more
     than `promotion_margin` clean accuracy. When the decision stands (the drift ignored, or the challenger
-    promoted) and `remember_shift`, the batch becomes a known shift of the champion: the detect flow recognises
-    batches like it and does not ask again (one drift, one question). `tracking` names an MLflowTracking block, `storage` a ScanflowStorage
-    block (default: the environment; needed when `batch_path` is s3://bucket/key).
+    promoted; a pause that timed out decides nothing) and `remember_shift`, the batch becomes a known shift of the
+    champion: the detect flow recognises batches like it and does not ask again (one drift, one question).
+    `tracking` names an MLflowTracking block, `storage` a ScanflowStorage block (default: the environment; needed
+    when `batch_path` is s3://bucket/key).
     """
     config = tracking_config(tracking)
     batch_id = batch_id or Path(batch_path).stem
