@@ -1,0 +1,97 @@
+"""Known-shift benchmark: does "one drift, one question" recognise a repeat of a decided drift, and only that?
+
+On Fashion-MNIST (the demo's data), a champion trained on clean images and its detector. For each corruption A of
+the 15 at `--severity`, one window of `--size` test images corrupted with A is the decided batch (its signature is
+kept, as the improve flow keeps it). Then `--windows` other windows (disjoint images, other corruption seeds) of
+every corruption B, and of A at severity 5, are tested against it with `match_known_shift` at alpha 0.05:
+
+- recognised (A = B): the share of repeats that are not asked about again; ideally 1 - alpha = 0.95;
+- confused (A != B): the share of windows of another corruption taken for A (asked nobody, wrongly); ideally 0.
+- A at severity 5: how often a much heavier version of a decided drift passes as the decided one.
+
+The champion here is not filtered: this is the decision "ignore" (for a promoted filter the signatures come from
+the cleaned images). Run `python -m benchmarks.known_shifts` (a few minutes on 2 cores once the champion is cached).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+from benchmarks.detection import _default_data_dir, log, markdown_table, trained_models
+from scanflow.corruptions import corrupt, corruption_names
+from scanflow.data import load_train_test
+from scanflow.drift.autoencoder import fit_detector
+from scanflow.drift.known import KnownShift, match_known_shift
+
+ALPHA = 0.05
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.known_shifts", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=int, default=200, help="images per window (the demo's batch size)")
+    parser.add_argument("--windows", type=int, default=10, help="windows tested per (decided, incoming) pair")
+    parser.add_argument("--severity", type=int, default=3, choices=(1, 2, 3, 4, 5))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data-dir", type=Path, default=_default_data_dir())
+    parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "scanflow" / "benchmarks")
+    args = parser.parse_args()
+
+    train, test = load_train_test("fashion-mnist", data_dir=args.data_dir, seed=args.seed)
+    order = np.random.default_rng(args.seed).permutation(len(test))
+    calibration, pool = test.subset(order[:2000]), test.images[order[2000:]]
+    if len(pool) < (args.windows + 1) * args.size:
+        raise SystemExit(f"{len(pool)} pool images are too few for {args.windows + 1} windows of {args.size}")
+    classifier, autoencoder, provenance = trained_models(SimpleNamespace(name="fashion-mnist", train=train), args.seed, args.cache_dir.expanduser())
+    detector = fit_detector(classifier, autoencoder, train, calibration, seed=args.seed)
+    log(f"champion {provenance}; detector fitted")
+    names = corruption_names()
+    windows = [pool[i * args.size:(i + 1) * args.size] for i in range(args.windows + 1)]
+    decided, incoming = windows[0], windows[1:]
+
+    def signature(images: torch.Tensor, corruption: str, severity: int, seed: int) -> np.ndarray:
+        return detector.shift_signature(corrupt(images, corruption, severity, seed=seed))
+
+    incoming_signatures = {
+        (name, severity): [signature(window, name, severity, args.seed + 1 + k) for k, window in enumerate(incoming)]
+        for name in names for severity in sorted({args.severity, 5})
+    }
+    log("signatures computed")
+    rows, confusions = [], []
+    recognised_all, confused_all = [], []
+    for name in names:
+        known = [KnownShift(f"decided-{name}", "1", "ignore", "-", signature(decided, name, args.severity, args.seed))]
+
+        def rate(other: str, severity: int) -> float:
+            hits = [match_known_shift(s, known, ALPHA, seed=args.seed) is not None for s in incoming_signatures[(other, severity)]]
+            return float(np.mean(hits))
+
+        recognised = rate(name, args.severity)
+        others = {other: rate(other, args.severity) for other in names if other != name}
+        worst = max(others, key=others.get)
+        heavier = rate(name, 5) if args.severity != 5 else float("nan")
+        recognised_all.append(recognised)
+        confused_all.extend(others.values())
+        confusions += [(name, other, value) for other, value in others.items() if value > 0]
+        worst_cell = f"{worst} {others[worst]:.2f}" if others[worst] > 0 else "none"
+        rows.append((name, f"{recognised:.2f}", f"{np.mean(list(others.values())):.3f}", worst_cell, f"{heavier:.2f}"))
+        log(f"{name}: recognised {recognised:.2f}, worst confusion {worst_cell}")
+
+    configuration = (f"Fashion-MNIST, {args.size}-image windows, severity {args.severity}, {args.windows} windows per pair, "
+                     f"alpha {ALPHA}, seed {args.seed}, {datetime.datetime.now():%Y-%m-%d %H:%M}, {os.cpu_count()} cpu")
+    print(f"\n### Known shifts: a decided drift's repeats recognised, other drifts not — {configuration}\n")
+    print("\n".join(markdown_table(
+        ("decided corruption", "repeats recognised", "other corruptions taken for it (mean)", "worst other", "same at severity 5 taken for it"), rows)))
+    print(f"\nMean: repeats recognised {np.mean(recognised_all):.3f} (ideal 0.95); other corruptions taken for the decided "
+          f"one {np.mean(confused_all):.4f} (ideal 0); pairs ever confused: {len(confusions)} of {len(names) * (len(names) - 1)}"
+          + ("".join(f"\n- {a} <- {b}: {v:.2f}" for a, b, v in sorted(confusions, key=lambda c: -c[2]))))
+
+
+if __name__ == "__main__":
+    main()
