@@ -104,6 +104,17 @@ def remember_known_shift(config: TrackingConfig, run_id: str, batch_id: str, act
     return version
 
 
+def makes_known_shift(decision: Decision, promoted: bool) -> bool:
+    """Whether a decision turns its batch into a known shift: a person's (or a simulated person's) ignore, or a
+    promoted filter. Not a timed-out pause (nobody decided), and not a retrain: the retrained champion learned from
+    the batch (its labels, pseudo-labels and detector reference), so the batch no longer looks to it like a fresh
+    batch of the same shift would, and the two-sample test would tell them apart (a repeat would be asked about
+    again anyway). A retrain's champion sees the shift as its new normal instead."""
+    if decision.decided_by == "timeout":
+        return False
+    return decision.action == "ignore" or (decision.action == "filter" and promoted)
+
+
 def _announce(config: TrackingConfig, promoted: bool, payload: dict) -> None:
     emit_event(
         event=PROMOTED_EVENT if promoted else REJECTED_EVENT,
@@ -135,9 +146,9 @@ def improve_flow(
     `shown_indices`: the batch rows the person was shown, in order; `labels`: their classes in that order
     (needed to retrain; optional for a filter, where they only judge it). The challenger is registered with the
     `challenger` alias and promoted to `champion` only if it beats it on the shifted holdout without losing more
-    than `promotion_margin` clean accuracy. When the decision stands (the drift ignored, or the challenger
-    promoted; a pause that timed out decides nothing) and `remember_shift`, the batch becomes a known shift of the
-    champion: the detect flow recognises batches like it and does not ask again (one drift, one question).
+    than `promotion_margin` clean accuracy. When the decision stands (the drift ignored, or a filter promoted; see
+    `makes_known_shift`) and `remember_shift`, the batch becomes a known shift of the champion: the detect flow
+    recognises batches like it and does not ask again (one drift, one question).
     `tracking` names an MLflowTracking block, `storage` a ScanflowStorage block (default: the environment; needed
     when `batch_path` is s3://bucket/key).
     """
@@ -161,7 +172,7 @@ def improve_flow(
         else:
             summary.update(_improve(config, run_id, decision, models, detector, images, shown_indices, batch_id,
                                     drift, promotion_margin, holdout_fraction, data_dir, seed))
-        if remember_shift and decision.decided_by != "timeout" and (decision.action == "ignore" or summary["promoted"]):
+        if remember_shift and makes_known_shift(decision, summary["promoted"]):
             summary["known_shift_of"] = remember_known_shift(config, run_id, batch_id, decision.action, images)
         scanflow_tracking.set_tags(run_id, {"scanflow.promoted": str(summary["promoted"]).lower()})
     create_markdown_artifact(improvement_markdown(summary), key="improvement", description=f"decision on batch {batch_id}")

@@ -1,7 +1,7 @@
 """Known shifts: one drift, one question.
 
-Once a person has decided about a drift and the decision stands (a filter or a retrained model promoted, or the
-drift explicitly ignored), later batches carrying the same shift would otherwise be flagged and asked about again
+Once a person has decided about a drift and the decision stands (a filter promoted, or the drift explicitly
+ignored; a retrained model learned from the batch itself, so that batch is no fair sample of the shift for it), later batches carrying the same shift would otherwise be flagged and asked about again
 and again: a filter cleans most of the noise, not all of it, so the champion's detector still sees the batch as
 unlike clean data. A `KnownShift` keeps what the decided batch looked like to the detector of the champion that now
 serves it; a new drifted batch is compared with it by a two-sample test, and only a batch that differs from every

@@ -56,3 +56,15 @@ def test_simulated_humans_answer_through_the_decision_schema():
     assert OracleHuman(true_labels).decide(policy_action(_result(True, {"pixels": 0.9})), [1]).action == "filter"
     policy = PolicyHuman().decide(policy_action(_result(True, {"latent": 1.0})), [3, 0])
     assert policy.action == "filter" and policy.labels == () and policy.decided_by == "policy"
+
+
+def test_only_a_standing_decision_that_did_not_learn_from_the_batch_makes_a_known_shift():
+    from flows.improve import makes_known_shift
+    from scanflow.human import Decision
+
+    ignore, filter_, retrain = (Decision.checked(action, [1, 2] if action == "retrain" else None, 2, 10, "", "human")
+                                for action in ("ignore", "filter", "retrain"))
+    assert makes_known_shift(ignore, promoted=False) and makes_known_shift(filter_, promoted=True)
+    assert not makes_known_shift(filter_, promoted=False) and not makes_known_shift(retrain, promoted=True)
+    timed_out = Decision.checked("ignore", None, 2, 10, "pause timed out", "timeout")
+    assert not makes_known_shift(timed_out, promoted=False)
