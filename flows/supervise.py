@@ -19,12 +19,14 @@ from typing import Annotated, Any, Literal
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import httpx
 from prefect import flow, pause_flow_run, resume_flow_run, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId, FlowRunFilterState, FlowRunFilterStateType
 from prefect.client.schemas.objects import StateType
+from prefect.exceptions import ObjectNotFound
 from prefect.input import RunInput
 from prefect.runtime import flow_run
 from pydantic import Field, create_model
@@ -83,7 +85,9 @@ def ask_human(batch_id: str, n_shown: int, classes: list[str], guesses: list[int
 
 
 def paused_child(parent_id: Any, timeout_s: float = 120.0) -> Any:
-    """The id of the paused `ask-human` child of flow run `parent_id`, once it is paused."""
+    """The id of the paused `ask-human` child of flow run `parent_id`, once it is paused and its form's schema is
+    saved: Prefect saves the schema just after the run turns PAUSED, and an answer sent in between is refused with
+    "Run input schema not found" (seen under load)."""
     deadline = time.monotonic() + timeout_s
     with get_client(sync_client=True) as client:
         while time.monotonic() < deadline:
@@ -91,10 +95,21 @@ def paused_child(parent_id: Any, timeout_s: float = 120.0) -> Any:
                 parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent_id]),
                 state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED])),
             ))
-            if runs:
+            if runs and _form_ready(client, runs[0]):
                 return runs[0].id
             time.sleep(0.5)
     raise TimeoutError(f"no paused decision form under flow run {parent_id} within {timeout_s:.0f} s")
+
+
+def _form_ready(client: Any, run: Any) -> bool:
+    keyset = run.state.state_details.run_input_keyset or {}
+    if "schema" not in keyset:
+        return True
+    try:
+        client.read_flow_run_input(run.id, keyset["schema"])
+    except (ObjectNotFound, httpx.HTTPStatusError):
+        return False
+    return True
 
 
 def answer_when_paused(parent_id: Any, decision: Decision, guesses: list[int]) -> threading.Thread:
