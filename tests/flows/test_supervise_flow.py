@@ -4,6 +4,8 @@ with the run still paused; a timeout runs the default and is recorded as such.""
 
 from __future__ import annotations
 
+import json
+
 import os
 import threading
 
@@ -76,7 +78,11 @@ def test_a_person_answer_is_validated_by_the_server_and_the_run_stays_paused(env
                 parent = runs[0].id if runs else None
                 time.sleep(0.5)
         child = paused_child(parent, timeout_s=300)
-        for bad in ({"action": "retrain", "labels": [1, 2]}, {"action": "reboot", "labels": [0] * 20}, {"action": "retrain", "labels": [12] * 20}):
+        with get_client(sync_client=True) as client:
+            keyset = client.read_flow_run(child).state.state_details.run_input_keyset
+            n_shown = json.loads(client.read_flow_run_input(child, keyset["schema"]))["properties"]["labels"]["minItems"]
+        for bad in ({"action": "retrain", "labels": [1] * (n_shown + 1)}, {"action": "reboot", "labels": [0] * n_shown},
+                    {"action": "retrain", "labels": [12] * n_shown}):
             try:
                 resume_flow_run(child, run_input=bad)
                 errors.append(f"accepted {bad}")
@@ -84,7 +90,7 @@ def test_a_person_answer_is_validated_by_the_server_and_the_run_stays_paused(env
                 errors.append(str(error))
             with get_client(sync_client=True) as client:
                 states.append(client.read_flow_run(child).state.type.value)
-        resume_flow_run(child, run_input={"action": "ignore", "labels": [0] * 20, "note": "seen it"})
+        resume_flow_run(child, run_input={"action": "ignore", "labels": [0] * n_shown, "note": "seen it"})
 
     run_name = "supervise-person-test"
     thread = threading.Thread(target=person, daemon=True)
