@@ -27,7 +27,7 @@ from scanflow.config import TrackingConfig
 from scanflow.data import LabeledImages, hold_out_calibration, load_batch_file, load_train_test
 from scanflow.drift.autoencoder import AutoencoderDetector
 from scanflow.drift.known import KnownShift
-from scanflow.human import Decision
+from scanflow.human import Decision, makes_known_shift
 from scanflow.improve import (
     DEFAULT_HOLDOUT_FRACTION,
     DEFAULT_PROMOTION_MARGIN,
@@ -102,17 +102,6 @@ def remember_known_shift(config: TrackingConfig, run_id: str, batch_id: str, act
     scanflow_tracking.log_known_shift(config, KnownShift(batch_id, version, action, run_id, detector.shift_signature(seen)))
     print(f"the shift of batch {batch_id} is now known to v{version}: batches like it will not be asked about again")
     return version
-
-
-def makes_known_shift(decision: Decision, promoted: bool) -> bool:
-    """Whether a decision turns its batch into a known shift: a person's (or a simulated person's) ignore, or a
-    promoted filter. Not a timed-out pause (nobody decided), and not a retrain: the retrained champion learned from
-    the batch (its labels, pseudo-labels and detector reference), so the batch no longer looks to it like a fresh
-    batch of the same shift would, and the two-sample test would tell them apart (a repeat would be asked about
-    again anyway). A retrain's champion sees the shift as its new normal instead."""
-    if decision.decided_by == "timeout":
-        return False
-    return decision.action == "ignore" or (decision.action == "filter" and promoted)
 
 
 def _announce(config: TrackingConfig, promoted: bool, payload: dict) -> None:

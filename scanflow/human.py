@@ -124,3 +124,14 @@ class PolicyHuman:
     def decide(self, recommended_action: str, shown_indices: Sequence[int]) -> Decision:
         action = "filter" if recommended_action == "retrain" else recommended_action
         return Decision(action, (), note="simulated: policy without labels", decided_by="policy")
+
+
+def makes_known_shift(decision: Decision, promoted: bool) -> bool:
+    """Whether a decision turns its batch into a known shift: a person's (or a simulated person's) ignore, or a
+    promoted filter. Not a timed-out pause (nobody decided), and not a retrain: the retrained champion learned from
+    the batch (its labels, pseudo-labels and detector reference), so the batch no longer looks to it like a fresh
+    batch of the same shift would, and the two-sample test would tell them apart (a repeat would be asked about
+    again anyway). A retrain's champion sees the shift as its new normal instead."""
+    if decision.decided_by == "timeout":
+        return False
+    return decision.action == "ignore" or (decision.action == "filter" and promoted)

@@ -59,8 +59,7 @@ def test_simulated_humans_answer_through_the_decision_schema():
 
 
 def test_only_a_standing_decision_that_did_not_learn_from_the_batch_makes_a_known_shift():
-    from flows.improve import makes_known_shift
-    from scanflow.human import Decision
+    from scanflow.human import Decision, makes_known_shift
 
     ignore, filter_, retrain = (Decision.checked(action, [1, 2] if action == "retrain" else None, 2, 10, "", "human")
                                 for action in ("ignore", "filter", "retrain"))
