@@ -38,6 +38,7 @@ from flows.train import train_flow
 from flows.settings import shared_batch, storage_store, supervision_settings, tracking_config
 from flows.steps import Steps
 from scanflow import tracking as scanflow_tracking
+from scanflow.config import TrackingConfig
 from scanflow.human import ACTIONS, Decision, OracleHuman, PolicyHuman
 from scanflow.storage import absolute_location
 from scanflow.stream import StreamBatch, make_stream, read_stream
@@ -189,6 +190,12 @@ def evidently_report_beside(steps: Steps, batch_path: str, mlflow_run_id: str) -
     return steps.run(report_flow, batch_path=batch_path, mlflow_run_id=mlflow_run_id)
 
 
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def current_champion(config: TrackingConfig) -> str | None:
+    """The champion's version, None when there is none yet (a read from MLflow, retried when it fails to answer)."""
+    return scanflow_tracking.champion_version(config) if scanflow_tracking.has_champion(config) else None
+
+
 @flow(name="respond-to-drift", log_prints=True, persist_result=True)
 def respond_flow(
     batch_path: str,
@@ -261,7 +268,7 @@ def supervise_flow(
     print(f"supervision policy: {settings}")
     steps = Steps(step_deployments, tracking, storage)
     config = tracking_config(tracking)
-    if not scanflow_tracking.has_champion(config):
+    if current_champion(config) is None:
         print(f"no champion of {config.classifier_name} yet: training one on {dataset}")
         steps.run(train_flow, dataset=dataset, seed=seed)
     batches = read_stream(stream_dir) if stream_dir and (Path(stream_dir) / "stream.json").is_file() else make_stream(
@@ -285,7 +292,7 @@ def supervise_flow(
         print(" | ".join(f"{k}={v}" for k, v in row.items()))
     create_table_artifact(rows, key="supervision-summary", description="per batch: drift, decision, accuracy before/after")
     create_markdown_artifact(summary_markdown(rows), key="supervision-report", description="the supervised stream at a glance")
-    return {"batches": rows, "champion": scanflow_tracking.champion_version(config), "tracking_uri": config.tracking_uri,
+    return {"batches": rows, "champion": current_champion(config), "tracking_uri": config.tracking_uri,
             "prefect_flow_run_id": str(flow_run.id or "")}
 
 if __name__ == "__main__":

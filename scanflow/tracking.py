@@ -275,12 +275,21 @@ def register_models(
     )
 
 
+#: What MLflow answers for a registered model, or an alias, that does not exist.
+_NOT_FOUND_CODES = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
+
+
 def _version_by_alias(config: TrackingConfig, alias: str) -> Any:
     check_reachable(config.tracking_uri)
     mlflow.set_tracking_uri(config.tracking_uri)
     try:
         return MlflowClient(config.tracking_uri).get_model_version_by_alias(config.classifier_name, alias)
     except MlflowException as error:
+        if error.error_code not in _NOT_FOUND_CODES:
+            raise TrackingUnavailableError(
+                f"MLflow at {config.tracking_uri} failed to say which version of {config.classifier_name!r} has the "
+                f"alias {alias!r} ({error.error_code}: {error.message}); check the server's log and retry"
+            ) from error
         raise ModelNotFoundError(
             f"no version of {config.classifier_name!r} has the alias {alias!r} in {config.tracking_uri}: "
             "train one with `scanflow train` (or check MLFLOW_TRACKING_URI / SCANFLOW_MODEL_NAME)"
@@ -412,8 +421,8 @@ def register_candidate(
     """Log an improved model (a retrained `Classifier` or a `FilteredClassifier`) as a new version of the
     classifier, next to the champion's autoencoder, and point `alias` at it. Returns the new version.
 
-    A retrained classifier brings its refitted `detector`; a filtered one keeps the champion's detector, which
-    then watches the cleaned images. All or nothing, like `register_models`.
+    A candidate brings its refitted `detector` (a filtered one's watches the cleaned images, fitted on cleaned clean
+    images); without one the champion's detector is reused. All or nothing, like `register_models`.
     """
     from scanflow.improve.filter import FilteredClassifier
 

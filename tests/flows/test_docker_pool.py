@@ -59,7 +59,7 @@ def servers(s3_server, tmp_path_factory):
         MLflowTracking.from_config(config).save("docker-tracking", overwrite=True)
         storage.save("docker-storage", overwrite=True)
         storage.result_storage().save(RESULTS_DOCUMENT, overwrite=True)
-        yield config, storage.store()
+        yield config, storage.store(), mlflow_server.log_path
     finally:
         mlflow_server.stop()
 
@@ -79,7 +79,7 @@ def test_supervise_runs_its_steps_in_containers_and_reads_their_results_from_the
     pause, improve, predict after) as the docker deployments: batches reach the containers through the bucket, the
     steps' return values come back through Prefect result storage in the bucket, records and models land in MLflow
     and the bucket."""
-    config, store = servers
+    config, store, mlflow_log = servers
     run_env = {**os.environ, "PREFECT_API_URL": prefect_server, "SCANFLOW_STEP_IMAGE": step_image, "SCANFLOW_PROJECT_DIR": str(REPO)}
     _prefect("work-pool", "create", "scanflow-docker", "--type", "docker", "--overwrite", env=run_env)
     _prefect("--no-prompt", "deploy", "--prefect-file", "infra/prefect.yaml", "--name", "docker", env=run_env)
@@ -94,7 +94,7 @@ def test_supervise_runs_its_steps_in_containers_and_reads_their_results_from_the
     finally:
         stop_process_group(worker)
     log_text = (tmp_path / "worker.log").read_text(errors="replace")
-    assert state.is_completed(), f"{state}\n{log_text[-4000:]}"
+    assert state.is_completed(), f"{state}\n{log_text[-4000:]}\nMLflow server:\n{mlflow_log.read_text(errors='replace')[-3000:]}"
     (row,) = state.result()["batches"]
     assert row["drift"] == "yes" and row["decided_by"] == "oracle", row
 
