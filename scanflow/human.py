@@ -128,10 +128,10 @@ class PolicyHuman:
 
 def makes_known_shift(decision: Decision, promoted: bool) -> bool:
     """Whether a decision turns its batch into a known shift: a person's (or a simulated person's) ignore, or a
-    promoted filter. Not a timed-out pause (nobody decided), and not a retrain: the retrained champion learned from
-    the batch (its labels, pseudo-labels and detector reference), so the batch no longer looks to it like a fresh
-    batch of the same shift would, and the two-sample test would tell them apart (a repeat would be asked about
-    again anyway). A retrain's champion sees the shift as its new normal instead."""
+    promoted challenger (filter or retrain). Not a timed-out pause (nobody decided) and not a rejected challenger
+    (the champion that failed to handle the shift still serves: the next batch like it deserves a question). A
+    retrain's record is made of the batch rows it did not learn from (`ImprovementOutcome.unseen_rows`): rows it
+    learned from look to it unlike a fresh batch of the same shift."""
     if decision.decided_by == "timeout":
         return False
-    return decision.action == "ignore" or (decision.action == "filter" and promoted)
+    return decision.action == "ignore" or promoted

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field, fields, replace
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
@@ -26,6 +26,9 @@ from scanflow.errors import ScanflowError
 from scanflow.human import Decision, InvalidDecisionError, validate_labels
 from scanflow.improve.promotion import HoldoutScores
 from scanflow.models import Autoencoder, Classifier
+
+#: Clean replay images a refitted detector is fitted on, at most.
+DETECTOR_REFERENCE_IMAGES = 8_000
 
 #: Share of the person's labels held back to judge a retrained challenger (the shifted holdout).
 DEFAULT_HOLDOUT_FRACTION = 0.3
@@ -89,6 +92,7 @@ class ImprovementPlan:
     description: str
     drift: dict[str, Any]
     params: dict[str, Any]
+    unseen_rows: tuple[int, ...] = ()
     context: ImprovementContext | None = field(default=None, repr=False, compare=False)
 
     def with_drift(self, drift: dict[str, Any]) -> "ImprovementPlan":
@@ -99,6 +103,7 @@ class ImprovementPlan:
         data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "context"}
         data["training_positions"] = list(self.training_positions)
         data["holdout_positions"] = list(self.holdout_positions)
+        data["unseen_rows"] = list(self.unseen_rows)
         return data
 
 
@@ -107,7 +112,9 @@ class ImprovementOutcome:
     """What an improvement produced and how champion and candidate score on the holdouts (accuracy 0..1).
 
     `candidate` is what would serve (a `Classifier` or a `FilteredClassifier`), `detector` the refitted detector
-    for it (None: the champion's detector keeps watching). Both stay out of `to_dict`.
+    for it (None: the champion's detector keeps watching). Both stay out of `to_dict`. `unseen_rows`: the batch rows
+    neither the candidate nor its detector learned from; they show the candidate a fresh sample of the shift (what
+    a known-shift record is made of).
     """
 
     action: str
@@ -122,6 +129,7 @@ class ImprovementOutcome:
     summary: str
     candidate: Any = field(default=None, repr=False, compare=False)
     detector: AutoencoderDetector | None = field(default=None, repr=False, compare=False)
+    unseen_rows: tuple[int, ...] = ()
 
     def as_metrics(self) -> dict[str, float]:
         """Flat metrics for tracking: labels used, time, and each model's holdout accuracies."""
@@ -145,6 +153,7 @@ class ImprovementOutcome:
             "n_pseudo_labelled": self.n_pseudo_labelled,
             "seconds": round(self.seconds, 3),
             "summary": self.summary,
+            "unseen_rows": list(self.unseen_rows),
         }
 
 
@@ -155,6 +164,22 @@ def holdout_scores(model: Predictor, clean: LabeledImages, shifted: LabeledImage
         return HoldoutScores(clean_accuracy, None, len(clean), 0)
     shifted_accuracy = float((model.predict(shifted.images) == shifted.labels).float().mean())
     return HoldoutScores(clean_accuracy, shifted_accuracy, len(clean), len(shifted))
+
+
+def refit_detector(
+    classifier: Classifier, context: ImprovementContext, seen: Callable[[torch.Tensor], torch.Tensor] | None = None
+) -> AutoencoderDetector:
+    """The champion's kind of detector for a candidate, fitted on clean replay as the candidate sees it (`seen`: the
+    candidate's view of an image batch, e.g. a filter's cleaning; default as is) and calibrated on clean images it
+    was not fitted on. A detector must be fitted on what it will watch: the champion's detector judging filtered
+    clean batches, or a reference mixing the drifted batch in, raised false alarms on clean batches. Not on the
+    drifted batch either: a repeat of the shift is recognised as a known shift instead."""
+    view = seen or (lambda images: images)
+    rows = np.sort(np.random.default_rng(context.seed).permutation(len(context.replay))[:DETECTOR_REFERENCE_IMAGES])
+    reference = view(context.replay.images[torch.from_numpy(rows)])
+    calibration = view(context.calibration.images) if context.calibration is not None else None
+    detector = AutoencoderDetector(classifier, context.autoencoder, seed=context.seed)
+    return detector.fit(reference, calibration=calibration, info=context.replay.info)
 
 
 def split_positions(n_shown: int, holdout_fraction: float, seed: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -197,6 +222,7 @@ class Improver(ABC):
             description=description,
             drift=_drift_summary(drift_result),
             params=params,
+            unseen_rows=self._unseen_rows(context),
             context=context,
         )
 
@@ -231,11 +257,16 @@ class Improver(ABC):
             summary=summary,
             candidate=candidate,
             detector=detector,
+            unseen_rows=plan.unseen_rows,
         )
 
     def _positions(self, context: ImprovementContext) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """Training and holdout positions among the shown samples; by default all labels judge, none train."""
         return (), tuple(range(len(context.shown_indices)))
+
+    def _unseen_rows(self, context: ImprovementContext) -> tuple[int, ...]:
+        """Batch rows the candidate will not learn from; by default all (the candidate never trains on the batch)."""
+        return tuple(range(len(context.batch)))
 
     @abstractmethod
     def _describe(self, context: ImprovementContext, n_training_labels: int) -> tuple[str, float, dict[str, Any]]:

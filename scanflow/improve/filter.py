@@ -20,8 +20,9 @@ from torch.nn import functional as F
 
 from scanflow.corruptions import CORRUPTIONS, FAMILIES, corrupt
 from scanflow.data import LabeledImages, validate_batch
+from scanflow.drift.autoencoder import AutoencoderDetector
 from scanflow.errors import ScanflowError, UnknownCorruptionError
-from scanflow.improve.base import ImprovementContext, Improver
+from scanflow.improve.base import ImprovementContext, Improver, refit_detector
 from scanflow.models import Classifier, Denoiser, to_float
 from scanflow.serving import REJECTED_LABEL
 
@@ -192,6 +193,8 @@ class FilterImprover(Improver):
     Needs no labels: any labels the person gave all go to the shifted holdout that judges the filter. With
     `reject_fpr`, cleaned images whose drift score stays above the champion detector's clean-score quantile
     1 - reject_fpr are answered with REJECTED_LABEL (so about `reject_fpr` of clean images are rejected too).
+    The candidate's drift detector is the champion's kind refitted on clean images as the filter passes them on
+    (the gate cleans a share of clean images too, so the champion's detector would see clean batches as drifted).
     """
 
     action = "filter"
@@ -217,7 +220,7 @@ class FilterImprover(Improver):
         params = {**self.config.as_params(), "filter_reject_fpr": self.reject_fpr or 0.0, "filter_gate_quantile": self.gate_quantile or 0.0}
         return description, seconds, params
 
-    def _build(self, context: ImprovementContext, labelled: LabeledImages | None) -> tuple[FilteredClassifier, None, int, str]:
+    def _build(self, context: ImprovementContext, labelled: LabeledImages | None) -> tuple[FilteredClassifier, AutoencoderDetector, int, str]:
         result = train_denoiser(context.classifier, context.replay, self.config)
         scorer, threshold = None, None
         if self.reject_fpr is not None:
@@ -229,5 +232,6 @@ class FilterImprover(Improver):
             gate_images = context.calibration.images if context.calibration is not None else context.clean_holdout.images
             gate = calibrate_gate(result.denoiser, gate_images, self.gate_quantile)
         filtered = FilteredClassifier(context.classifier, result.denoiser, scorer, threshold, gate)
+        detector = refit_detector(context.classifier, context, seen=filtered.clean)
         summary = f"denoiser trained on {len(result.training_corruptions)} synthetic corruptions in {result.seconds:.0f} s"
-        return filtered, None, 0, summary
+        return filtered, detector, 0, summary

@@ -123,3 +123,25 @@ def test_a_drift_decided_about_is_not_asked_about_again_but_a_new_one_is(env, di
         time.sleep(1)
     assert _drift_events("fog-b"), "the new drift was not announced"
     assert not _drift_events("shot-b"), "the known shift was announced as a new drift"
+
+
+def test_after_a_promoted_retrain_clean_batches_pass_and_a_repeat_of_the_shift_is_known(env, digits, tmp_path):
+    """Last in the module: it replaces the module's champion. The retrained champion's detector is fitted on clean
+    images (a clean batch passes), and the batch rows the retrain did not learn from make the shift known to it."""
+    from flows.improve import improve_flow
+
+    _, test = digits
+    first = _save(tmp_path, "spatter-a", corrupt(test.images[:150], "spatter", 5, seed=0).numpy())
+    again = _save(tmp_path, "spatter-b", corrupt(test.images[150:300], "spatter", 5, seed=1).numpy())
+    found = detect_flow(batch_path=first, report=False, responder="none")
+    assert found["is_drift"] and found["known_shift"] is None
+    labels = [int(test.labels[i]) for i in found["selected_indices"]]
+    decided = improve_flow(batch_path=first, shown_indices=found["selected_indices"], action="retrain", labels=labels, decided_by="oracle")
+    assert decided["promoted"], decided["reason"]
+    assert len(decided["outcome"]["unseen_rows"]) == (150 - len(labels)) // 2
+    assert decided["known_shift_of"] == decided["challenger_version"]
+
+    clean = detect_flow(batch_path=_save(tmp_path, "clean-after", test.images[300:].numpy()), report=False)
+    assert clean["model_version"] == decided["challenger_version"] and not clean["is_drift"], clean["p_value"]
+    repeated = detect_flow(batch_path=again, report=False)
+    assert repeated["is_drift"] and repeated["known_shift"]["batch_id"] == "spatter-a" and repeated["known_shift"]["decision"] == "retrain"

@@ -58,12 +58,13 @@ def test_simulated_humans_answer_through_the_decision_schema():
     assert policy.action == "filter" and policy.labels == () and policy.decided_by == "policy"
 
 
-def test_only_a_standing_decision_that_did_not_learn_from_the_batch_makes_a_known_shift():
+def test_only_a_standing_decision_makes_a_known_shift():
     from scanflow.human import Decision, makes_known_shift
 
     ignore, filter_, retrain = (Decision.checked(action, [1, 2] if action == "retrain" else None, 2, 10, "", "human")
                                 for action in ("ignore", "filter", "retrain"))
     assert makes_known_shift(ignore, promoted=False) and makes_known_shift(filter_, promoted=True)
-    assert not makes_known_shift(filter_, promoted=False) and not makes_known_shift(retrain, promoted=True)
+    assert makes_known_shift(retrain, promoted=True) and not makes_known_shift(retrain, promoted=False)
+    assert not makes_known_shift(filter_, promoted=False)
     timed_out = Decision.checked("ignore", None, 2, 10, "pause timed out", "timeout")
     assert not makes_known_shift(timed_out, promoted=False)

@@ -11,6 +11,7 @@ import torch
 
 from scanflow.corruptions import corrupt
 from scanflow.drift.autoencoder import fit_detector
+from scanflow.drift.known import KnownShift, match_known_shift
 from scanflow.errors import ScanflowError, UnknownCorruptionError
 from scanflow.human import Decision, InvalidDecisionError
 from scanflow.improve import (
@@ -169,11 +170,34 @@ def test_retrain_apply_scores_both_models_and_refits_the_detector(context, shift
     json.dumps(outcome.to_dict())
 
 
+def test_a_retrain_leaves_half_the_unshown_rows_unseen_and_remembers_the_shift_from_them(digits, context, shifted):
+    """The refitted detector is fitted on clean images only (clean batches do not alarm after a retrain), and the
+    rows the retrain did not learn from show the new champion a repeat of the shift like a fresh batch does."""
+    _, test = digits
+    _, batch_labels, repeat, _ = shifted
+    improver = RetrainImprover(FAST_RETRAIN)
+    plan = improver.plan(None, context)
+    unshown = set(range(len(context.batch))) - set(context.shown_indices)
+    assert len(plan.unseen_rows) == len(unshown) // 2 and set(plan.unseen_rows) <= unshown
+    assert f"pseudo-labels of {len(context.batch) - len(plan.unseen_rows)} of the batch's {len(context.batch)} images" in plan.description
+    labels = tuple(int(batch_labels[i]) for i in context.shown_indices)
+    outcome = improver.apply(plan, Decision("retrain", labels, decided_by="oracle"))
+    assert outcome.unseen_rows == plan.unseen_rows and outcome.to_dict()["unseen_rows"] == list(plan.unseen_rows)
+    assert outcome.n_pseudo_labelled <= len(context.batch) - len(plan.unseen_rows)
+    assert not outcome.detector.predict(test.images[:150]).is_drift
+    unseen = context.batch[torch.tensor(plan.unseen_rows)]
+    known = [KnownShift("b1", "2", "retrain", "run", outcome.detector.shift_signature(unseen))]
+    assert match_known_shift(outcome.detector.shift_signature(repeat[:100]), known, alpha=0.05) is not None
+    assert match_known_shift(outcome.detector.shift_signature(corrupt(test.images[:100], "fog", 5, seed=2)), known, alpha=0.05) is None
+
+
 def test_filter_apply_needs_no_labels(context):
     improver = FilterImprover(FAST_DENOISER)
     outcome = improver.apply(improver.plan(None, context), Decision("filter"))
     assert isinstance(outcome.candidate, FilteredClassifier) and outcome.candidate.classifier is context.classifier
     assert outcome.candidate_scores.shifted_accuracy is None and outcome.n_labels_used == 0
+    assert outcome.detector.classifier is context.classifier and outcome.detector is not context.detector
+    assert not outcome.detector.predict(outcome.candidate.clean(context.clean_holdout.images[:150])).is_drift
 
 
 def test_bad_decisions_are_refused_before_any_training(context):
