@@ -28,6 +28,23 @@ def champion(mlflow_store):
         yield env
 
 
+#: The pause timeout of the tests where a thread plays the person: if the thread fails, the run ends by timeout
+#: (and the test fails on what the thread reported) instead of waiting out pytest's limit.
+UNANSWERED_AFTER_S = 300
+
+
+def _reporting(person, failures: list[str]):
+    """`person` run so that an exception in the thread is kept for the test to report."""
+
+    def run() -> None:
+        try:
+            person()
+        except Exception as error:
+            failures.append(f"the person thread failed: {type(error).__name__}: {error}")
+
+    return run
+
+
 def _stream(tmp_path, n_batches=3, drift_at=1, corruption="impulse_noise"):
     """A digits stream; each test drifts with a corruption of its own, because a decision that stands makes its
     shift known to the champion (the module's tests share it) and a known shift is not asked about again."""
@@ -93,13 +110,16 @@ def test_a_person_answer_is_validated_by_the_server_and_the_run_stays_paused(env
         resume_flow_run(child, run_input={"action": "ignore", "labels": [0] * n_shown, "note": "seen it"})
 
     run_name = "supervise-person-test"
-    thread = threading.Thread(target=person, daemon=True)
+    thread = threading.Thread(target=_reporting(person, errors), daemon=True)
     thread.start()
-    result = supervise_flow.with_options(flow_run_name=run_name)(stream_dir=_stream(tmp_path, n_batches=2, corruption="shot_noise"), human="person", budget=20)
+    result = supervise_flow.with_options(flow_run_name=run_name)(
+        stream_dir=_stream(tmp_path, n_batches=1, drift_at=0, corruption="shot_noise"), human="person", budget=20,
+        pause_timeout_s=UNANSWERED_AFTER_S, action_on_timeout="ignore",
+    )
     thread.join(timeout=60)
     assert len(errors) == 3 and all("Validation failed" in e for e in errors), errors
     assert states == ["PAUSED"] * 3
-    assert result["batches"][1]["decision"] == "ignore" and result["batches"][1]["decided_by"] == "human"
+    assert result["batches"][0]["decision"] == "ignore" and result["batches"][0]["decided_by"] == "human"
     assert tracking.champion_version(config) == result["champion"]
 
 
@@ -133,13 +153,18 @@ def test_a_person_answers_from_the_command_line(env, tmp_path, prefect_server):
         outputs.append(subprocess.run(command + ["retrain", "--labels", "1,2"], capture_output=True, text=True, env=environment, timeout=300))
         outputs.append(subprocess.run(command + ["ignore", "--note", "from the shell"], capture_output=True, text=True, env=environment, timeout=300))
 
-    thread = threading.Thread(target=person, daemon=True)
+    failures: list[str] = []
+    thread = threading.Thread(target=_reporting(person, failures), daemon=True)
     thread.start()
-    result = supervise_flow.with_options(flow_run_name=run_name)(stream_dir=_stream(tmp_path, n_batches=2, corruption="rotate"), human="person", budget=20)
+    result = supervise_flow.with_options(flow_run_name=run_name)(
+        stream_dir=_stream(tmp_path, n_batches=1, drift_at=0, corruption="rotate"), human="person", budget=20,
+        pause_timeout_s=UNANSWERED_AFTER_S, action_on_timeout="ignore",
+    )
     thread.join(timeout=60)
+    assert not failures and len(outputs) == 2, failures
     refused, accepted = outputs
     assert refused.returncode == 2 and "the server refused the answer, the run stays paused" in refused.stderr
     assert accepted.returncode == 0, accepted.stderr[-2000:]
     assert "| position | batch row | score | model's guess |" in accepted.stdout
     assert "answered flow run" in accepted.stdout
-    assert result["batches"][1]["decision"] == "ignore" and result["batches"][1]["decided_by"] == "human"
+    assert result["batches"][0]["decision"] == "ignore" and result["batches"][0]["decided_by"] == "human"
