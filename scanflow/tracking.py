@@ -79,12 +79,22 @@ def check_reachable(tracking_uri: str, timeout_s: float = 5.0) -> None:
             )
 
 
+def mlflow_client(tracking_uri: str) -> MlflowClient:
+    """A client of the store at `tracking_uri`, model registry included: without an explicit registry MLflow takes
+    the process-wide one, which a connect to another store leaves behind (a champion then seems to have vanished)."""
+    return MlflowClient(tracking_uri, registry_uri=tracking_uri)
+
+
+def _client(config: TrackingConfig) -> MlflowClient:
+    return mlflow_client(config.tracking_uri)
+
+
 def connect(config: TrackingConfig) -> str:
     """Point MLflow at `config.tracking_uri`, check it answers, and return the experiment id (created if new)."""
     check_reachable(config.tracking_uri)
     mlflow.set_tracking_uri(config.tracking_uri)
     mlflow.set_registry_uri(config.tracking_uri)
-    client = MlflowClient(config.tracking_uri)
+    client = _client(config)
     experiment = client.get_experiment_by_name(config.experiment_name)
     if experiment is not None:
         return experiment.experiment_id
@@ -113,7 +123,7 @@ def tracked_run(
     """Open an MLflow run (a training, a detected batch, a decision...); yields its run id; ends it FINISHED, or
     FAILED if the body raises."""
     experiment_id = connect(config)
-    client = MlflowClient(config.tracking_uri)
+    client = _client(config)
     run = client.create_run(experiment_id, run_name=run_name, tags=dict(tags or {}))
     run_id = run.info.run_id
     try:
@@ -237,7 +247,7 @@ def register_models(
     All or nothing: if any step fails, the versions this call created are deleted again and the alias stays
     where it was, so the registry never holds half of a training.
     """
-    client = MlflowClient(config.tracking_uri)
+    client = _client(config)
     created: list[tuple[str, str]] = []
     model_tags = {"scanflow.dataset": data.info.name, **(tags or {})}
     try:
@@ -282,8 +292,9 @@ _NOT_FOUND_CODES = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
 def _version_by_alias(config: TrackingConfig, alias: str) -> Any:
     check_reachable(config.tracking_uri)
     mlflow.set_tracking_uri(config.tracking_uri)
+    mlflow.set_registry_uri(config.tracking_uri)
     try:
-        return MlflowClient(config.tracking_uri).get_model_version_by_alias(config.classifier_name, alias)
+        return _client(config).get_model_version_by_alias(config.classifier_name, alias)
     except MlflowException as error:
         if error.error_code not in _NOT_FOUND_CODES:
             raise TrackingUnavailableError(
@@ -384,7 +395,7 @@ def log_detection(config: TrackingConfig, summary: Mapping[str, Any], grid_png: 
         "scanflow.detector": str(summary["detector"]),
     }
     with tracked_run(config, f"detect-{summary['batch_id']}", tags) as run_id:
-        client = MlflowClient(config.tracking_uri)
+        client = _client(config)
         log_metrics(run_id, {k: float(summary[k]) for k in ("statistic", "p_value", "threshold", "n_critical", "n")})
         client.log_dict(run_id, dict(summary), "drift_result.json")
         if grid_png is not None:
@@ -426,7 +437,7 @@ def register_candidate(
     """
     from scanflow.improve.filter import FilteredClassifier
 
-    client = MlflowClient(config.tracking_uri)
+    client = _client(config)
     champion = client.get_model_version(config.classifier_name, champion_version)
     ae_version = _required_tag(config, champion, AUTOENCODER_VERSION_TAG, "it was not registered by Scanflow")
     created: str | None = None
@@ -482,7 +493,7 @@ def load_input_filter(config: TrackingConfig, alias: str = CHAMPION_ALIAS) -> An
 
 
 def version_tags(config: TrackingConfig, version: str) -> dict[str, str]:
-    return dict(MlflowClient(config.tracking_uri).get_model_version(config.classifier_name, str(version)).tags)
+    return dict(_client(config).get_model_version(config.classifier_name, str(version)).tags)
 
 
 def has_champion(config: TrackingConfig) -> bool:
@@ -502,7 +513,7 @@ def champion_version(config: TrackingConfig) -> str:
 def promote(config: TrackingConfig, version: str, reason: str) -> str:
     """Make `version` the champion (its autoencoder alias first, then the classifier's, the switch itself);
     returns the version it replaced, remembered on the new champion for `rollback`."""
-    client = MlflowClient(config.tracking_uri)
+    client = _client(config)
     previous = champion_version(config)
     target = client.get_model_version(config.classifier_name, version)
     ae_version = _required_tag(config, target, AUTOENCODER_VERSION_TAG, "it was not registered by Scanflow")
@@ -519,7 +530,7 @@ def promote(config: TrackingConfig, version: str, reason: str) -> str:
 def rollback(config: TrackingConfig, to_version: str | None = None) -> tuple[str, str]:
     """Point the champion alias back at the version the current champion replaced (or at `to_version`).
     Returns (from_version, to_version)."""
-    client = MlflowClient(config.tracking_uri)
+    client = _client(config)
     current = _version_by_alias(config, CHAMPION_ALIAS)
     if to_version is None:
         to_version = current.tags.get(PREVIOUS_CHAMPION_TAG)
@@ -549,7 +560,7 @@ KNOWN_SHIFT_ARTIFACT = "known-shift.npz"
 def log_known_shift(config: TrackingConfig, shift: KnownShift) -> None:
     """Keep `shift` as `known-shift.npz` in its decision's run and list that run on the classifier version it
     applies to (tag `scanflow.known_shift.<batch_id>` = run id): the version's detector will not ask about it again."""
-    client = MlflowClient(config.tracking_uri)
+    client = _client(config)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / KNOWN_SHIFT_ARTIFACT
         path.write_bytes(shift.to_bytes())
@@ -560,7 +571,7 @@ def log_known_shift(config: TrackingConfig, shift: KnownShift) -> None:
 
 def known_shifts(config: TrackingConfig, version: str) -> list[KnownShift]:
     """The shifts decided about for classifier `version` (see `log_known_shift`), in batch id order."""
-    client = MlflowClient(config.tracking_uri)
+    client = _client(config)
     run_ids = [run_id for key, run_id in sorted(version_tags(config, version).items()) if key.startswith(KNOWN_SHIFT_TAG_PREFIX)]
     shifts = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -604,5 +615,5 @@ def log_predictions(
         rows = ["batch_index,label,class"] + [
             f"{i},{int(label)},{classes[int(label)] if label >= 0 else 'rejected'}" for i, label in enumerate(labels)
         ]
-        MlflowClient(config.tracking_uri).log_text(run_id, "\n".join(rows) + "\n", "predictions.csv")
+        _client(config).log_text(run_id, "\n".join(rows) + "\n", "predictions.csv")
     return run_id

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-from mlflow import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowRunFilter
 from prefect.deployments import run_deployment
@@ -21,6 +20,7 @@ from flows.supervise import supervise_flow
 from scanflow.config import TrackingConfig
 from scanflow.local import stop_process_group
 from scanflow.stream import make_stream
+from scanflow.tracking import mlflow_client
 from tests.flows.conftest import digits_champion
 
 pytestmark = pytest.mark.slow
@@ -99,8 +99,8 @@ def test_drift_found_by_a_detect_deployment_starts_respond_to_drift_through_the_
     assert respond.parameters["batch_path"] == str(drifted) and respond.parameters["batch_id"] == drifted.stem
     result = respond.state.result()
     assert result["is_drift"] and result["improvement"]["decided_by"] == "oracle"
-    run = MlflowClient(tracking_block[1].tracking_uri).get_run(result["improvement"]["mlflow_run_id"])
-    assert run.info.status == "FINISHED" and run.info.experiment_id == MlflowClient(tracking_block[1].tracking_uri).get_experiment_by_name(tracking_block[1].experiment_name).experiment_id
+    run = mlflow_client(tracking_block[1].tracking_uri).get_run(result["improvement"]["mlflow_run_id"])
+    assert run.info.status == "FINISHED" and run.info.experiment_id == mlflow_client(tracking_block[1].tracking_uri).get_experiment_by_name(tracking_block[1].experiment_name).experiment_id
 
 
 def test_supervise_runs_its_steps_as_deployments_without_waking_the_automation(served, tracking_block, tmp_path):

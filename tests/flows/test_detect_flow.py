@@ -10,13 +10,13 @@ import time
 
 import numpy as np
 import pytest
-from mlflow import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect.events.filters import EventFilter, EventNameFilter
 
 from flows.detect import detect_flow
 from scanflow.corruptions import corrupt
 from scanflow.errors import InvalidBatchError
+from scanflow.tracking import mlflow_client
 from tests.flows.conftest import digits_champion
 
 pytestmark = pytest.mark.slow
@@ -49,9 +49,9 @@ def test_corrupted_batch_is_drift_logged_published_and_announced(env, digits, tm
 
     assert summary["is_drift"] and summary["p_value"] <= 0.05 and summary["batch_id"] == "noisy"
     assert 0 < len(summary["selected_indices"]) <= 10
-    run = MlflowClient(env["MLFLOW_TRACKING_URI"]).get_run(summary["mlflow_run_id"])
+    run = mlflow_client(env["MLFLOW_TRACKING_URI"]).get_run(summary["mlflow_run_id"])
     assert run.data.tags["scanflow.is_drift"] == "true" and run.data.metrics["p_value"] == pytest.approx(summary["p_value"])
-    artifacts = {a.path for a in MlflowClient(env["MLFLOW_TRACKING_URI"]).list_artifacts(run.info.run_id)}
+    artifacts = {a.path for a in mlflow_client(env["MLFLOW_TRACKING_URI"]).list_artifacts(run.info.run_id)}
     assert {"drift_result.json", "critical_samples.png", "evidently_report.html"} <= artifacts
 
     with get_client(sync_client=True) as client:
@@ -113,7 +113,7 @@ def test_a_drift_decided_about_is_not_asked_about_again_but_a_new_one_is(env, di
     repeated = detect_flow(batch_path=again, report=False)
     assert repeated["is_drift"] and repeated["known_shift"]["batch_id"] == "shot-a" and repeated["known_shift"]["decision"] == "ignore"
     assert repeated["known_shift"]["p_value"] > 0.05
-    run = MlflowClient(env["MLFLOW_TRACKING_URI"]).get_run(repeated["mlflow_run_id"])
+    run = mlflow_client(env["MLFLOW_TRACKING_URI"]).get_run(repeated["mlflow_run_id"])
     assert run.data.tags["scanflow.known_shift_of"] == "shot-a"
     new = detect_flow(batch_path=other, report=False)
     assert new["is_drift"] and new["known_shift"] is None

@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from mlflow import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterParentFlowRunId
 from pydantic import SecretStr
@@ -22,6 +21,7 @@ from blocks import RESULTS_DOCUMENT, MLflowTracking, ScanflowStorage
 from flows.supervise import supervise_flow
 from scanflow.config import TrackingConfig
 from scanflow.local import start_mlflow_server, stop_process_group
+from scanflow.tracking import mlflow_client
 from tests.conftest import S3_ACCESS_KEY, S3_SECRET_KEY
 
 pytestmark = [pytest.mark.slow, pytest.mark.docker]
@@ -114,7 +114,7 @@ def test_supervise_runs_its_steps_in_containers_and_reads_their_results_from_the
     verdict = store.get_json(f"prod/detections/{batch_id}.json")
     assert predictions["batch"] == store.uri(uploaded) and len(predictions["labels"]) == 100 and predictions["model"] == config.classifier_name
     assert verdict["is_drift"]
-    mlflow = MlflowClient(config.tracking_uri)
+    mlflow = mlflow_client(config.tracking_uri)
     for run_id in (predictions["mlflow_run_id"], verdict["mlflow_run_id"]):
         run = mlflow.get_run(run_id)
         assert run.info.status == "FINISHED" and run.data.tags["prefect.flow_run_id"] in {str(r.id) for r in containers.values()}

@@ -11,7 +11,6 @@ import time
 
 import numpy as np
 import pytest
-from mlflow import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect.events.filters import EventFilter, EventNameFilter
 
@@ -21,6 +20,7 @@ from scanflow.config import TrackingConfig
 from scanflow.corruptions import corrupt
 from scanflow.data import load_train_test
 from scanflow.human import InvalidDecisionError
+from scanflow.tracking import mlflow_client
 from tests.flows.conftest import digits_champion
 
 pytestmark = pytest.mark.slow
@@ -43,11 +43,11 @@ def rotated_batch(tmp_path_factory, digits):
 
 
 def _versions(config: TrackingConfig) -> set[str]:
-    return {str(v.version) for v in MlflowClient(config.tracking_uri).search_model_versions(f"name='{config.classifier_name}'")}
+    return {str(v.version) for v in mlflow_client(config.tracking_uri).search_model_versions(f"name='{config.classifier_name}'")}
 
 
 def _improve_runs(config: TrackingConfig) -> list:
-    client = MlflowClient(config.tracking_uri)
+    client = mlflow_client(config.tracking_uri)
     experiment = client.get_experiment_by_name(config.experiment_name)
     return client.search_runs([experiment.experiment_id], "tags.`scanflow.kind` = 'improve'")
 
@@ -79,13 +79,13 @@ def test_retrain_decision_is_audited_registered_and_judged(env, rotated_batch):
         assert summary["previous_champion"] == champion_before
     else:
         assert tracking.champion_version(config) == champion_before
-    run = MlflowClient(config.tracking_uri).get_run(summary["mlflow_run_id"])
+    run = mlflow_client(config.tracking_uri).get_run(summary["mlflow_run_id"])
     assert run.info.status == "FINISHED" and run.data.tags["scanflow.decided_by"] == "oracle"
     assert run.data.tags["scanflow.promoted"] == str(summary["promoted"]).lower()
     assert {"champion_shifted_accuracy", "challenger_shifted_accuracy", "challenger_clean_accuracy"} <= set(run.data.metrics)
-    files = {f.path for f in MlflowClient(config.tracking_uri).list_artifacts(run.info.run_id)}
+    files = {f.path for f in mlflow_client(config.tracking_uri).list_artifacts(run.info.run_id)}
     assert {"decision.json", "plan.json", "outcome.json"} <= files
-    decision = MlflowClient(config.tracking_uri).download_artifacts(run.info.run_id, "decision.json")
+    decision = mlflow_client(config.tracking_uri).download_artifacts(run.info.run_id, "decision.json")
     with open(decision) as handle:
         assert json.load(handle)["labels"] == [int(true_labels[i]) for i in shown]
     event_name = "scanflow.model.promoted" if summary["promoted"] else "scanflow.model.rejected"
@@ -112,7 +112,7 @@ def test_ignore_is_recorded_and_changes_nothing(env, rotated_batch):
     summary = improve_flow(batch_path=path, shown_indices=[0, 1], action="ignore", note="known seasonal effect")
     assert summary["challenger_version"] is None and not summary["promoted"]
     assert _versions(config) == versions and tracking.champion_version(config) == champion
-    run = MlflowClient(config.tracking_uri).get_run(summary["mlflow_run_id"])
+    run = mlflow_client(config.tracking_uri).get_run(summary["mlflow_run_id"])
     assert run.data.tags["scanflow.action"] == "ignore"
 
 
@@ -145,7 +145,7 @@ def test_predict_flow_serves_the_champion_and_keeps_lineage(env, rotated_batch):
     summary = predict_flow(batch_path=path, batch_id="rotated-1")
     assert summary["model_version"] == tracking.champion_version(config) and summary["n"] == 200
     assert all(-1 <= label <= 9 for label in summary["labels"])
-    client = MlflowClient(config.tracking_uri)
+    client = mlflow_client(config.tracking_uri)
     run = client.get_run(summary["mlflow_run_id"])
     assert run.data.tags["scanflow.batch_id"] == "rotated-1" and run.data.tags["scanflow.model_version"] == summary["model_version"]
     with open(client.download_artifacts(run.info.run_id, "predictions.csv")) as handle:

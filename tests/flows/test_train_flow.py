@@ -8,11 +8,11 @@ import sys
 
 import mlflow
 import pytest
-from mlflow import MlflowClient
 from prefect.client.orchestration import get_client
 
 from flows.train import train_flow
 from scanflow import tracking
+from scanflow.tracking import mlflow_client
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -23,7 +23,7 @@ def test_train_flow_tracks_registers_and_publishes(tracking_config, digits):
     summary = train_flow(dataset="digits", epochs=3, autoencoder_epochs=2, latent_dim=8)
 
     assert summary["dataset"] == "digits" and 0.0 < summary["test_accuracy"] <= 1.0
-    client = MlflowClient(tracking_config.tracking_uri)
+    client = mlflow_client(tracking_config.tracking_uri)
     run = client.get_run(summary["mlflow_run_id"])
     assert run.info.status == "FINISHED"
     assert run.data.params["classifier_epochs"] == "3" and run.data.params["autoencoder_latent_dim"] == "8"
@@ -52,8 +52,8 @@ def test_train_flow_on_unknown_dataset_fails_clearly_and_leaves_no_run(tracking_
 
     with pytest.raises(UnknownDatasetError, match="unknown dataset 'imagenet'"):
         train_flow(dataset="imagenet")
-    experiment = MlflowClient(tracking_config.tracking_uri).get_experiment_by_name(tracking_config.experiment_name)
-    assert experiment is None or not MlflowClient(tracking_config.tracking_uri).search_runs([experiment.experiment_id])
+    experiment = mlflow_client(tracking_config.tracking_uri).get_experiment_by_name(tracking_config.experiment_name)
+    assert experiment is None or not mlflow_client(tracking_config.tracking_uri).search_runs([experiment.experiment_id])
 
 
 def test_cli_train_runs_the_flow_and_says_where_to_look(tracking_config, prefect_server, tmp_path):

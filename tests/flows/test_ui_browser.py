@@ -13,13 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from mlflow import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
 
 from flows.supervise import paused_child, supervise_flow
 from scanflow.config import TrackingConfig
 from scanflow.stream import make_stream, read_stream
+from scanflow.tracking import mlflow_client
 from tests.flows.conftest import digits_champion
 from tests.flows.ui import PauseForm, browser_page, chromium_path
 
@@ -75,7 +75,7 @@ def test_a_person_corrects_labels_and_retrains_from_the_prefect_ui(env, prefect_
     assert 0 < row["labels_used"] < len(truth)  # the rest of the person's labels judge the challenger (holdout)
 
     config = TrackingConfig.from_env()
-    client = MlflowClient(config.tracking_uri)
+    client = mlflow_client(config.tracking_uri)
     experiment = client.get_experiment_by_name(config.experiment_name)
     [improve_run] = client.search_runs([experiment.experiment_id], f"tags.mlflow.runName = 'improve-{drifted.batch_id}'")
     decision = json.loads(Path(client.download_artifacts(improve_run.info.run_id, "decision.json", str(tmp_path))).read_text())

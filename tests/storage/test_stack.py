@@ -11,12 +11,12 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from mlflow import MlflowClient
 
 from scanflow import stack
 from scanflow.config import StorageConfig
 from scanflow.local import free_port
 from scanflow.storage import S3Store
+from scanflow.tracking import mlflow_client
 
 pytestmark = pytest.mark.slow
 SCANFLOW = str(Path(sys.executable).with_name("scanflow"))
@@ -54,7 +54,7 @@ def test_stack_up_tracks_artifacts_into_the_bucket_and_survives_a_restart(tmp_pa
     restarted = stack.up(directory)
     try:
         assert restarted.mlflow_tracking_uri == info.mlflow_tracking_uri and restarted.access_key == info.access_key
-        downloaded = MlflowClient(restarted.mlflow_tracking_uri).download_artifacts(run.info.run_id, "model-card.txt", str(tmp_path / "back"))
+        downloaded = mlflow_client(restarted.mlflow_tracking_uri).download_artifacts(run.info.run_id, "model-card.txt", str(tmp_path / "back"))
         assert Path(downloaded).read_text() == "champion v1"
     finally:
         stack.down(directory)

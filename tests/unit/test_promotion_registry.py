@@ -14,6 +14,7 @@ from scanflow.drift.autoencoder import fit_detector
 from scanflow.errors import ModelNotFoundError
 from scanflow.improve import FilteredClassifier
 from scanflow.models import Autoencoder, Classifier, Denoiser
+from scanflow.tracking import mlflow_client
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,7 @@ def champion(tracking_config, models, digits):
 
 def test_challenger_promotion_and_rollback_move_only_the_alias(tracking_config, champion, models, digits):
     train, _ = digits
-    client = MlflowClient(tracking_config.tracking_uri)
+    client = mlflow_client(tracking_config.tracking_uri)
     with tracking.tracked_run(tracking_config, "improve-test") as run_id:
         retrained = Classifier(1, 8, 8, 10)
         version = tracking.register_candidate(run_id, tracking_config, retrained, train.info, champion.classifier_version, detector=models[2])
@@ -92,7 +93,7 @@ def test_a_filter_version_serves_like_any_classifier(tracking_config, champion, 
 
 def test_a_failed_registration_leaves_no_version_behind(tracking_config, champion, models, digits, monkeypatch):
     train, _ = digits
-    client = MlflowClient(tracking_config.tracking_uri)
+    client = mlflow_client(tracking_config.tracking_uri)
     before = {str(v.version) for v in client.search_model_versions(f"name='{tracking_config.classifier_name}'")}
 
     def refuse(*args, **kwargs):
@@ -105,3 +106,17 @@ def test_a_failed_registration_leaves_no_version_behind(tracking_config, champio
     after = {str(v.version) for v in client.search_model_versions(f"name='{tracking_config.classifier_name}'")}
     assert after == before
     assert tracking.champion_version(tracking_config) == champion.classifier_version
+
+
+def test_the_champion_is_read_from_its_own_store_whichever_store_the_process_used_last(tracking_config, champion, models, digits, tmp_path):
+    """MLflow keeps one process-wide registry; a supervise run that had connected to another store lost its
+    champion ("no version has the alias 'champion'") until every registry read named its store."""
+    from scanflow.config import TrackingConfig
+
+    other = TrackingConfig(f"sqlite:///{tmp_path / 'other.db'}", "other", "other-classifier", "other-autoencoder")
+    tracking.connect(other)
+    assert tracking.has_champion(tracking_config) and tracking.champion_version(tracking_config) == champion.classifier_version
+    assert not tracking.has_champion(other)
+    tracking.connect(other)
+    assert tracking.load_detector(tracking_config)[1] == champion.classifier_version
+    assert mlflow_client(tracking_config.tracking_uri).get_model_version(tracking_config.classifier_name, champion.classifier_version)

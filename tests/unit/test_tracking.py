@@ -8,12 +8,12 @@ import mlflow
 import numpy as np
 import pytest
 import torch
-from mlflow import MlflowClient
 
 from scanflow import tracking
 from scanflow.config import TrackingConfig
 from scanflow.errors import ModelNotFoundError, TrackingUnavailableError
 from scanflow.models import Autoencoder, Classifier
+from scanflow.tracking import mlflow_client
 
 
 @pytest.fixture(scope="module")
@@ -50,11 +50,11 @@ def test_training_run_records_params_metrics_and_dataset_lineage(tracking_config
         for epoch in (1, 2):
             tracking.log_metrics(run_id, {"loss": 1.0 / epoch}, step=epoch)
         tracking.log_dataset(run_id, train, context="training")
-    run = MlflowClient(tracking_config.tracking_uri).get_run(run_id)
+    run = mlflow_client(tracking_config.tracking_uri).get_run(run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params["epochs"] == "3"
     assert run.data.tags["k"] == "v"
-    history = MlflowClient(tracking_config.tracking_uri).get_metric_history(run_id, "loss")
+    history = mlflow_client(tracking_config.tracking_uri).get_metric_history(run_id, "loss")
     assert [(m.step, m.value) for m in history] == [(1, 1.0), (2, 0.5)]
     inputs = run.inputs.dataset_inputs
     assert [i.dataset.name for i in inputs] == ["digits:train"]
@@ -65,7 +65,7 @@ def test_failed_body_marks_the_run_failed(tracking_config):
     with pytest.raises(RuntimeError):
         with tracking.tracked_run(tracking_config) as run_id:
             raise RuntimeError("boom")
-    assert MlflowClient(tracking_config.tracking_uri).get_run(run_id).info.status == "FAILED"
+    assert mlflow_client(tracking_config.tracking_uri).get_run(run_id).info.status == "FAILED"
 
 
 def test_register_sets_champion_and_serves_uint8_in_int64_out(tracking_config, digits, small_models):
@@ -73,7 +73,7 @@ def test_register_sets_champion_and_serves_uint8_in_int64_out(tracking_config, d
     classifier, autoencoder = small_models
     with tracking.tracked_run(tracking_config) as run_id:
         versions = tracking.register_models(run_id, tracking_config, classifier, autoencoder, train)
-    client = MlflowClient(tracking_config.tracking_uri)
+    client = mlflow_client(tracking_config.tracking_uri)
     champion = client.get_model_version_by_alias(tracking_config.classifier_name, "champion")
     assert str(champion.version) == versions.classifier_version
     assert champion.tags[tracking.AUTOENCODER_VERSION_TAG] == versions.autoencoder_version
@@ -106,7 +106,7 @@ def test_a_failed_registration_leaves_nothing_half_registered(tracking_config, d
     monkeypatch.setattr(tracking, "_log_pyfunc", fail_on_classifier)
     with tracking.tracked_run(tracking_config) as run_id, pytest.raises(OSError, match="disk full"):
         tracking.register_models(run_id, tracking_config, classifier, autoencoder, train)
-    client = MlflowClient(tracking_config.tracking_uri)
+    client = mlflow_client(tracking_config.tracking_uri)
     assert client.search_model_versions(f"name='{tracking_config.autoencoder_name}'") == []
     with pytest.raises(ModelNotFoundError, match="has the alias .champion..*scanflow train"):
         tracking.load_models(tracking_config)
