@@ -11,7 +11,7 @@ For honest evaluation, `exclude` leaves corruptions (e.g. the whole family under
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -190,11 +190,11 @@ SECONDS_PER_STEP_28PX = 0.09
 class FilterImprover(Improver):
     """Wrap the unchanged champion with a denoiser trained on synthetic corruptions of clean training images.
 
-    Needs no labels: any labels the person gave all go to the shifted holdout that judges the filter. With
-    `reject_fpr`, cleaned images whose drift score stays above the champion detector's clean-score quantile
-    1 - reject_fpr are answered with REJECTED_LABEL (so about `reject_fpr` of clean images are rejected too).
-    The candidate's drift detector is the champion's kind refitted on clean images as the filter passes them on
-    (the gate cleans a share of clean images too, so the champion's detector would see clean batches as drifted).
+    Needs no labels: any labels the person gave all go to the shifted holdout that judges the filter. The
+    candidate's drift detector is the champion's kind refitted on clean images as the filter passes them on (the gate
+    cleans a share of clean images too, so the champion's detector, fitted on raw images, would see clean batches as
+    drifted). With `reject_fpr`, cleaned images whose drift score by that detector stays above its clean-score
+    quantile 1 - reject_fpr are answered with REJECTED_LABEL (so about `reject_fpr` of clean images are rejected too).
     """
 
     action = "filter"
@@ -222,16 +222,13 @@ class FilterImprover(Improver):
 
     def _build(self, context: ImprovementContext, labelled: LabeledImages | None) -> tuple[FilteredClassifier, AutoencoderDetector, int, str]:
         result = train_denoiser(context.classifier, context.replay, self.config)
-        scorer, threshold = None, None
-        if self.reject_fpr is not None:
-            if context.detector is None:
-                raise ScanflowError("rejection needs the champion's fitted detector in the improvement context")
-            scorer, threshold = context.detector, context.detector.clean_score_quantile(1.0 - self.reject_fpr)
         gate = None
         if self.gate_quantile is not None:
             gate_images = context.calibration.images if context.calibration is not None else context.clean_holdout.images
             gate = calibrate_gate(result.denoiser, gate_images, self.gate_quantile)
-        filtered = FilteredClassifier(context.classifier, result.denoiser, scorer, threshold, gate)
+        filtered = FilteredClassifier(context.classifier, result.denoiser, gate_threshold=gate)
         detector = refit_detector(context.classifier, context, seen=filtered.clean)
+        if self.reject_fpr is not None:
+            filtered = replace(filtered, scorer=detector, reject_threshold=detector.clean_score_quantile(1.0 - self.reject_fpr))
         summary = f"denoiser trained on {len(result.training_corruptions)} synthetic corruptions in {result.seconds:.0f} s"
         return filtered, detector, 0, summary

@@ -200,6 +200,15 @@ def test_filter_apply_needs_no_labels(context):
     assert not outcome.detector.predict(outcome.candidate.clean(context.clean_holdout.images[:150])).is_drift
 
 
+def test_a_filter_rejects_about_its_false_rejection_rate_of_clean_images_and_more_of_shifted_ones(context):
+    improver = FilterImprover(FAST_DENOISER, reject_fpr=0.1)
+    outcome = improver.apply(improver.plan(None, context), Decision("filter"))
+    assert outcome.candidate.scorer is outcome.detector
+    clean_rejected = float((outcome.candidate.predict(context.calibration.images) == REJECTED_LABEL).float().mean())
+    shifted_rejected = float((outcome.candidate.predict(context.batch) == REJECTED_LABEL).float().mean())
+    assert 0.05 <= clean_rejected <= 0.15 and shifted_rejected > clean_rejected, (clean_rejected, shifted_rejected)
+
+
 def test_bad_decisions_are_refused_before_any_training(context):
     improver = RetrainImprover(FAST_RETRAIN)
     plan = improver.plan(None, context)
