@@ -3,7 +3,6 @@ from the environment. Deployments name blocks; scripts and tests usually rely on
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -80,10 +79,8 @@ def local_batch(batch_path: str, store: S3Store | None) -> str:
 
 def shared_batch(batch_path: str, batch_id: str, store: S3Store | None) -> str:
     """Where the steps read a batch: `batch_path` itself when there is no bucket or it is already in one, else its
-    copy in the bucket (`<prefix>/batches/<batch_id>-<sha256[:12]>.npy`, uploaded once: the key follows the bytes),
+    copy in the bucket (`<prefix>/batches/<batch_id>-<sha256[:12]>.npy`, uploaded once, see `S3Store.put_file_once`),
     so a step in a container or on another machine reads what this run read."""
     if store is None or is_s3_uri(batch_path):
         return batch_path
-    digest = hashlib.sha256(Path(batch_path).read_bytes()).hexdigest()[:12]
-    key = store.key("batches", f"{batch_id}-{digest}.npy")
-    return store.uri(key) if store.exists(key) else store.put_file(key, batch_path)
+    return store.put_file_once("batches", batch_id, batch_path)

@@ -7,6 +7,7 @@ credential failures become a `StorageUnavailableError` that names the endpoint a
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from collections.abc import Iterator
@@ -145,6 +146,15 @@ class S3Store:
 
     def put_file(self, key: str, path: str | Path) -> str:
         return self.put_bytes(key, Path(path).read_bytes())
+
+    def put_file_once(self, folder: str, stem: str, path: str | Path) -> str:
+        """Upload `path` as `<prefix>/<folder>/<stem>-<sha256[:12]><suffix>` unless that key exists, and return its
+        s3:// URI. The key follows the bytes: uploading the same file again writes nothing, and changed bytes get a
+        new key instead of replacing an object another process may be reading."""
+        path = Path(path)
+        data = path.read_bytes()
+        key = self.key(folder, f"{stem}-{hashlib.sha256(data).hexdigest()[:12]}{path.suffix}")
+        return self.uri(key) if self.exists(key) else self.put_bytes(key, data)
 
     def get_file(self, key: str, path: str | Path) -> Path:
         """Download `key` to `path` through a temporary name, so an interrupted download leaves no partial file."""

@@ -35,6 +35,20 @@ def test_batches_json_and_files_round_trip_under_the_prefix(s3_server, tmp_path)
     assert store.exists("runs/batches/b0.npy") and not store.exists("runs/batches/nope.npy")
 
 
+def test_a_file_put_once_is_keyed_by_its_bytes_and_never_overwritten(s3_server, tmp_path):
+    store = _store(s3_server.endpoint_url, bucket="scanflow-once")
+    store.ensure_bucket()
+    path = tmp_path / "b1.npy"
+    np.save(path, np.zeros((2, 1, 8, 8), dtype=np.uint8))
+    first = store.put_file_once("batches", "b1", path)
+    assert first.startswith("s3://scanflow-once/runs/batches/b1-") and first.endswith(".npy")
+    assert store.put_file_once("batches", "b1", path) == first and len(list(store.keys("runs/batches/"))) == 1
+    np.save(path, np.ones((2, 1, 8, 8), dtype=np.uint8))
+    second = store.put_file_once("batches", "b1", path)
+    assert second != first and store.get_array(first.removeprefix("s3://scanflow-once/")).max() == 0
+    assert store.get_array(second.removeprefix("s3://scanflow-once/")).max() == 1
+
+
 def test_a_missing_key_is_named(s3_server):
     store = _store(s3_server.endpoint_url)
     store.ensure_bucket()
