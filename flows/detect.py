@@ -55,11 +55,12 @@ def detect(detector: AutoencoderDetector, images: torch.Tensor, batch_id: str, m
 
 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
-def recognise_known_shift(config: TrackingConfig, detector: AutoencoderDetector, images: torch.Tensor, model_version: str) -> ShiftMatch | None:
+def recognise_known_shift(config: TrackingConfig, detector: AutoencoderDetector, detection: Detection) -> ShiftMatch | None:
     """The shift a person already decided about for this champion that the drifted batch cannot be told apart from
     (energy two-sample test at the detector's alpha), or None: a new drift."""
+    model_version = detection.model_version
     known = scanflow_tracking.known_shifts(config, model_version)
-    match = match_known_shift(detector.shift_signature(images), known, detector.alpha, seed=detector.seed) if known else None
+    match = match_known_shift(detection.signature, known, detector.alpha, seed=detector.seed) if known else None
     if match is not None:
         print(f"the drift is the known shift of batch {match.shift.batch_id} (decided: {match.shift.decision}; "
               f"p = {match.p_value:.3f} that they differ); no new question")
@@ -150,7 +151,7 @@ def detect_flow(
         images = input_filter.clean(images)
     detection = detect(detector, images, batch_id, model_version, budget)
     grid_png = critical_samples_png(images, detection)
-    known = recognise_known_shift(config, detector, images, model_version) if detection.result.is_drift and recognise_known else None
+    known = recognise_known_shift(config, detector, detection) if detection.result.is_drift and recognise_known else None
     tags = {"scanflow.known_shift_of": known.shift.batch_id} if known is not None else {}
     run_id = log_detection(config, detection, grid_png, tags)
     publish(detection, grid_png, run_id, known)

@@ -24,7 +24,8 @@ DRIFT_EVENT = "scanflow.drift.detected"
 
 @dataclass(frozen=True)
 class Detection:
-    """One batch's verdict, the samples chosen for a person, and the model's guesses for them."""
+    """One batch's verdict, the samples chosen for a person, the model's guesses for them, and the batch's shift
+    signature (per-image detector signals, compared with known shifts)."""
 
     batch_id: str
     model_version: str
@@ -32,6 +33,7 @@ class Detection:
     selection: Selection
     predicted_labels: np.ndarray = field(repr=False)
     classes: tuple[str, ...]
+    signature: np.ndarray = field(repr=False)
 
     def critical_rows(self) -> list[dict[str, Any]]:
         """One row per selected sample, in the order shown: position, batch index, score, model's guess."""
@@ -82,7 +84,7 @@ def detect_batch(
     predicted = probabilities.argmax(axis=1)
     selection = select_typical(result.sample_scores, result.critical_indices, budget, features["latent"])
     names = classes or tuple(str(k) for k in range(probabilities.shape[1]))
-    return Detection(batch_id, model_version, result, selection, predicted, names)
+    return Detection(batch_id, model_version, result, selection, predicted, names, detector.signature_of(features))
 
 
 def critical_samples_png(images: torch.Tensor, detection: Detection, per_row: int = 10, scale: int = 3) -> bytes:

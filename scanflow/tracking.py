@@ -10,6 +10,7 @@ a run their flow opened.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import tempfile
@@ -571,14 +572,19 @@ def log_known_shift(config: TrackingConfig, shift: KnownShift) -> None:
 
 def known_shifts(config: TrackingConfig, version: str) -> list[KnownShift]:
     """The shifts decided about for classifier `version` (see `log_known_shift`), in batch id order."""
-    client = _client(config)
     run_ids = [run_id for key, run_id in sorted(version_tags(config, version).items()) if key.startswith(KNOWN_SHIFT_TAG_PREFIX)]
-    shifts = []
+    return [_known_shift_record(config.tracking_uri, run_id) for run_id in run_ids]
+
+
+@functools.lru_cache(maxsize=256)
+def _known_shift_record(tracking_uri: str, run_id: str) -> KnownShift:
+    """One run's known-shift record, downloaded once per process: a record never changes after it is logged (the
+    version's tags, read every time, say which records exist)."""
     with tempfile.TemporaryDirectory() as tmp:
-        for run_id in run_ids:
-            path = client.download_artifacts(run_id, KNOWN_SHIFT_ARTIFACT, tmp)
-            shifts.append(KnownShift.from_bytes(Path(path).read_bytes()))
-    return shifts
+        path = mlflow_client(tracking_uri).download_artifacts(run_id, KNOWN_SHIFT_ARTIFACT, tmp)
+        shift = KnownShift.from_bytes(Path(path).read_bytes())
+    shift.signature.flags.writeable = False
+    return shift
 
 
 def log_json(run_id: str, data: Mapping[str, Any], artifact_file: str) -> None:

@@ -148,10 +148,12 @@ class AutoencoderDetector(Detector):
         """Per-image signals (the log-scale component scores and the raw pixel statistics), each in clean standard
         deviations from its clean calibration mean, float [N, F]: what two batches are compared on to tell whether
         they carry the same shift (`scanflow.drift.known`)."""
-        images = self._check(images)
+        return self.signature_of(self._features(self._check(images), probabilities))
+
+    def signature_of(self, features: Features) -> np.ndarray:
+        """`shift_signature` from features this detector already computed (`assess`), without another model pass."""
         clean = self._require_fitted()["signals"]
-        signals = self._features(images, probabilities)["signals"]
-        return (signals - clean.mean(axis=0)) / (clean.std(axis=0) + _EPS)
+        return (features["signals"] - clean.mean(axis=0)) / (clean.std(axis=0) + _EPS)
 
     def report_features(self, images: torch.Tensor) -> Features:
         """Latent vectors "z" [N, D] and softmax outputs "p" [N, K]: the columns of the human-facing report."""

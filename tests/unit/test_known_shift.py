@@ -58,3 +58,11 @@ def test_the_same_corruption_is_recognised_and_another_is_a_new_question(detecto
     assert match_known_shift(detector.shift_signature(corrupt(second, "shot_noise", 5, seed=1)), known, alpha=0.05) is None
     assert match_known_shift(detector.shift_signature(second), known, alpha=0.05) is None
     assert match_known_shift(detector.shift_signature(second), [], alpha=0.05) is None
+
+
+def test_the_signature_from_detect_features_equals_a_fresh_one(detector, digits):
+    """The detect flow takes the batch's signature from the features it tested, without a second model pass."""
+    _, test = digits
+    images = corrupt(test.images[180:269], "shot_noise", 3, seed=0)
+    _, features = detector.assess(images)
+    assert np.allclose(detector.signature_of(features), detector.shift_signature(images))
