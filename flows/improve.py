@@ -27,7 +27,7 @@ from scanflow.config import TrackingConfig
 from scanflow.data import LabeledImages, hold_out_calibration, load_batch_file, load_train_test
 from scanflow.drift.autoencoder import AutoencoderDetector
 from scanflow.drift.known import KnownShift
-from scanflow.human import Decision, makes_known_shift
+from scanflow.human import Decision, known_shift_rows
 from scanflow.improve import (
     DEFAULT_HOLDOUT_FRACTION,
     DEFAULT_PROMOTION_MARGIN,
@@ -92,10 +92,6 @@ def promote_or_keep(config: TrackingConfig, version: str, verdict: PromotionVerd
     return previous
 
 
-#: Fewer unseen rows than this make no known shift (too few to test a later batch against).
-MIN_KNOWN_SHIFT_ROWS = 10
-
-
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
 def remember_known_shift(config: TrackingConfig, run_id: str, batch_id: str, action: str, images: torch.Tensor) -> str:
     """Keep the decided batch as the champion now serving sees it (through its filter, by its detector), so later
@@ -139,9 +135,9 @@ def improve_flow(
     `shown_indices`: the batch rows the person was shown, in order; `labels`: their classes in that order
     (needed to retrain; optional for a filter, where they only judge it). The challenger is registered with the
     `challenger` alias and promoted to `champion` only if it beats it on the shifted holdout without losing more
-    than `promotion_margin` clean accuracy. When the decision stands (the drift ignored, or a challenger promoted; see
-    `makes_known_shift`) and `remember_shift`, the batch becomes a known shift of the champion: the detect flow
-    recognises batches like it and does not ask again (one drift, one question).
+    than `promotion_margin` clean accuracy. When the decision stands (the drift ignored, or a challenger promoted;
+    see `scanflow.human.known_shift_rows`) and `remember_shift`, the batch becomes a known shift of the champion:
+    the detect flow recognises batches like it and does not ask again (one drift, one question).
     `tracking` names an MLflowTracking block, `storage` a ScanflowStorage block (default: the environment; needed
     when `batch_path` is s3://bucket/key).
     """
@@ -165,9 +161,9 @@ def improve_flow(
         else:
             summary.update(_improve(config, run_id, decision, models, detector, images, shown_indices, batch_id,
                                     drift, promotion_margin, holdout_fraction, data_dir, seed))
-        unseen = summary["outcome"]["unseen_rows"] if decision.action != "ignore" else list(range(len(images)))
-        if remember_shift and makes_known_shift(decision, summary["promoted"]) and len(unseen) >= MIN_KNOWN_SHIFT_ROWS:
-            summary["known_shift_of"] = remember_known_shift(config, run_id, batch_id, decision.action, images[unseen])
+        rows = known_shift_rows(decision, summary["promoted"], summary.get("outcome", {}).get("unseen_rows", ()), len(images))
+        if remember_shift and rows:
+            summary["known_shift_of"] = remember_known_shift(config, run_id, batch_id, decision.action, images[rows])
         scanflow_tracking.set_tags(run_id, {"scanflow.promoted": str(summary["promoted"]).lower()})
     create_markdown_artifact(improvement_markdown(summary), key="improvement", description=f"decision on batch {batch_id}")
     return summary

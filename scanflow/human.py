@@ -135,3 +135,17 @@ def makes_known_shift(decision: Decision, promoted: bool) -> bool:
     if decision.decided_by == "timeout":
         return False
     return decision.action == "ignore" or promoted
+
+
+#: Fewer unseen rows than this make no known shift (too few to test a later batch against).
+MIN_KNOWN_SHIFT_ROWS = 10
+
+
+def known_shift_rows(decision: Decision, promoted: bool, unseen_rows: Sequence[int], n_rows: int) -> list[int]:
+    """The batch rows a decision's known shift is made of: every row after an ignore, the rows the promoted
+    challenger did not learn from (`unseen_rows`) otherwise; none when the decision makes no known shift or fewer
+    than MIN_KNOWN_SHIFT_ROWS rows remain."""
+    if not makes_known_shift(decision, promoted):
+        return []
+    rows = list(range(n_rows)) if decision.action == "ignore" else [int(row) for row in unseen_rows]
+    return rows if len(rows) >= MIN_KNOWN_SHIFT_ROWS else []

@@ -68,3 +68,14 @@ def test_only_a_standing_decision_makes_a_known_shift():
     assert not makes_known_shift(filter_, promoted=False)
     timed_out = Decision.checked("ignore", None, 2, 10, "pause timed out", "timeout")
     assert not makes_known_shift(timed_out, promoted=False)
+
+
+def test_a_known_shift_is_made_of_every_row_after_an_ignore_and_of_the_unseen_rows_after_a_promotion():
+    from scanflow.human import Decision, known_shift_rows
+
+    ignore = Decision.checked("ignore", None, 2, 10, "", "human")
+    retrain = Decision.checked("retrain", [1, 2], 2, 10, "", "oracle")
+    assert known_shift_rows(ignore, False, (), 12) == list(range(12))
+    assert known_shift_rows(retrain, True, range(3, 15), 20) == list(range(3, 15))
+    assert known_shift_rows(retrain, False, range(3, 15), 20) == []
+    assert known_shift_rows(retrain, True, range(3, 8), 20) == [] and known_shift_rows(ignore, False, (), 9) == []
