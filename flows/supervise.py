@@ -193,7 +193,7 @@ def evidently_report_beside(steps: Steps, batch_path: str, mlflow_run_id: str) -
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
 def current_champion(config: TrackingConfig) -> str | None:
     """The champion's version, None when there is none yet (a read from MLflow, retried when it fails to answer)."""
-    return scanflow_tracking.champion_version(config) if scanflow_tracking.has_champion(config) else None
+    return scanflow_tracking.champion_version_or_none(config)
 
 
 @flow(name="respond-to-drift", log_prints=True, persist_result=True)

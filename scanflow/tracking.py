@@ -497,13 +497,18 @@ def version_tags(config: TrackingConfig, version: str) -> dict[str, str]:
     return dict(_client(config).get_model_version(config.classifier_name, str(version)).tags)
 
 
+def champion_version_or_none(config: TrackingConfig) -> str | None:
+    """The champion's classifier version, None when no version has the alias yet (one registry read; an unreachable
+    or failing store still raises)."""
+    try:
+        return str(_version_by_alias(config, CHAMPION_ALIAS).version)
+    except ModelNotFoundError:
+        return None
+
+
 def has_champion(config: TrackingConfig) -> bool:
     """Whether the classifier has a version with the champion alias (the store is checked to be reachable)."""
-    try:
-        _version_by_alias(config, CHAMPION_ALIAS)
-    except ModelNotFoundError:
-        return False
-    return True
+    return champion_version_or_none(config) is not None
 
 
 def champion_version(config: TrackingConfig) -> str:

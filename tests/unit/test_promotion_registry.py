@@ -117,6 +117,8 @@ def test_the_champion_is_read_from_its_own_store_whichever_store_the_process_use
     tracking.connect(other)
     assert tracking.has_champion(tracking_config) and tracking.champion_version(tracking_config) == champion.classifier_version
     assert not tracking.has_champion(other)
+    assert tracking.champion_version_or_none(other) is None
+    assert tracking.champion_version_or_none(tracking_config) == champion.classifier_version
     tracking.connect(other)
     assert tracking.load_detector(tracking_config)[1] == champion.classifier_version
     assert mlflow_client(tracking_config.tracking_uri).get_model_version(tracking_config.classifier_name, champion.classifier_version)
