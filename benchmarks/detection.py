@@ -53,7 +53,7 @@ from scanflow.drift.baselines import (
     QuotaDetector,
     published_quota_flags,
 )
-from scanflow.models import Autoencoder, Classifier
+from scanflow.models import AUTOENCODER_WIDTH, Autoencoder, Classifier
 from scanflow.train import TrainConfig, train_autoencoder, train_classifier
 
 SCANFLOW = "scanflow"
@@ -286,25 +286,27 @@ def load_splits(name: str, data_dir: Path, seed: int) -> Splits:
 
 # --------------------------------------------------------------------------------------------------- models
 def trained_models(splits: Splits | Any, seed: int, cache_dir: Path) -> tuple[Classifier, Autoencoder, str]:
-    """The seeded classifier and autoencoder, from `cache_dir/<dataset>-seed<seed>-epochs<epochs>/` if saved there.
+    """The seeded classifier and autoencoder, from `cache_dir/<dataset>-seed<seed>-epochs<epochs>-ae<width>x<epochs>/`
+    if saved there (the autoencoder's width and epochs are in the name so a changed default never loads a stale model).
 
     `splits` needs only `name` and `train` (any object with them will do: the improvement benchmark shares this
     cache). Returns the models and a sentence saying where they came from (and the training time in seconds).
     """
     config = TrainConfig(seed=seed)
     epochs = config.resolved_epochs(len(splits.train))
-    folder = cache_dir / f"{splits.name}-seed{seed}-epochs{epochs}"
+    autoencoder_epochs = config.for_autoencoder(len(splits.train)).epochs
+    folder = cache_dir / f"{splits.name}-seed{seed}-epochs{epochs}-ae{AUTOENCODER_WIDTH}x{autoencoder_epochs}"
     classifier_path, autoencoder_path = folder / "classifier.pt", folder / "autoencoder.pt"
     if classifier_path.is_file() and autoencoder_path.is_file():
         return Classifier.load(classifier_path), Autoencoder.load(autoencoder_path), f"loaded from {folder}"
-    log(f"{splits.name}: training classifier and autoencoder ({epochs} epochs of {len(splits.train):,} images)")
+    log(f"{splits.name}: training classifier and autoencoder ({epochs} and {autoencoder_epochs} epochs of {len(splits.train):,} images)")
     started = time.perf_counter()
     classifier, _ = train_classifier(splits.train, config, progress=False)
     autoencoder, _ = train_autoencoder(splits.train, config, latent_dim=LATENT_DIM, progress=False)
     classifier.save(classifier_path)
     autoencoder.save(autoencoder_path)
     seconds = time.perf_counter() - started
-    return classifier.eval(), autoencoder.eval(), f"trained in {seconds:.0f} s ({epochs} epochs), cached in {folder}"
+    return classifier.eval(), autoencoder.eval(), f"trained in {seconds:.0f} s ({epochs} and {autoencoder_epochs} epochs), cached in {folder}"
 
 
 # ------------------------------------------------------------------------------------------------ detectors

@@ -109,7 +109,7 @@ def train_flow(
     """Train the classifier and its autoencoder on `dataset`, fit their drift detector, track the run in MLflow and
     register both models as champion (the detector is logged beside them).
 
-    `epochs=None` trains for about 150k images (3 epochs of Fashion-MNIST). `tracking` names an MLflowTracking
+    `epochs=None` trains for about 150k images (3 epochs of Fashion-MNIST), `autoencoder_epochs=None` twice as long. `tracking` names an MLflowTracking
     block (default: the environment). Returns a JSON-able summary.
     """
     config = tracking_config(tracking)
@@ -120,7 +120,7 @@ def train_flow(
         scanflow_tracking.log_dataset(run_id, calibration, context="calibration")
         scanflow_tracking.log_dataset(run_id, test, context="evaluation")
         classifier = train_classifier_step(train, test, TrainConfig(epochs=epochs, seed=seed), run_id)
-        autoencoder = train_autoencoder_step(train, TrainConfig(epochs=autoencoder_epochs, seed=seed), latent_dim, run_id)
+        autoencoder = train_autoencoder_step(train, TrainConfig(epochs=autoencoder_epochs, seed=seed).for_autoencoder(len(train)), latent_dim, run_id)
         evaluation = evaluate_step(classifier, autoencoder, test, run_id)
         detector = fit_detector_step(classifier, autoencoder, train, calibration, seed, run_id)
         versions = register_step(run_id, config, classifier, autoencoder, detector, train, evaluation) if register_models else None

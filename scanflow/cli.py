@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--dataset", default="default", help="fashion-mnist, mnist, digits, cifar10 or 'default' (first of fashion-mnist/digits present)")
     train.add_argument("--epochs", type=int, help="classifier epochs (default: about 150k images, 3 epochs of Fashion-MNIST)")
-    train.add_argument("--autoencoder-epochs", type=int, help="autoencoder epochs (same default)")
+    train.add_argument("--autoencoder-epochs", type=int, help="autoencoder epochs (default: twice the classifier's default, about 300k images)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--no-register", action="store_true", help="track the run but do not register the models")
     _add_data_arguments(train)

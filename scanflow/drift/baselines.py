@@ -268,6 +268,11 @@ class BBSDDetector(Detector):
         self.reference = state["reference"]
 
 
+#: Channels of the untrained autoencoder baseline (c): the width Scanflow's own autoencoder had when the baseline
+#: was first measured, kept so its recorded figures stay comparable (random features do not improve with width).
+UNTRAINED_AUTOENCODER_WIDTH = 32
+
+
 class MMDDetector(Detector):
     """Unbiased MMD^2 between the batch and a fixed reference sample, on an encoder's embedding.
 
@@ -307,7 +312,7 @@ class MMDDetector(Detector):
             channels, height, width = (int(d) for d in info_or_shape)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            autoencoder = Autoencoder(channels, height, width, latent_dim=latent_dim)
+            autoencoder = Autoencoder(channels, height, width, latent_dim=latent_dim, width_multiplier=UNTRAINED_AUTOENCODER_WIDTH)
         autoencoder.eval()
         kwargs.setdefault("seed", seed)
         return cls(autoencoder.embed, **kwargs)

@@ -76,6 +76,25 @@ def test_default_epochs_target_about_150k_images():
     assert default_epochs(100) == 40
 
 
+def test_the_autoencoder_trains_twice_the_classifier_default_unless_told():
+    """Its width-16 default is cheap per epoch; the longer default is what keeps its detection power (benchmarks)."""
+    assert TrainConfig().for_autoencoder(60_000).epochs == 6
+    assert TrainConfig(epochs=2).for_autoencoder(60_000).epochs == 2
+    assert Autoencoder(1, 28, 28).width_multiplier == 16
+
+
+def test_inference_gives_the_same_outputs_whatever_the_chunk_size():
+    """Chunk sizes are per model and only about speed (memory layout, allocator); outputs do not depend on them."""
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (300, 1, 28, 28), dtype=torch.uint8)
+    classifier, autoencoder = Classifier(1, 28, 28, n_classes=10).eval(), Autoencoder(1, 28, 28)
+    assert classifier.inference_chunk < len(images) < autoencoder.inference_chunk
+    assert torch.allclose(classifier.predict_proba(images), classifier.predict_proba(images, batch_size=300), atol=1e-6)
+    latents, errors = autoencoder.embed_with_error(images, batch_size=7)
+    default_latents, default_errors = autoencoder.embed_with_error(images)
+    assert torch.allclose(latents, default_latents, atol=1e-5) and torch.allclose(errors, default_errors, atol=1e-6)
+
+
 def test_accuracy_counts_rejections_as_wrong_and_checks_shapes():
     assert accuracy(torch.tensor([1, -1, 2, 2]), torch.tensor([1, 1, 2, 0])) == 0.5
     with pytest.raises(ValueError, match="differ in shape"):
