@@ -191,7 +191,8 @@ def run_dataset(name: str, config: Config) -> tuple[list[Row], str]:
             tuned = fine_tune(classifier, labelled(random_rows), data.train, plain)
             record(f"b{budget}", tuned.classifier, tuned.seconds)
             started = time.perf_counter()
-            selection = select_typical(result.sample_scores, result.critical_indices, budget, features["latent"], seed=config.seed)
+            selection = select_typical(result.sample_scores, result.critical_indices, budget, features["latent"], seed=config.seed,
+                                       clean_median=detector.clean_score_quantile(0.5))
             tuned = fine_tune(classifier, labelled(np.asarray(selection.indices)), data.train, retrain, unlabelled=stream)
             record(f"d{budget}", tuned.classifier, time.perf_counter() - started, judge=budget == MAIN_BUDGET)
         own = torch.from_numpy(probabilities.argmax(axis=1)).long()

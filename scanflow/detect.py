@@ -77,12 +77,14 @@ def detect_batch(
     detector: AutoencoderDetector, images: torch.Tensor, batch_id: str, model_version: str,
     budget: int = DEFAULT_LABEL_BUDGET, classes: tuple[str, ...] | None = None,
 ) -> Detection:
-    """Test one batch, pick at most `budget` critical samples for a person to label: typical of the drifted data
-    (their labels teach a retrained model the most), shown strangest first."""
+    """Test one batch, pick at most `budget` samples for a person to label: typical of the drifted part of the batch
+    (`select_typical` over `shifted_candidates`: their labels teach a retrained model the most), strangest first."""
     probabilities = detector.classifier.predict_proba(images).numpy()
     result, features = detector.assess(images, probabilities=probabilities)
     predicted = probabilities.argmax(axis=1)
-    selection = select_typical(result.sample_scores, result.critical_indices, budget, features["latent"])
+    selection = select_typical(
+        result.sample_scores, result.critical_indices, budget, features["latent"], clean_median=detector.clean_score_quantile(0.5)
+    )
     names = classes or tuple(str(k) for k in range(probabilities.shape[1]))
     return Detection(batch_id, model_version, result, selection, predicted, names, detector.signature_of(features))
 

@@ -75,3 +75,30 @@ def test_typical_selection_takes_one_representative_per_group_and_shows_the_stra
     assert set(top_two) <= set(few.indices) and len(few.indices) == 4 and few.n_above_threshold == 2
     with pytest.raises(ValueError, match="embeddings have 3 rows but there are 90 sample scores"):
         select_typical(scores, (1,), 1, embeddings[:3])
+
+
+def test_a_mild_shift_widens_the_candidates_from_the_extreme_few_to_the_shifted_share():
+    """Glass blur on Fashion-MNIST: 111 of 2,000 shifted images were critical, and typical labels drawn from those
+    extremes taught less than random ones; the candidates now cover the estimated shifted share."""
+    from scanflow.drift.selection import select_typical, shifted_candidates
+
+    rng = np.random.default_rng(1)
+    clean_median = 0.0
+    shifted = rng.normal(1.0, 0.5, 160)  # mild: most above the clean median, few beyond the critical threshold
+    clean = rng.normal(0.0, 1.0, 40)
+    scores = np.concatenate([shifted, clean])
+    critical = tuple(int(i) for i in np.argsort(-scores)[:10])
+    candidates = shifted_candidates(scores, critical, clean_median)
+    share = 2 * np.mean(scores > clean_median) - 1
+    assert len(candidates) == int(np.ceil(share * 200)) and 120 < len(candidates) <= 160
+    assert set(critical) <= set(candidates.tolist())
+    assert np.mean(candidates < 160) > 0.9  # nearly all of them are the shifted rows
+
+    clean_batch = rng.normal(0.0, 1.0, 200)
+    clean_critical = tuple(int(i) for i in np.flatnonzero(clean_batch > 1.645))
+    assert len(shifted_candidates(clean_batch, clean_critical, clean_median)) <= 0.2 * 200
+
+    embeddings = rng.normal(0, 1, (200, 4))
+    widened = select_typical(scores, critical, 20, embeddings, clean_median=clean_median)
+    assert len(widened.indices) == 20 and widened.n_above_threshold == len(set(widened.indices) & set(critical)) < 20
+    assert np.mean(np.asarray(widened.indices) < 160) >= 0.9
