@@ -25,7 +25,10 @@ def test_dask_workers_give_the_verdicts_of_the_thread_pool(env, tmp_path):
     paths = [batch.path for batch in read_stream(tmp_path / "stream")]
     threaded = score_batches_flow(batch_paths=paths, threads=2)
     distributed = score_batches_flow(batch_paths=paths, dask_workers=2)
-    assert [v["is_drift"] for v in threaded] == [False, False, True, True]
+    # The verdicts themselves: both corrupted batches alarm; a clean one may alarm by chance (alpha 0.05 each; the
+    # digits champion's false-alarm rate on 200 clean windows of 80 measured 0.015-0.05), both would be a bug.
+    verdicts = [v["is_drift"] for v in threaded]
+    assert verdicts[2:] == [True, True] and sum(verdicts[:2]) <= 1, [v["p_value"] for v in threaded]
     assert [(v["batch_id"], v["is_drift"], v["p_value"]) for v in distributed] == [(v["batch_id"], v["is_drift"], v["p_value"]) for v in threaded]
     assert {v["worker_pid"] for v in threaded} == {os.getpid()}
     assert os.getpid() not in {v["worker_pid"] for v in distributed}
