@@ -109,8 +109,8 @@ def train_flow(
     """Train the classifier and its autoencoder on `dataset`, fit their drift detector, track the run in MLflow and
     register both models as champion (the detector is logged beside them).
 
-    `epochs=None` trains for about 150k images (3 epochs of Fashion-MNIST), `autoencoder_epochs=None` twice as long. `tracking` names an MLflowTracking
-    block (default: the environment). Returns a JSON-able summary.
+    `epochs=None` trains for about 150k images (3 epochs of Fashion-MNIST), `autoencoder_epochs=None` twice as
+    long. `tracking` names an MLflowTracking block (default: the environment). Returns a JSON-able summary.
     """
     config = tracking_config(tracking)
     train, calibration, test = load_data(dataset, data_dir, allow_download, seed)

@@ -165,7 +165,8 @@ def select_typical(
     `embeddings` (k-means, seeded) and from each group the most typical member (smallest mean distance to its
     nearest neighbours in the group) is taken; the result is shown strangest first. With no more candidates than
     the budget this is `select_critical`. Measured on Fashion-MNIST (benchmarks/README.md): extreme samples
-    (`select_critical`) taught a fine-tuned model less than a random draw; typical ones more.
+    (`select_critical`) taught a fine-tuned model less than a random draw; typical ones of the widened candidates
+    about as much as random ones (within one seed's spread) and more where the critical few were unrepresentative.
     """
     from sklearn.cluster import KMeans
 
