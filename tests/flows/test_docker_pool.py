@@ -34,7 +34,9 @@ BASE_IMAGE = "scanflow-base:bookworm"
 
 @pytest.fixture(scope="module")
 def step_image():
-    """The daemon, the local base image and the step image (rebuilt only when its build context changed)."""
+    """The daemon, the local base image and the step image (rebuilt only when its build context changed). In CI the
+    step containers and the image (2.6 GiB) go afterwards: CI machines' free disk varies, and the tests after this
+    module write to the same disk."""
     for script in ("dockerd.sh", "base-image.sh"):
         result = subprocess.run(["bash", str(REPO / "infra" / script), *([BASE_IMAGE] if script == "base-image.sh" else [])],
                                 capture_output=True, text=True, timeout=600)
@@ -42,7 +44,10 @@ def step_image():
     from scanflow.image import build_image
 
     build_image(IMAGE, BASE_IMAGE, progress=lambda line: None)
-    return IMAGE
+    yield IMAGE
+    if os.environ.get("CI") == "true":
+        for command in (["docker", "container", "prune", "-f"], ["docker", "image", "rm", "-f", IMAGE]):
+            subprocess.run(command, capture_output=True, timeout=300)
 
 
 @pytest.fixture(scope="module")

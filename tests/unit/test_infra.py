@@ -38,3 +38,19 @@ def test_the_compose_file_describes_the_stack_and_demands_the_s3_keys():
     env = {k: v for k, v in os.environ.items() if not k.startswith("SCANFLOW_S3_")}
     missing = subprocess.run([compose, "-f", str(REPO / "infra" / "compose.yaml"), "config"], env=env, capture_output=True, text=True, timeout=60)
     assert missing.returncode != 0 and "set SCANFLOW_S3_ACCESS_KEY" in missing.stderr
+
+
+def test_an_image_build_that_would_fill_the_disk_is_refused_before_it_starts(tmp_path):
+    from scanflow.errors import ScanflowError
+    from scanflow.image import check_build_space
+
+    stats = os.statvfs(tmp_path)
+    free = stats.f_bavail * stats.f_frsize
+    check_build_space(str(tmp_path), needed=free // 2)
+    check_build_space(str(tmp_path / "not-here"), needed=2**62)
+    with pytest.raises(ScanflowError) as refused:
+        check_build_space(str(tmp_path), needed=free + 2**40)
+    message = str(refused.value)
+    assert message.startswith(f"the step image build needs about {(free + 2**40) / 2**30:.0f} GiB free in {tmp_path} and ")
+    assert message.endswith("GiB is free: free some space (docker system prune -f removes stopped containers, unused images "
+                            "and build cache) and retry")
