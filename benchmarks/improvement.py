@@ -17,6 +17,11 @@ corrupted holdout; the denoisers are trained on synthetic corruptions in two fol
 seeing any corruption it is evaluated on (stricter than leave-one-corruption-out; every family has members in
 both folds). Run `python -m benchmarks.improvement --quick` (about 20 minutes on 2 cores once the champions are
 cached by the detection benchmark or a first run) or without `--quick` for the full configuration.
+
+One seed cannot rank (b) against (d): two random draws of 100 labels differ by about 2 points. `--replicates R`
+repeats the label-dependent columns (b) and (d) R times on the same champion and stream, each replicate drawing its
+random labels, its clusters and its fine-tuning batches with its own seed, and reports the paired difference (d) - (b)
+per corruption (mean and spread over replicates); `--columns b d` leaves out the others ((a) is always measured).
 """
 
 from __future__ import annotations
@@ -54,6 +59,10 @@ NOISE_AND_BLUR = ("shot_noise", "impulse_noise", "glass_blur", "motion_blur")
 QUICK = {"corruptions": {"fashion-mnist": ONE_PER_FAMILY, "mnist": ONE_PER_FAMILY}, "budgets": (100,), "retrain_steps": 200, "denoiser_steps": 600}
 FULL = {"corruptions": {"fashion-mnist": tuple(corruption_names()), "mnist": tuple(corruption_names())}, "budgets": (20, 50, 100, 200), "retrain_steps": 300, "denoiser_steps": 1500}
 MAIN_BUDGET = 100
+#: (a) none, (b) random labels, (c) own labels, (d) Scanflow's retrain, (e) filter, (f) all labelled.
+COLUMNS = ("a", "b", "c", "d", "e", "f")
+#: Replicate r draws with seed `seed + REPLICATE_SEED_STRIDE * r`; replicate 0 is the single-run benchmark.
+REPLICATE_SEED_STRIDE = 1000
 
 
 @dataclass(frozen=True)
@@ -69,6 +78,8 @@ class Config:
     seed: int
     data_dir: Path
     cache_dir: Path
+    columns: tuple[str, ...] = COLUMNS
+    replicates: int = 1
     date: str = field(default_factory=lambda: datetime.datetime.now().strftime("%Y-%m-%d %H:%M"))
 
     def summary(self, dataset: str) -> str:
@@ -77,6 +88,8 @@ class Config:
             f"stream {self.stream_size}, budgets {','.join(map(str, self.budgets))} (B = {MAIN_BUDGET} for c, e, f), "
             f"fine-tune {self.retrain_steps} steps x batch 128, denoiser {self.denoiser_steps} steps x batch 64, "
             f"seed {self.seed}, {self.date}, {os.cpu_count()} cpu / {torch.get_num_threads()} torch threads"
+            + (f", columns {','.join(self.columns)}" if self.columns != COLUMNS else "")
+            + (f", {self.replicates} replicates of (b) and (d)" if self.replicates > 1 else "")
         )
 
 
@@ -88,6 +101,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
     parser.add_argument("--budgets", nargs="+", type=int, help=f"override the label budgets of (b) and (d); must include {MAIN_BUDGET}")
     parser.add_argument("--stream-size", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--replicates", type=int, default=1, help="repeat (b) and (d) with this many seeds on the same champion and stream")
+    parser.add_argument("--columns", nargs="+", choices=COLUMNS, default=COLUMNS, help="the improvements to measure ((a) always is)")
     parser.add_argument("--data-dir", type=Path, default=_default_data_dir())
     parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "scanflow" / "benchmarks")
     args = parser.parse_args(argv)
@@ -96,10 +111,14 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
     budgets = tuple(sorted(set(args.budgets))) if args.budgets else defaults["budgets"]
     if MAIN_BUDGET not in budgets:
         parser.error(f"the budgets must include {MAIN_BUDGET}, the budget the targets are stated at; got {', '.join(map(str, budgets))}")
+    if args.replicates < 1:
+        parser.error(f"--replicates must be at least 1; got {args.replicates}")
+    columns = tuple(c for c in COLUMNS if c == "a" or c in args.columns)
     return Config(
         quick=args.quick, datasets=tuple(args.datasets), corruptions=corruptions, budgets=budgets,
         retrain_steps=defaults["retrain_steps"], denoiser_steps=defaults["denoiser_steps"], stream_size=args.stream_size,
-        severity=3, seed=args.seed, data_dir=args.data_dir, cache_dir=args.cache_dir.expanduser(),
+        severity=3, seed=args.seed, data_dir=args.data_dir, cache_dir=args.cache_dir.expanduser(), columns=columns,
+        replicates=args.replicates,
     )
 
 
@@ -142,6 +161,8 @@ class Row:
     seconds: dict[str, float] = field(default_factory=dict)
     promoted: dict[str, bool] = field(default_factory=dict)
     n_above_threshold: int = 0
+    #: Corrupted-holdout accuracy of each replicate of (b) and (d), by column key (`corrupted` holds their mean).
+    replicates: dict[str, list[float]] = field(default_factory=dict)
 
 
 def run_dataset(name: str, config: Config) -> tuple[list[Row], str]:
@@ -149,11 +170,10 @@ def run_dataset(name: str, config: Config) -> tuple[list[Row], str]:
     classifier, autoencoder, provenance = trained_models(SimpleNamespace(name=name, train=data.train), config.seed, config.cache_dir)
     log(f"{name}: champion {provenance}; {data.description}")
     detector = fit_detector(classifier, autoencoder, data.train, data.calibration, seed=config.seed)
-    retrain = RetrainConfig(steps=config.retrain_steps, seed=config.seed)
     plain = RetrainConfig(steps=config.retrain_steps, seed=config.seed, pseudo_share=0.0)
     filters = {}
     for fold, members in enumerate(FOLDS):
-        if not set(members) & set(config.corruptions[name]):
+        if "e" not in config.columns or not set(members) & set(config.corruptions[name]):
             continue
         started = time.perf_counter()
         result = train_denoiser(classifier, data.train, DenoiserConfig(exclude=members, steps=config.denoiser_steps, batch_size=64, seed=config.seed))
@@ -169,11 +189,17 @@ def run_dataset(name: str, config: Config) -> tuple[list[Row], str]:
         holdout = corrupt(clean_images, corruption, config.severity, seed=config.seed + 2)
         champion_scores = HoldoutScores(champion_clean, accuracy(classifier, holdout, clean_labels), len(clean_labels), len(clean_labels))
 
-        def record(key: str, model: object, seconds: float, judge: bool = False) -> None:
-            row.corrupted[key] = accuracy(model, holdout, clean_labels)
-            row.clean[key] = champion_clean if model is classifier else accuracy(model, clean_images, clean_labels)
-            row.seconds[key] = seconds
-            if judge:
+        def record(key: str, model: object, seconds: float, judge: bool = False, replicate: int = 0) -> None:
+            corrupted = accuracy(model, holdout, clean_labels)
+            clean = champion_clean if model is classifier else accuracy(model, clean_images, clean_labels)
+            if config.replicates > 1 and key[0] in "bd":
+                row.replicates.setdefault(key, []).append(corrupted)
+                n = len(row.replicates[key])
+                corrupted = row.corrupted.get(key, 0.0) + (corrupted - row.corrupted.get(key, 0.0)) / n
+                clean = row.clean.get(key, 0.0) + (clean - row.clean.get(key, 0.0)) / n
+                seconds = row.seconds.get(key, 0.0) + (seconds - row.seconds.get(key, 0.0)) / n
+            row.corrupted[key], row.clean[key], row.seconds[key] = corrupted, clean, seconds
+            if judge and replicate == 0:
                 candidate = HoldoutScores(row.clean[key], row.corrupted[key], len(clean_labels), len(clean_labels))
                 row.promoted[key] = decide(champion_scores, candidate, DEFAULT_PROMOTION_MARGIN).promote
 
@@ -186,22 +212,30 @@ def run_dataset(name: str, config: Config) -> tuple[list[Row], str]:
         probabilities = classifier.predict_proba(stream).numpy()
         result, features = detector.assess(stream, probabilities=probabilities)
         row.n_above_threshold = len(result.critical_indices)
-        for budget in config.budgets:
-            random_rows = rng_for(config.seed, "random", corruption, budget).permutation(len(stream))[:budget]
-            tuned = fine_tune(classifier, labelled(random_rows), data.train, plain)
-            record(f"b{budget}", tuned.classifier, tuned.seconds)
-            started = time.perf_counter()
-            selection = select_typical(result.sample_scores, result.critical_indices, budget, features["latent"], seed=config.seed,
-                                       clean_median=detector.clean_score_quantile(0.5))
-            tuned = fine_tune(classifier, labelled(np.asarray(selection.indices)), data.train, retrain, unlabelled=stream)
-            record(f"d{budget}", tuned.classifier, time.perf_counter() - started, judge=budget == MAIN_BUDGET)
-        own = torch.from_numpy(probabilities.argmax(axis=1)).long()
-        tuned = fine_tune(classifier, labelled(np.arange(len(stream)), own), data.train, plain)
-        record("c", tuned.classifier, tuned.seconds)
-        fold = next(k for k, members in enumerate(FOLDS) if corruption in members)
-        record("e", filters[fold][0], filters[fold][1], judge=True)
-        tuned = fine_tune(classifier, labelled(np.arange(len(stream))), data.train, plain)
-        record("f", tuned.classifier, tuned.seconds)
+        for replicate in range(config.replicates):
+            seed = config.seed + REPLICATE_SEED_STRIDE * replicate
+            for budget in config.budgets:
+                if "b" in config.columns:
+                    random_rows = rng_for(seed, "random", corruption, budget).permutation(len(stream))[:budget]
+                    tuned = fine_tune(classifier, labelled(random_rows), data.train, RetrainConfig(steps=config.retrain_steps, seed=seed, pseudo_share=0.0))
+                    record(f"b{budget}", tuned.classifier, tuned.seconds, replicate=replicate)
+                if "d" in config.columns:
+                    started = time.perf_counter()
+                    selection = select_typical(result.sample_scores, result.critical_indices, budget, features["latent"], seed=seed,
+                                               clean_median=detector.clean_score_quantile(0.5))
+                    tuned = fine_tune(classifier, labelled(np.asarray(selection.indices)), data.train,
+                                      RetrainConfig(steps=config.retrain_steps, seed=seed), unlabelled=stream)
+                    record(f"d{budget}", tuned.classifier, time.perf_counter() - started, judge=budget == MAIN_BUDGET, replicate=replicate)
+        if "c" in config.columns:
+            own = torch.from_numpy(probabilities.argmax(axis=1)).long()
+            tuned = fine_tune(classifier, labelled(np.arange(len(stream)), own), data.train, plain)
+            record("c", tuned.classifier, tuned.seconds)
+        if "e" in config.columns:
+            fold = next(k for k, members in enumerate(FOLDS) if corruption in members)
+            record("e", filters[fold][0], filters[fold][1], judge=True)
+        if "f" in config.columns:
+            tuned = fine_tune(classifier, labelled(np.arange(len(stream))), data.train, plain)
+            record("f", tuned.classifier, tuned.seconds)
         log(f"{name} {corruption}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.corrupted.items()))
         rows.append(row)
     return rows, provenance
@@ -213,44 +247,74 @@ def _pct(value: float) -> str:
 
 def report(name: str, rows: list[Row], config: Config, provenance: str) -> list[str]:
     budgets = config.budgets
-    keys = ["a", *(f"b{b}" for b in budgets), "c", *(f"d{b}" for b in budgets), "e", "f"]
+    expanded = {"b": [f"b{b}" for b in budgets], "d": [f"d{b}" for b in budgets]}
+    keys = [key for column in ("a", "b", "c", "d", "e", "f") if column in config.columns for key in expanded.get(column, [column])]
     titles = {"a": "(a) none", "c": "(c) own labels", "e": "(e) filter", "f": "(f) all labelled"}
     titles.update({f"b{b}": f"(b) random B={b}" for b in budgets})
     titles.update({f"d{b}": f"(d) ours B={b}" for b in budgets})
-    out = [f"### {name}: accuracy % on the corrupted holdout", "", f"Configuration: {config.summary(name)}. Champion {provenance}.", ""]
+    averaged = " (mean of the replicates for (b) and (d))" if config.replicates > 1 else ""
+    out = [f"### {name}: accuracy % on the corrupted holdout{averaged}", "", f"Configuration: {config.summary(name)}. Champion {provenance}.", ""]
     out += markdown_table(["corruption", *(titles[k] for k in keys)], [[r.corruption, *(_pct(r.corrupted[k]) for k in keys)] for r in rows])
-    out += ["", f"### {name}: accuracy % on the clean holdout (same images, uncorrupted)", ""]
+    out += ["", f"### {name}: accuracy % on the clean holdout (same images, uncorrupted){averaged}", ""]
     out += markdown_table(["corruption", *(titles[k] for k in keys)], [[r.corruption, *(_pct(r.clean[k]) for k in keys)] for r in rows])
     out += ["", f"### {name}: wall time of each improvement (s)", ""]
     out += markdown_table(["corruption", *(titles[k] for k in keys[1:])], [[r.corruption, *(f"{r.seconds[k]:.0f}" for k in keys[1:])] for r in rows])
-    main = f"d{MAIN_BUDGET}"
-    gaps = [(r.corrupted[main] - r.corrupted["a"]) / (r.corrupted["f"] - r.corrupted["a"]) for r in rows if r.corrupted["f"] - r.corrupted["a"] > 0.005]
-    wins = sum(r.corrupted[main] > max(r.corrupted[f"b{MAIN_BUDGET}"], r.corrupted["c"]) for r in rows)
-    noise_blur = [r for r in rows if r.corruption in NOISE_AND_BLUR]
-    filter_wins = sum(r.corrupted["e"] > r.corrupted["a"] for r in noise_blur)
-    filter_cost = max(r.clean["a"] - r.clean["e"] for r in rows)
-    promoted = [r for r in rows for k in (main, "e") if r.promoted.get(k)]
-    worst_promoted = max((r.clean["a"] - r.clean[k] for r in rows for k in (main, "e") if r.promoted.get(k)), default=0.0)
-    out += [
-        "",
-        f"**{name} summary.** (d) at B={MAIN_BUDGET} recovers {100 * float(np.mean(gaps)):.0f} % of the gap between (a) and (f) on average "
-        f"(over {len(gaps)} corruptions with a gap; target >= 70 %); beats both (b) and (c) on {wins} of {len(rows)} corruptions "
-        f"(target: 12 of 15). The filter raises corrupted accuracy over (a) on {filter_wins} of {len(noise_blur)} noise/blur corruptions "
-        f"and costs at most {100 * filter_cost:.2f} points of clean accuracy (target <= 0.5). The promotion rule (margin "
-        f"{DEFAULT_PROMOTION_MARGIN}) promotes {len(promoted)} of {2 * len(rows)} candidates ((d) B={MAIN_BUDGET} and (e)); the worst "
-        f"clean-accuracy change of a promoted one is {-100 * worst_promoted:+.2f} points.",
-        "",
-    ]
+    if config.replicates > 1 and {"b", "d"} <= set(config.columns):
+        out += ["", *paired_replicates(name, rows, config)]
+    out += ["", summary(name, rows, config), ""]
     return out
+
+
+def paired_replicates(name: str, rows: list[Row], config: Config) -> list[str]:
+    """(d) - (b) per corruption over the replicates: the mean, its standard error, and in how many replicates (d) won."""
+    b, d = f"b{MAIN_BUDGET}", f"d{MAIN_BUDGET}"
+    table, means = [], []
+    for row in rows:
+        differences = 100 * (np.asarray(row.replicates[d]) - np.asarray(row.replicates[b]))
+        means.append(differences.mean())
+        spread = differences.std(ddof=1) / np.sqrt(len(differences))
+        table.append([row.corruption, *(f"{100 * v:.1f}" for v in row.replicates[b]), *(f"{100 * v:.1f}" for v in row.replicates[d]),
+                      f"{differences.mean():+.1f} +- {spread:.1f}", f"{int((differences > 0).sum())} of {len(differences)}"])
+    n = config.replicates
+    header = ["corruption", *(f"(b) r{r}" for r in range(n)), *(f"(d) r{r}" for r in range(n)), "(d) - (b), mean +- s.e.", "(d) ahead"]
+    ahead = sum(m > 0 for m in means)
+    return [f"### {name}: (d) against (b) at B = {MAIN_BUDGET}, {n} replicates (accuracy % on the corrupted holdout)", "",
+            *markdown_table(header, table), "",
+            f"(d) is ahead of (b) on average over the replicates on {ahead} of {len(rows)} corruptions; mean difference over all "
+            f"corruptions {float(np.mean(means)):+.2f} points."]
+
+
+def summary(name: str, rows: list[Row], config: Config) -> str:
+    """The targets this run can judge: a target whose columns were left out is not mentioned."""
+    main, columns = f"d{MAIN_BUDGET}", set(config.columns)
+    parts = []
+    if {"d", "f"} <= columns:
+        gaps = [(r.corrupted[main] - r.corrupted["a"]) / (r.corrupted["f"] - r.corrupted["a"]) for r in rows if r.corrupted["f"] - r.corrupted["a"] > 0.005]
+        parts.append(f"(d) at B={MAIN_BUDGET} recovers {100 * float(np.mean(gaps)):.0f} % of the gap between (a) and (f) on average "
+                     f"(over {len(gaps)} corruptions with a gap; target >= 70 %).")
+    if {"b", "c", "d"} <= columns:
+        wins = sum(r.corrupted[main] > max(r.corrupted[f"b{MAIN_BUDGET}"], r.corrupted["c"]) for r in rows)
+        parts.append(f"(d) beats both (b) and (c) on {wins} of {len(rows)} corruptions (target: 12 of 15).")
+    if "e" in columns:
+        noise_blur = [r for r in rows if r.corruption in NOISE_AND_BLUR]
+        filter_wins = sum(r.corrupted["e"] > r.corrupted["a"] for r in noise_blur)
+        filter_cost = max(r.clean["a"] - r.clean["e"] for r in rows)
+        parts.append(f"The filter raises corrupted accuracy over (a) on {filter_wins} of {len(noise_blur)} noise/blur corruptions "
+                     f"and costs at most {100 * filter_cost:.2f} points of clean accuracy (target <= 0.5).")
+    judged = [k for k in (main, "e") if k[0] in columns]
+    promoted = [(r, k) for r in rows for k in judged if r.promoted.get(k)]
+    if judged:
+        worst = max((r.clean["a"] - r.clean[k] for r, k in promoted), default=0.0)
+        parts.append(f"The promotion rule (margin {DEFAULT_PROMOTION_MARGIN}) promotes {len(promoted)} of {len(judged) * len(rows)} candidates "
+                     f"({' and '.join(judged)}); the worst clean-accuracy change of a promoted one is {0.0 - 100 * worst + 0.0:+.2f} points.")
+    return f"**{name} summary.** " + " ".join(parts)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     config = parse_args(argv)
     torch.set_num_threads(os.cpu_count() or 1)
-    lines = []
     for name in config.datasets:
         rows, provenance = run_dataset(name, config)
-        lines += report(name, rows, config, provenance)
         print("\n".join(report(name, rows, config, provenance)), flush=True)
     return 0
 
