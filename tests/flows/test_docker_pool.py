@@ -24,7 +24,8 @@ from scanflow.local import start_mlflow_server, stop_process_group
 from scanflow.tracking import mlflow_client
 from tests.conftest import S3_ACCESS_KEY, S3_SECRET_KEY
 
-pytestmark = [pytest.mark.slow, pytest.mark.docker]
+# The image build (5-6 min on an idle 2-core machine, more on a busy one) runs inside the first test's timeout.
+pytestmark = [pytest.mark.slow, pytest.mark.docker, pytest.mark.timeout(2400)]
 
 REPO = Path(__file__).resolve().parents[2]
 PREFECT = str(Path(sys.executable).with_name("prefect"))
