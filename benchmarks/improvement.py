@@ -161,8 +161,8 @@ class Row:
     seconds: dict[str, float] = field(default_factory=dict)
     promoted: dict[str, bool] = field(default_factory=dict)
     n_above_threshold: int = 0
-    #: Corrupted-holdout accuracy of each replicate of (b) and (d), by column key (`corrupted` holds their mean).
-    replicates: dict[str, list[float]] = field(default_factory=dict)
+    #: (corrupted, clean, seconds) of each replicate of (b) and (d), by column key; the other fields hold their means.
+    replicates: dict[str, list[tuple[float, float, float]]] = field(default_factory=dict)
 
 
 def run_dataset(name: str, config: Config) -> tuple[list[Row], str]:
@@ -193,11 +193,8 @@ def run_dataset(name: str, config: Config) -> tuple[list[Row], str]:
             corrupted = accuracy(model, holdout, clean_labels)
             clean = champion_clean if model is classifier else accuracy(model, clean_images, clean_labels)
             if config.replicates > 1 and key[0] in "bd":
-                row.replicates.setdefault(key, []).append(corrupted)
-                n = len(row.replicates[key])
-                corrupted = row.corrupted.get(key, 0.0) + (corrupted - row.corrupted.get(key, 0.0)) / n
-                clean = row.clean.get(key, 0.0) + (clean - row.clean.get(key, 0.0)) / n
-                seconds = row.seconds.get(key, 0.0) + (seconds - row.seconds.get(key, 0.0)) / n
+                row.replicates.setdefault(key, []).append((corrupted, clean, seconds))
+                corrupted, clean, seconds = (float(np.mean(values)) for values in zip(*row.replicates[key]))
             row.corrupted[key], row.clean[key], row.seconds[key] = corrupted, clean, seconds
             if judge and replicate == 0:
                 candidate = HoldoutScores(row.clean[key], row.corrupted[key], len(clean_labels), len(clean_labels))
@@ -270,10 +267,11 @@ def paired_replicates(name: str, rows: list[Row], config: Config) -> list[str]:
     b, d = f"b{MAIN_BUDGET}", f"d{MAIN_BUDGET}"
     table, means = [], []
     for row in rows:
-        differences = 100 * (np.asarray(row.replicates[d]) - np.asarray(row.replicates[b]))
+        by_b, by_d = ([run[0] for run in row.replicates[key]] for key in (b, d))
+        differences = 100 * (np.asarray(by_d) - np.asarray(by_b))
         means.append(differences.mean())
         spread = differences.std(ddof=1) / np.sqrt(len(differences))
-        table.append([row.corruption, *(f"{100 * v:.1f}" for v in row.replicates[b]), *(f"{100 * v:.1f}" for v in row.replicates[d]),
+        table.append([row.corruption, *(f"{100 * v:.1f}" for v in by_b), *(f"{100 * v:.1f}" for v in by_d),
                       f"{differences.mean():+.1f} +- {spread:.1f}", f"{int((differences > 0).sum())} of {len(differences)}"])
     n = config.replicates
     header = ["corruption", *(f"(b) r{r}" for r in range(n)), *(f"(d) r{r}" for r in range(n)), "(d) - (b), mean +- s.e.", "(d) ahead"]

@@ -162,7 +162,7 @@ def _remove_if_unused(client, image_id: str, progress: Callable[[str], None]) ->
     from docker.errors import APIError
 
     try:
-        client.images.remove(image_id, noprune=False)
+        client.images.remove(image_id)
         progress(f"removed the replaced image {image_id[:19]}")
     except APIError:
         pass
