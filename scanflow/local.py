@@ -116,6 +116,11 @@ class LocalS3Server:
 
 
 SEAWEEDFS_PORTS = ("s3", "master", "filer", "volume", "admin", "webdav")
+#: How many volumes (128 MB each under `weed mini`, created empty and grown on write) the server may hold. Left to
+#: itself `weed mini` derives the count from the free disk at start (about one per GB), so on a machine with a few GB
+#: free the first buckets take every volume and a later bucket's first write fails with an opaque InternalError.
+#: A fixed count makes bucket creation independent of free disk; the disk itself stays the limit on bytes.
+SEAWEEDFS_MAX_VOLUMES = 1000
 
 
 def start_seaweedfs(
@@ -135,6 +140,7 @@ def start_seaweedfs(
         ports.update({f"grpc.{k}": v for k, v in grpc.items()})
     command = [
         str(weed), "mini", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-master.telemetry=false", "-admin.ui=false",
+        f"-volume.max={SEAWEEDFS_MAX_VOLUMES}",
         *(f"-{name}.port={ports[name]}" for name in SEAWEEDFS_PORTS),
         *(f"-{name}.port.grpc={ports['grpc.' + name]}" for name in ("master", "filer", "volume", "s3", "admin")),
     ]

@@ -3,11 +3,14 @@ nothing."""
 
 from __future__ import annotations
 
+import json
+import urllib.request
+
 import numpy as np
 import pytest
 
 from scanflow.config import StorageConfig
-from scanflow.local import free_port, start_seaweedfs
+from scanflow.local import SEAWEEDFS_MAX_VOLUMES, free_port, start_seaweedfs
 from scanflow.storage import ObjectNotFoundError, S3Store, StorageUnavailableError
 from tests.conftest import S3_ACCESS_KEY as ACCESS_KEY, S3_SECRET_KEY as SECRET_KEY
 
@@ -70,6 +73,18 @@ def test_an_unreachable_endpoint_is_named_with_the_fix():
     endpoint = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(StorageUnavailableError, match=rf"cannot reach the S3 endpoint of bucket 'scanflow-test' at {endpoint} .*start it"):
         _store(endpoint).get_json("runs/x.json")
+
+
+def test_the_volume_count_does_not_depend_on_free_disk_so_many_buckets_take_writes(s3_server):
+    """Stop 13's CI: on a nearly full disk `weed mini` sized itself a few volumes and a new bucket's first write
+    failed with InternalError. The count is now fixed; twelve buckets each take a write."""
+    status = json.load(urllib.request.urlopen(f"http://127.0.0.1:{s3_server.ports['master']}/dir/status", timeout=10))
+    assert status["Topology"]["Max"] == SEAWEEDFS_MAX_VOLUMES
+    for number in range(12):
+        store = _store(s3_server.endpoint_url, bucket=f"many-{number}")
+        store.ensure_bucket()
+        store.put_json("runs/x.json", {"bucket": number})
+        assert store.get_json("runs/x.json") == {"bucket": number}
 
 
 def test_nothing_is_lost_when_the_server_restarts_between_two_batches(tmp_path):
