@@ -35,9 +35,9 @@ BASE_IMAGE = "scanflow-base:bookworm"
 
 @pytest.fixture(scope="module")
 def step_image():
-    """The daemon, the local base image and the step image (rebuilt only when its build context changed). In CI the
-    step containers and the image (2.6 GiB) go afterwards: CI machines' free disk varies, and the tests after this
-    module write to the same disk."""
+    """The daemon, the local base image and the step image (rebuilt only when its build context changed). Step
+    containers still running afterwards are removed; in CI the stopped ones and the image (2.6 GiB) go too: CI
+    machines' free disk varies, and the tests after this module write to the same disk."""
     for script in ("dockerd.sh", "base-image.sh"):
         result = subprocess.run(["bash", str(REPO / "infra" / script), *([BASE_IMAGE] if script == "base-image.sh" else [])],
                                 capture_output=True, text=True, timeout=600)
@@ -46,6 +46,11 @@ def step_image():
 
     build_image(IMAGE, BASE_IMAGE, progress=lambda line: None)
     yield IMAGE
+    # A step container still running now belongs to a test that failed or timed out; left alone it keeps retrying
+    # servers this session has stopped.
+    running = subprocess.run(["docker", "ps", "-q", "--filter", f"ancestor={IMAGE}"], capture_output=True, text=True, timeout=60)
+    if running.stdout.split():
+        subprocess.run(["docker", "rm", "-f", *running.stdout.split()], capture_output=True, timeout=300)
     if os.environ.get("CI") == "true":
         for command in (["docker", "container", "prune", "-f"], ["docker", "image", "rm", "-f", IMAGE]):
             subprocess.run(command, capture_output=True, timeout=300)
