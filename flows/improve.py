@@ -63,7 +63,7 @@ def plan_improvement(action: str, context: ImprovementContext, drift: dict | Non
     plan = improver_for(action).plan(None, context)
     if drift:
         plan = plan.with_drift(drift)
-    print(f"plan: {plan.description} (about {plan.expected_seconds:.0f} s)")
+    print(f"plan: {plan.description} (training about {plan.expected_seconds:.0f} s on 2 idle cores)")
     return plan
 
 

@@ -22,7 +22,7 @@ from scanflow.corruptions import CORRUPTIONS, FAMILIES, corrupt
 from scanflow.data import LabeledImages, validate_batch
 from scanflow.drift.autoencoder import AutoencoderDetector
 from scanflow.errors import ScanflowError, UnknownCorruptionError
-from scanflow.improve.base import ImprovementContext, Improver, refit_detector
+from scanflow.improve.base import ImprovementContext, Improver, refit_detector, seconds_at_area
 from scanflow.models import Classifier, Denoiser, to_float
 from scanflow.serving import REJECTED_LABEL
 
@@ -183,8 +183,19 @@ def calibrate_gate(denoiser: Denoiser, clean_images: torch.Tensor, quantile: flo
 
 #: Share of clean images the filter's gate passes through untouched (the rest are cleaned, usually harmlessly).
 DEFAULT_GATE_QUANTILE = 0.9
-#: Seconds per denoiser training step of batch 64 on 28x28 images measured on 2 cores; scaled by image area.
-SECONDS_PER_STEP_28PX = 0.09
+#: On 2 idle cores, by image area (8x8 and 28x28 pixels): seconds per denoiser training step of batch 64, and
+#: seconds to prepare 1,000 training images (corrupt them, run the classifier on the clean originals); measured with
+#: `python -m benchmarks.improve_cost` (benchmarks/README.md); other sizes by `seconds_at_area`.
+DENOISER_STEP_SECONDS = {64: 0.03, 784: 0.09}
+DENOISER_PREPARATION_SECONDS_PER_1000 = {64: 1.0, 784: 2.0}
+
+
+def expected_denoiser_seconds(config: DenoiserConfig, available_images: int, height: int, width: int) -> float:
+    """Seconds `train_denoiser` should take on 2 idle cores (a busy machine takes longer) with `available_images`
+    clean training images to draw from."""
+    area = height * width
+    preparation = min(config.training_images, available_images) / 1000 * seconds_at_area(DENOISER_PREPARATION_SECONDS_PER_1000, area)
+    return preparation + config.steps * seconds_at_area(DENOISER_STEP_SECONDS, area) * config.batch_size / 64
 
 
 class FilterImprover(Improver):
@@ -209,8 +220,8 @@ class FilterImprover(Improver):
         self.gate_quantile = gate_quantile
 
     def _describe(self, context: ImprovementContext, n_training_labels: int) -> tuple[str, float, dict[str, Any]]:
-        area = context.replay.info.height * context.replay.info.width / 784
-        seconds = self.config.steps * SECONDS_PER_STEP_28PX * area * self.config.batch_size / 64 + 5
+        info = context.replay.info
+        seconds = expected_denoiser_seconds(self.config, len(context.replay), info.height, info.width)
         description = (
             f"train a denoiser on {min(self.config.training_images, len(context.replay)):,} clean training images "
             f"corrupted by {len(self.config.training_corruptions)} synthetic corruptions and put it in front of "

@@ -21,7 +21,7 @@ from torch.nn import functional as F
 from scanflow.data import LabeledImages
 from scanflow.drift.autoencoder import AutoencoderDetector
 from scanflow.errors import ScanflowError
-from scanflow.improve.base import ImprovementContext, Improver, refit_detector, split_positions
+from scanflow.improve.base import ImprovementContext, Improver, refit_detector, seconds_at_area, split_positions
 from scanflow.models import Classifier, to_float
 from scanflow.train import _random_shift
 
@@ -150,8 +150,15 @@ def fine_tune(
 #: the retrained champion sees them as it will see a fresh batch of the same shift, so they can make the batch a
 #: known shift of the new champion.
 UNSEEN_SHARE = 0.5
-#: Seconds per fine-tuning step of batch 128 on 28x28 images measured on 2 cores; scaled by image area.
-SECONDS_PER_STEP_28PX = 0.03
+#: Seconds per fine-tuning step of batch 128 on 2 idle cores, by image area (8x8 and 28x28 pixels), measured with
+#: `python -m benchmarks.improve_cost` (benchmarks/README.md); other sizes by `seconds_at_area`.
+FINE_TUNE_STEP_SECONDS = {64: 0.01, 784: 0.03}
+
+
+def expected_fine_tune_seconds(config: RetrainConfig, height: int, width: int, rounds: int = 1) -> float:
+    """Seconds `fine_tune` should take on 2 idle cores (a busy machine takes longer): `rounds` x `config.steps`
+    steps, the second round being the one with pseudo-labels."""
+    return rounds * config.steps * seconds_at_area(FINE_TUNE_STEP_SECONDS, height * width) * config.batch_size / 128
 
 
 class RetrainImprover(Improver):
@@ -176,8 +183,8 @@ class RetrainImprover(Improver):
 
     def _describe(self, context: ImprovementContext, n_training_labels: int) -> tuple[str, float, dict[str, Any]]:
         rounds = 2 if self.use_unlabelled else 1
-        area = context.replay.info.height * context.replay.info.width / 784
-        seconds = rounds * self.config.steps * SECONDS_PER_STEP_28PX * area * self.config.batch_size / 128 + 10
+        info = context.replay.info
+        seconds = expected_fine_tune_seconds(self.config, info.height, info.width, rounds)
         description = (
             f"fine-tune classifier v{context.champion_version or '?'} for {rounds} x {self.config.steps} steps on "
             f"{n_training_labels} labelled samples of batch {context.batch_id or '?'}, clean replay from "

@@ -26,7 +26,15 @@ from scanflow.improve import (
     improver_for,
     train_denoiser,
 )
-from scanflow.improve.filter import calibrate_gate, corrupted_pairs
+from scanflow.improve.base import seconds_at_area
+from scanflow.improve.filter import (
+    DENOISER_PREPARATION_SECONDS_PER_1000,
+    DENOISER_STEP_SECONDS,
+    calibrate_gate,
+    corrupted_pairs,
+    expected_denoiser_seconds,
+)
+from scanflow.improve.retrain import FINE_TUNE_STEP_SECONDS, expected_fine_tune_seconds
 from scanflow.models import Denoiser
 from scanflow.serving import REJECTED_LABEL
 from scanflow.train import TrainConfig, train_autoencoder, train_classifier
@@ -155,6 +163,21 @@ def test_plan_is_json_and_has_no_side_effects(context):
     assert all(torch.equal(a, b) for a, b in zip(before, _weights(context.classifier)))
     filter_plan = FilterImprover(FAST_DENOISER).plan(None, context)
     assert filter_plan.training_positions == () and len(filter_plan.holdout_positions) == 30
+
+
+def test_cost_estimates_follow_the_measured_step_costs_at_both_sizes():
+    """The plan's seconds interpolate per-step costs measured at 8x8 and 28x28 (benchmarks/improve_cost.py): an
+    8x8 step costs its own measurement, not a 28x28 step scaled down by area (which predicted 9 s for the digits
+    filter)."""
+    assert seconds_at_area({64: 1.0, 784: 10.0}, 64) == 1.0
+    assert seconds_at_area({64: 1.0, 784: 10.0}, 784) == 10.0
+    assert seconds_at_area({64: 1.0, 784: 10.0}, 424) == pytest.approx(5.5)
+    assert seconds_at_area({64: 1.0, 784: 10.0}, 16) == 1.0
+    assert seconds_at_area({784: 10.0, 64: 1.0}, 1504) == pytest.approx(19.0)
+    config = DenoiserConfig()
+    digits_step = DENOISER_STEP_SECONDS[64] * config.steps
+    assert expected_denoiser_seconds(config, 1_000, 8, 8) == pytest.approx(digits_step + DENOISER_PREPARATION_SECONDS_PER_1000[64])
+    assert expected_fine_tune_seconds(RetrainConfig(), 8, 8, rounds=2) == pytest.approx(2 * RetrainConfig().steps * FINE_TUNE_STEP_SECONDS[64])
 
 
 def test_retrain_apply_scores_both_models_and_refits_the_detector(context, shifted):
