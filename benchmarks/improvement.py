@@ -233,7 +233,8 @@ def run_dataset(name: str, config: Config) -> tuple[list[Row], str]:
         if "f" in config.columns:
             tuned = fine_tune(classifier, labelled(np.arange(len(stream))), data.train, plain)
             record("f", tuned.classifier, tuned.seconds)
-        log(f"{name} {corruption}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.corrupted.items()))
+        replicates = "".join(f"; {k} per replicate " + " ".join(f"{c:.3f}" for c, _, _ in values) for k, values in row.replicates.items())
+        log(f"{name} {corruption}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.corrupted.items()) + replicates)
         rows.append(row)
     return rows, provenance
 
