@@ -5,14 +5,16 @@ per-step costs in `scanflow.improve.retrain.FINE_TUNE_STEP_SECONDS` and `scanflo
 `DENOISER_STEP_SECONDS` / `DENOISER_PREPARATION_SECONDS_PER_1000`, measured here at the two image sizes Scanflow
 ships data for (28x28: Fashion-MNIST; 8x8: scikit-learn's digits). Per size:
 
-  1. seconds per fine-tuning step (batch 128) and per denoiser step (batch 64): two runs of different lengths, the
-     difference divided by the extra steps (so fixed costs cancel);
-  2. the denoiser's preparation per 1,000 training images (corrupting them, the classifier on the originals):
-     the longer run's time less its steps;
-  3. the default configurations timed whole, beside the estimate the plan gives for them, and their ratio.
+  1. the default configurations timed whole (fine-tune: 300 steps of batch 128 in two rounds; denoiser: 500 steps
+     of batch 64 on up to 12,000 images), beside the estimate the plan gives for them, and their ratio;
+  2. per step: the fine-tune's time over its 600 steps, and the denoiser's time less its preparation over its 500;
+  3. the denoiser's preparation (corrupting its training images, the classifier on the originals) per 1,000 images.
+
+Steps are taken from whole default runs, not from the difference of two short runs: short runs here varied too much
+(0.10 s per fine-tuning step from 20 vs 80 steps, 0.075 s over the 600 of a whole run).
 
 The classifier is untrained: a step costs the same whatever the weights. Run on an idle machine:
-`python -m benchmarks.improve_cost` (about 4 minutes on 2 cores). Prints a Markdown table.
+`python -m benchmarks.improve_cost` (about 2 minutes on 2 cores). Prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -21,19 +23,16 @@ import argparse
 import datetime
 import os
 import platform
+import time
 from dataclasses import replace
 
 import torch
 
 from benchmarks.detection import markdown_table
 from scanflow.data import LabeledImages, load_dataset
-from scanflow.improve.filter import DenoiserConfig, expected_denoiser_seconds, train_denoiser
+from scanflow.improve.filter import DenoiserConfig, corrupted_pairs, expected_denoiser_seconds, train_denoiser
 from scanflow.improve.retrain import RetrainConfig, expected_fine_tune_seconds, fine_tune
 from scanflow.models import Classifier
-
-SHORT, LONG = 20, 80
-"""Steps of the two timed runs whose difference gives the cost of a step."""
-
 
 def _classifier(data: LabeledImages) -> Classifier:
     info = data.info
@@ -41,39 +40,35 @@ def _classifier(data: LabeledImages) -> Classifier:
     return Classifier(info.channels, info.height, info.width, info.n_classes)
 
 
-def _labelled(data: LabeledImages, count: int) -> LabeledImages:
-    return data.subset(torch.arange(count))
-
-
-def _fine_tune_seconds(classifier: Classifier, data: LabeledImages, config: RetrainConfig, unlabelled: torch.Tensor | None = None) -> float:
-    return fine_tune(classifier, _labelled(data, 100), data, config, unlabelled=unlabelled).seconds
+def _preparation_seconds(classifier: Classifier, data: LabeledImages, config: DenoiserConfig) -> float:
+    """What `train_denoiser` does before its first step: corrupt the training images, run the classifier on them."""
+    started = time.perf_counter()
+    clean = data.images[: min(config.training_images, len(data))]
+    corrupted_pairs(clean, config)
+    with torch.no_grad():
+        classifier.eval().predict_proba(clean)
+    return time.perf_counter() - started
 
 
 def measure(name: str) -> dict[str, float]:
     data = load_dataset(name, "train")
+    info = data.info
     classifier = _classifier(data)
     fine_tune_config, denoiser_config = RetrainConfig(), DenoiserConfig()
-    _fine_tune_seconds(classifier, data, replace(fine_tune_config, steps=5))
-    short = _fine_tune_seconds(classifier, data, replace(fine_tune_config, steps=SHORT))
-    long = _fine_tune_seconds(classifier, data, replace(fine_tune_config, steps=LONG))
-    fine_tune_step = (long - short) / (LONG - SHORT)
-    short = train_denoiser(classifier, data, replace(denoiser_config, steps=SHORT)).seconds
-    long = train_denoiser(classifier, data, replace(denoiser_config, steps=LONG)).seconds
-    denoiser_step = (long - short) / (LONG - SHORT)
+    labelled = data.subset(torch.arange(100))
+    fine_tune(classifier, labelled, data, replace(fine_tune_config, steps=5))
+    # The improve flow's retrain pseudo-labels part of the batch in a second round; an untrained classifier is never
+    # confident, so the threshold is lowered to make that round happen (it costs the same).
+    fine_tune_whole = fine_tune(classifier, labelled, data, replace(fine_tune_config, pseudo_label_confidence=1e-6),
+                                unlabelled=data.images[-100:]).seconds
     images = min(denoiser_config.training_images, len(data))
-    preparation_per_1000 = (long - LONG * denoiser_step) / images * 1000
-    # The improve flow's retrain pseudo-labels part of a 200-image batch in a second round; an untrained classifier
-    # is never confident, so the threshold is lowered to make that round happen (it costs the same).
-    unlabelled = data.images[-100:]
-    fine_tune_whole = _fine_tune_seconds(classifier, data, replace(fine_tune_config, pseudo_label_confidence=0.0), unlabelled=unlabelled)
+    preparation = _preparation_seconds(classifier, data, denoiser_config)
     denoiser_whole = train_denoiser(classifier, data, denoiser_config).seconds
-    info = data.info
     return {
         "area": info.height * info.width,
-        "images": images,
-        "fine_tune_step": fine_tune_step,
-        "denoiser_step": denoiser_step,
-        "preparation_per_1000": preparation_per_1000,
+        "fine_tune_step": fine_tune_whole / (2 * fine_tune_config.steps),
+        "denoiser_step": (denoiser_whole - preparation) / denoiser_config.steps,
+        "preparation_per_1000": preparation / images * 1000,
         "fine_tune_whole": fine_tune_whole,
         "fine_tune_estimate": expected_fine_tune_seconds(fine_tune_config, info.height, info.width, rounds=2),
         "denoiser_whole": denoiser_whole,

@@ -186,8 +186,8 @@ DEFAULT_GATE_QUANTILE = 0.9
 #: On 2 idle cores, by image area (8x8 and 28x28 pixels): seconds per denoiser training step of batch 64, and
 #: seconds to prepare 1,000 training images (corrupt them, run the classifier on the clean originals); measured with
 #: `python -m benchmarks.improve_cost` (benchmarks/README.md); other sizes by `seconds_at_area`.
-DENOISER_STEP_SECONDS = {64: 0.03, 784: 0.09}
-DENOISER_PREPARATION_SECONDS_PER_1000 = {64: 1.0, 784: 2.0}
+DENOISER_STEP_SECONDS = {64: 0.020, 784: 0.10}
+DENOISER_PREPARATION_SECONDS_PER_1000 = {64: 0.06, 784: 0.20}
 
 
 def expected_denoiser_seconds(config: DenoiserConfig, available_images: int, height: int, width: int) -> float:

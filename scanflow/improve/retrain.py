@@ -152,7 +152,7 @@ def fine_tune(
 UNSEEN_SHARE = 0.5
 #: Seconds per fine-tuning step of batch 128 on 2 idle cores, by image area (8x8 and 28x28 pixels), measured with
 #: `python -m benchmarks.improve_cost` (benchmarks/README.md); other sizes by `seconds_at_area`.
-FINE_TUNE_STEP_SECONDS = {64: 0.01, 784: 0.03}
+FINE_TUNE_STEP_SECONDS = {64: 0.013, 784: 0.082}
 
 
 def expected_fine_tune_seconds(config: RetrainConfig, height: int, width: int, rounds: int = 1) -> float:
