@@ -23,31 +23,21 @@ import argparse
 import datetime
 import os
 import platform
-import time
 from dataclasses import replace
 
 import torch
 
 from benchmarks.detection import markdown_table
 from scanflow.data import LabeledImages, load_dataset
-from scanflow.improve.filter import DenoiserConfig, corrupted_pairs, expected_denoiser_seconds, train_denoiser
+from scanflow.improve.filter import DenoiserConfig, expected_denoiser_seconds, train_denoiser
 from scanflow.improve.retrain import RetrainConfig, expected_fine_tune_seconds, fine_tune
 from scanflow.models import Classifier
+
 
 def _classifier(data: LabeledImages) -> Classifier:
     info = data.info
     torch.manual_seed(0)
     return Classifier(info.channels, info.height, info.width, info.n_classes)
-
-
-def _preparation_seconds(classifier: Classifier, data: LabeledImages, config: DenoiserConfig) -> float:
-    """What `train_denoiser` does before its first step: corrupt the training images, run the classifier on them."""
-    started = time.perf_counter()
-    clean = data.images[: min(config.training_images, len(data))]
-    corrupted_pairs(clean, config)
-    with torch.no_grad():
-        classifier.eval().predict_proba(clean)
-    return time.perf_counter() - started
 
 
 def measure(name: str) -> dict[str, float]:
@@ -62,8 +52,8 @@ def measure(name: str) -> dict[str, float]:
     fine_tune_whole = fine_tune(classifier, labelled, data, replace(fine_tune_config, pseudo_label_confidence=1e-6),
                                 unlabelled=data.images[-100:]).seconds
     images = min(denoiser_config.training_images, len(data))
-    preparation = _preparation_seconds(classifier, data, denoiser_config)
-    denoiser_whole = train_denoiser(classifier, data, denoiser_config).seconds
+    denoiser = train_denoiser(classifier, data, denoiser_config)
+    denoiser_whole, preparation = denoiser.seconds, denoiser.preparation_seconds
     return {
         "area": info.height * info.width,
         "fine_tune_step": fine_tune_whole / (2 * fine_tune_config.steps),

@@ -65,9 +65,13 @@ class DenoiserConfig:
 
 @dataclass(frozen=True)
 class DenoiserResult:
+    """`seconds`: the whole training's wall time; `preparation_seconds`: the part before the first step (corrupting
+    the training images, the classifier on the clean originals)."""
+
     denoiser: Denoiser
     training_corruptions: tuple[str, ...]
     seconds: float
+    preparation_seconds: float
 
 
 def corrupted_pairs(clean: torch.Tensor, config: DenoiserConfig) -> torch.Tensor:
@@ -102,6 +106,7 @@ def train_denoiser(classifier: Classifier, data: LabeledImages, config: Denoiser
         parameter.requires_grad_(False)
     with torch.no_grad():
         targets = classifier.predict_proba(clean)
+    prepared = time.perf_counter()
     info = data.info
     denoiser = Denoiser(info.channels, info.height, info.width, width_multiplier=config.width_multiplier)
     optimizer = torch.optim.AdamW(denoiser.parameters(), lr=config.learning_rate, weight_decay=1e-5)
@@ -123,7 +128,7 @@ def train_denoiser(classifier: Classifier, data: LabeledImages, config: Denoiser
         for parameter in classifier.parameters():
             parameter.requires_grad_(True)
     denoiser.eval()
-    return DenoiserResult(denoiser, config.training_corruptions, time.perf_counter() - started)
+    return DenoiserResult(denoiser, config.training_corruptions, time.perf_counter() - started, prepared - started)
 
 
 def correction_size(original: torch.Tensor, cleaned: torch.Tensor) -> torch.Tensor:
