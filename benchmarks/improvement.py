@@ -6,7 +6,8 @@ Accuracy on a separate corrupted holdout and on the clean holdout (the same imag
   (a) no improvement
   (b) retrain with B randomly chosen stream samples, oracle-labelled (the published selection)
   (c) retrain on the champion's own predictions of the whole stream (the published follow-up)
-  (d) Scanflow's retrain: B critical samples chosen by the detector and `select_typical`, oracle-labelled, plus
+  (d) Scanflow's retrain: B samples of the drifted part of the stream chosen by the detector and `select_typical`
+      (typical in the classifier's hidden-layer features), oracle-labelled, plus
       confident pseudo-labels of the stream and clean replay
   (e) Scanflow's filter: a denoiser in front of the unchanged champion; no labels
   (f) upper bound: retrain with every stream sample labelled
@@ -207,8 +208,8 @@ def run_dataset(name: str, config: Config) -> tuple[list[Row], str]:
             return LabeledImages(stream[index], chosen, data.train.info, f"{corruption} stream[{len(index)}]")
 
         record("a", classifier, 0.0)
-        probabilities = classifier.predict_proba(stream).numpy()
-        result, features = detector.assess(stream, probabilities=probabilities)
+        embeddings, probabilities = (tensor.numpy() for tensor in classifier.embed_and_predict_proba(stream))
+        result, _ = detector.assess(stream, probabilities=probabilities)
         row.n_above_threshold = len(result.critical_indices)
         for replicate in range(config.replicates):
             seed = config.seed + REPLICATE_SEED_STRIDE * replicate
@@ -219,7 +220,7 @@ def run_dataset(name: str, config: Config) -> tuple[list[Row], str]:
                     record(f"b{budget}", tuned.classifier, tuned.seconds, replicate=replicate)
                 if "d" in config.columns:
                     started = time.perf_counter()
-                    selection = select_typical(result.sample_scores, result.critical_indices, budget, features["latent"], seed=seed,
+                    selection = select_typical(result.sample_scores, result.critical_indices, budget, embeddings, seed=seed,
                                                clean_median=detector.clean_score_quantile(0.5))
                     tuned = fine_tune(classifier, labelled(np.asarray(selection.indices)), data.train,
                                       RetrainConfig(steps=config.retrain_steps, seed=seed), unlabelled=stream)

@@ -78,12 +78,13 @@ def detect_batch(
     budget: int = DEFAULT_LABEL_BUDGET, classes: tuple[str, ...] | None = None,
 ) -> Detection:
     """Test one batch, pick at most `budget` samples for a person to label: typical of the drifted part of the batch
-    (`select_typical` over `shifted_candidates`: their labels teach a retrained model the most), strangest first."""
-    probabilities = detector.classifier.predict_proba(images).numpy()
+    in the classifier's own feature space (`select_typical` over `shifted_candidates`: their labels teach a retrained
+    model the most), strangest first."""
+    embeddings, probabilities = (tensor.numpy() for tensor in detector.classifier.embed_and_predict_proba(images))
     result, features = detector.assess(images, probabilities=probabilities)
     predicted = probabilities.argmax(axis=1)
     selection = select_typical(
-        result.sample_scores, result.critical_indices, budget, features["latent"], clean_median=detector.clean_score_quantile(0.5)
+        result.sample_scores, result.critical_indices, budget, embeddings, clean_median=detector.clean_score_quantile(0.5)
     )
     names = classes or tuple(str(k) for k in range(probabilities.shape[1]))
     return Detection(batch_id, model_version, result, selection, predicted, names, detector.signature_of(features))

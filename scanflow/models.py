@@ -118,6 +118,10 @@ def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
     )
 
 
+#: Layers of `Classifier.head` up to the hidden activations (flatten, dropout, linear, ReLU); the rest maps them to logits.
+_EMBEDDING_LAYERS = 4
+
+
 class Classifier(SavableModel):
     """A small CNN: two conv-batchnorm stages with max-pooling, then a two-layer head. Works for any image >= 8x8."""
 
@@ -173,7 +177,28 @@ class Classifier(SavableModel):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits [N, n_classes] for float images in [0, 1]."""
-        return self.head(self.features((x - self.mean) / self.std))
+        return self.head[_EMBEDDING_LAYERS:](self._embedding(x))
+
+    def _embedding(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head[:_EMBEDDING_LAYERS](self.features((x - self.mean) / self.std))
+
+    @torch.no_grad()
+    def embed_and_predict_proba(self, images: torch.Tensor, batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The hidden layer's activations [N, hidden] and the class probabilities [N, n_classes] (both float32) of a
+        uint8 or float batch, from one pass in eval mode.
+
+        The activations are the classifier's own view of an image: organised by what it takes the content to be,
+        not by pixel appearance as the autoencoder's latent space is, which is what choosing typical samples for a
+        person to label needs (`scanflow.drift.selection.select_typical`)."""
+        if len(images) == 0:
+            return torch.empty(0, self._hparams["hidden"]), torch.empty(0, self.spec.n_classes)
+        was_training = self.training
+        self.eval()
+        try:
+            embedding = torch.cat([self._embedding(self._inference_input(chunk)) for chunk in images.split(batch_size or self.inference_chunk)])
+            return embedding, F.softmax(self.head[_EMBEDDING_LAYERS:](embedding), dim=1)
+        finally:
+            self.train(was_training)
 
     @torch.no_grad()
     def predict_proba(self, images: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:

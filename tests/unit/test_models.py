@@ -95,6 +95,19 @@ def test_inference_gives_the_same_outputs_whatever_the_chunk_size():
     assert torch.allclose(latents, default_latents, atol=1e-5) and torch.allclose(errors, default_errors, atol=1e-6)
 
 
+def test_one_pass_gives_the_hidden_features_and_the_same_probabilities_as_predict_proba():
+    """The critical-sample selection clusters these features; the detector gets the probabilities from the same pass."""
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (300, 1, 28, 28), dtype=torch.uint8)
+    classifier = Classifier(1, 28, 28, n_classes=10, hidden=32).train()
+    embeddings, probabilities = classifier.embed_and_predict_proba(images, batch_size=64)
+    assert classifier.training, "the call must leave the model in the mode it found it"
+    assert embeddings.shape == (300, 32) and bool((embeddings >= 0).all())
+    assert torch.allclose(probabilities, classifier.predict_proba(images), atol=1e-6)
+    empty_embeddings, empty_probabilities = classifier.embed_and_predict_proba(images[:0])
+    assert empty_embeddings.shape == (0, 32) and empty_probabilities.shape == (0, 10)
+
+
 def test_accuracy_counts_rejections_as_wrong_and_checks_shapes():
     assert accuracy(torch.tensor([1, -1, 2, 2]), torch.tensor([1, 1, 2, 0])) == 0.5
     with pytest.raises(ValueError, match="differ in shape"):
