@@ -49,3 +49,17 @@ def test_a_run_at_the_main_budget_judges_the_retrain_target() -> None:
 
     assert "(d) beats both (b) and (c) on 1 of 2 corruptions (target: 12 of 15)." in text
     assert "by budget" not in text and "left out" not in text
+
+
+def test_the_promotion_summary_reports_the_judged_candidate_not_the_mean_of_replicates() -> None:
+    """With replicates the rule judges replicate 0; the clean mean over replicates may lose more than the margin
+    although no promoted model did (a -0.52 point mean was once reported for a candidate judged at -0.40)."""
+    config = parse_args(["--datasets", "mnist", "--budgets", "100", "--columns", "b", "d", "--replicates", "3"])
+    row = _row("fog", a=0.10, b100=0.89, d100=0.93)
+    row.clean.update(a=0.910, d100=0.9048)
+    row.promoted["d100"], row.judged_clean_change["d100"] = True, -0.004
+
+    text = summary("mnist", [row], config)
+
+    assert ("The promotion rule (margin 0.005) promotes 1 of 1 candidates (d100) (replicate 0 of each, the model the "
+            "rule judged); the worst clean-accuracy change of a promoted one is -0.40 points.") in text
