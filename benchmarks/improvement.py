@@ -16,7 +16,7 @@ Accuracy on a separate corrupted holdout and on the clean holdout (the same imag
 so the columns differ only in which samples are labelled and how. Honest protocol: nothing is tuned on the
 corrupted holdout; the denoisers are trained on synthetic corruptions in two folds, each fold's denoiser never
 seeing any corruption it is evaluated on (stricter than leave-one-corruption-out; every family has members in
-both folds). Run `python -m benchmarks.improvement --quick` (about 20 minutes on 2 cores once the champions are
+both folds). Run `python -m benchmarks.improvement --quick` (about 8 minutes on 2 idle cores once the champions are
 cached by the detection benchmark or a first run) or without `--quick` for the full configuration.
 
 One seed cannot rank (b) against (d): two random draws of 100 labels differ by about 2 points. `--replicates R`
