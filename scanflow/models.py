@@ -203,13 +203,7 @@ class Classifier(SavableModel):
     @torch.no_grad()
     def predict_proba(self, images: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
         """Class probabilities [N, n_classes] (float32) for a uint8 or float batch, in eval mode."""
-        was_training = self.training
-        self.eval()
-        try:
-            chunks = [F.softmax(self(self._inference_input(chunk)), dim=1) for chunk in images.split(batch_size or self.inference_chunk)]
-        finally:
-            self.train(was_training)
-        return torch.cat(chunks) if chunks else torch.empty(0, self.spec.n_classes)
+        return self.embed_and_predict_proba(images, batch_size)[1]
 
     def predict(self, images: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
         """Predicted labels, int64 [N]."""

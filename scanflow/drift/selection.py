@@ -3,8 +3,9 @@
 Asking a person to label twenty copies of one kind of corrupted image wastes nineteen labels. The selection is
 greedy: it starts from the highest-scoring sample and then repeatedly takes the candidate with the best mix of
 its own score and its distance (in an embedding space, e.g. the classifier's hidden layer) to everything already
-chosen, while no predicted class takes more than its fair share of the budget. Candidates are the detector's critical samples;
-when there are fewer than the budget, the next-highest scores fill it up (and are marked as below threshold).
+chosen, while no predicted class takes more than its fair share of the budget. Candidates are the detector's
+critical samples; when there are fewer than the budget, the next-highest scores fill it up (and are marked as
+below threshold).
 """
 
 from __future__ import annotations

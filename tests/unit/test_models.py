@@ -104,6 +104,9 @@ def test_one_pass_gives_the_hidden_features_and_the_same_probabilities_as_predic
     assert classifier.training, "the call must leave the model in the mode it found it"
     assert embeddings.shape == (300, 32) and bool((embeddings >= 0).all())
     assert torch.allclose(probabilities, classifier.predict_proba(images), atol=1e-6)
+    with torch.no_grad():
+        logits = classifier.eval()(images.float() / 255)
+    assert torch.allclose(probabilities, torch.softmax(logits, dim=1), atol=1e-5)
     empty_embeddings, empty_probabilities = classifier.embed_and_predict_proba(images[:0])
     assert empty_embeddings.shape == (0, 32) and empty_probabilities.shape == (0, 10)
 
