@@ -13,7 +13,8 @@ thresholds on clean held-out images:
   replacement would make windows that cover a large share of a small calibration set too alike, and the null
   too narrow: 11 % false alarms at n = 200 from 1,000 MNIST calibration images), and a batch's p-value is the share of those
   windows with a statistic at least as large (with the +1 correction). Drift is declared when p <= alpha, so the
-  false-alarm rate on clean batches of that size is at most alpha (up to sampling noise of the null).
+  false-alarm rate on clean batches of that size is at most alpha (up to sampling noise of the null). A statistic
+  that compares a batch with calibration estimates gets them redrawn per null window (`_null_statistic`).
 Null distributions are cached per n and saved with the detector.
 """
 
@@ -217,10 +218,19 @@ class Detector(ABC):
         calibration = self._require_fitted()
         if n not in self._null:
             size = len(calibration["sample_scores"])
-            rng = np.random.default_rng([self.seed, n])
+            rng, reference_rng = np.random.default_rng([self.seed, n]), np.random.default_rng([self.seed, n, 1])
             windows = (rng.choice(size, n, replace=True) for _ in range(self.calibration_windows))
-            self._null[n] = np.array([self._statistic({k: v[rows] for k, v in calibration.items()}) for rows in windows])
+            self._null[n] = np.array(
+                [self._null_statistic({k: v[rows] for k, v in calibration.items()}, reference_rng) for rows in windows]
+            )
         return self._null[n]
+
+    def _null_statistic(self, window: Features, rng: np.random.Generator) -> float:
+        """The statistic of one clean calibration window for the null. A subclass whose statistic compares the
+        batch with an estimate from the calibration images (e.g. their mean) overrides this to redraw that
+        estimate from a bootstrap resample (`rng`): a production batch meets the estimate with its sampling error,
+        windows drawn from the very images it was computed from do not."""
+        return self._statistic(window)
 
     def _details(self, features: Features) -> dict[str, Any]:
         """Extra, JSON-able facts a subclass wants in the result (e.g. component statistics)."""
