@@ -36,7 +36,9 @@ DEFAULT_ALPHA = 0.05
 DEFAULT_SAMPLE_FPR = 0.05
 DEFAULT_CALIBRATION_WINDOWS = 500
 MIN_CALIBRATION_IMAGES = 20
-FORMAT_VERSION = 1
+#: Version of what `save` writes. 2 (2026-12-03): the AutoencoderDetector's batch statistic changed, so null
+#: distributions cached by an older version are dropped on `load` and recomputed from the saved calibration features.
+FORMAT_VERSION = 2
 
 Features = dict[str, np.ndarray]
 
@@ -276,7 +278,7 @@ class Detector(ABC):
         detector.info = payload["info"]
         detector.sample_threshold = payload["sample_threshold"]
         detector._calibration = payload["calibration"]
-        detector._null = payload["null"]
+        detector._null = payload["null"] if payload.get("format_version") == FORMAT_VERSION else {}
         return detector
 
     def _state(self) -> dict[str, Any]:

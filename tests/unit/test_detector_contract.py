@@ -118,6 +118,21 @@ def test_save_and_load_round_trip(fitted, window, tmp_path):
     assert (before.statistic, before.p_value, before.critical_indices) == (after.statistic, after.p_value, after.critical_indices)
 
 
+def test_nulls_cached_by_an_older_format_are_recomputed_on_load(fitted, window, tmp_path):
+    """A detector saved before its statistic changed carries nulls of the old statistic; p-values against them
+    would be wrong, so `load` drops them (the calibration features they came from are saved too)."""
+    import pickle
+
+    path = fitted.save(tmp_path / "detector.pkl")
+    payload = pickle.loads(path.read_bytes())
+    payload["format_version"] = 1
+    payload["null"] = {len(window): np.full(fitted.calibration_windows, 1e9)}
+    path.write_bytes(pickle.dumps(payload))
+    loaded = Detector.load(path)
+    assert np.array_equal(loaded.null_distribution(len(window)), fitted.null_distribution(len(window)))
+    assert loaded.predict(window).p_value == fitted.predict(window).p_value
+
+
 def test_given_probabilities_replace_the_classifier_pass_exactly(fitted, models, window):
     classifier, _ = models
     probabilities = classifier.predict_proba(window).numpy()
