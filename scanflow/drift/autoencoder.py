@@ -21,8 +21,8 @@ Batch statistic. Three views, each a z-score under clean data, and the largest i
   correlated signals once and sees shifts that go against their clean correlation (blur lowers neighbour
   differences at unchanged contrast; a rotation moves the latent mean). It replaced a chi-square over
   independent per-signal z-scores without the latent vector: with it (and the two fixes below) Fashion-MNIST's
-  mean detection rose from 0.66 to 0.71 at n = 10, severity 1, full windows, and from 0.82 to 0.90 at n = 200,
-  severity 3, 10 % contaminated (one-off runs on the benchmark's splits; benchmarks/README.md has the record);
+  mean detection rose from 0.58 to 0.71 at n = 10, severity 1, full windows, and from 0.82 to 0.90 at n = 200,
+  severity 3, 10 % contaminated (full benchmark runs of 2026-12-03, benchmarks/README.md);
 - score shift: the batch's mean sample score;
 - excess of strange samples: per view (the combined score and each component), how many samples exceed that
   view's clean (1 - sample_fpr) quantile, as a binomial z-score against the expected `sample_fpr` share; the
@@ -189,11 +189,11 @@ class AutoencoderDetector(Detector):
         calibration features, so computed on first use (also after `load`); `fit` resets them."""
         calibration = self._require_fitted()
         signals = _mean_shift_signals(calibration)
-        if self._signal_precision is None:
-            self._signal_scale = signals.std(axis=0) + _EPS
-            standardised = (signals - signals.mean(axis=0)) / self._signal_scale
-            self._signal_precision = LedoitWolf().fit(standardised).precision_
-            self._score_scale = float(calibration["sample_scores"].std())
+        if self._signal_precision is None:  # set last: another thread seeing it set finds the scales set too
+            scale = signals.std(axis=0) + _EPS
+            precision = LedoitWolf().fit((signals - signals.mean(axis=0)) / scale).precision_
+            self._signal_scale, self._score_scale = scale, float(calibration["sample_scores"].std())
+            self._signal_precision = precision
         if rows is None and self._calibration_reference is not None:
             return self._calibration_reference
         picked = slice(None) if rows is None else rows
