@@ -97,6 +97,25 @@ class CleanReference:
     score_mean: float
     view_thresholds: np.ndarray
 
+    @classmethod
+    def of(cls, signals: np.ndarray, views: np.ndarray, sample_fpr: float) -> "CleanReference":
+        """From clean images' mean-shift signals [N, F] and views [N, V] (the sample score first)."""
+        return cls(signals.mean(axis=0), float(views[:, 0].mean()), np.quantile(views, 1.0 - sample_fpr, axis=0))
+
+
+@dataclass(frozen=True)
+class _BatchTest:
+    """What the batch statistic derives from the calibration features: the images' signals [N, F] and views [N, V]
+    (which the null resamples), the fixed scales (signal standard deviations, Ledoit-Wolf precision of the
+    standardised signals, the sample scores' standard deviation) and the calibration images' own reference."""
+
+    signals: np.ndarray
+    views: np.ndarray
+    signal_scale: np.ndarray
+    signal_precision: np.ndarray
+    score_scale: float
+    reference: CleanReference
+
 
 def _mean_shift_signals(features: Features) -> np.ndarray:
     """Per-image signals whose batch mean the mean-shift view tests: raw components and pixel statistics, then the
@@ -131,11 +150,11 @@ class AutoencoderDetector(Detector):
         self._component_location: np.ndarray | None = None
         self._component_scale: np.ndarray | None = None
         self._report_reference: Features | None = None
-        self._reset_clean_reference()
+        self._batch_test: _BatchTest | None = None
 
     # ------------------------------------------------------------------------------------------- hooks
     def _fit(self, reference: torch.Tensor) -> None:
-        self._reset_clean_reference()
+        self._batch_test = None
         encoded = self.autoencoder.embed_with_error(reference)
         covariance = LedoitWolf().fit(encoded[0].numpy().astype(np.float64))
         self._latent_mean = covariance.location_
@@ -160,13 +179,14 @@ class AutoencoderDetector(Detector):
     def _statistic(self, features: Features, clean: CleanReference | None = None) -> float:
         """`clean`: what the batch is compared with; default the calibration images' (`_null_statistic` passes a
         bootstrap resample's)."""
-        clean = clean or self._clean_reference()
+        test = self._batch_test_model()
+        clean = clean or test.reference
         scores = features["sample_scores"]
         n = len(scores)
-        shift = (_mean_shift_signals(features).mean(axis=0) - clean.signal_mean) / self._signal_scale
-        chi_square = n * float(shift @ self._signal_precision @ shift)
+        shift = (_mean_shift_signals(features).mean(axis=0) - clean.signal_mean) / test.signal_scale
+        chi_square = n * float(shift @ test.signal_precision @ shift)
         mean_shift = float(stats.norm.isf(max(stats.chi2.sf(chi_square, df=len(shift)), 1e-300)))
-        score_shift = (scores.mean() - clean.score_mean) / (self._score_scale / np.sqrt(n) + _EPS)
+        score_shift = (scores.mean() - clean.score_mean) / (test.score_scale / np.sqrt(n) + _EPS)
         q = self.sample_fpr
         views = np.column_stack([scores, features["components"]])
         exceed = np.sum(views > clean.view_thresholds, axis=0)
@@ -179,40 +199,21 @@ class AutoencoderDetector(Detector):
         image's, N calibration images) adds to the batch's (1/n); windows drawn from those very images lack it,
         and the mean-shift view, summing 20-30 squared shifts, turned that into false alarms: 12 % at n = 200 on
         MNIST (N = 1,000) with the plain null, against alpha = 5 %."""
-        size = len(self._require_fitted()["sample_scores"])
-        return self._statistic(window, self._clean_reference(rng.integers(0, size, size)))
+        test = self._batch_test_model()
+        rows = rng.integers(0, len(test.signals), len(test.signals))
+        return self._statistic(window, CleanReference.of(test.signals[rows], test.views[rows], self.sample_fpr))
 
-    def _clean_reference(self, rows: np.ndarray | None = None) -> CleanReference:
-        """The calibration images' (or the `rows` resample's) signal means, mean sample score and per-view
-        (1 - sample_fpr) quantiles. Also sets the fixed scales: the signals' standard deviations and Ledoit-Wolf
-        precision (on standardised signals) and the sample scores' standard deviation. Derived from the
-        calibration features, so computed on first use (also after `load`); `fit` resets them."""
-        calibration = self._require_fitted()
-        signals = _mean_shift_signals(calibration)
-        if self._signal_precision is None:  # set last: another thread seeing it set finds the scales set too
+    def _batch_test_model(self) -> _BatchTest:
+        """`_BatchTest` of the calibration features; computed on first use (also after `load`), reset by `fit`."""
+        if self._batch_test is None:
+            calibration = self._require_fitted()
+            signals = _mean_shift_signals(calibration)
+            views = np.column_stack([calibration["sample_scores"], calibration["components"]])
             scale = signals.std(axis=0) + _EPS
             precision = LedoitWolf().fit((signals - signals.mean(axis=0)) / scale).precision_
-            self._signal_scale, self._score_scale = scale, float(calibration["sample_scores"].std())
-            self._signal_precision = precision
-        if rows is None and self._calibration_reference is not None:
-            return self._calibration_reference
-        picked = slice(None) if rows is None else rows
-        scores = calibration["sample_scores"][picked]
-        views = np.column_stack([scores, calibration["components"][picked]])
-        reference = CleanReference(
-            signal_mean=signals[picked].mean(axis=0),
-            score_mean=float(scores.mean()),
-            view_thresholds=np.quantile(views, 1.0 - self.sample_fpr, axis=0),
-        )
-        if rows is None:
-            self._calibration_reference = reference
-        return reference
-
-    def _reset_clean_reference(self) -> None:
-        self._calibration_reference: CleanReference | None = None
-        self._signal_scale: np.ndarray | None = None
-        self._signal_precision: np.ndarray | None = None
-        self._score_scale: float | None = None
+            reference = CleanReference.of(signals, views, self.sample_fpr)
+            self._batch_test = _BatchTest(signals, views, scale, precision, float(views[:, 0].std()), reference)
+        return self._batch_test
 
     def _details(self, features: Features) -> dict[str, Any]:
         components = features["components"]
@@ -262,7 +263,7 @@ class AutoencoderDetector(Detector):
         }
 
     def _restore(self, state: dict[str, Any]) -> None:
-        self._reset_clean_reference()
+        self._batch_test = None
         self._report_reference = state["report_reference"]
         self.classifier = state["classifier"].eval()
         self.autoencoder = state["autoencoder"].eval()

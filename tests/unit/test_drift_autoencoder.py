@@ -51,13 +51,12 @@ def test_the_tie_break_orders_only_within_a_tie_by_the_mean_sample_score(detecto
             assert (tied[i] > tied[j]) == (shift[i] > shift[j])
 
 
-
 def test_the_null_carries_the_calibration_error_so_clean_batches_alarm_at_about_alpha(detector, digits):
     """A production batch is compared with means and quantiles estimated from N calibration images; null windows
     drawn from those same images do not see that error, and with n a third of N the plain null alarms more often
-    than alpha (here 8.6 % against 2.5 % with the bootstrap null). Simulated: a population of clean images (the digits' test split), calibration sets of
-    N = 120 drawn from it, clean batches of n = 40 drawn from it; the false-alarm rate averaged over calibration
-    draws, with the bootstrap null (`_null_statistic`) and with the plain one."""
+    than alpha (here 8.6 % against 2.5 % with the bootstrap null). Simulated: a population of clean images (the
+    digits' test split), calibration sets of N = 120 drawn from it, clean batches of n = 40 drawn from it; the
+    false-alarm rate averaged over calibration draws, with the bootstrap null (`_null_statistic`) and the plain one."""
     train, test = digits
     bootstrap_alarms, plain_alarms = [], []
     for draw in range(8):
