@@ -1,12 +1,18 @@
-"""Scanflow's own detector beyond the shared contract: the batch test uses its full alpha on small windows."""
+"""Scanflow's own detector beyond the shared contract: the batch test uses its full alpha on small windows, the
+rarity component sees small local marks."""
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
+import torch
 from scipy import stats
+from sklearn.metrics import roc_auc_score
 
-from scanflow.drift.autoencoder import TIE_BREAK, AutoencoderDetector
+from scanflow.corruptions import corrupt
+from scanflow.drift.autoencoder import COMPONENTS, TIE_BREAK, AutoencoderDetector
 from scanflow.train import TrainConfig, train_autoencoder, train_classifier
 
 WINDOWS = 400
@@ -72,3 +78,70 @@ def test_the_null_carries_the_calibration_error_so_clean_batches_alarm_at_about_
             alarms.extend((1 + np.sum(null[None, :] >= statistics[:, None], axis=1)) / (1 + len(null)) <= calibrated.alpha)
     print(f"false alarms: bootstrap null {np.mean(bootstrap_alarms):.3f}, plain null {np.mean(plain_alarms):.3f}")
     assert np.mean(bootstrap_alarms) <= detector.alpha < np.mean(plain_alarms)
+
+
+def _with_faint_marks(images: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """Each image with two grey (64 / 255) pixels, one above the other, in its leftmost column, which clean
+    digits leave almost always black: a mark too small to move an image's global statistics."""
+    marked = images.clone()
+    rows = rng.integers(0, images.shape[-2] - 1, len(images))
+    for image, row in zip(marked, rows):
+        image[..., row : row + 2, 0] = 64
+    return marked
+
+
+def test_rarity_sees_a_faint_local_mark_that_reconstruction_error_misses(detector, digits):
+    """Why the `rarity` component exists: small marks (MNIST-C spatter at severity 1 changes ~1 % of the pixels) that
+    the autoencoder reconstructs around and global pixel statistics average away."""
+    _, test = digits
+    marked = _with_faint_marks(test.images, np.random.default_rng(0))
+    labels = np.r_[np.zeros(len(test)), np.ones(len(test))]
+    clean, corrupted = detector._features(test.images), detector._features(marked)
+    auroc = {
+        name: roc_auc_score(labels, np.r_[clean["components"][:, i], corrupted["components"][:, i]])
+        for i, name in enumerate(detector.components)
+    }
+    print({name: round(value, 3) for name, value in auroc.items()})
+    assert auroc["rarity"] >= 0.95
+    assert auroc["reconstruction"] < 0.75
+
+
+def test_rarity_of_an_image_of_another_size_is_refused(detector):
+    with pytest.raises(ValueError, match="images have 16 pixels, the rarity histograms 64"):
+        detector._rarity.score(torch.zeros(3, 1, 4, 4, dtype=torch.uint8))
+
+
+@pytest.fixture(scope="module")
+def without_rarity(detector, digits):
+    """The module's detector as it was before the rarity component: the four other components."""
+    train, test = digits
+    old = AutoencoderDetector(detector.classifier, detector.autoencoder, components=COMPONENTS[:4], calibration_windows=50)
+    return old.fit(train.images, calibration=test.images, info=train.info)
+
+
+def test_the_remedy_vote_leaves_rarity_out(detector, without_rarity, digits):
+    """Rarity fires on moved shapes (retrain) as on marks (filter); in the vote of `policy_action` it turned
+    sheared digits into "filter". The vote's shares are those of the detector without it."""
+    _, test = digits
+    for corruption in ("shear", "translate", "spatter", "shot_noise"):
+        batch = corrupt(test.images[:120], corruption, 3, seed=0)
+        assert "rarity" not in detector.predict(batch).details["strongest_component_share"]
+        assert (
+            detector.predict(batch).details["strongest_component_share"]
+            == without_rarity.predict(batch).details["strongest_component_share"]
+        ), corruption
+
+
+def test_a_detector_saved_before_the_rarity_component_still_loads_and_predicts_the_same(without_rarity, digits, tmp_path):
+    """Detectors saved before `rarity` existed have four components and no histograms in their state."""
+    _, test = digits
+    old = without_rarity
+    expected = old.predict(test.images[:30])
+    path = old.save(tmp_path / "old.pkl")
+    payload = pickle.loads(path.read_bytes())
+    del payload["state"]["pixel_rarity"]
+    path.write_bytes(pickle.dumps(payload))
+    loaded = AutoencoderDetector.load(path)
+    result = loaded.predict(test.images[:30])
+    assert loaded.components == COMPONENTS[:4]
+    assert result.p_value == expected.p_value and np.array_equal(result.sample_scores, expected.sample_scores)
