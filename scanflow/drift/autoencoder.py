@@ -115,7 +115,7 @@ class PixelRarity:
     def fit(cls, images: torch.Tensor) -> "PixelRarity":
         """From clean uint8 images [N, C, H, W]."""
         flat = images.flatten(1).numpy()
-        value_bins = np.digitize(np.arange(256) / 255.0, RARITY_BIN_EDGES)[flat]
+        value_bins = np.digitize(np.arange(256) / 255.0, RARITY_BIN_EDGES).astype(np.uint8)[flat]
         bins = len(RARITY_BIN_EDGES) + 1
         counts = np.stack([(value_bins == b).sum(axis=0) for b in range(bins)])
         return cls(-np.log((counts + 0.5) / (len(flat) + 0.5 * bins)))

@@ -129,7 +129,8 @@ def test_classifier_reaches_97_percent_on_real_mnist_held_out(mnist_dir):
 
 @pytest.mark.parametrize("shape", [(1, 28, 28), (1, 8, 8), (3, 30, 30)])
 def test_fast_inference_paths_compute_what_the_training_layers_compute(shape):
-    """Inference runs channels-last and the decoder's last layer as a sub-pixel convolution; both are only speed."""
+    """Inference runs channels-last and the decoder's transposed convolutions as sub-pixel convolutions; both are only
+    speed."""
     torch.manual_seed(0)
     autoencoder, classifier = Autoencoder(*shape), Classifier(*shape, n_classes=10)
     images = torch.randint(0, 256, (40, *shape), dtype=torch.uint8)
