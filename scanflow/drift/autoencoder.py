@@ -81,6 +81,8 @@ RARITY_BIN_EDGES = (0.02, 0.1, 0.2, 0.35, 0.5, 0.7, 0.9)
 #: How many of an image's least probable pixels `PixelRarity` averages: a small mark (a blob, a line, a few
 #: pixels of salt) decides the score instead of drowning in hundreds of ordinary pixels.
 RARE_PIXELS = 10
+#: The value bin of each uint8 pixel value, uint8 [256].
+_VALUE_BIN = np.digitize(np.arange(256) / 255.0, RARITY_BIN_EDGES).astype(np.uint8)
 
 
 def pixel_statistics(images: torch.Tensor) -> np.ndarray:
@@ -110,15 +112,14 @@ class PixelRarity:
 
     def __init__(self, bin_surprise: np.ndarray) -> None:
         self.bin_surprise = np.asarray(bin_surprise, dtype=np.float64)
-        value_bins = np.digitize(np.arange(256) / 255.0, RARITY_BIN_EDGES)
         #: surprise of every uint8 value [256, positions], looked up per pixel by `score`
-        self._lookup = torch.from_numpy(self.bin_surprise[value_bins].astype(np.float32))
+        self._lookup = torch.from_numpy(self.bin_surprise[_VALUE_BIN].astype(np.float32))
 
     @classmethod
     def fit(cls, images: torch.Tensor) -> "PixelRarity":
         """From clean uint8 images [N, C, H, W]."""
         flat = images.flatten(1).numpy()
-        value_bins = np.digitize(np.arange(256) / 255.0, RARITY_BIN_EDGES).astype(np.uint8)[flat]
+        value_bins = _VALUE_BIN[flat]
         bins = len(RARITY_BIN_EDGES) + 1
         counts = np.stack([(value_bins == b).sum(axis=0) for b in range(bins)])
         return cls(-np.log((counts + 0.5) / (len(flat) + 0.5 * bins)))
@@ -279,13 +280,17 @@ class AutoencoderDetector(Detector):
         """Component means, and per component that tells a kind of change (KIND_COMPONENTS) the share of images
         it is the largest of those for (`scanflow.human.policy_action` votes with it)."""
         components = features["components"]
-        kinds = [i for i, c in enumerate(self.components) if c in KIND_COMPONENTS]
+        kinds = self._kind_columns()
         strongest = np.asarray(kinds)[components[:, kinds].argmax(axis=1)] if kinds else np.array([], dtype=int)
         return {
             "components": list(self.components),
             "component_means": {c: float(components[:, i].mean()) for i, c in enumerate(self.components)},
             "strongest_component_share": {self.components[i]: float(np.mean(strongest == i)) for i in kinds},
         }
+
+    def _kind_columns(self) -> list[int]:
+        """Positions of the KIND_COMPONENTS among this detector's components."""
+        return [i for i, c in enumerate(self.components) if c in KIND_COMPONENTS]
 
     def shift_signature(self, images: Any, probabilities: np.ndarray | None = None) -> np.ndarray:
         """Per-image signals (the log-scale scores of the KIND_COMPONENTS and the raw pixel statistics), each in
@@ -296,8 +301,7 @@ class AutoencoderDetector(Detector):
 
     def signature_of(self, features: Features) -> np.ndarray:
         """`shift_signature` from features this detector already computed (`assess`), without another model pass."""
-        columns = [i for i, c in enumerate(self.components) if c in KIND_COMPONENTS]
-        columns += list(range(len(self.components), features["signals"].shape[1]))
+        columns = self._kind_columns() + list(range(len(self.components), features["signals"].shape[1]))
         clean = self._require_fitted()["signals"][:, columns]
         return (features["signals"][:, columns] - clean.mean(axis=0)) / (clean.std(axis=0) + _EPS)
 
