@@ -60,7 +60,7 @@ from sklearn.covariance import LedoitWolf
 
 from scanflow.data import LabeledImages
 from scanflow.drift.base import Detector, Features
-from scanflow.models import Autoencoder, Classifier, to_float
+from scanflow.models import Autoencoder, Classifier, native_bfloat16, to_float
 
 COMPONENTS = ("reconstruction", "latent", "uncertainty", "pixels", "rarity")
 #: Components that tell what kind of change an image carries, hence which remedy fits (`_details`' strongest
@@ -81,6 +81,9 @@ RARITY_BIN_EDGES = (0.02, 0.1, 0.2, 0.35, 0.5, 0.7, 0.9)
 #: How many of an image's least probable pixels `PixelRarity` averages: a small mark (a blob, a line, a few
 #: pixels of salt) decides the score instead of drowning in hundreds of ordinary pixels.
 RARE_PIXELS = 10
+#: Precisions the autoencoder's decoder may run in when the detector computes reconstruction errors ("auto": bfloat16
+#: where the CPU computes it natively, else float32; decided at fit and kept with the fitted detector).
+RECONSTRUCTION_PRECISIONS = ("auto", "float32", "bfloat16")
 #: The value bin of each uint8 pixel value, uint8 [256].
 _VALUE_BIN = np.digitize(np.arange(256) / 255.0, RARITY_BIN_EDGES).astype(np.uint8)
 
@@ -182,6 +185,12 @@ def _mean_shift_signals(features: Features) -> np.ndarray:
     return np.concatenate([features["signals"], features["latent"]], axis=1)
 
 
+def _decoder_dtype(precision: str) -> torch.dtype:
+    if precision == "auto":
+        return torch.bfloat16 if native_bfloat16() else torch.float32
+    return getattr(torch, precision)
+
+
 def _robust_location_scale(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     median = np.median(values, axis=0)
     mad = np.median(np.abs(values - median), axis=0) * _MAD_TO_SD
@@ -194,11 +203,28 @@ class AutoencoderDetector(Detector):
 
     name = "scanflow-autoencoder"
 
-    def __init__(self, classifier: Classifier, autoencoder: Autoencoder, components: tuple[str, ...] = COMPONENTS, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        classifier: Classifier,
+        autoencoder: Autoencoder,
+        components: tuple[str, ...] = COMPONENTS,
+        reconstruction_precision: str = "auto",
+        **kwargs: Any,
+    ) -> None:
+        """`reconstruction_precision`: the decoder's precision for the reconstruction errors (see
+        `RECONSTRUCTION_PRECISIONS`). bfloat16 takes the autoencoder's pass from about 18 to 13 ms per 1,000 images
+        on a CPU with native bfloat16 and moves the errors by 0.2 % on average; the latent vectors stay float32.
+        The fitted detector keeps the precision it was fitted with, so its scores do not depend on the machine
+        that loads it (elsewhere bfloat16 is emulated: the same numbers, slower)."""
         super().__init__(**kwargs)
         unknown = set(components) - set(COMPONENTS)
         if unknown or not components:
             raise ValueError(f"components must be a non-empty subset of {COMPONENTS}, got {components}")
+        if reconstruction_precision not in RECONSTRUCTION_PRECISIONS:
+            raise ValueError(
+                f"reconstruction_precision must be one of {RECONSTRUCTION_PRECISIONS}, got {reconstruction_precision!r}"
+            )
+        self.reconstruction_precision = reconstruction_precision
         self.classifier = classifier.eval()
         self.autoencoder = autoencoder.eval()
         self.components = tuple(components)
@@ -209,13 +235,15 @@ class AutoencoderDetector(Detector):
         self._component_location: np.ndarray | None = None
         self._component_scale: np.ndarray | None = None
         self._rarity: PixelRarity | None = None
+        self._decoder_dtype = torch.float32
         self._report_reference: Features | None = None
         self._batch_test: _BatchTest | None = None
 
     # ------------------------------------------------------------------------------------------- hooks
     def _fit(self, reference: torch.Tensor) -> None:
         self._batch_test = None
-        encoded = self.autoencoder.embed_with_error(reference)
+        self._decoder_dtype = _decoder_dtype(self.reconstruction_precision)
+        encoded = self.autoencoder.embed_with_error(reference, decoder_dtype=self._decoder_dtype)
         covariance = LedoitWolf().fit(encoded[0].numpy().astype(np.float64))
         self._latent_mean = covariance.location_
         self._latent_precision = covariance.precision_
@@ -330,6 +358,7 @@ class AutoencoderDetector(Detector):
             "component_location": self._component_location,
             "component_scale": self._component_scale,
             "pixel_rarity": None if self._rarity is None else self._rarity.bin_surprise,
+            "decoder_dtype": str(self._decoder_dtype).removeprefix("torch."),
         }
 
     def _restore(self, state: dict[str, Any]) -> None:
@@ -346,6 +375,9 @@ class AutoencoderDetector(Detector):
         self._component_scale = state["component_scale"]
         rarity = state.get("pixel_rarity")  # absent from detectors saved before the component existed
         self._rarity = None if rarity is None else PixelRarity(rarity)
+        # Detectors saved before the choice existed computed their errors in float32.
+        self._decoder_dtype = getattr(torch, state.get("decoder_dtype", "float32"))
+        self.reconstruction_precision = str(self._decoder_dtype).removeprefix("torch.")
 
     # --------------------------------------------------------------------------------------- internals
     def _raw_components(
@@ -356,7 +388,9 @@ class AutoencoderDetector(Detector):
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Latent vectors [N, D]; log-scale component scores [N, len(components)] before standardisation; raw
         pixel statistics [N, 4]. `encoded` is the autoencoder's `embed_with_error` output when already computed."""
-        latent_tensor, error = encoded if encoded is not None else self.autoencoder.embed_with_error(images)
+        if encoded is None:
+            encoded = self.autoencoder.embed_with_error(images, decoder_dtype=self._decoder_dtype)
+        latent_tensor, error = encoded
         latent = latent_tensor.numpy().astype(np.float64)
         pixels = pixel_statistics(images)
         columns = {
