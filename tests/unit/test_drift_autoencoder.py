@@ -1,5 +1,5 @@
 """Scanflow's own detector beyond the shared contract: the batch test uses its full alpha on small windows, the
-rarity component sees small local marks."""
+rarity component sees small local marks, the reconstruction precision is fitted state."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from sklearn.metrics import roc_auc_score
 
 from scanflow.corruptions import corrupt
 from scanflow.drift.autoencoder import COMPONENTS, TIE_BREAK, AutoencoderDetector
+from scanflow.models import native_bfloat16
 from scanflow.train import TrainConfig, train_autoencoder, train_classifier
 
 WINDOWS = 400
@@ -132,16 +133,57 @@ def test_the_remedy_vote_leaves_rarity_out(detector, without_rarity, digits):
         ), corruption
 
 
+def _saved_and_loaded_without(detector: AutoencoderDetector, state_key: str, tmp_path) -> AutoencoderDetector:
+    """`detector` saved as an older version wrote it: without `state_key` in its state."""
+    path = detector.save(tmp_path / "old.pkl")
+    payload = pickle.loads(path.read_bytes())
+    del payload["state"][state_key]
+    path.write_bytes(pickle.dumps(payload))
+    return AutoencoderDetector.load(path)
+
+
 def test_a_detector_saved_before_the_rarity_component_still_loads_and_predicts_the_same(without_rarity, digits, tmp_path):
     """Detectors saved before `rarity` existed have four components and no histograms in their state."""
     _, test = digits
-    old = without_rarity
-    expected = old.predict(test.images[:30])
-    path = old.save(tmp_path / "old.pkl")
-    payload = pickle.loads(path.read_bytes())
-    del payload["state"]["pixel_rarity"]
-    path.write_bytes(pickle.dumps(payload))
-    loaded = AutoencoderDetector.load(path)
+    expected = without_rarity.predict(test.images[:30])
+    loaded = _saved_and_loaded_without(without_rarity, "pixel_rarity", tmp_path)
     result = loaded.predict(test.images[:30])
     assert loaded.components == COMPONENTS[:4]
     assert result.p_value == expected.p_value and np.array_equal(result.sample_scores, expected.sample_scores)
+
+
+def test_an_unknown_reconstruction_precision_is_refused(detector):
+    with pytest.raises(ValueError, match=r"reconstruction_precision must be one of \('auto', 'float32', 'bfloat16'\), got 'float16'"):
+        AutoencoderDetector(detector.classifier, detector.autoencoder, reconstruction_precision="float16")
+
+
+@pytest.fixture(scope="module")
+def float32_detector(detector, digits):
+    train, test = digits
+    fitted = AutoencoderDetector(detector.classifier, detector.autoencoder, reconstruction_precision="float32", calibration_windows=50)
+    return fitted.fit(train.images, calibration=test.images, info=train.info)
+
+
+def test_the_precision_is_decided_at_fit_and_kept_by_the_saved_detector(detector, float32_detector, digits, tmp_path):
+    """"auto" is bfloat16 only where the CPU has it; a loaded detector computes in the precision it was fitted
+    with, whatever machine loads it, so its scores stay comparable with its calibration."""
+    _, test = digits
+    assert detector._decoder_dtype == (torch.bfloat16 if native_bfloat16() else torch.float32)
+    bfloat16 = AutoencoderDetector(detector.classifier, detector.autoencoder, reconstruction_precision="bfloat16", calibration_windows=50)
+    bfloat16.fit(digits[0].images, calibration=test.images, info=digits[0].info)
+    batch = corrupt(test.images[:60], "fog", 1, seed=0)
+    expected = bfloat16.predict(batch)
+    loaded = AutoencoderDetector.load(bfloat16.save(tmp_path / "bf16.pkl"))
+    assert loaded.reconstruction_precision == "bfloat16"
+    assert np.array_equal(loaded.predict(batch).sample_scores, expected.sample_scores)
+    in_float32 = float32_detector.predict(batch).sample_scores
+    assert not np.array_equal(in_float32, expected.sample_scores), "the precision must reach the decoder"
+    assert np.corrcoef(in_float32, expected.sample_scores)[0, 1] > 0.999
+
+
+def test_a_detector_saved_before_the_precision_choice_loads_as_float32(float32_detector, digits, tmp_path):
+    _, test = digits
+    expected = float32_detector.predict(test.images[:30])
+    loaded = _saved_and_loaded_without(float32_detector, "decoder_dtype", tmp_path)
+    assert loaded.reconstruction_precision == "float32"
+    assert np.array_equal(loaded.predict(test.images[:30]).sample_scores, expected.sample_scores)

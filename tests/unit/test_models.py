@@ -142,3 +142,15 @@ def test_fast_inference_paths_compute_what_the_training_layers_compute(shape):
     latents, errors = autoencoder.embed_with_error(images)
     assert torch.allclose(errors, expected_errors, atol=1e-6) and torch.allclose(latents, autoencoder.embed(images), atol=1e-6)
     assert torch.allclose(classifier.predict_proba(images), expected_proba, atol=1e-6)
+
+
+def test_a_bfloat16_decoder_keeps_the_latents_and_moves_the_errors_by_a_few_tenths_of_a_percent():
+    """The detector's fast path (`decoder_dtype=torch.bfloat16`): only the decoder's convolutions change precision."""
+    torch.manual_seed(0)
+    autoencoder = Autoencoder(1, 28, 28)
+    images = torch.randint(0, 256, (64, 1, 28, 28), dtype=torch.uint8)
+    latents, errors = autoencoder.embed_with_error(images)
+    fast_latents, fast_errors = autoencoder.embed_with_error(images, decoder_dtype=torch.bfloat16)
+    assert fast_errors.dtype == torch.float32 and torch.equal(fast_latents, latents)
+    relative = (fast_errors - errors).abs() / errors
+    assert 0 < relative.max() < 0.02 and relative.mean() < 0.005
