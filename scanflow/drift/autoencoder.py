@@ -12,9 +12,9 @@ Sample score. Each image gets five component scores, each on a log scale where h
   of the reference images' pixel values (`PixelRarity`): small local marks that the autoencoder reconstructs
   around and global statistics average away. It made spatter at severity 1 (grey blobs on ~1 % of the pixels)
   visible: n = 20 full windows detected 0.70 instead of 0.04 on Fashion-MNIST, 1.00 instead of 0.16 on MNIST
-  (full benchmark of 2026-12-03 16:54, benchmarks/README.md). Its price: a corruption that leaves no pixel rare
-  gets a diluted sample score (MNIST, severity 3, AUROC of scale 0.74 -> 0.59, shot noise 0.94 -> 0.88; the
-  mean 0.946 -> 0.942, Fashion-MNIST's 0.915 -> 0.927).
+  (full benchmark of 2026-12-03 16:54, benchmarks/README.md as of commit 591a8e7). Its price: a corruption that
+  leaves no pixel rare gets a diluted sample score (MNIST, severity 3, AUROC of scale 0.74 -> 0.59, shot noise
+  0.94 -> 0.88; the mean 0.946 -> 0.942, Fashion-MNIST's 0.915 -> 0.927).
 Each component is standardised with the median and MAD of clean reference images, and the sample score is the
 mean of the standardised components: evidence adds up across views (on Fashion-MNIST this beat taking the
 largest component, mean AUROC 0.907 vs 0.891 at severity 3). Scores are in "robust standard deviations above
