@@ -214,8 +214,9 @@ class AutoencoderDetector(Detector):
         """`reconstruction_precision`: the decoder's precision for the reconstruction errors (see
         `RECONSTRUCTION_PRECISIONS`). bfloat16 takes the autoencoder's pass from about 18 to 13 ms per 1,000 images
         on a CPU with native bfloat16 and moves the errors by 0.2 % on average; the latent vectors stay float32.
-        The fitted detector keeps the precision it was fitted with, so its scores do not depend on the machine
-        that loads it (elsewhere bfloat16 is emulated: the same numbers, slower)."""
+        The fitted detector keeps the precision it was fitted with, so its scores stay comparable with its
+        calibration on whatever machine loads it; on a CPU without native bfloat16 that pass is emulated and slower
+        (not measured here: this machine has it)."""
         super().__init__(**kwargs)
         unknown = set(components) - set(COMPONENTS)
         if unknown or not components:
