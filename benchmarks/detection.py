@@ -553,14 +553,14 @@ def measure_timing(
 
     samples: dict[str, list[float]] = {"predict": [], **{name: [] for name in detectors}}
     order = list(detectors)
-    for pass_index in range(TIMING_PASSES):
-        for name in order if pass_index % 2 == 0 else order[::-1]:
-            for round_index in range(repeats + 1):
-                predict_seconds = _seconds(predict)
-                detect_seconds = _seconds(lambda: _predict_then_detect(classifier, detectors[name], batch))
-                if round_index > 0:
-                    samples["predict"].append(predict_seconds)
-                    samples[name].append(detect_seconds)
+    phases = [name for pass_index in range(TIMING_PASSES) for name in (order if pass_index % 2 == 0 else order[::-1])]
+    for name in phases:
+        for round_index in range(repeats + 1):
+            predict_seconds = _seconds(predict)
+            detect_seconds = _seconds(lambda: _predict_then_detect(classifier, detectors[name], batch))
+            if round_index > 0:
+                samples["predict"].append(predict_seconds)
+                samples[name].append(detect_seconds)
     scale = TIMING_BATCH / len(batch)
     return {name: min(values) * scale for name, values in samples.items()}
 

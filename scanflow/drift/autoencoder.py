@@ -377,8 +377,8 @@ class AutoencoderDetector(Detector):
         rarity = state.get("pixel_rarity")  # absent from detectors saved before the component existed
         self._rarity = None if rarity is None else PixelRarity(rarity)
         # Detectors saved before the choice existed computed their errors in float32.
-        self._decoder_dtype = getattr(torch, state.get("decoder_dtype", "float32"))
-        self.reconstruction_precision = str(self._decoder_dtype).removeprefix("torch.")
+        self.reconstruction_precision = state.get("decoder_dtype", "float32")
+        self._decoder_dtype = getattr(torch, self.reconstruction_precision)
 
     # --------------------------------------------------------------------------------------- internals
     def _raw_components(
