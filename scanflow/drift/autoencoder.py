@@ -212,7 +212,7 @@ class AutoencoderDetector(Detector):
         **kwargs: Any,
     ) -> None:
         """`reconstruction_precision`: the decoder's precision for the reconstruction errors (see
-        `RECONSTRUCTION_PRECISIONS`). bfloat16 takes the autoencoder's pass from about 18 to 13 ms per 1,000 images
+        `RECONSTRUCTION_PRECISIONS`). bfloat16 takes the autoencoder's pass from about 13 to 10 ms per 1,000 images
         on a CPU with native bfloat16 and moves the errors by 0.2 % on average; the latent vectors stay float32.
         The fitted detector keeps the precision it was fitted with, so its scores stay comparable with its
         calibration on whatever machine loads it; on a CPU without native bfloat16 that pass is emulated and slower
