@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import pytest
 import torch
 
@@ -129,19 +131,43 @@ def test_classifier_reaches_97_percent_on_real_mnist_held_out(mnist_dir):
 
 @pytest.mark.parametrize("shape", [(1, 28, 28), (1, 8, 8), (3, 30, 30)])
 def test_fast_inference_paths_compute_what_the_training_layers_compute(shape):
-    """Inference runs channels-last and the decoder's transposed convolutions as sub-pixel convolutions; both are only
-    speed."""
+    """Inference runs channels-last and the decoder's transposed convolutions as sub-pixel convolutions, the second
+    one composed onto the first one's phases; all only speed."""
     torch.manual_seed(0)
     autoencoder, classifier = Autoencoder(*shape), Classifier(*shape, n_classes=10)
     images = torch.randint(0, 256, (40, *shape), dtype=torch.uint8)
     x = images.float() / 255
     with torch.no_grad():
-        expected_images = autoencoder.train().decode(autoencoder.encode(x))
+        z = autoencoder.encode(x)
+        expected_images = autoencoder.train().decode(z)
         expected_errors = ((expected_images - x) ** 2).mean(dim=(1, 2, 3))
         expected_proba = torch.softmax(classifier.eval()(x), dim=1)
+        assert torch.allclose(autoencoder.eval().decode(z), expected_images, atol=1e-6)
     latents, errors = autoencoder.embed_with_error(images)
     assert torch.allclose(errors, expected_errors, atol=1e-6) and torch.allclose(latents, autoencoder.embed(images), atol=1e-6)
     assert torch.allclose(classifier.predict_proba(images), expected_proba, atol=1e-6)
+
+
+def test_the_inference_decoder_follows_every_change_of_the_weights():
+    """The decoder's inference weights are built once and kept: a loaded state or an optimiser step must rebuild
+    them, or the model would go on scoring with its old weights."""
+    torch.manual_seed(0)
+    autoencoder, other = Autoencoder(1, 8, 8), Autoencoder(1, 8, 8)
+    images = torch.randint(0, 256, (16, 1, 8, 8), dtype=torch.uint8)
+    autoencoder.embed_with_error(images)
+    autoencoder.load_state_dict(other.state_dict())
+    assert torch.equal(autoencoder.embed_with_error(images)[1], other.embed_with_error(images)[1])
+    x = images.float() / 255
+    optimizer = torch.optim.SGD(autoencoder.parameters(), lr=1.0)
+    ((autoencoder.train()(x) - x) ** 2).mean().backward()
+    optimizer.step()
+    retrained = Autoencoder(1, 8, 8)
+    retrained.load_state_dict(autoencoder.state_dict())
+    errors = autoencoder.embed_with_error(images)[1]
+    assert torch.equal(errors, retrained.embed_with_error(images)[1])
+    assert not torch.equal(errors, other.embed_with_error(images)[1])
+    restored = pickle.loads(pickle.dumps(autoencoder))
+    assert "_inference_decoders" not in restored.__dict__ and torch.equal(restored.embed_with_error(images)[1], errors)
 
 
 def test_a_bfloat16_decoder_keeps_the_latents_and_moves_the_errors_by_a_few_tenths_of_a_percent():
