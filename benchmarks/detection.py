@@ -432,7 +432,7 @@ class DatasetResults:
     raw_quota: dict[int, tuple[float, float]] = field(default_factory=dict)
     detection: dict[tuple[str, Cell, str], float] = field(default_factory=dict)
     auroc: dict[tuple[str, int, str], float] = field(default_factory=dict)
-    timing: dict[str, float] = field(default_factory=dict)
+    timing: Timing | None = None
 
     @property
     def detectors(self) -> tuple[str, ...]:
@@ -526,9 +526,27 @@ def _predict_then_detect(classifier: Classifier, detector: Detector, batch: torc
     return probabilities.argmax(dim=1), detector.predict(batch, probabilities=probabilities.numpy())
 
 
+@dataclass(frozen=True)
+class Timing:
+    """Best seconds per 1,000 images (`measure_timing`): predict alone over all phases, and per detector predict +
+    detect and predict alone within that detector's own phases."""
+
+    predict: float
+    with_detector: dict[str, float]
+    predict_in_phase: dict[str, float]
+
+    def detect(self, detector: str) -> float:
+        """Seconds the detector adds to predict, against predict alone in the same phases."""
+        return self.with_detector[detector] - self.predict_in_phase[detector]
+
+    def ratio(self, detector: str) -> float:
+        """Predict + detect over predict alone, both from the detector's own phases."""
+        return self.with_detector[detector] / self.predict_in_phase[detector]
+
+
 def measure_timing(
     classifier: Classifier, detectors: dict[str, Detector], batch: torch.Tensor, repeats: int
-) -> dict[str, float]:
+) -> Timing:
     """Best-of-`repeats` seconds per 1,000 images of predicting ("predict") and of predicting then detecting,
     with the classifier's softmax passed to the detector so the classifier runs once per batch.
 
@@ -536,9 +554,12 @@ def measure_timing(
     in a phase of its own, alternating predict alone and predict + that detector, so slow phases of the machine
     hit both alike and no detector's leftovers slow another's measurement: numpy's matrix products (the MMD
     baseline's) wake OpenBLAS threads that keep spinning on the cores after they return, and with every detector
-    in one interleaved loop predict alone took 53 ms per 1,000 MNIST images instead of 43. "predict" is the best
-    over all phases. One untimed warm-up round opens each phase. Nulls for len(batch) are computed before timing,
-    as in a running service.
+    in one interleaved loop predict alone took 53 ms per 1,000 MNIST images instead of 43. One untimed warm-up
+    round opens each phase. Nulls for len(batch) are computed before timing, as in a running service.
+
+    A detector's ratio divides by the best predict alone of its own phases, the samples interleaved with its own:
+    the best of all phases (`Timing.predict`, also reported) is the minimum of six times as many samples, which on
+    a contended host catches quieter moments than any single detector's samples can, and so inflates every ratio.
 
     The phases run in `TIMING_PASSES` passes (every other pass in reverse order), so one detector's samples are
     spread over the whole timing instead of one 1-2 s stretch of it: this 2-core host has slow spells of seconds (the
@@ -551,7 +572,8 @@ def measure_timing(
     def predict() -> object:
         return classifier.predict_proba(batch).argmax(dim=1)
 
-    samples: dict[str, list[float]] = {"predict": [], **{name: [] for name in detectors}}
+    alone: dict[str, list[float]] = {name: [] for name in detectors}
+    with_detector: dict[str, list[float]] = {name: [] for name in detectors}
     order = list(detectors)
     phases = [name for pass_index in range(TIMING_PASSES) for name in (order if pass_index % 2 == 0 else order[::-1])]
     for name in phases:
@@ -559,10 +581,14 @@ def measure_timing(
             predict_seconds = _seconds(predict)
             detect_seconds = _seconds(lambda: _predict_then_detect(classifier, detectors[name], batch))
             if round_index > 0:
-                samples["predict"].append(predict_seconds)
-                samples[name].append(detect_seconds)
+                alone[name].append(predict_seconds)
+                with_detector[name].append(detect_seconds)
     scale = TIMING_BATCH / len(batch)
-    return {name: min(values) * scale for name, values in samples.items()}
+    return Timing(
+        predict=min(min(values) for values in alone.values()) * scale,
+        with_detector={name: min(values) * scale for name, values in with_detector.items()},
+        predict_in_phase={name: min(values) * scale for name, values in alone.items()},
+    )
 
 
 def run_dataset(name: str, config: BenchmarkConfig) -> DatasetResults:
@@ -745,17 +771,24 @@ def auroc_table(results: DatasetResults, config: BenchmarkConfig) -> list[str]:
 
 
 def timing_table(results: DatasetResults, config: BenchmarkConfig) -> list[str]:
-    predict = results.timing["predict"]
-    rows = [["classifier.predict alone", f"{predict:.3f}", "-", "1.00"]]
+    timing = results.timing
+    rows = [["classifier.predict alone, best of all phases", "-", f"{timing.predict:.3f}", "-", "-"]]
     for d in results.detectors:
-        total = results.timing[d]
-        rows.append([results.labels[d], f"{total:.3f}", f"{total - predict:.3f}", f"{total / predict:.2f}"])
+        rows.append(
+            [
+                results.labels[d],
+                f"{timing.with_detector[d]:.3f}",
+                f"{timing.predict_in_phase[d]:.3f}",
+                f"{timing.detect(d):.3f}",
+                f"{timing.ratio(d):.2f}",
+            ]
+        )
     what = (
         f"Seconds per {TIMING_BATCH:,}-image batch, best of {TIMING_PASSES} x {config.timing_repeats}: "
         "classifier.predict, then detector.predict (null cached); each detector in its own phase, alternating with "
-        "predict alone"
+        "predict alone, and compared with predict alone of its own phases"
     )
-    headers = ["path", "seconds, predict + detect", "seconds, detect", "ratio to predict alone"]
+    headers = ["path", "seconds, predict + detect", "seconds, predict alone (same phases)", "seconds, detect", "ratio"]
     return _title(5, what, results, config) + markdown_table(headers, rows)
 
 
@@ -813,10 +846,13 @@ def target_lines(results: DatasetResults, config: BenchmarkConfig) -> list[str]:
         ),
         f"mean sample AUROC higher than every baseline at every severity ({detail})",
     )
-    ratio = results.timing[SCANFLOW] / results.timing["predict"]
+    timing = results.timing
+    ratio = timing.ratio(SCANFLOW)
     verdict(
         ratio <= TARGET_TIME_RATIO,
-        f"predict + detect <= {TARGET_TIME_RATIO} x predict alone per {TIMING_BATCH:,}-image batch: {ratio:.2f} x",
+        f"predict + detect <= {TARGET_TIME_RATIO} x predict alone per {TIMING_BATCH:,}-image batch: {ratio:.2f} x "
+        f"({timing.with_detector[SCANFLOW]:.3f} vs {timing.predict_in_phase[SCANFLOW]:.3f} s in the same phases; "
+        f"{timing.with_detector[SCANFLOW] / timing.predict:.2f} x against the best predict alone of all phases)",
     )
     return lines
 
