@@ -362,11 +362,11 @@ class Autoencoder(SavableModel):
         first_kernel, first_bias = _subpixel_weights(first, dtype)
         second_kernel, second_bias = _subpixel_on_phases(*_subpixel_weights(second, dtype))
         return _InferenceDecoder(
-            self.decoder_input.weight[channels_last_rows].detach().clone(),
-            self.decoder_input.bias[channels_last_rows].detach().clone(),
-            first_kernel.detach().contiguous(memory_format=torch.channels_last),
+            self.decoder_input.weight[channels_last_rows],
+            self.decoder_input.bias[channels_last_rows],
+            first_kernel.contiguous(memory_format=torch.channels_last),
             first_bias,
-            second_kernel.detach().contiguous(memory_format=torch.channels_last),
+            second_kernel.contiguous(memory_format=torch.channels_last),
             second_bias,
         )
 
