@@ -24,37 +24,66 @@ class InvalidDecisionError(ScanflowError):
     """A decision that cannot be carried out as given (unknown action, wrong number of labels, unknown class)."""
 
 
-def validate_labels(labels: Sequence[Any] | None, n_shown: int, n_classes: int) -> tuple[int, ...]:
-    """The labels as a tuple of class indices, or an error naming what is wrong and how to fix it."""
+#: What a person answers for a sample they cannot or do not want to label (the CLI also takes "?").
+NOT_SURE = "not sure"
+#: Tokens of a label list (CLI, JSON) that mean "not labelled": the sample neither trains nor judges a model.
+UNLABELLED_TOKENS = ("?", "-", NOT_SURE)
+
+
+def validate_labels(labels: Sequence[Any] | None, n_shown: int, n_classes: int) -> tuple[int | None, ...]:
+    """One entry per shown sample: a class index the person gave, or None where they gave none (None, "?", "-" or
+    "not sure"). Raises InvalidDecisionError naming the position and the fix when a count or a value is wrong."""
     if labels is None:
         labels = ()
     if isinstance(labels, str):
-        labels = [part for part in labels.replace(" ", ",").split(",") if part]
+        labels = [part.strip() for part in labels.split(",") if part.strip()]
     values = list(labels)
     if len(values) != n_shown:
         raise InvalidDecisionError(
-            f"got {len(values)} labels for {n_shown} critical samples: give one label per sample shown, in the order shown"
+            f"got {len(values)} labels for {n_shown} critical samples: give one label per sample shown, in the order "
+            "shown (? for a sample you do not label)"
         )
-    checked = []
-    for position, value in enumerate(values):
+    return tuple(_checked_label(position, value, n_classes) for position, value in enumerate(values))
+
+
+def parse_labels(text: str) -> list[int | None]:
+    """A comma-separated label list as typed on a command line ("3,?,0"): class indices, None for "?" or "-".
+    Raises InvalidDecisionError naming the first entry that is neither; ranges are checked against the model later."""
+    labels: list[int | None] = []
+    for position, part in enumerate(p.strip() for p in text.split(",") if p.strip()):
+        if part.lower() in UNLABELLED_TOKENS:
+            labels.append(None)
+            continue
         try:
-            label = int(value)
-            if isinstance(value, float) and not float(value).is_integer():
-                raise ValueError
-        except (TypeError, ValueError):
-            raise InvalidDecisionError(f"label {position} is {value!r}: labels are class indices 0..{n_classes - 1}") from None
-        if not 0 <= label < n_classes:
-            raise InvalidDecisionError(f"label {position} is {label}: labels are class indices 0..{n_classes - 1}")
-        checked.append(label)
-    return tuple(checked)
+            labels.append(int(part))
+        except ValueError:
+            raise InvalidDecisionError(f"label {position} is {part!r}: labels are class indices, or ? for a sample you do not label") from None
+    return labels
+
+
+def _checked_label(position: int, value: Any, n_classes: int) -> int | None:
+    if value is None or (isinstance(value, str) and value.strip().lower() in UNLABELLED_TOKENS):
+        return None
+    hint = f"labels are class indices 0..{n_classes - 1}, or ? for a sample you do not label"
+    try:
+        label = int(value)
+        if isinstance(value, float) and not float(value).is_integer():
+            raise ValueError
+    except (TypeError, ValueError):
+        raise InvalidDecisionError(f"label {position} is {value!r}: {hint}") from None
+    if not 0 <= label < n_classes:
+        raise InvalidDecisionError(f"label {position} is {label}: {hint}")
+    return label
 
 
 @dataclass(frozen=True)
 class Decision:
-    """What to do about one drifted batch. `labels` are class indices of the shown samples, in the order shown."""
+    """What to do about one drifted batch. `labels` has one entry per shown sample, in the order shown: the class a
+    person gave (set or confirmed), or None (not labelled: an untouched guess, "not sure"). Only given labels train
+    or judge a model; `labels` is empty when nothing was labelled."""
 
     action: str
-    labels: tuple[int, ...] = ()
+    labels: tuple[int | None, ...] = ()
     note: str = ""
     decided_by: str = "human"
 
@@ -63,17 +92,28 @@ class Decision:
             raise InvalidDecisionError(f"unknown action {self.action!r}: choose one of {', '.join(ACTIONS)}")
         if self.decided_by not in DECIDERS:
             raise InvalidDecisionError(f"unknown decider {self.decided_by!r}: one of {', '.join(DECIDERS)}")
+        if all(label is None for label in self.labels):
+            object.__setattr__(self, "labels", ())
+
+    @property
+    def labelled_positions(self) -> tuple[int, ...]:
+        """Positions (in the order shown) of the samples a person labelled."""
+        return tuple(position for position, label in enumerate(self.labels) if label is not None)
 
     @classmethod
     def checked(cls, action: str, labels: Sequence[Any] | None, n_shown: int, n_classes: int, note: str = "", decided_by: str = "human") -> "Decision":
         """A decision whose labels were validated against the `n_shown` samples and `n_classes` classes.
 
-        Retraining needs the labels; filtering and ignoring accept them when given (they become the shifted
-        holdout that judges a filter) and accept none at all.
+        Retraining needs at least one given label; filtering and ignoring accept none (a filter is then judged on
+        evidence that needs no labels). Raises InvalidDecisionError naming what is wrong.
         """
-        if action != "retrain" and not labels:
-            return cls(action, (), note, decided_by)
-        return cls(action, validate_labels(labels, n_shown, n_classes), note, decided_by)
+        given = validate_labels(labels, n_shown, n_classes) if labels else ()
+        if action == "retrain" and not any(label is not None for label in given):
+            raise InvalidDecisionError(
+                f"retrain needs labels: label at least one of the {n_shown} samples shown (untouched guesses are not "
+                "labels), or choose filter, which needs none"
+            )
+        return cls(action, given, note, decided_by)
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "labels": list(self.labels)}
@@ -81,6 +121,39 @@ class Decision:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Decision":
         return cls(data["action"], tuple(data.get("labels", ())), data.get("note", ""), data.get("decided_by", "human"))
+
+
+def guess_choice(class_name: str) -> str:
+    """The pre-selected choice of a sample in the decision form: the model's guess, marked as a guess. Submitting it
+    untouched labels nothing; picking the class name itself confirms the guess."""
+    return f"model's guess: {class_name} (not a label until you pick it)"
+
+
+def sample_choices(classes: Sequence[str], guess: int) -> tuple[str, ...]:
+    """What a person can answer for one sample: the untouched guess, every class name, or "not sure"."""
+    return (guess_choice(classes[guess]), *classes, NOT_SURE)
+
+
+def labels_from_choices(choices: Sequence[str], classes: Sequence[str]) -> tuple[int | None, ...]:
+    """The labels a form answer gives: a class name is a label, an untouched guess or "not sure" is none."""
+    index = {name: k for k, name in enumerate(classes)}
+    return tuple(index.get(choice) for choice in choices)
+
+
+def choices_for(labels: Sequence[int | None], classes: Sequence[str], guesses: Sequence[int]) -> list[str]:
+    """The form answer that gives `labels` (None: leave the sample's guess untouched); the inverse of
+    `labels_from_choices` for answers sent by the CLI and the simulated humans."""
+    if len(labels) != len(guesses):
+        raise InvalidDecisionError(f"got {len(labels)} labels for {len(guesses)} critical samples: give one per sample shown")
+    return [guess_choice(classes[guess]) if label is None else classes[label] for label, guess in zip(labels, guesses)]
+
+
+def check_class_names(classes: Sequence[str]) -> tuple[str, ...]:
+    """Class names usable as form choices: unique, non-empty, none equal to "not sure"."""
+    names = tuple(str(name) for name in classes)
+    if len(set(names)) != len(names) or any(not name.strip() or name == NOT_SURE for name in names):
+        raise InvalidDecisionError(f"class names must be unique, non-empty and not {NOT_SURE!r}: got {list(names)}")
+    return names
 
 
 #: Views of the autoencoder detector that see pixel-level damage (what a denoiser can undo).

@@ -52,6 +52,8 @@ class _ImageModel(mlflow.pyfunc.PythonModel):
 
     artifact: str
     model_class: type[Classifier] | type[Autoencoder]
+    # No type-hint based input conversion (MLflow warns at class creation without it): `_as_images` is the edge.
+    _skip_type_hint_validation = True
 
     def __init__(self, info: DatasetInfo) -> None:
         self.info = info

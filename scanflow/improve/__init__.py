@@ -10,7 +10,7 @@ from scanflow.improve.base import (
     improvement_markdown,
 )
 from scanflow.improve.filter import DenoiserConfig, FilteredClassifier, FilterImprover, train_denoiser
-from scanflow.improve.promotion import DEFAULT_PROMOTION_MARGIN, HoldoutScores, PromotionVerdict, decide
+from scanflow.improve.promotion import DEFAULT_PROMOTION_MARGIN, HoldoutScores, PromotionVerdict, check_promotion_margin, decide
 from scanflow.improve.retrain import RetrainConfig, RetrainImprover, fine_tune
 from scanflow.human import ACTIONS, InvalidDecisionError
 
@@ -26,6 +26,6 @@ def improver_for(action: str) -> Improver:
 __all__ = [
     "ACTIONS", "DEFAULT_HOLDOUT_FRACTION", "DEFAULT_PROMOTION_MARGIN", "DenoiserConfig", "FilterImprover",
     "FilteredClassifier", "HoldoutScores", "ImprovementContext", "ImprovementOutcome", "ImprovementPlan", "Improver",
-    "PromotionVerdict", "RetrainConfig", "RetrainImprover", "decide", "fine_tune", "holdout_scores", "improvement_markdown", "improver_for",
+    "PromotionVerdict", "RetrainConfig", "check_promotion_margin", "RetrainImprover", "decide", "fine_tune", "holdout_scores", "improvement_markdown", "improver_for",
     "train_denoiser",
 ]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field, fields, replace
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
@@ -24,7 +24,14 @@ from scanflow.drift.autoencoder import AutoencoderDetector
 from scanflow.drift.base import DriftResult
 from scanflow.errors import ScanflowError
 from scanflow.human import Decision, InvalidDecisionError, validate_labels
-from scanflow.improve.promotion import HoldoutScores
+from scanflow.improve.promotion import (
+    DEFAULT_PROMOTION_ALPHA,
+    DEFAULT_PROMOTION_MARGIN,
+    DriftEvidence,
+    HoldoutScores,
+    PromotionVerdict,
+    decide,
+)
 from scanflow.models import Autoencoder, Classifier
 
 #: Clean replay images a refitted detector is fitted on, at most.
@@ -43,7 +50,8 @@ class ImprovementContext:
     """Everything an improvement may use: the champion, the drifted batch and which of its samples a person was
     shown (in order), clean training images to replay, a clean holdout, clean calibration images and
     the champion's fitted detector (both optional). `served_champion` is the champion as it serves when that differs
-    from its classifier (a filter-wrapped champion): it is what a challenger has to beat."""
+    from its classifier (a filter-wrapped champion): it is what a challenger has to beat. `labelled_positions`: the
+    positions (in the order shown) a person labelled (default: all); only they train or judge."""
 
     classifier: Classifier
     autoencoder: Autoencoder
@@ -58,10 +66,17 @@ class ImprovementContext:
     batch_id: str = ""
     holdout_fraction: float = DEFAULT_HOLDOUT_FRACTION
     seed: int = 0
+    labelled_positions: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "batch", validate_batch(self.batch, self.replay.info))
         object.__setattr__(self, "shown_indices", tuple(int(i) for i in self.shown_indices))
+        if self.labelled_positions is None:
+            object.__setattr__(self, "labelled_positions", tuple(range(len(self.shown_indices))))
+        object.__setattr__(self, "labelled_positions", tuple(int(p) for p in self.labelled_positions))
+        outside = [p for p in self.labelled_positions if not 0 <= p < len(self.shown_indices)]
+        if outside:
+            raise ScanflowError(f"labelled positions {outside[:5]} are outside the {len(self.shown_indices)} samples shown")
         bad = [i for i in self.shown_indices if not 0 <= i < len(self.batch)]
         if bad:
             raise ScanflowError(f"shown sample indices {bad[:5]} are outside the batch of {len(self.batch)} images")
@@ -117,7 +132,8 @@ class ImprovementOutcome:
     `candidate` is what would serve (a `Classifier` or a `FilteredClassifier`), `detector` the refitted detector
     for it (None: the champion's detector keeps watching). Both stay out of `to_dict`. `unseen_rows`: the batch rows
     neither the candidate nor its detector learned from; they show the candidate a fresh sample of the shift (what
-    a known-shift record is made of).
+    a known-shift record is made of). `drift_evidence`: what the candidate does to the drift statistic (filters;
+    judges without labels); `holdout_share`: the share of a person's labels that judged it.
     """
 
     action: str
@@ -133,6 +149,14 @@ class ImprovementOutcome:
     candidate: Any = field(default=None, repr=False, compare=False)
     detector: AutoencoderDetector | None = field(default=None, repr=False, compare=False)
     unseen_rows: tuple[int, ...] = ()
+    drift_evidence: DriftEvidence | None = None
+    holdout_share: float = 1.0
+
+    def verdict(self, margin: float = DEFAULT_PROMOTION_MARGIN, alpha: float = DEFAULT_PROMOTION_ALPHA) -> PromotionVerdict:
+        """Whether the candidate earns promotion over the champion (`scanflow.improve.promotion.decide`)."""
+        if self.champion_scores is None or self.candidate_scores is None:
+            raise ScanflowError("this outcome has no holdout scores to judge the candidate on")
+        return decide(self.champion_scores, self.candidate_scores, margin, alpha, self.drift_evidence, self.holdout_share)
 
     def as_metrics(self) -> dict[str, float]:
         """Flat metrics for tracking: labels used, time, and each model's holdout accuracies."""
@@ -157,16 +181,19 @@ class ImprovementOutcome:
             "seconds": round(self.seconds, 3),
             "summary": self.summary,
             "unseen_rows": list(self.unseen_rows),
+            "drift_evidence": asdict(self.drift_evidence) if self.drift_evidence else None,
+            "holdout_share": self.holdout_share,
         }
 
 
 def holdout_scores(model: Predictor, clean: LabeledImages, shifted: LabeledImages | None) -> HoldoutScores:
-    """Accuracy of `model` on both holdouts; a rejected prediction (-1) counts as wrong."""
+    """Accuracy of `model` on both holdouts, and whether it was right on each shifted-holdout image (in order, for
+    the paired test); a rejected prediction (-1) counts as wrong."""
     clean_accuracy = float((model.predict(clean.images) == clean.labels).float().mean())
     if shifted is None or len(shifted) == 0:
         return HoldoutScores(clean_accuracy, None, len(clean), 0)
-    shifted_accuracy = float((model.predict(shifted.images) == shifted.labels).float().mean())
-    return HoldoutScores(clean_accuracy, shifted_accuracy, len(clean), len(shifted))
+    correct = (model.predict(shifted.images) == shifted.labels).tolist()
+    return HoldoutScores(clean_accuracy, sum(correct) / len(correct), len(clean), len(shifted), tuple(bool(c) for c in correct))
 
 
 def refit_detector(
@@ -196,13 +223,15 @@ def seconds_at_area(measured: Mapping[int, float], area: int) -> float:
     return max(at_small, at_small + slope * (area - small))
 
 
-def split_positions(n_shown: int, holdout_fraction: float, seed: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Positions (in the order shown) to train on and to hold back; with fewer than 4 samples nothing is held back."""
-    if n_shown < 4 or holdout_fraction == 0:
-        return tuple(range(n_shown)), ()
-    order = np.random.default_rng(seed).permutation(n_shown)
-    n_holdout = max(1, int(round(holdout_fraction * n_shown)))
-    return tuple(sorted(int(i) for i in order[n_holdout:])), tuple(sorted(int(i) for i in order[:n_holdout]))
+def split_positions(positions: Sequence[int], holdout_fraction: float, seed: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The labelled `positions` split into those to train on and those to hold back (a seeded `holdout_fraction`);
+    with fewer than 4 labelled samples nothing is held back."""
+    positions = [int(p) for p in positions]
+    if len(positions) < 4 or holdout_fraction == 0:
+        return tuple(positions), ()
+    order = np.random.default_rng(seed).permutation(len(positions))
+    n_holdout = max(1, int(round(holdout_fraction * len(positions))))
+    return tuple(sorted(positions[i] for i in order[n_holdout:])), tuple(sorted(positions[i] for i in order[:n_holdout]))
 
 
 def _drift_summary(result: DriftResult | None) -> dict[str, Any]:
@@ -249,12 +278,16 @@ class Improver(ABC):
             raise InvalidDecisionError(f"the decision is {decision.action!r} but the plan is {plan.action!r}: plan the chosen action")
         started = time.perf_counter()
         labels = validate_labels(decision.labels, plan.n_shown, context.n_classes) if decision.labels else ()
-        if not labels and self.needs_labels:
-            raise InvalidDecisionError(f"{plan.action} needs the labels of the {plan.n_shown} samples shown; none were given")
-        shown = torch.tensor(context.shown_indices, dtype=torch.int64)
-        labelled = LabeledImages(context.batch[shown], torch.tensor(labels, dtype=torch.int64), context.replay.info, f"{context.batch_id}[labelled]") if labels else None
-        training_set = labelled.subset(list(plan.training_positions), f"{context.batch_id}[labelled, training]") if labelled else None
-        holdout_set = labelled.subset(list(plan.holdout_positions), f"{context.batch_id}[labelled, holdout]") if labelled else None
+        given = {position: label for position, label in enumerate(labels) if label is not None}
+        training = [p for p in plan.training_positions if p in given]
+        holdout = [p for p in plan.holdout_positions if p in given]
+        if self.needs_labels and not training:
+            raise InvalidDecisionError(
+                f"{plan.action} needs labels: none of the {plan.n_shown} samples shown was labelled for training "
+                "(untouched guesses are not labels)"
+            )
+        training_set = self._labelled(context, training, given, "training")
+        holdout_set = self._labelled(context, holdout, given, "holdout")
         candidate, detector, n_pseudo, summary = self._build(context, training_set)
         champion_scores = holdout_scores(context.served_champion or context.classifier, context.clean_holdout, holdout_set)
         candidate_scores = holdout_scores(candidate, context.clean_holdout, holdout_set)
@@ -265,18 +298,37 @@ class Improver(ABC):
             champion_version=plan.champion_version,
             champion_scores=champion_scores,
             candidate_scores=candidate_scores,
-            n_labels_used=len(training_set) if training_set is not None and self.needs_labels else 0,
+            n_labels_used=len(training) if self.needs_labels else 0,
             n_pseudo_labelled=n_pseudo,
             seconds=time.perf_counter() - started,
             summary=summary,
             candidate=candidate,
             detector=detector,
             unseen_rows=plan.unseen_rows,
+            drift_evidence=self._drift_evidence(context, candidate),
+            holdout_share=self._holdout_share(context),
         )
 
+    @staticmethod
+    def _labelled(context: ImprovementContext, positions: list[int], given: Mapping[int, int], part: str) -> LabeledImages | None:
+        """The shown samples at `positions` with the labels a person gave them, or None when there are none."""
+        if not positions:
+            return None
+        rows = torch.tensor([context.shown_indices[p] for p in positions], dtype=torch.int64)
+        labels = torch.tensor([given[p] for p in positions], dtype=torch.int64)
+        return LabeledImages(context.batch[rows], labels, context.replay.info, f"{context.batch_id}[labelled, {part}]")
+
+    def _drift_evidence(self, context: ImprovementContext, candidate: Predictor) -> DriftEvidence | None:
+        """Evidence that needs no labels (see `DriftEvidence`); by default none."""
+        return None
+
+    def _holdout_share(self, context: ImprovementContext) -> float:
+        """The share of a person's labels that judges the candidate; by default all of them."""
+        return 1.0
+
     def _positions(self, context: ImprovementContext) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        """Training and holdout positions among the shown samples; by default all labels judge, none train."""
-        return (), tuple(range(len(context.shown_indices)))
+        """Training and holdout positions among the labelled samples; by default all labels judge, none train."""
+        return (), tuple(context.labelled_positions or ())
 
     def _unseen_rows(self, context: ImprovementContext) -> tuple[int, ...]:
         """Batch rows the candidate will not learn from; by default all (the candidate never trains on the batch)."""
@@ -292,16 +344,26 @@ class Improver(ABC):
 
 
 def improvement_markdown(summary: Mapping[str, Any]) -> str:
-    """The improve flow's summary (decision, holdout scores of champion and challenger, verdict) as Markdown."""
+    """The improve flow's summary (decision, holdout scores of champion and challenger, the drift evidence, the
+    verdict with what decided it) as Markdown."""
     lines = [f"# Decision on batch {summary['batch_id']}: {summary['action']} ({summary['decided_by']})", ""]
     outcome = summary.get("outcome")
     if outcome:
-        lines += ["| model | clean holdout | shifted holdout |", "|---|---|---|"]
+        lines += ["| model | clean holdout | shifted holdout (labelled by a person) |", "|---|---|---|"]
         for who, key in (("champion v" + summary["champion_version"], "champion_scores"), (f"challenger v{summary['challenger_version']}", "candidate_scores")):
             scores = outcome[key]
-            shifted = "n/a" if scores["shifted_accuracy"] is None else f"{scores['shifted_accuracy']:.3f} (n={scores['n_shifted']})"
+            shifted = "no labels" if scores["shifted_accuracy"] is None else f"{scores['shifted_accuracy']:.4f} (n={scores['n_shifted']})"
             lines.append(f"| {who} | {scores['clean_accuracy']:.4f} (n={scores['n_clean']}) | {shifted} |")
+        drift = outcome.get("drift_evidence")
+        if drift:
+            lines += ["", f"Drift statistic of the batch as the champion sees it {drift['raw_statistic']:.2f}, through the "
+                          f"filter {drift['filtered_statistic']:.2f} (threshold {drift['threshold']:.2f})."]
         lines.append("")
-    lines.append(f"**{'Promoted' if summary['promoted'] else 'Champion kept'}**: {summary['reason']}")
+    verdict = summary.get("verdict") or {}
+    headline = {"promoted": "Promoted", "not enough labels": "Not enough labels: champion kept"}.get(verdict.get("outcome"), "Champion kept")
+    if not verdict:
+        headline = "Promoted" if summary["promoted"] else "Champion kept"
+    evidence = f" (decided by: {verdict['evidence']})" if verdict.get("evidence", "none") != "none" else ""
+    lines.append(f"**{headline}**{evidence}: {summary['reason']}")
     lines.append(f"\nMLflow run: `{summary['mlflow_run_id']}`")
     return "\n".join(lines)

@@ -23,6 +23,7 @@ from scanflow.data import LabeledImages, validate_batch
 from scanflow.drift.autoencoder import AutoencoderDetector
 from scanflow.errors import ScanflowError, UnknownCorruptionError
 from scanflow.improve.base import ImprovementContext, Improver, refit_detector, seconds_at_area
+from scanflow.improve.promotion import DriftEvidence
 from scanflow.models import Classifier, Denoiser, to_float
 from scanflow.serving import REJECTED_LABEL
 
@@ -248,3 +249,13 @@ class FilterImprover(Improver):
             filtered = replace(filtered, scorer=detector, reject_threshold=detector.clean_score_quantile(1.0 - self.reject_fpr))
         summary = f"denoiser trained on {len(result.training_corruptions)} synthetic corruptions in {result.seconds:.0f} s"
         return filtered, detector, 0, summary
+
+    def _drift_evidence(self, context: ImprovementContext, candidate: FilteredClassifier) -> DriftEvidence | None:
+        """The champion's detector on the batch as the champion's classifier sees it and as the filtered one does:
+        a filter that helps removes most of the drift it was built for, which needs no labels to see."""
+        if context.detector is None:
+            return None
+        champion_view = getattr(context.served_champion, "clean", None)
+        raw = context.detector.predict(champion_view(context.batch) if champion_view else context.batch)
+        filtered = context.detector.predict(candidate.clean(context.batch))
+        return DriftEvidence(raw.statistic, filtered.statistic, raw.threshold)

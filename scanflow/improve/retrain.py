@@ -174,7 +174,10 @@ class RetrainImprover(Improver):
         self.use_unlabelled = use_unlabelled
 
     def _positions(self, context: ImprovementContext) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        return split_positions(len(context.shown_indices), context.holdout_fraction, context.seed)
+        return split_positions(context.labelled_positions or (), context.holdout_fraction, context.seed)
+
+    def _holdout_share(self, context: ImprovementContext) -> float:
+        return context.holdout_fraction
 
     def _unseen_rows(self, context: ImprovementContext) -> tuple[int, ...]:
         unshown = np.setdiff1d(np.arange(len(context.batch)), np.asarray(context.shown_indices, dtype=np.int64))

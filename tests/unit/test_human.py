@@ -19,11 +19,13 @@ def _result(is_drift: bool, share: dict[str, float]) -> DriftResult:
 def test_labels_are_checked_against_what_was_shown():
     assert validate_labels([3, "1", 0.0], 3, 10) == (3, 1, 0)
     assert validate_labels("3, 1,0", 3, 10) == (3, 1, 0)
-    with pytest.raises(InvalidDecisionError, match=r"^got 2 labels for 3 critical samples: give one label per sample shown, in the order shown$"):
+    assert validate_labels("3, ?, -", 3, 10) == (3, None, None)
+    assert validate_labels([None, 2, "not sure"], 3, 10) == (None, 2, None)
+    with pytest.raises(InvalidDecisionError, match=r"^got 2 labels for 3 critical samples: give one label per sample shown, in the order shown \(\? for a sample you do not label\)$"):
         validate_labels([1, 2], 3, 10)
-    with pytest.raises(InvalidDecisionError, match=r"^label 1 is 10: labels are class indices 0\.\.9$"):
+    with pytest.raises(InvalidDecisionError, match=r"^label 1 is 10: labels are class indices 0\.\.9, or \? for a sample you do not label$"):
         validate_labels([1, 10, 2], 3, 10)
-    with pytest.raises(InvalidDecisionError, match=r"^label 0 is 'shoe': labels are class indices 0\.\.9$"):
+    with pytest.raises(InvalidDecisionError, match=r"^label 0 is 'shoe': labels are class indices 0\.\.9, or \? for a sample you do not label$"):
         validate_labels(["shoe"], 1, 10)
     with pytest.raises(InvalidDecisionError, match=r"^label 0 is 1\.5"):
         validate_labels([1.5], 1, 10)
@@ -34,8 +36,13 @@ def test_labels_are_checked_against_what_was_shown():
 def test_decisions_name_the_allowed_actions():
     with pytest.raises(InvalidDecisionError, match=r"^unknown action 'reboot': choose one of retrain, filter, ignore$"):
         Decision("reboot")
-    with pytest.raises(InvalidDecisionError, match=r"got 0 labels for 2 critical samples"):
+    with pytest.raises(InvalidDecisionError, match=r"^retrain needs labels: label at least one of the 2 samples shown \(untouched guesses are not labels\), or choose filter, which needs none$"):
         Decision.checked("retrain", [], 2, 10)
+    with pytest.raises(InvalidDecisionError, match=r"^retrain needs labels"):
+        Decision.checked("retrain", [None, "?"], 2, 10)
+    partial = Decision.checked("retrain", [None, 3], 2, 10)
+    assert partial.labels == (None, 3) and partial.labelled_positions == (1,)
+    assert Decision.checked("filter", [None, None], 2, 10).labels == ()
     assert Decision.checked("filter", None, 2, 10).labels == ()
     assert Decision.checked("filter", [1, 2], 2, 10).labels == (1, 2)
     decision = Decision.checked("retrain", [4, 2], 2, 10, note="boots", decided_by="oracle")

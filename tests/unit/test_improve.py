@@ -214,9 +214,32 @@ def test_a_retrain_leaves_half_the_unshown_rows_unseen_and_remembers_the_shift_f
     assert match_known_shift(outcome.detector.shift_signature(corrupt(test.images[:100], "fog", 5, seed=2)), known, alpha=0.05) is None
 
 
+def test_only_the_labels_a_person_gave_train_and_judge(context, shifted):
+    """Samples left at their untouched guess (None) neither train the challenger nor sit in its holdout."""
+    from dataclasses import replace
+
+    _, batch_labels, _, _ = shifted
+    given = tuple(int(batch_labels[i]) if k % 3 == 0 else None for k, i in enumerate(context.shown_indices))
+    decision = Decision("retrain", given, decided_by="human")
+    assert decision.labelled_positions == tuple(range(0, 30, 3))
+    partial = replace(context, labelled_positions=decision.labelled_positions)
+    plan = RetrainImprover(FAST_RETRAIN).plan(None, partial)
+    assert set(plan.training_positions) | set(plan.holdout_positions) == set(range(0, 30, 3))
+    assert (len(plan.training_positions), len(plan.holdout_positions)) == (7, 3)
+    outcome = RetrainImprover(FAST_RETRAIN).apply(plan, decision)
+    assert outcome.n_labels_used == 7 and outcome.candidate_scores.n_shifted == 3 == len(outcome.candidate_scores.shifted_correct)
+    assert outcome.holdout_share == context.holdout_fraction
+    filter_plan = FilterImprover(FAST_DENOISER).plan(None, partial)
+    assert filter_plan.holdout_positions == tuple(range(0, 30, 3)) and filter_plan.training_positions == ()
+
+
 def test_filter_apply_needs_no_labels(context):
     improver = FilterImprover(FAST_DENOISER)
     outcome = improver.apply(improver.plan(None, context), Decision("filter"))
+    evidence = outcome.drift_evidence
+    assert evidence is not None and evidence.raw_statistic > evidence.threshold and np.isfinite(evidence.filtered_statistic)
+    assert evidence.raw_statistic == pytest.approx(context.detector.predict(context.batch).statistic)
+    assert outcome.verdict().evidence in ("drift statistic", "clean accuracy") and outcome.holdout_share == 1.0
     assert isinstance(outcome.candidate, FilteredClassifier) and outcome.candidate.classifier is context.classifier
     assert outcome.candidate_scores.shifted_accuracy is None and outcome.n_labels_used == 0
     assert outcome.detector.classifier is context.classifier and outcome.detector is not context.detector
@@ -237,8 +260,10 @@ def test_bad_decisions_are_refused_before_any_training(context):
     plan = improver.plan(None, context)
     with pytest.raises(InvalidDecisionError, match=r"^got 3 labels for 30 critical samples"):
         improver.apply(plan, Decision("retrain", (1, 2, 3)))
-    with pytest.raises(InvalidDecisionError, match=r"^retrain needs the labels of the 30 samples shown"):
+    with pytest.raises(InvalidDecisionError, match=r"^retrain needs labels: none of the 30 samples shown was labelled for training \(untouched guesses are not labels\)$"):
         improver.apply(plan, Decision("retrain"))
+    with pytest.raises(InvalidDecisionError, match=r"^retrain needs labels: none of the 30 samples shown"):
+        improver.apply(plan, Decision("retrain", (None,) * 30))
     with pytest.raises(InvalidDecisionError, match=r"^the decision is 'filter' but the plan is 'retrain'"):
         improver.apply(plan, Decision("filter"))
     with pytest.raises(InvalidDecisionError, match=r"no improver for 'ignore'"):
