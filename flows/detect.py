@@ -25,7 +25,16 @@ from flows.settings import local_batch, storage_store, tracking_config
 from scanflow import tracking as scanflow_tracking
 from scanflow.config import CHAMPION_ALIAS, TrackingConfig
 from scanflow.data import load_batch_file
-from scanflow.detect import DEFAULT_LABEL_BUDGET, DRIFT_EVENT, Detection, critical_samples_png, detect_batch, save_evidently_report, summary_markdown
+from scanflow.detect import (
+    DEFAULT_LABEL_BUDGET,
+    DRIFT_EVENT,
+    Detection,
+    critical_samples_png,
+    detect_batch,
+    sample_thumbnails,
+    save_evidently_report,
+    summary_markdown,
+)
 from scanflow.drift.autoencoder import AutoencoderDetector
 from scanflow.drift.known import ShiftMatch, match_known_shift
 from scanflow.human import policy_action
@@ -170,6 +179,7 @@ def detect_flow(
         "recommended_action": policy_action(detection.result),
         "known_shift": known.to_dict() if known is not None else None,
         "grid_png_b64": base64.b64encode(grid_png).decode("ascii"),
+        "thumbnails_b64": [base64.b64encode(png).decode("ascii") for png in sample_thumbnails(images, detection)],
     }
 
 

@@ -35,7 +35,7 @@ from scanflow.improve import (
     ImprovementOutcome,
     ImprovementPlan,
     PromotionVerdict,
-    decide,
+    check_promotion_margin,
     improvement_markdown,
     improver_for,
 )
@@ -117,7 +117,7 @@ def improve_flow(
     batch_path: str,
     shown_indices: list[int],
     action: str,
-    labels: list[int] | None = None,
+    labels: list[int | None] | None = None,
     note: str = "",
     decided_by: str = "human",
     batch_id: str | None = None,
@@ -132,8 +132,9 @@ def improve_flow(
 ) -> dict:
     """Carry out a person's decision on a drifted batch (a .npy of uint8 images).
 
-    `shown_indices`: the batch rows the person was shown, in order; `labels`: their classes in that order
-    (needed to retrain; optional for a filter, where they only judge it). The challenger is registered with the
+    `shown_indices`: the batch rows the person was shown, in order; `labels`: their classes in that order, None
+    for a sample the person did not label (at least one is needed to retrain; a filter is judged on the drift
+    statistic when it has none, and on its labels too when it has them). The challenger is registered with the
     `challenger` alias and promoted to `champion` only if it beats it on the shifted holdout without losing more
     than `promotion_margin` clean accuracy. When the decision stands (the drift ignored, or a challenger promoted;
     see `scanflow.human.known_shift_rows`) and `remember_shift`, the batch becomes a known shift of the champion:
@@ -143,6 +144,7 @@ def improve_flow(
     """
     config = tracking_config(tracking)
     batch_id = batch_id or Path(batch_path).stem
+    check_promotion_margin(promotion_margin)
     models, detector = load_champion(config)
     images = load_batch_file(local_batch(batch_path, storage_store(storage)), detector.info)
     decision = Decision.checked(action, labels, len(shown_indices), detector.info.n_classes, note, decided_by)
@@ -180,18 +182,20 @@ def _improve(
         replay=replay, clean_holdout=clean_holdout, calibration=calibration, detector=detector,
         served_champion=models.input_filter,
         champion_version=models.classifier_version, batch_id=batch_id, holdout_fraction=holdout_fraction, seed=seed,
+        labelled_positions=decision.labelled_positions,
     )
     plan = plan_improvement(decision.action, context, drift)
     scanflow_tracking.log_json(run_id, plan.to_dict(), "plan.json")
     scanflow_tracking.log_params(run_id, plan.params)
     outcome = apply_improvement(plan, decision)
     version = register_challenger(config, run_id, outcome, context)
-    verdict = decide(outcome.champion_scores, outcome.candidate_scores, promotion_margin)
+    verdict = outcome.verdict(promotion_margin)
     previous = promote_or_keep(config, version, verdict)
     scanflow_tracking.log_json(run_id, {**outcome.to_dict(), "challenger_version": version, "verdict": verdict.to_dict()}, "outcome.json")
     scanflow_tracking.log_metrics(run_id, outcome.as_metrics())
+    scanflow_tracking.set_tags(run_id, {"scanflow.verdict": verdict.outcome, "scanflow.verdict_evidence": verdict.evidence})
     result = {"challenger_version": version, "promoted": verdict.promote, "reason": verdict.reason,
-              "previous_champion": previous, "outcome": outcome.to_dict()}
+              "verdict": verdict.to_dict(), "previous_champion": previous, "outcome": outcome.to_dict()}
     _announce(config, verdict.promote, {"batch_id": batch_id, "version": version, "action": decision.action,
                                         "previous_champion": previous, "reason": verdict.reason})
     return result

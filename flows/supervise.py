@@ -2,19 +2,21 @@
 and pause for a person's decision (in a child flow, so a timeout leaves the loop healthy), then improve.
 
 Run it as `scanflow supervise`, `python flows/supervise.py`, or as the `supervise` deployment. A person answers in
-the Prefect UI (the form shows the critical samples and comes pre-filled with the model's guesses), with
-`scanflow answer RUN_ID ...`, or with `resume_flow_run`; `human="oracle"` or `"policy"` answers the same pause
-from a helper thread, so unattended runs take the path a person takes.
+the Prefect UI (each critical sample beside a choice of class names that starts at the model's guess, marked as a
+guess), with `scanflow answer RUN_ID ...`, or with `resume_flow_run`; `human="oracle"` or `"policy"` answers the
+same pause from a helper thread, so unattended runs take the path a person takes. Untouched guesses are not labels.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from collections.abc import Sequence
+from typing import Any, Literal
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -25,6 +27,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId, FlowRunFilterState, FlowRunFilterStateType
+from prefect.client.schemas.actions import ArtifactCreate
 from prefect.client.schemas.objects import StateType
 from prefect.exceptions import ObjectNotFound
 from prefect.input import RunInput
@@ -39,50 +42,88 @@ from flows.settings import shared_batch, storage_store, supervision_settings, tr
 from flows.steps import Steps
 from scanflow import tracking as scanflow_tracking
 from scanflow.config import TrackingConfig
-from scanflow.human import ACTIONS, Decision, OracleHuman, PolicyHuman
+from scanflow.human import (
+    ACTIONS,
+    Decision,
+    InvalidDecisionError,
+    OracleHuman,
+    PolicyHuman,
+    choices_for,
+    labels_from_choices,
+    sample_choices,
+    validate_labels,
+)
 from scanflow.storage import absolute_location
 from scanflow.stream import StreamBatch, make_stream, read_stream
-from scanflow.supervision import SupervisionSettings, batch_row, form_description, summary_markdown, with_decision, with_known_shift
+from scanflow.supervision import (
+    DecisionRequest,
+    SupervisionSettings,
+    batch_row,
+    summary_markdown,
+    with_decision,
+    with_known_shift,
+)
 
-def decision_form(
-    n_shown: int, classes: tuple[str, ...], guesses: list[int] | None = None, recommended: str | None = None, description: str | None = None
-) -> type[RunInput]:
-    """The pause form for one batch, with its constraints (label count, class range, actions) in the schema, so
-    the Prefect server itself refuses a wrong answer and keeps the run paused; labels pre-filled with the model's
-    `guesses`, the action with the `recommended` one, `description` (Markdown) shown above the fields.
+def sample_field(position: int) -> str:
+    """The decision form's field of the critical sample at `position` (0-based, in the order shown)."""
+    return f"sample_{position + 1:02d}"
 
-    Defaults go into the fields themselves: `RunInput.with_initial_data` re-declares the fields it fills and drops
-    their constraints (prefect 3.8.8), which would let the server accept a label list of the wrong length.
+
+def decision_form(request: DecisionRequest, actions: tuple[str, ...] = ACTIONS) -> type[RunInput]:
+    """The pause form for one batch. The verdict and recommendation head the action field; each critical sample is
+    a field of its own whose description shows the image (at least 84 px tall) above a choice of class names that
+    starts at the model's guess, marked as a guess (`scanflow.human.sample_choices`). The choices are enums in the
+    schema, so the Prefect server itself refuses an unknown action or class and keeps the run paused.
+
+    Each field carries its own default: `RunInput.with_initial_data` re-declares the fields it fills and drops
+    their constraints (prefect 3.8.8). Per-field descriptions stay visible where the form's own description
+    collapses to zero height (the Resume dialog, whenever the fields are taller than the dialog).
     """
-    label = Annotated[int, Field(ge=0, le=len(classes) - 1)]
-    labels_help = f"class index of each critical sample, in the order shown (0..{len(classes) - 1}: " + ", ".join(
-        f"{i} {name}" for i, name in enumerate(classes)
-    ) + ")"
-    action_field = Field(description="retrain on your labels, filter the inputs (no labels needed), or ignore")
-    labels_field = Field(min_length=n_shown, max_length=n_shown, description=labels_help)
-    if recommended is not None:
-        action_field = Field(default=recommended, description=action_field.description)
-    if guesses is not None:
-        labels_field = Field(default=list(guesses), min_length=n_shown, max_length=n_shown, description=labels_help)
-    model = create_model(
-        "Decision",
-        __base__=RunInput,
-        action=(Literal[ACTIONS], action_field),
-        labels=(list[label], labels_field),
-        note=(str, Field(default="", description="why (kept in MLflow with the decision)")),
-    )
-    if description is not None:
-        model._description = description
+    fields: dict[str, Any] = {
+        "action": (Literal[actions], Field(default=request.recommended if request.recommended in actions else actions[0],
+                                           title="Action", description=request.heading_markdown())),
+    }
+    for position, guess in enumerate(request.guesses):
+        choices = sample_choices(request.classes, guess)
+        fields[sample_field(position)] = (Literal[choices], Field(default=choices[0], title=f"Sample #{position + 1}",
+                                                                  description=request.sample_markdown(position)))
+    report = (f" Evidently's report on this batch is being attached to MLflow run `{request.mlflow_run_id}` while this form "
+              "waits (Artifacts > evidently_report.html)." if request.mlflow_run_id else "")
+    fields["note"] = (str, Field(default="", title="Note", description="why (kept in MLflow with the decision)." + report))
+    model = create_model("Decision", __base__=RunInput, **fields)
+    model._description = request.heading_markdown()
     return model
 
 
+def labels_of(answer: Any, request: DecisionRequest) -> list[int | None]:
+    """The labels a submitted form gives, per sample shown: a picked class, or None (untouched guess, not sure)."""
+    choices = [getattr(answer, sample_field(k)) for k in range(len(request.guesses))]
+    return list(labels_from_choices(choices, request.classes))
+
+
+def form_answer(request: DecisionRequest, action: str, labels: Sequence[int | None] | None, note: str = "") -> dict[str, Any]:
+    """The `run_input` that answers `request`'s form with `labels` (None, or a None entry: leave the guess untouched)."""
+    given = list(labels) if labels else [None] * len(request.guesses)
+    choices = choices_for(given, request.classes, request.guesses)
+    return {"action": action, "note": note, **{sample_field(k): choice for k, choice in enumerate(choices)}}
+
+
 @flow(name="ask-human", log_prints=True)
-def ask_human(batch_id: str, n_shown: int, classes: list[str], guesses: list[int], recommended: str, description: str, timeout_s: int, poll_interval_s: int = 2) -> dict:
-    """Pause until a person (or a simulated one) answers the decision form for `batch_id`; returns the answer."""
-    form = decision_form(n_shown, tuple(classes), guesses, recommended, description)
-    print(f"batch {batch_id}: waiting for a decision (timeout {timeout_s} s)")
+def ask_human(request: DecisionRequest, timeout_s: int, poll_interval_s: int = 2) -> dict:
+    """Pause until a person (or a simulated one) answers the decision form for `request`; returns the action, the
+    labels the person gave (None where they gave none) and the note."""
+    form = decision_form(request)
+    print(f"DECISION WAITING for batch {request.batch_id}: open {run_url(flow_run.id)} and press Resume "
+          f"(or `scanflow answer {flow_run.id} --action ...`); timeout {timeout_s} s")
     answer = pause_flow_run(wait_for_input=form, timeout=timeout_s, poll_interval=poll_interval_s)
-    return {"action": answer.action, "labels": list(answer.labels), "note": answer.note}
+    return {"action": answer.action, "labels": labels_of(answer, request), "note": answer.note}
+
+
+def run_url(flow_run_id: Any) -> str:
+    """The Prefect UI page of a flow run (from PREFECT_UI_URL, derived from PREFECT_API_URL by Prefect)."""
+    from prefect.settings import PREFECT_UI_URL
+
+    return f"{(PREFECT_UI_URL.value() or 'http://127.0.0.1:4200').rstrip('/')}/runs/flow-run/{flow_run_id}"
 
 
 def paused_child(parent_id: Any, timeout_s: float = 120.0) -> Any:
@@ -113,22 +154,40 @@ def _form_ready(client: Any, run: Any) -> bool:
     return True
 
 
-def answer_when_paused(parent_id: Any, decision: Decision, guesses: list[int]) -> threading.Thread:
-    """Answer the next pause under `parent_id` with `decision`, through `resume_flow_run` (the door a person uses).
-    A decision without labels submits the pre-filled `guesses`: the form wants one label per sample."""
+def answer_when_paused(parent_id: Any, decision: Decision, request: DecisionRequest) -> threading.Thread:
+    """Answer the next pause under `parent_id` with `decision`, through `resume_flow_run` (the door a person uses);
+    samples the decision has no label for are left at their untouched guess."""
     def run() -> None:
         child = paused_child(parent_id)
-        labels = list(decision.labels) or list(guesses)
-        resume_flow_run(child, run_input={"action": decision.action, "labels": labels, "note": decision.note})
+        resume_flow_run(child, run_input=form_answer(request, decision.action, decision.labels, decision.note))
 
     thread = threading.Thread(target=run, name="simulated-human", daemon=True)
     thread.start()
     return thread
 
 
-def answer_paused_run(run_id: str, action: str, labels: list[int] | None = None, note: str = "") -> str:
+def announce_waiting(parent_id: Any, batch_id: str) -> threading.Thread:
+    """Once the decision form under `parent_id` is paused, put a link to it on the parent run: a `decision-waiting`
+    Markdown artifact on the supervise run, so the run that shows "Running" says what it waits for."""
+    def run() -> None:
+        with contextlib.suppress(TimeoutError):
+            child = paused_child(parent_id, timeout_s=600)
+            text = (f"# Decision waiting: batch {batch_id}\n\nOpen [the paused run]({run_url(child)}), press **Resume**, "
+                    f"label the samples and choose an action; or `scanflow answer {child} --action ...` "
+                    "(`scanflow pending` lists every decision waiting).")
+            with get_client(sync_client=True) as client:
+                client.create_artifact(ArtifactCreate(key="decision-waiting", type="markdown", data=text,
+                                                      description=f"batch {batch_id} waits for a person", flow_run_id=parent_id))
+
+    thread = threading.Thread(target=run, name="decision-waiting", daemon=True)
+    thread.start()
+    return thread
+
+
+def answer_paused_run(run_id: str, action: str, labels: str | Sequence[Any] | None = None, note: str = "") -> str:
     """Resume the paused decision form of `run_id` (a supervise run or its paused ask-human child) after printing
-    the evidence table it shows; `labels=None` keeps the pre-filled guesses. The server validates the answer."""
+    what it asks (summary, table, the path of the samples' grid PNG). `labels`: one per sample shown, in order, a
+    class index or "?" (not labelled); None labels nothing. Raises ScanflowError on a bad id or answer."""
     from uuid import UUID
 
     from scanflow.errors import ScanflowError
@@ -136,46 +195,49 @@ def answer_paused_run(run_id: str, action: str, labels: list[int] | None = None,
     try:
         run_uuid = UUID(str(run_id))
     except ValueError:
-        raise ScanflowError(f"{run_id!r} is not a flow run id (a UUID, shown in the Prefect UI and the run's logs)") from None
+        raise ScanflowError(f"{run_id!r} is not a flow run id (a UUID, shown in the Prefect UI and by `scanflow pending`)") from None
     with get_client(sync_client=True) as client:
         run = client.read_flow_run(run_uuid)
-        target = run.id if run.state and run.state.is_paused() else paused_child(run.id, timeout_s=5)
+        try:
+            target = run.id if run.state and run.state.is_paused() else paused_child(run.id, timeout_s=5)
+        except TimeoutError:
+            raise ScanflowError(f"flow run {run_id} is {run.state.name if run.state else 'unknown'}, not waiting for a "
+                                "decision: `scanflow pending` lists the decisions waiting") from None
         paused = client.read_flow_run(target)
-        keyset = paused.state.state_details.run_input_keyset or {}
-        description = client.read_flow_run_input(target, keyset["description"]) if "description" in keyset else ""
-        schema = json.loads(client.read_flow_run_input(target, keyset["schema"])) if "schema" in keyset else {}
-    text = json.loads(description) if description.startswith('"') else description
-    print("\n".join(line for line in text.splitlines() if "data:image" not in line))
-    if labels is None:
-        labels = schema.get("properties", {}).get("labels", {}).get("default", [])
+    request = DecisionRequest.model_validate(paused.parameters["request"])
+    given = validate_labels(labels, len(request.guesses), len(request.classes)) if labels else None
+    if action not in ACTIONS:
+        raise InvalidDecisionError(f"unknown action {action!r}: choose one of {', '.join(ACTIONS)}")
+    grid = request.save_grid(Path(tempfile.gettempdir()) / f"scanflow-{request.batch_id}-critical.png")
+    print(f"{request.summary_line()}\ncritical samples: {grid}\n{request.table()}")
     try:
-        resume_flow_run(target, run_input={"action": action, "labels": list(labels), "note": note})
+        resume_flow_run(target, run_input=form_answer(request, action, given, note))
     except Exception as error:
         raise ScanflowError(f"the server refused the answer, the run stays paused: {error}") from error
-    return f"answered flow run {target}: {action} with {len(labels)} labels"
+    n_given = sum(label is not None for label in given or ())
+    return f"answered flow run {target}: {action} with {n_given} of {len(request.guesses)} samples labelled"
 
 
 def respond(batch: StreamBatch, path: str, detection: dict, human: str, settings: SupervisionSettings, steps: Steps, seed: int = 0) -> dict:
     """On a drifted batch: pause for a decision (answered by a person, or by the simulated `human` through the
     same form), run the timeout action when nobody answers, then improve (the steps read the batch at `path`).
-    Returns the improve flow's outcome."""
-    shown, recommended = detection["selected_indices"], detection["recommended_action"]
+    Only labels a person (or the oracle standing in for one) gave reach the improve flow. Returns its outcome."""
+    request = DecisionRequest.from_detection(detection)
     if human != "person":
         decider = OracleHuman(batch.true_labels()) if human == "oracle" else PolicyHuman()
-        answer_when_paused(flow_run.id, decider.decide(recommended, shown), detection["guesses"])
+        answer_when_paused(flow_run.id, decider.decide(request.recommended, request.shown), request)
+    else:
+        announce_waiting(flow_run.id, batch.batch_id)
     report = evidently_report_beside.submit(steps, path, detection["mlflow_run_id"])
-    state = ask_human(batch.batch_id, len(shown), detection["classes"], detection["guesses"], recommended,
-                      form_description(detection), settings.pause_timeout_s, return_state=True)
+    state = ask_human.with_options(flow_run_name=f"decide-{batch.batch_id}")(request, settings.pause_timeout_s, return_state=True)
     if state.is_completed():
         answer = state.result()
         decided_by = "human" if human == "person" else human
     else:
         print(f"batch {batch.batch_id}: no answer within {settings.pause_timeout_s} s; the policy's default '{settings.action_on_timeout}' runs")
         answer, decided_by = {"action": settings.action_on_timeout, "labels": None, "note": "pause timed out"}, "timeout"
-    # The form needs a label per sample; the policy only echoes the model's guesses, which must not judge a challenger.
-    labels = None if decided_by in ("policy", "timeout") else answer["labels"]
-    improvement = steps.run(improve_flow, batch_path=path, shown_indices=shown, action=answer["action"], labels=labels,
-                            note=answer["note"], decided_by=decided_by, batch_id=batch.batch_id,
+    improvement = steps.run(improve_flow, batch_path=path, shown_indices=list(request.shown), action=answer["action"],
+                            labels=answer["labels"], note=answer["note"], decided_by=decided_by, batch_id=batch.batch_id,
                             drift={k: detection[k] for k in ("statistic", "p_value", "threshold", "n_critical")},
                             promotion_margin=settings.promotion_margin, seed=seed)
     report.wait()

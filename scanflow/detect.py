@@ -104,6 +104,22 @@ def critical_samples_png(images: torch.Tensor, detection: Detection, per_row: in
     return buffer.getvalue()
 
 
+#: Height (px) a critical sample is shown at to a person, at least: 28x28 images are enlarged 4 times, 8x8 ones 12.
+THUMBNAIL_MIN_PX = 96
+
+
+def sample_thumbnails(images: torch.Tensor, detection: Detection, min_px: int = THUMBNAIL_MIN_PX) -> list[bytes]:
+    """One PNG per selected sample, in the order shown, enlarged (nearest neighbour) by the smallest whole factor
+    that makes it at least `min_px` tall, so a person can judge it."""
+    scale = max(1, -(-min_px // images.shape[-2]))
+    thumbnails = []
+    for index in detection.selection.indices:
+        buffer = io.BytesIO()
+        image_grid([[images[index]]], scale=scale).save(buffer, format="PNG")
+        thumbnails.append(buffer.getvalue())
+    return thumbnails
+
+
 def summary_markdown(detection: Detection) -> str:
     """The drift summary a person reads first: verdict, statistic against threshold, recommendation."""
     result = detection.result

@@ -4,8 +4,12 @@ the decision form, one report row per batch, the summary table. The Prefect side
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+import base64
 from dataclasses import dataclass, fields, replace
+from pathlib import Path
 from typing import Any
+
+from pydantic import BaseModel, ConfigDict
 
 from scanflow.detect import DEFAULT_LABEL_BUDGET
 from scanflow.drift.base import DEFAULT_ALPHA
@@ -64,22 +68,89 @@ class SupervisionSettings:
         return replace(self, **{k: v for k, v in values.items() if v is not None})
 
 
-def form_description(detection: Mapping[str, Any]) -> str:
-    """Markdown shown above the decision form (from the detect flow's result): the verdict, the recommendation, the
-    grid of critical samples and a table of them."""
-    rows = "\n".join(
-        f"| {row['position']} | {row['batch_index']} | {row['score']:.2f} | {row['predicted']} |" for row in detection["critical_rows"]
-    )
-    return (
-        f"## Drift in batch {detection['batch_id']} (model v{detection['model_version']})\n\n"
-        f"Statistic {detection['statistic']:.2f} vs threshold {detection['threshold']:.2f}, p = {detection['p_value']:.4f}; "
-        f"{detection['n_critical']} of {detection['n']} samples look critical. Recommended: **{detection['recommended_action']}**.\n\n"
-        f"![critical samples](data:image/png;base64,{detection['grid_png_b64']})\n\n"
-        "| position | batch row | score | model's guess |\n|---|---|---|---|\n" + rows + "\n\n"
-        f"Evidently's report on this batch is being attached to MLflow run `{detection['mlflow_run_id']}` while this "
-        "form waits (Artifacts > evidently_report.html in the MLflow UI).\n\n"
-        "Correct the labels the model got wrong (they are pre-filled with its guesses), choose an action, submit."
-    )
+class DecisionRequest(BaseModel):
+    """What a person is asked about one drifted batch: the verdict, the recommendation and the critical samples in
+    the order shown (batch row, score, the model's guess, a PNG thumbnail each). The decision form, `scanflow
+    pending` and `scanflow answer` all show it; it travels as the ask-human flow run's parameter."""
+
+    model_config = ConfigDict(frozen=True)
+
+    batch_id: str
+    model_version: str
+    statistic: float
+    threshold: float
+    p_value: float
+    n_critical: int
+    n: int
+    recommended: str
+    classes: tuple[str, ...]
+    shown: tuple[int, ...]
+    scores: tuple[float, ...]
+    guesses: tuple[int, ...]
+    thumbnails_b64: tuple[str, ...]
+    grid_png_b64: str = ""
+    mlflow_run_id: str = ""
+
+    @classmethod
+    def from_detection(cls, detection: Mapping[str, Any]) -> "DecisionRequest":
+        """The request for a drifted batch, from the detect flow's result."""
+        rows = detection["critical_rows"]
+        return cls(
+            batch_id=detection["batch_id"], model_version=str(detection["model_version"]),
+            statistic=detection["statistic"], threshold=detection["threshold"], p_value=detection["p_value"],
+            n_critical=detection["n_critical"], n=detection["n"], recommended=detection["recommended_action"],
+            classes=tuple(detection["classes"]), shown=tuple(detection["selected_indices"]),
+            scores=tuple(row["score"] for row in rows), guesses=tuple(detection["guesses"]),
+            thumbnails_b64=tuple(detection["thumbnails_b64"]), grid_png_b64=detection.get("grid_png_b64", ""),
+            mlflow_run_id=detection.get("mlflow_run_id", ""),
+        )
+
+    def heading_markdown(self) -> str:
+        """The verdict and the recommendation, shown first in the form."""
+        return (
+            f"### Drift in batch {self.batch_id} (model v{self.model_version})\n\n"
+            f"Drift statistic **{self.statistic:.2f}** against the threshold {self.threshold:.2f} (p = {self.p_value:.4f}); "
+            f"{self.n_critical} of {self.n} images look critical. Recommended: **{self.recommended}** "
+            f"({ACTION_HELP[self.recommended]}).\n\n"
+            "Below, each critical sample sits above its label. Its choice starts at the model's guess, which is not a "
+            "label until you pick a class name; \"not sure\" skips a sample. Retrain needs labels, filter does not "
+            "(labels you give judge it too). Then press Submit at the bottom."
+        )
+
+    def sample_markdown(self, position: int) -> str:
+        """One critical sample as the form shows it: the image, its number, batch row, score and the model's guess."""
+        return (
+            f"![sample #{position + 1}](data:image/png;base64,{self.thumbnails_b64[position]})\n\n"
+            f"**#{position + 1}** · batch row {self.shown[position]} · score {self.scores[position]:.2f} · "
+            f"model's guess: {self.classes[self.guesses[position]]}"
+        )
+
+    def table(self) -> str:
+        """The critical samples as a plain-text table for a terminal."""
+        lines = ["  #   row  score  model's guess"]
+        lines += [
+            f"{k + 1:>3} {row:>5} {score:>6.2f}  {self.classes[guess]}"
+            for k, (row, score, guess) in enumerate(zip(self.shown, self.scores, self.guesses))
+        ]
+        return "\n".join(lines)
+
+    def summary_line(self) -> str:
+        return (f"batch {self.batch_id} (model v{self.model_version}): statistic {self.statistic:.2f} vs threshold "
+                f"{self.threshold:.2f}, p = {self.p_value:.4f}; {len(self.shown)} samples to label; recommended: {self.recommended}")
+
+    def save_grid(self, path: str | Path) -> Path:
+        """The grid of critical samples (numbered in the order shown) as a PNG file at `path`."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(base64.b64decode(self.grid_png_b64))
+        return path
+
+
+ACTION_HELP = {
+    "retrain": "fine-tune the model on your labels",
+    "filter": "clean the inputs with a denoiser; needs no labels",
+    "ignore": "accept this drift; change nothing",
+}
 
 
 def batch_row(batch: StreamBatch, prediction: Mapping[str, Any], detection: Mapping[str, Any]) -> dict[str, Any]:
@@ -96,7 +167,8 @@ def with_decision(row: Mapping[str, Any], batch: StreamBatch, improvement: Mappi
     """`row` completed with the improve flow's summary and the predictions of the champion after it."""
     return {
         **row, "decision": improvement["action"], "decided_by": improvement["decided_by"],
-        "promoted": "yes" if improvement["promoted"] else "no",
+        "promoted": "yes" if improvement["promoted"] else (
+            "needs labels" if (improvement.get("verdict") or {}).get("outcome") == "not enough labels" else "no"),
         "labels_used": (improvement.get("outcome") or {}).get("n_labels_used", 0),
         "accuracy_after": round(batch.accuracy(after["labels"]), 4),
     }

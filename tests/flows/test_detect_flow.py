@@ -131,8 +131,8 @@ def test_after_a_promoted_retrain_clean_batches_pass_and_a_repeat_of_the_shift_i
     from flows.improve import improve_flow
 
     _, test = digits
-    first = _save(tmp_path, "spatter-a", corrupt(test.images[:150], "spatter", 5, seed=0).numpy())
-    again = _save(tmp_path, "spatter-b", corrupt(test.images[150:300], "spatter", 5, seed=1).numpy())
+    first = _save(tmp_path, "bright-a", corrupt(test.images[:150], "brightness", 4, seed=0).numpy())
+    again = _save(tmp_path, "bright-b", corrupt(test.images[150:300], "brightness", 4, seed=1).numpy())
     found = detect_flow(batch_path=first, report=False, responder="none", budget=40)
     assert found["is_drift"] and found["known_shift"] is None
     labels = [int(test.labels[i]) for i in found["selected_indices"]]
@@ -141,11 +141,11 @@ def test_after_a_promoted_retrain_clean_batches_pass_and_a_repeat_of_the_shift_i
     assert len(decided["outcome"]["unseen_rows"]) == (150 - len(labels)) // 2
     assert decided["known_shift_of"] == decided["challenger_version"]
 
-    # Three clean batches (the two spatter batches' clean originals and the rest): at alpha 0.05 one alarm among
+    # Three clean batches (the two brightened batches' clean originals and the rest): at alpha 0.05 one alarm among
     # them happens by chance (~14 %), two would mean the refitted detector is miscalibrated (< 1 % by chance).
     clean_batches = {"clean-a": test.images[:150], "clean-b": test.images[150:300], "clean-rest": test.images[300:]}
     clean = [detect_flow(batch_path=_save(tmp_path, name, images.numpy()), report=False) for name, images in clean_batches.items()]
     assert {c["model_version"] for c in clean} == {decided["challenger_version"]}
     assert sum(c["is_drift"] for c in clean) <= 1, [c["p_value"] for c in clean]
     repeated = detect_flow(batch_path=again, report=False)
-    assert repeated["is_drift"] and repeated["known_shift"]["batch_id"] == "spatter-a" and repeated["known_shift"]["decision"] == "retrain"
+    assert repeated["is_drift"] and repeated["known_shift"]["batch_id"] == "bright-a" and repeated["known_shift"]["decision"] == "retrain"

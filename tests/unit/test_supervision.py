@@ -8,7 +8,7 @@ import pytest
 
 from scanflow.errors import ScanflowError, UnknownCorruptionError
 from scanflow.stream import make_stream, read_stream
-from scanflow.supervision import batch_row, form_description, summary_markdown, with_decision, with_known_shift
+from scanflow.supervision import DecisionRequest, batch_row, summary_markdown, with_decision, with_known_shift
 
 
 def test_a_stream_turns_corrupted_and_keeps_labels_beside_it(tmp_path):
@@ -41,9 +41,14 @@ def test_rows_and_summary_from_the_flow_results(tmp_path):
     assert done["accuracy_after"] == 1.0 and done["promoted"] == "yes" and row["promoted"] == "-"
     table = summary_markdown([done])
     assert f"| {batch.batch_id} | fog | v1 | yes | 0.0012 | filter | oracle | 0 | 0.000 | 1.000 | yes |" in table
-    text = form_description(detection)
-    assert "data:image/png;base64,AAAA" in text and "| 0 | 4 | 3.14 | 7 |" in text and "Recommended: **filter**" in text
-    assert "Evidently's report on this batch is being attached to MLflow run `r123`" in text
+    request = DecisionRequest.from_detection({**detection, "selected_indices": [4], "guesses": [7], "classes": [str(k) for k in range(10)],
+                                               "thumbnails_b64": ["BBBB"]})
+    assert "Drift statistic **9.00** against the threshold 2.00 (p = 0.0012)" in request.heading_markdown()
+    assert "Recommended: **filter** (clean the inputs with a denoiser; needs no labels)" in request.heading_markdown()
+    assert request.sample_markdown(0) == "![sample #1](data:image/png;base64,BBBB)\n\n**#1** · batch row 4 · score 3.14 · model's guess: 7"
+    assert request.table().splitlines()[1] == "  1     4   3.14  7"
+    rejected = with_decision(row, batch, {**improvement, "promoted": False, "verdict": {"outcome": "not enough labels"}}, {"labels": wrong})
+    assert rejected["promoted"] == "needs labels"
 
     known = with_known_shift(row, {"batch_id": "batch-003", "decision": "filter", "p_value": 0.4})
     assert f"| {batch.batch_id} | fog | v1 | known | 0.0012 | as batch-003 (filter) | known shift | 0 | 0.000 | - | - |" in summary_markdown([known])
