@@ -1,15 +1,26 @@
-"""The `scanflow` command. Prefect and the flows are imported only inside the commands that run flows."""
+"""The `scanflow` command. Prefect and the flows are imported only inside the commands that run flows, after the
+Prefect server to use is found (`scanflow.local.prefect_api_url`) and set as PREFECT_API_URL.
+
+Exit codes: 0 done, 2 a ScanflowError (bad input, unknown run...), 3 a server the command needs is missing
+(ServiceUnavailableError), 1 anything else."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import re
 import sys
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from scanflow.errors import ScanflowError
+from scanflow.errors import ScanflowError, ServiceUnavailableError
+
+if TYPE_CHECKING:
+    from flows.pending import PendingDecision
 
 EPILOG = """\
 examples:
@@ -22,6 +33,8 @@ examples:
   scanflow improve --batch batch.npy --shown 4,17,9 --action retrain --labels 3,3,8
                                          apply a decision on a drifted batch; promote the result if it earns it
   scanflow rollback                      give the champion alias back to the version it replaced
+  scanflow server start                  keep a local Prefect server running (every command then uses it)
+  scanflow pending                       list the decisions waiting for a person
 """
 
 
@@ -48,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
         "train",
         help="run the train flow: classifier + autoencoder, tracked in MLflow, registered as champion",
         description="Runs the Prefect train flow. MLflow store: $MLFLOW_TRACKING_URI (default ./mlflow.db). "
-        "Prefect: $PREFECT_API_URL, or a temporary local server.",
+        "Prefect: $PREFECT_API_URL, else the server of `scanflow server start` (or of `scanflow stack`), else a temporary one.",
     )
     train.add_argument("--dataset", default="default", help="fashion-mnist, mnist, digits, cifar10 or 'default' (first of fashion-mnist/digits present)")
     train.add_argument("--epochs", type=int, help="classifier epochs (default: about 150k images, 3 epochs of Fashion-MNIST)")
@@ -89,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     improve.add_argument("--batch", required=True, help="the drifted batch, a .npy of uint8 images")
     improve.add_argument("--shown", required=True, help="comma-separated batch rows shown to the person, in order")
     improve.add_argument("--action", required=True, choices=("retrain", "filter", "ignore"))
-    improve.add_argument("--labels", default="", help="comma-separated class indices of the shown samples, in order")
+    improve.add_argument("--labels", default="", help="comma-separated class indices of the shown samples, in order; ? for a sample nobody labelled")
     improve.add_argument("--note", default="", help="recorded with the decision in MLflow")
     improve.add_argument("--margin", type=float, default=0.005, help="clean accuracy a challenger may lose (default: 0.005)")
     improve.add_argument("--batch-id", help="identifier recorded with the decision (default: the file name)")
@@ -113,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     supervise.add_argument("--human", choices=("oracle", "policy", "person"), default="oracle",
                            help="who answers a pause: simulated oracle (default), simulated policy, or a person")
     supervise.add_argument("--interactive", action="store_true",
-                           help="a person answers: start a local Prefect server (if PREFECT_API_URL is unset), print the UI link, wait")
+                           help="a person answers: use the running Prefect server (or start one that keeps running, as "
+                           "`scanflow server start`), print the UI link, wait")
     supervise.add_argument("--policy", help="name of a SupervisionPolicy block (default: the built-in policy); the options below override it")
     supervise.add_argument("--tracking", help="name of an MLflowTracking block (default: $MLFLOW_TRACKING_URI and $SCANFLOW_*)")
     supervise.add_argument("--timeout", type=int, help="seconds a pause waits for an answer (policy default: 3600)")
@@ -133,9 +147,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     answer.add_argument("run_id", help="the supervise flow run id (or the paused ask-human run id)")
     answer.add_argument("--action", required=True, choices=("retrain", "filter", "ignore"))
-    answer.add_argument("--labels", default=None, help="comma-separated class indices in the order shown (default: the model's guesses)")
+    answer.add_argument("--labels", default=None,
+                        help="comma-separated class indices in the order shown, '?' for a sample you leave unlabelled (default: none labelled)")
     answer.add_argument("--note", default="")
     answer.set_defaults(handler=_answer)
+
+    pending = commands.add_parser(
+        "pending", help="list the decisions waiting for a person (paused ask-human runs) with their critical samples",
+        description="For each paused decision: batch, age, recommendation, UI link, run id, and the critical samples "
+        "(a PNG grid written to DIR/<batch_id>.png, and a table). Needs a Prefect server (`scanflow server start`).",
+    )
+    pending.add_argument("--dir", default="scanflow-pending", help="folder for the PNG grids (default: ./scanflow-pending)")
+    pending.add_argument("--json", action="store_true", help="print a JSON list instead of text")
+    pending.set_defaults(handler=_pending)
+
+    server = commands.add_parser(
+        "server", help="a local Prefect server that outlives commands: start, stop, status",
+        description="start: `prefect server start` on 127.0.0.1 in the background (PREFECT_HOME=$SCANFLOW_HOME/prefect, "
+        "default ~/.scanflow/prefect), recorded in $SCANFLOW_HOME/server.json; every scanflow command then uses it. "
+        "stop: stop the server that start started. status: running or stopped, and its UI.",
+    )
+    server.add_argument("action", choices=("start", "stop", "status"))
+    server.add_argument("--port", type=int, help="start: the port (default 4200 when free, else a free one)")
+    server.set_defaults(handler=_server)
+
+    notify = commands.add_parser(
+        "notify", help="POST to a webhook whenever a decision starts waiting (a Prefect automation on the server)",
+        description="Saves a Custom Webhook notification block NAME and the automation NAME that sends it (JSON with "
+        "subject and body, naming the run and linking to it) each time a run of ask-human pauses. Running it again "
+        "replaces both.",
+    )
+    notify.add_argument("--webhook", required=True, help="the URL to POST to")
+    notify.add_argument("--name", default="scanflow-decision-waiting", help="block and automation name (default: scanflow-decision-waiting)")
+    notify.set_defaults(handler=_notify)
 
     blocks = commands.add_parser(
         "blocks", help="Prefect blocks: register Scanflow's block types (storage, tracking, policy) with the server",
@@ -243,10 +287,12 @@ def _detect(args: argparse.Namespace) -> int:
         os.environ["SCANFLOW_MODEL_NAME"] = name
     else:
         alias = "champion"
+    use_prefect_server(fallback=True)
     from flows.detect import detect_flow
 
     summary = detect_flow(batch_path=args.batch, batch_id=args.batch_id, alias=alias, budget=args.budget, report=not args.no_report)
     summary.pop("grid_png_b64")
+    summary.pop("thumbnails_b64")
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
@@ -262,6 +308,7 @@ def _predict(args: argparse.Namespace) -> int:
     from scanflow.data import load_batch_file
 
     load_batch_file(args.batch)
+    use_prefect_server(fallback=True)
     from flows.predict import predict_flow
 
     summary = predict_flow(batch_path=args.batch, batch_id=args.batch_id, alias=args.alias)
@@ -282,10 +329,14 @@ def _int_list(text: str, what: str) -> list[int]:
 
 def _improve(args: argparse.Namespace) -> int:
     from scanflow.data import load_batch_file
+    from scanflow.human import parse_labels
+    from scanflow.improve.promotion import check_promotion_margin
 
     load_batch_file(args.batch)
     shown = _int_list(args.shown, "--shown")
-    labels = _int_list(args.labels, "--labels") or None
+    labels = parse_labels(args.labels) or None
+    check_promotion_margin(args.margin)
+    use_prefect_server(fallback=True)
     from flows.improve import improve_flow
 
     summary = improve_flow(
@@ -304,26 +355,19 @@ def _improve(args: argparse.Namespace) -> int:
 
 def _supervise(args: argparse.Namespace) -> int:
     human = "person" if args.interactive else args.human
-    server = None
-    if args.interactive and not os.environ.get("PREFECT_API_URL"):
-        from scanflow.local import start_prefect_server
+    if human == "person":
+        _keep_a_server_for_a_person()
+    else:
+        use_prefect_server(fallback=True)
+    from flows.supervise import supervise_flow
+    from scanflow.supervision import summary_markdown
 
-        server = start_prefect_server()
-        os.environ["PREFECT_API_URL"] = server.api_url
-        print(f"Prefect UI: {server.ui_url}  (paused runs wait there for your decision; logs in {server.log_path})")
-    try:
-        from flows.supervise import supervise_flow
-        from scanflow.supervision import summary_markdown
-
-        result = supervise_flow(
-            stream_dir=args.stream_dir, dataset=args.dataset, n_batches=args.batches, batch_size=args.batch_size,
-            drift_at=args.drift_at, corruption=args.corruption, human=human, policy=args.policy, tracking=args.tracking,
-            budget=args.budget, alpha=args.alpha, pause_timeout_s=args.timeout, action_on_timeout=args.on_timeout,
-            ask_known_shifts=args.ask_known_shifts, step_deployments=args.step_deployments,
-        )
-    finally:
-        if server is not None:
-            server.stop()
+    result = supervise_flow(
+        stream_dir=args.stream_dir, dataset=args.dataset, n_batches=args.batches, batch_size=args.batch_size,
+        drift_at=args.drift_at, corruption=args.corruption, human=human, policy=args.policy, tracking=args.tracking,
+        budget=args.budget, alpha=args.alpha, pause_timeout_s=args.timeout, action_on_timeout=args.on_timeout,
+        ask_known_shifts=args.ask_known_shifts, step_deployments=args.step_deployments,
+    )
     print()
     print(summary_markdown(result["batches"]))
     print(f"\nChampion now: v{result['champion']}")
@@ -332,20 +376,180 @@ def _supervise(args: argparse.Namespace) -> int:
     return 0
 
 
+def _keep_a_server_for_a_person() -> None:
+    """A person answers in the UI or with `scanflow answer`, so the server must outlive this command: the one found,
+    else the persistent one (started now if need be). Prints where the decisions wait."""
+    from scanflow import local
+
+    api_url = local.prefect_api_url()
+    record = local.read_server_record()
+    if api_url is None:
+        record, _ = local.start_persistent_server()
+        api_url = record.api_url
+    os.environ["PREFECT_API_URL"] = api_url
+    ours = record is not None and record.api_url == api_url
+    keeps = "; the server keeps running: `scanflow server stop` stops it" if ours else ""
+    print(f"Prefect UI: {_ui_url(api_url)} — paused runs wait there for your decision (`scanflow pending` lists them{keeps})")
+
+
 def _answer(args: argparse.Namespace) -> int:
+    api_url = use_prefect_server(fallback=False, why="`scanflow answer` resumes a paused run held there")
+    from prefect.exceptions import ObjectNotFound
+
     from flows.supervise import answer_paused_run
 
-    labels = _int_list(args.labels, "--labels") if args.labels else None
-    print(answer_paused_run(args.run_id, args.action, labels, args.note))
+    with _prefect_errors(api_url):
+        try:
+            print(answer_paused_run(args.run_id, args.action, args.labels, args.note))
+        except ObjectNotFound:
+            raise ScanflowError(f"no flow run {args.run_id} on {api_url}: `scanflow pending` lists the decisions waiting") from None
     return 0
 
 
+def _pending(args: argparse.Namespace) -> int:
+    api_url = use_prefect_server(fallback=False, why="`scanflow pending` lists the paused runs held there")
+    from flows.pending import pending_decisions
+
+    with _prefect_errors(api_url):
+        decisions = pending_decisions(_ui_url(api_url))
+    grids = _save_grids(decisions, Path(args.dir))
+    if args.json:
+        print(json.dumps([_decision_dict(decision, grid) for decision, grid in zip(decisions, grids)], indent=2))
+        return 0
+    if not decisions:
+        print("no decisions waiting")
+        return 0
+    print(f"{len(decisions)} decision{'s' * (len(decisions) > 1)} waiting")
+    for decision, grid in zip(decisions, grids):
+        print(f"\n{format_decision(decision, grid)}")
+    return 0
+
+
+def format_decision(decision: PendingDecision, grid: Path | None) -> str:
+    """One waiting decision for a terminal: what, since when, where to answer, and the critical samples."""
+    request = decision.request
+    lines = [
+        f"batch {decision.batch_id} · waiting {format_age(decision.age_s)} · recommended: {decision.recommended}",
+        f"  UI:      {decision.url}",
+        f"  run id:  {decision.run_id}",
+        f"  summary: {request.summary_line()}",
+        f"  samples: {grid or 'no grid in this request'}",
+        *(f"    {line}" for line in request.table().splitlines()),
+        f"  classes: {'  '.join(f'{k}={name}' for k, name in enumerate(request.classes))}",
+        f"  answer:  scanflow answer {decision.run_id} --action {decision.recommended} --labels "
+        f"{','.join('?' * len(request.shown))}   (a class index for each ? you can tell)",
+    ]
+    return "\n".join(lines)
+
+
+def _save_grids(decisions: list[PendingDecision], folder: Path) -> list[Path | None]:
+    """Each decision's grid of critical samples as folder/<batch_id>.png (a run id suffix when two share a batch)."""
+    paths: list[Path | None] = []
+    for decision in decisions:
+        if not decision.request.grid_png_b64:
+            paths.append(None)
+            continue
+        stem = re.sub(r"[^A-Za-z0-9._-]", "_", decision.batch_id)
+        path = folder / f"{stem}.png"
+        if path.resolve() in paths:
+            path = folder / f"{stem}-{decision.run_id[:8]}.png"
+        paths.append(decision.request.save_grid(path).resolve())
+    return paths
+
+
+def _decision_dict(decision: PendingDecision, grid: Path | None) -> dict:
+    request = decision.request
+    samples = [{"position": k + 1, "row": row, "score": score, "guess": request.classes[guess], "guess_index": guess}
+               for k, (row, score, guess) in enumerate(zip(request.shown, request.scores, request.guesses))]
+    return {"run_id": decision.run_id, "batch_id": decision.batch_id, "age_s": round(decision.age_s, 1),
+            "recommended": decision.recommended, "url": decision.url, "grid_png": str(grid) if grid else None,
+            "summary": request.summary_line(), "classes": list(request.classes), "samples": samples}
+
+
+def format_age(seconds: float) -> str:
+    """A wait for a person to read: "45 s", "3 min", "2 h 5 min", "1 d 3 h"."""
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min"
+    if seconds < 86400:
+        return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+    return f"{seconds // 86400} d {seconds % 86400 // 3600} h"
+
+
+def _server(args: argparse.Namespace) -> int:
+    from scanflow import local
+
+    home = local.scanflow_home()
+    if args.action == "stop":
+        print(local.stop_persistent_server(home))
+        return 0
+    if args.action == "start":
+        record, started = local.start_persistent_server(args.port, home)
+        state = "started" if started else "already running"
+        print(f"Prefect server {state} (pid {record.pid}; data in {home / 'prefect'}; log {record.log_path})\n"
+              f"Prefect UI: {record.ui_url}\nscanflow commands use it from now on; for other tools: export PREFECT_API_URL={record.api_url}")
+        if os.environ.get("PREFECT_API_URL", record.api_url) != record.api_url:
+            print(f"note: PREFECT_API_URL={os.environ['PREFECT_API_URL']} is set in this shell and wins over this server")
+        return 0
+    record = local.read_server_record(home)
+    if record is not None and record.is_ours():
+        health = "" if local.is_healthy(record.api_url) else " (not answering /api/health yet)"
+        print(f"running{health}: Prefect UI {record.ui_url} (pid {record.pid}, API {record.api_url})")
+    else:
+        print(f"stopped (no live server recorded in {home}; `scanflow server start` starts one)")
+    return 0
+
+
+def _notify(args: argparse.Namespace) -> int:
+    api_url = use_prefect_server(fallback=False, why="`scanflow notify` saves its automation there")
+    from flows.notify import notify_on_pause
+
+    with _prefect_errors(api_url):
+        _, automation_id = notify_on_pause(args.webhook, _ui_url(api_url), args.name)
+    print(f"automation {args.name} ({automation_id}) on {api_url}: POST to {args.webhook} each time a decision starts waiting")
+    return 0
+
+
+TEMPORARY_SERVER_NOTE = ("scanflow: no Prefect server running; starting a temporary one for this command (about 20 s). "
+                         "Keep one running with: scanflow server start")
+
+
+def use_prefect_server(fallback: bool, why: str = "") -> str | None:
+    """Find the Prefect server (`scanflow.local.prefect_api_url`) and set it as PREFECT_API_URL; call before importing
+    Prefect. With none found: `fallback` says once on stderr that Prefect starts a temporary one and returns None;
+    otherwise raises ServiceUnavailableError naming the fix (`why` says what needs the server)."""
+    from scanflow.local import prefect_api_url
+
+    api_url = prefect_api_url()
+    if api_url:
+        os.environ["PREFECT_API_URL"] = api_url
+        return api_url
+    if fallback:
+        print(TEMPORARY_SERVER_NOTE, file=sys.stderr)
+        return None
+    raise ServiceUnavailableError(f"no Prefect server is set: start one with `scanflow server start` (or set PREFECT_API_URL); {why}")
+
+
+def _ui_url(api_url: str) -> str:
+    return api_url.rstrip("/").removesuffix("/api")
+
+
+@contextlib.contextmanager
+def _prefect_errors(api_url: str | None) -> Iterator[None]:
+    """A server found but not answering (stopped since, or a wrong PREFECT_API_URL) as ServiceUnavailableError."""
+    import httpx
+
+    try:
+        yield
+    except httpx.TransportError as error:
+        raise ServiceUnavailableError(f"the Prefect server at {api_url} does not answer ({error}): "
+                                      "`scanflow server status` tells whether it runs") from None
+
+
 def _require_prefect_server(what: str) -> None:
-    if not os.environ.get("PREFECT_API_URL"):
-        raise ScanflowError(
-            f"{what} needs a Prefect server that outlives this command: start one (`prefect server start`, or "
-            "`scanflow supervise --interactive` starts a local one) and set PREFECT_API_URL=http://127.0.0.1:4200/api"
-        )
+    use_prefect_server(fallback=False, why=f"{what} needs a Prefect server that outlives this command")
 
 
 def _blocks(args: argparse.Namespace) -> int:
@@ -408,6 +612,7 @@ def _rollback(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    use_prefect_server(fallback=True)
     from flows.train import train_flow
 
     summary = train_flow(
@@ -463,6 +668,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
+    except ServiceUnavailableError as error:
+        print(f"scanflow: error: {error}", file=sys.stderr)
+        return 3
     except ScanflowError as error:
         print(f"scanflow: error: {error}", file=sys.stderr)
         return 2

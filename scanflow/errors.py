@@ -33,3 +33,7 @@ class TrackingUnavailableError(ScanflowError, ConnectionError):
 
 class ModelNotFoundError(ScanflowError, LookupError):
     """A registered model name or alias that the registry does not hold."""
+
+
+class ServiceUnavailableError(ScanflowError):
+    """A server a command needs (the Prefect API) is not set or does not answer; `scanflow` exits 3 on it."""

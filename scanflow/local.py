@@ -1,10 +1,13 @@
-"""A local Prefect server for interactive use: started on a free 127.0.0.1 port, health-checked, stopped on exit.
+"""Local servers as processes on 127.0.0.1: a Prefect server (per command, or one that outlives commands, recorded in
+$SCANFLOW_HOME/server.json), SeaweedFS and MLflow; and discovery of the Prefect server a command should use.
 
 Only the `prefect` command is run here (no Prefect import), so the library stays free of Prefect.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import socket
@@ -14,7 +17,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from scanflow.errors import ScanflowError
@@ -53,7 +56,9 @@ def start_prefect_server(port: int | None = None, log_dir: str | Path | None = N
     port = port or free_port()
     log_path = Path(log_dir or tempfile.mkdtemp(prefix="scanflow-prefect-")) / "prefect-server.log"
     api_url = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PREFECT_UI_API_URL": api_url, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    # PREFECT_UI_URL lets the server's own templates (automation notifications: `{{ flow_run|ui_url }}`) link to it.
+    env = {**os.environ, "PREFECT_UI_API_URL": api_url, "PREFECT_UI_URL": api_url.removesuffix("/api"),
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     env.pop("PREFECT_API_URL", None)
     if home is not None:
         env["PREFECT_HOME"] = str(home)
@@ -94,6 +99,185 @@ def stop_process_group(process: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=10)
+
+
+# ---- A Prefect server that outlives the command that started it, and discovery -------------------------------------
+
+#: The stack's state file, relative to the working directory (`scanflow stack up`'s default folder; see scanflow.stack).
+STACK_STATE_FILE = Path(".scanflow") / "stack" / "stack.json"
+DEFAULT_PREFECT_PORT = 4200
+
+
+def scanflow_home() -> Path:
+    """$SCANFLOW_HOME, default ~/.scanflow: the persistent server's record, log and PREFECT_HOME (`prefect/`)."""
+    return Path(os.environ.get("SCANFLOW_HOME") or Path.home() / ".scanflow").expanduser()
+
+
+def process_identity(pid: int) -> tuple[int, list[str]] | None:
+    """(start time in clock ticks after boot, cmdline) of a live process from /proc; None if there is none (or a zombie).
+    The pair tells a process from a later one that was given the same pid."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()  # fields 3.. of proc(5); the command name may hold spaces
+    if fields[0] == "Z":
+        return None
+    return int(fields[19]), [part.decode(errors="replace") for part in cmdline.split(b"\0") if part]
+
+
+@dataclass(frozen=True)
+class ServerRecord:
+    """What `scanflow server start` records about the server it started (server.json)."""
+
+    pid: int
+    port: int
+    api_url: str
+    ui_url: str
+    start_time: int
+    cmdline: list[str]
+    log_path: str
+
+    def is_ours(self) -> bool:
+        """Whether `pid` is still the process this record describes (same start time and cmdline)."""
+        return process_identity(self.pid) == (self.start_time, self.cmdline)
+
+
+def read_server_record(home: Path | None = None) -> ServerRecord | None:
+    path = (home or scanflow_home()) / "server.json"
+    try:
+        return ServerRecord(**json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _write_server_record(home: Path, record: ServerRecord) -> None:
+    home.mkdir(parents=True, exist_ok=True)
+    home.chmod(0o700)
+    path = home / "server.json"
+    temporary = path.with_suffix(".tmp")
+    with os.fdopen(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as file:
+        json.dump(asdict(record), file, indent=2)
+    temporary.replace(path)
+
+
+def _remove_server_record(home: Path) -> None:
+    (home / "server.json").unlink(missing_ok=True)
+
+
+def is_healthy(api_url: str, timeout_s: float = 2.0) -> bool:
+    """Whether the Prefect API at `api_url` answers GET /health with 200 within `timeout_s`."""
+    try:
+        with urllib.request.urlopen(f"{api_url.rstrip('/')}/health", timeout=timeout_s) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def start_persistent_server(port: int | None = None, home: Path | None = None) -> tuple[ServerRecord, bool]:
+    """The server of $SCANFLOW_HOME: the recorded one if its process is alive (once it answers /api/health), else a
+    new `prefect server start` on 127.0.0.1:`port` (default 4200 when free, else a free port) in a session of its
+    own, so it outlives this process, with PREFECT_HOME=`home`/prefect. Returns (record, whether it was started now).
+    Raises ScanflowError when the server does not answer within STARTUP_TIMEOUT_S (see its log,
+    `home`/prefect-server.log)."""
+    home = home or scanflow_home()
+    record = read_server_record(home)
+    if record is not None and record.is_ours():
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while not is_healthy(record.api_url):
+            if time.monotonic() > deadline or not record.is_ours():
+                raise ScanflowError(f"the Prefect server recorded in {home} (pid {record.pid}) does not answer on "
+                                    f"{record.api_url}: `scanflow server stop`, then start it again (log: {record.log_path})")
+            time.sleep(1)
+        return record, False
+    home.mkdir(parents=True, exist_ok=True)
+    home.chmod(0o700)
+    if port is None:
+        port = DEFAULT_PREFECT_PORT if _port_is_free(DEFAULT_PREFECT_PORT) else free_port()
+    server = start_prefect_server(port, log_dir=home, home=home / "prefect")
+    identity = process_identity(server.process.pid)
+    if identity is None:
+        raise ScanflowError(f"the Prefect server exited right after it started; see {server.log_path}")
+    record = ServerRecord(pid=server.process.pid, port=port, api_url=server.api_url, ui_url=server.ui_url,
+                          start_time=identity[0], cmdline=identity[1], log_path=str(server.log_path))
+    _write_server_record(home, record)
+    return record, True
+
+
+def stop_persistent_server(home: Path | None = None, timeout_s: float = 20) -> str:
+    """Stop the server recorded in `home` (SIGTERM to its process group, SIGKILL after `timeout_s`) and remove the
+    record. Only the process the record describes is signalled: a pid now held by another process (another start
+    time or cmdline) is left alone and the stale record removed. Returns what happened, for a person."""
+    home = home or scanflow_home()
+    record = read_server_record(home)
+    if record is None:
+        return f"no Prefect server recorded in {home}: nothing to stop"
+    if process_identity(record.pid) is None:
+        _remove_server_record(home)
+        return f"the Prefect server recorded in {home} (pid {record.pid}) was not running; removed its stale record"
+    if not record.is_ours():
+        _remove_server_record(home)
+        return (f"pid {record.pid} now belongs to another process, not the Prefect server recorded in {home}: "
+                "left it alone and removed the stale record")
+    group: int | None = None
+    with contextlib.suppress(ProcessLookupError):
+        group = record.pid if os.getpgid(record.pid) == record.pid else None
+    _signal(record.pid, group, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while record.is_ours() and time.monotonic() < deadline:
+        _reap(record.pid)
+        time.sleep(0.2)
+    if record.is_ours():
+        _signal(record.pid, group, signal.SIGKILL)
+        _reap(record.pid)
+    _remove_server_record(home)
+    return f"stopped the Prefect server on {record.ui_url} (pid {record.pid})"
+
+
+def _signal(pid: int, group: int | None, signum: int) -> None:
+    try:
+        os.killpg(group, signum) if group is not None else os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def _reap(pid: int) -> None:
+    """Collect `pid` if it is a child of this process (a server started and stopped by one process, as in tests)."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def _stack_api_url(state_file: Path) -> str | None:
+    try:
+        state = json.loads(state_file.read_text())
+        pid, api_url = int(state["pids"]["prefect"]), str(state["prefect_api_url"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return api_url if process_identity(pid) is not None and is_healthy(api_url) else None
+
+
+def prefect_api_url(home: Path | None = None, stack_state_file: Path = STACK_STATE_FILE) -> str | None:
+    """The Prefect API a command should use: $PREFECT_API_URL if set; else the live, healthy server recorded in
+    `home` (default $SCANFLOW_HOME); else the live, healthy Prefect server of a `scanflow stack` started from the
+    working directory; else None. Costs at most a health check or two (2 s each) when nothing answers."""
+    if os.environ.get("PREFECT_API_URL"):
+        return os.environ["PREFECT_API_URL"]
+    record = read_server_record(home or scanflow_home())
+    if record is not None and record.is_ours() and is_healthy(record.api_url):
+        return record.api_url
+    return _stack_api_url(stack_state_file)
 
 
 @dataclass

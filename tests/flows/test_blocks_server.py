@@ -40,7 +40,7 @@ def test_cli_registers_the_types_and_saves_defaults_once(prefect_server, tmp_pat
 def test_cli_without_a_server_says_how_to_get_one(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     result = subprocess.run([SCANFLOW, "blocks", "register"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2
+    assert result.returncode == 3
     assert "scanflow blocks register needs a Prefect server that outlives this command" in result.stderr
 
 
