@@ -10,10 +10,19 @@ from typing import Any
 from prefect import Flow
 from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
+from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
 from scanflow.errors import ScanflowError
 
 STEP_POLL_INTERVAL_S = 1
+
+
+def in_process(step: Flow, *args: Any, **parameters: Any) -> Any:
+    """`step` as a sub-flow in this process, without a heartbeat of its own: the parent's heartbeat already says
+    whether this process lives, and each flow run's heartbeat thread costs up to a second at the run's end (it
+    sleeps in 1-second steps and is joined)."""
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        return step(*args, **parameters)
 
 
 class StepFailedError(ScanflowError, RuntimeError):
@@ -32,7 +41,7 @@ class Steps:
         accepted = inspect.signature(step.fn).parameters
         parameters.update({name: block for name, block in self.blocks.items() if name in accepted})
         if self.deployment is None:
-            return step(**parameters)
+            return in_process(step, **parameters)
         name = f"{step.name}/{self.deployment}"
         try:
             run = run_deployment(name, parameters=parameters, timeout=None, poll_interval=STEP_POLL_INTERVAL_S)

@@ -39,7 +39,7 @@ from flows.improve import improve_flow
 from flows.predict import predict_flow
 from flows.train import train_flow
 from flows.settings import shared_batch, storage_store, supervision_settings, tracking_config
-from flows.steps import Steps
+from flows.steps import Steps, in_process
 from scanflow import tracking as scanflow_tracking
 from scanflow.config import TrackingConfig
 from scanflow.human import (
@@ -228,8 +228,8 @@ def respond(batch: StreamBatch, path: str, detection: dict, human: str, settings
         answer_when_paused(flow_run.id, decider.decide(request.recommended, request.shown), request)
     else:
         announce_waiting(flow_run.id, batch.batch_id)
-    report = evidently_report_beside.submit(steps, path, detection["mlflow_run_id"])
-    state = ask_human.with_options(flow_run_name=f"decide-{batch.batch_id}")(request, settings.pause_timeout_s, return_state=True)
+    report = evidently_report_beside.submit(steps, path, detection["mlflow_run_id"], flow_run.id if human == "person" else None)
+    state = in_process(ask_human.with_options(flow_run_name=f"decide-{batch.batch_id}"), request, settings.pause_timeout_s, return_state=True)
     if state.is_completed():
         answer = state.result()
         decided_by = "human" if human == "person" else human
@@ -247,8 +247,13 @@ def respond(batch: StreamBatch, path: str, detection: dict, human: str, settings
 
 
 @task(cache_policy=NO_CACHE)
-def evidently_report_beside(steps: Steps, batch_path: str, mlflow_run_id: str) -> str:
-    """The drift-report step, submitted to the task runner so it runs while the decision form waits."""
+def evidently_report_beside(steps: Steps, batch_path: str, mlflow_run_id: str, wait_for_form_of: Any = None) -> str:
+    """The drift-report step, submitted to the task runner so it runs while the decision form waits. With
+    `wait_for_form_of` (the supervise run whose form a person will open) it starts once that form is up: its
+    seconds of CPU would otherwise delay the form on two cores."""
+    if wait_for_form_of is not None:
+        with contextlib.suppress(TimeoutError):
+            paused_child(wait_for_form_of, timeout_s=120)
     return steps.run(report_flow, batch_path=batch_path, mlflow_run_id=mlflow_run_id)
 
 
