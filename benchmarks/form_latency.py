@@ -4,11 +4,15 @@ A local `prefect server` (its UI included), a digits champion in a temporary MLf
 batches drift from the second on. The supervise loop runs its steps as sub-flows of one run; reports are off the
 path (the Evidently report is not produced inside the loop). For every drifted batch a person, played by headless
 Chromium through Playwright, waits on the paused run's page, presses Resume as soon as it appears and answers
-"ignore" (so the next batch is not delayed by an improvement). Three times are read from the server and the browser:
+"ignore" (so the next batch is not delayed by an improvement) after labelling every critical sample with its true
+class, as a person who knows would. Times are read from the server and the browser:
 
   arrival    the start of the batch's predict sub-flow (the loop picks the batch up)
   paused     the ask-human run entering Paused (the form exists on the server)
-  visible    the form's fields rendered in the browser after Resume (what a person sees)
+  usable     the form's first sample image and its choice rendered in the browser after Resume
+  decided    the form submitted: every sample labelled, the action chosen
+
+and the person's actions (clicks and keys: Resume, two per sample, two for the action, Submit) are counted.
 
 Run: `python -m benchmarks.form_latency [--dataset digits|fashion-mnist] [--batches 4] [--batch-size 80]` (about 2
 minutes on digits, 4 on Fashion-MNIST). Prints a Markdown table.
@@ -60,7 +64,7 @@ def main() -> None:
             from scanflow.stream import make_stream
 
             train_flow(dataset=args.dataset, epochs=epochs, autoencoder_epochs=epochs, **({"latent_dim": 8} if args.dataset == "digits" else {}))
-            make_stream(work / "stream", args.dataset, n_batches=args.batches, batch_size=args.batch_size, drift_at=1, corruption="impulse_noise", severity=5)
+            batches = {batch.batch_id: batch for batch in make_stream(work / "stream", args.dataset, n_batches=args.batches, batch_size=args.batch_size, drift_at=1, corruption="impulse_noise", severity=5)}
             run_name = f"latency-{uuid.uuid4().hex[:8]}"
             loop = threading.Thread(target=lambda: supervise_flow.with_options(flow_run_name=run_name)(
                 stream_dir=str(work / "stream"), human="person", pause_timeout_s=600, ask_known_shifts=True), daemon=True)
@@ -85,16 +89,24 @@ def main() -> None:
                     visible = time.time()
                     with get_client(sync_client=True) as client:
                         paused_run = client.read_flow_run(child)
-                        batch_id = paused_run.parameters["batch_id"]
+                        request = paused_run.parameters["request"]
+                        batch_id = request["batch_id"]
                         predict = client.read_flow_runs(
                             flow_filter=FlowFilter(name=FlowFilterName(any_=["predict"])),
                             flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent])),
                         )
                     arrival = min(_timestamp(r.start_time) for r in predict if r.parameters.get("batch_id") == batch_id)
                     paused_at = _timestamp(paused_run.state.timestamp)
-                    rows.append((batch_id, paused_at - arrival, visible - paused_at, visible - arrival))
+                    truth = batches[batch_id].true_labels()[request["shown"]]
+                    for k, label in enumerate(truth):
+                        field = form.sample(k + 1)
+                        field.scroll_into_view_if_needed()
+                        form.choose(field, request["classes"][int(label)])
                     form.choose_action("ignore")
                     form.submit()
+                    decided = time.time()
+                    rows.append((batch_id, paused_at - arrival, visible - paused_at, visible - arrival, len(truth),
+                                 form.actions, decided - visible))
                     answered.add(child)
             loop.join(timeout=300)
     finally:
@@ -102,9 +114,11 @@ def main() -> None:
 
     print(f"\nForm latency, {datetime.date.today()}, {platform.machine()} with {os.cpu_count()} cores, {args.dataset} champion ({epochs} epochs), "
           f"{args.batches} batches of {args.batch_size} (impulse_noise severity 5 from batch 1), steps as sub-flows, reports off the path\n")
-    print("| batch | arrival -> paused (s) | paused -> form visible (s) | arrival -> form visible (s) |\n|---|---|---|---|")
-    for batch_id, to_pause, to_visible, total in rows:
-        print(f"| {batch_id} | {to_pause:.1f} | {to_visible:.1f} | {total:.1f} |")
+    print("| batch | arrival -> paused (s) | paused -> usable (s) | arrival -> usable (s) | samples | actions | actions per sample | usable -> decided (s) |\n"
+          "|---|---|---|---|---|---|---|---|")
+    for batch_id, to_pause, to_visible, total, n, actions, deciding in rows:
+        per_sample = (actions - 4) / n  # Resume, the action (open, pick) and Submit are per form
+        print(f"| {batch_id} | {to_pause:.1f} | {to_visible:.1f} | {total:.1f} | {n} | {actions} | {per_sample:.1f} | {deciding:.1f} |")
 
 
 if __name__ == "__main__":
