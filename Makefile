@@ -26,7 +26,7 @@ endif
 .PHONY: demo test venv system-deps clean
 
 demo: venv system-deps
-	$(VENV)/bin/scanflow supervise
+	$(VENV)/bin/scanflow supervise --demo
 
 test: venv system-deps
 	@bash infra/system-deps.sh $(TEST_DEB_PACKAGES)

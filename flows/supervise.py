@@ -54,7 +54,7 @@ from scanflow.human import (
     validate_labels,
 )
 from scanflow.storage import absolute_location
-from scanflow.stream import StreamBatch, make_stream, read_stream
+from scanflow.stream import StreamBatch, open_stream
 from scanflow.supervision import (
     DecisionRequest,
     SupervisionSettings,
@@ -63,6 +63,7 @@ from scanflow.supervision import (
     with_decision,
     with_known_shift,
 )
+
 
 def sample_field(position: int) -> str:
     """The decision form's field of the critical sample at `position` (0-based, in the order shown)."""
@@ -313,12 +314,15 @@ def supervise_flow(
     ask_known_shifts: bool | None = None,
     step_deployments: str | None = None,
     seed: int = 0,
+    demo: bool = False,
 ) -> dict:
     """Supervise a production stream batch by batch (see the module docstring).
 
-    Without `stream_dir`, a demo stream is written to `./stream/`: `n_batches` batches of `batch_size` test
-    images, corrupted with `corruption` from batch `drift_at` on (true labels kept beside it for the oracle and
-    the report). Returns the per-batch table also published as the `supervision-summary` artifact.
+    `stream_dir`: a folder written by `scanflow.stream.make_stream` (stream.json beside the batches). With `demo`,
+    a demo stream is written there (default `./stream/`) unless one is there already: `n_batches` batches of
+    `batch_size` test images, corrupted with `corruption` from batch `drift_at` on (true labels kept beside it for
+    the oracle and the report); a folder holding other files is refused, never written over. Returns the
+    per-batch table also published as the `supervision-summary` artifact.
 
     `policy` names a SupervisionPolicy block (default: the built-in policy); `budget`, `alpha`, `pause_timeout_s`,
     `action_on_timeout`, `promotion_margin` and `ask_known_shifts` override it one by one. A drift that repeats a
@@ -333,14 +337,12 @@ def supervise_flow(
                                     action_on_timeout=action_on_timeout, promotion_margin=promotion_margin,
                                     ask_known_shifts=ask_known_shifts)
     print(f"supervision policy: {settings}")
+    batches = open_stream(stream_dir, demo, dataset, n_batches, batch_size, drift_at, corruption, seed=seed)
     steps = Steps(step_deployments, tracking, storage)
     config = tracking_config(tracking)
     if current_champion(config) is None:
         print(f"no champion of {config.classifier_name} yet: training one on {dataset}")
         steps.run(train_flow, dataset=dataset, seed=seed)
-    batches = read_stream(stream_dir) if stream_dir and (Path(stream_dir) / "stream.json").is_file() else make_stream(
-        stream_dir or "stream", dataset, n_batches, batch_size, drift_at, corruption, seed=seed
-    )
     store = storage_store(storage)
     rows = []
     for batch in batches:
@@ -363,4 +365,4 @@ def supervise_flow(
             "prefect_flow_run_id": str(flow_run.id or "")}
 
 if __name__ == "__main__":
-    print(summary_markdown(supervise_flow()["batches"]))
+    print(summary_markdown(supervise_flow(demo=True)["batches"]))

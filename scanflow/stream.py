@@ -81,8 +81,28 @@ def make_stream(
 
 
 def read_stream(directory: str | Path) -> list[StreamBatch]:
-    """The batches of a stream written by `make_stream`, in order."""
+    """The batches of a stream written by `make_stream`, in order. Raises ScanflowError when `directory` holds none."""
     manifest = Path(directory) / MANIFEST
+    if not Path(directory).is_dir():
+        raise ScanflowError(f"no stream folder {directory}: check the path, or ask for a demo stream (--demo)")
     if not manifest.is_file():
-        raise ScanflowError(f"{directory} holds no stream ({MANIFEST} missing): write one with make_stream")
+        raise ScanflowError(f"{directory} holds no stream ({MANIFEST} missing): write one with make_stream, or ask for a demo stream (--demo)")
     return [StreamBatch(**b) for b in json.loads(manifest.read_text())["batches"]]
+
+
+def open_stream(directory: str | Path | None, demo: bool, dataset: str = "default", n_batches: int = 6, batch_size: int = 200,
+                drift_at: int = 3, corruption: str = "shot_noise", seed: int = 0) -> list[StreamBatch]:
+    """The stream to supervise: the one in `directory`; with `demo`, a demo stream written there (default ./stream)
+    unless one is there already. Never writes over files that are not a stream: a folder with files but no
+    manifest is refused, so a user's batches are never replaced. Raises ScanflowError naming the fix."""
+    if not demo:
+        if directory is None:
+            raise ScanflowError("no stream to supervise: give --stream-dir DIR (a folder with stream.json) or --demo for a demo stream")
+        return read_stream(directory)
+    folder = Path(directory or "stream")
+    if (folder / MANIFEST).is_file():
+        return read_stream(folder)
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise ScanflowError(f"{folder} holds files but no stream ({MANIFEST} missing): a demo stream is never written over "
+                            "them; give an empty or new folder with --stream-dir")
+    return make_stream(folder, dataset, n_batches, batch_size, drift_at, corruption, seed=seed)

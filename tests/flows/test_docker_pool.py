@@ -99,7 +99,7 @@ def test_supervise_runs_its_steps_in_containers_and_reads_their_results_from_the
         worker = subprocess.Popen([PREFECT, "worker", "start", "--pool", "scanflow-docker", "--type", "docker"],
                                   cwd=tmp_path, env=run_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        state = supervise_flow(stream_dir=str(tmp_path / "stream"), dataset="digits", n_batches=1, batch_size=100, drift_at=0,
+        state = supervise_flow(stream_dir=str(tmp_path / "stream"), demo=True, dataset="digits", n_batches=1, batch_size=100, drift_at=0,
                                corruption="impulse_noise", human="oracle", tracking="docker-tracking", storage="docker-storage",
                                step_deployments="docker", return_state=True)
     finally:

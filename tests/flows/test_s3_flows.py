@@ -67,7 +67,7 @@ def test_a_missing_s3_batch_is_named(env, storage):
 
 
 def test_supervise_hands_its_steps_the_batches_in_the_bucket(env, storage, tmp_path):
-    summary = supervise_flow(stream_dir=str(tmp_path / "stream"), dataset="digits", n_batches=1, batch_size=60,
+    summary = supervise_flow(stream_dir=str(tmp_path / "stream"), demo=True, dataset="digits", n_batches=1, batch_size=60,
                              drift_at=1, storage="s3-flows")
     (row,) = summary["batches"]
     uploaded = [key for key in storage.keys("prod/batches/") if key.startswith(f"prod/batches/{row['batch']}-")]

@@ -23,7 +23,7 @@ def test_a_stream_turns_corrupted_and_keeps_labels_beside_it(tmp_path):
         make_stream(tmp_path / "x", "digits", corruption="smoke")
     with pytest.raises(ScanflowError, match="fewer than 100 batches x 200: lower either"):
         make_stream(tmp_path / "y", "digits", n_batches=100, drift_at=3)
-    with pytest.raises(ScanflowError, match="holds no stream"):
+    with pytest.raises(ScanflowError, match="no stream folder .*nowhere: check the path"):
         read_stream(tmp_path / "nowhere")
 
 
@@ -52,3 +52,35 @@ def test_rows_and_summary_from_the_flow_results(tmp_path):
 
     known = with_known_shift(row, {"batch_id": "batch-003", "decision": "filter", "p_value": 0.4})
     assert f"| {batch.batch_id} | fog | v1 | known | 0.0012 | as batch-003 (filter) | known shift | 0 | 0.000 | - | - |" in summary_markdown([known])
+
+
+def _snapshot(folder) -> dict[str, bytes]:
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def test_a_folder_that_is_not_a_stream_is_refused_and_never_written(tmp_path):
+    from scanflow.stream import open_stream
+
+    users = tmp_path / "batches"
+    users.mkdir()
+    np.save(users / "batch-000.npy", np.zeros((3, 1, 8, 8), dtype=np.uint8))
+    before = _snapshot(users)
+    with pytest.raises(ScanflowError, match=r"batches holds no stream \(stream\.json missing\): write one with make_stream, or ask for a demo stream \(--demo\)$"):
+        open_stream(users, demo=False)
+    with pytest.raises(ScanflowError, match=r"batches holds files but no stream \(stream\.json missing\): a demo stream is never written over them"):
+        open_stream(users, demo=True, dataset="digits")
+    assert _snapshot(users) == before
+    with pytest.raises(ScanflowError, match=r"^no stream folder .*mistyped: check the path, or ask for a demo stream \(--demo\)$"):
+        open_stream(tmp_path / "mistyped", demo=False)
+    with pytest.raises(ScanflowError, match=r"^no stream to supervise: give --stream-dir DIR"):
+        open_stream(None, demo=False)
+    assert not (tmp_path / "mistyped").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["batches"]
+
+
+def test_a_demo_stream_is_written_once_and_then_read_back(tmp_path):
+    from scanflow.stream import open_stream
+
+    first = open_stream(tmp_path / "demo", demo=True, dataset="digits", n_batches=2, batch_size=10, drift_at=1)
+    written = _snapshot(tmp_path / "demo")
+    again = open_stream(tmp_path / "demo", demo=True, dataset="digits", n_batches=5, batch_size=50, drift_at=2)
+    assert again == first and _snapshot(tmp_path / "demo") == written
