@@ -19,7 +19,7 @@ from pathlib import Path
 
 from scanflow.config import StorageConfig
 from scanflow.errors import ScanflowError
-from scanflow.local import SEAWEEDFS_PORTS, free_port, start_mlflow_server, start_prefect_server, start_seaweedfs
+from scanflow.local import SEAWEEDFS_PORTS, free_port, process_identity, start_mlflow_server, start_prefect_server, start_seaweedfs
 from scanflow.storage import S3Store
 
 DEFAULT_STACK_DIR = Path(".scanflow") / "stack"
@@ -37,6 +37,7 @@ class StackInfo:
     access_key: str
     secret_key: str = field(repr=False)
     pids: dict[str, int] = field(default_factory=dict)
+    identities: dict[str, list] = field(default_factory=dict)
 
     @property
     def prefect_ui_url(self) -> str:
@@ -69,10 +70,18 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _ours(saved: dict, name: str) -> bool:
+    """Whether the pid recorded for server `name` is still the process the stack started (same start time and
+    command line), not a later process that was given the same pid."""
+    recorded = saved.get("identities", {}).get(name)
+    identity = process_identity(saved["pids"][name])
+    return recorded is not None and identity is not None and (identity[0], identity[1]) == (recorded[0], recorded[1])
+
+
 def status(directory: str | Path = DEFAULT_STACK_DIR) -> dict[str, bool]:
-    """Each server of the stack started from `directory` and whether its process is alive ({} if none started)."""
+    """Each server of the stack started from `directory` and whether it still runs ({} if none started)."""
     info = _read_json(Path(directory) / "stack.json")
-    return {name: _alive(pid) for name, pid in (info or {}).get("pids", {}).items()}
+    return {name: _ours(info, name) for name in (info or {}).get("pids", {})}
 
 
 def _credentials(directory: Path) -> tuple[str, str]:
@@ -140,6 +149,8 @@ def up(directory: str | Path = DEFAULT_STACK_DIR, ports: dict[str, int] | None =
         directory=str(directory), prefect_api_url=prefect.api_url, mlflow_tracking_uri=mlflow.tracking_uri,
         s3_endpoint_url=s3.endpoint_url, bucket=BUCKET, access_key=access_key, secret_key=secret_key,
         pids={"seaweedfs": s3.process.pid, "mlflow": mlflow.process.pid, "prefect": prefect.process.pid},
+        identities={name: list(process_identity(server.process.pid) or (None, None))
+                    for name, server in (("seaweedfs", s3), ("mlflow", mlflow), ("prefect", prefect))},
     )
     stack_file = directory / "stack.json"
     stack_file.touch(mode=0o600)
@@ -157,14 +168,15 @@ def info(directory: str | Path = DEFAULT_STACK_DIR) -> StackInfo:
 
 def down(directory: str | Path = DEFAULT_STACK_DIR, timeout_s: float = 30) -> list[str]:
     """Stop every server of the stack (SIGTERM to each process group, SIGKILL after `timeout_s`); the data stays.
-    Returns the names of the servers stopped."""
+    Only processes the stack started are signalled: a recorded pid now held by another process (another start time
+    or command line) is left alone. Returns the names of the servers stopped."""
     directory = Path(directory)
     saved = _read_json(directory / "stack.json")
     if saved is None:
         return []
     stopped = []
     for name, pid in saved["pids"].items():
-        if not _alive(pid):
+        if not _ours(saved, name):
             continue
         os.killpg(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout_s
