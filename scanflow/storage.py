@@ -49,6 +49,19 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
+def _etag_path(path: Path, etag: str) -> Path:
+    """`dir/name.npy` as `dir/name.<etag>.npy`: one cached file per version of an object."""
+    return path.with_name(f"{path.stem}.{etag}{path.suffix}")
+
+
+def _write_atomically(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_bytes(data)
+    partial.replace(path)
+    return path
+
+
 _CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidToken", "ExpiredToken"}
 
 
@@ -82,10 +95,17 @@ class S3Store:
         return self if bucket == self.config.bucket else S3Store(replace(self.config, bucket=bucket), client=self._client)
 
     def fetch(self, uri: str, cache_dir: str | Path) -> Path:
-        """Download `s3://bucket/key` to `cache_dir/bucket/key` (kept: later steps on this machine reuse it)."""
+        """A local copy of `s3://bucket/key` under `cache_dir`, named by the object's ETag: later steps on this
+        machine reuse it while the object is unchanged, and an object replaced under the same key is fetched anew
+        (a cache keyed on the name alone tested the old bytes)."""
         bucket, key = parse_s3_uri(uri)
-        target = Path(cache_dir) / bucket / key
-        return target if target.is_file() else self.in_bucket(bucket).get_file(key, target)
+        store = self.in_bucket(bucket)
+        etag = store._call("head_object", Bucket=bucket, Key=key)["ETag"].strip('"')
+        cached = _etag_path(Path(cache_dir) / bucket / key, etag)
+        if cached.is_file():
+            return cached
+        response = store._call("get_object", Bucket=bucket, Key=key)
+        return _write_atomically(_etag_path(Path(cache_dir) / bucket / key, response["ETag"].strip('"')), response["Body"].read())
 
     @property
     def where(self) -> str:
@@ -158,12 +178,7 @@ class S3Store:
 
     def get_file(self, key: str, path: str | Path) -> Path:
         """Download `key` to `path` through a temporary name, so an interrupted download leaves no partial file."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(path.name + ".partial")
-        partial.write_bytes(self.get_bytes(key))
-        partial.replace(path)
-        return path
+        return _write_atomically(Path(path), self.get_bytes(key))
 
     def put_array(self, key: str, array: np.ndarray) -> str:
         buffer = io.BytesIO()

@@ -114,3 +114,16 @@ def test_locations_handed_to_other_processes_are_absolute_and_s3_uris_stay_as_th
     monkeypatch.chdir(tmp_path)
     assert absolute_location("stream/b0.npy") == str(tmp_path / "stream" / "b0.npy")
     assert absolute_location("s3://bucket/prod/b0.npy") == "s3://bucket/prod/b0.npy"
+
+
+def test_an_object_replaced_under_the_same_key_is_fetched_anew(s3_server, tmp_path):
+    """The local cache follows the object's ETag, not its name: detect must test the bytes now in the bucket."""
+    store = _store(s3_server.endpoint_url)
+    store.ensure_bucket()
+    first, second = (np.full((4, 1, 8, 8), value, dtype=np.uint8) for value in (10, 200))
+    uri = store.put_array(store.key("batches", "same.npy"), first)
+    assert np.array_equal(np.load(store.fetch(uri, tmp_path / "cache")), first)
+    cached = store.fetch(uri, tmp_path / "cache")
+    assert store.fetch(uri, tmp_path / "cache") == cached  # unchanged object: the same local copy
+    store.put_array(store.key("batches", "same.npy"), second)
+    assert np.array_equal(np.load(store.fetch(uri, tmp_path / "cache")), second)
