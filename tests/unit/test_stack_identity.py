@@ -36,3 +36,16 @@ def test_a_recycled_pid_is_left_alone_and_the_recorded_process_is_stopped(tmp_pa
     finally:
         if other.poll() is None:
             other.kill()
+
+
+def test_server_logs_and_files_are_private_to_the_user(tmp_path):
+    """Every server the stack starts runs with umask 077 and writes its log as 0600."""
+    import stat
+
+    from scanflow.local import PRIVATE_UMASK, private_log
+
+    with private_log(tmp_path / "server.log") as log:
+        log.write(b"started\n")
+    assert stat.S_IMODE((tmp_path / "server.log").stat().st_mode) == 0o600
+    child = subprocess.run(["sh", "-c", "umask"], capture_output=True, text=True, umask=PRIVATE_UMASK)
+    assert child.stdout.strip() == "0077"
