@@ -2,7 +2,9 @@
 Prefect server to use is found (`scanflow.local.prefect_api_url`) and set as PREFECT_API_URL.
 
 Exit codes: 0 done, 2 a ScanflowError (bad input, unknown run...), 3 a server the command needs is missing
-(ServiceUnavailableError), 1 anything else."""
+(ServiceUnavailableError), 1 anything else. Options that can be checked without a model are checked before any flow
+or server starts: by argparse `type=` functions (argparse prints the usage error and exits 2), then at the start of the
+handler for checks across options (a ScanflowError, exit 2)."""
 
 from __future__ import annotations
 
@@ -32,10 +34,163 @@ examples:
   scanflow predict --batch batch.npy      label a batch with the served champion; predictions logged with lineage
   scanflow improve --batch batch.npy --shown 4,17,9 --action retrain --labels 3,3,8
                                          apply a decision on a drifted batch; promote the result if it earns it
+  scanflow supervise --demo              the whole loop on a demo stream written to ./stream (clean, then corrupted)
   scanflow rollback                      give the champion alias back to the version it replaced
   scanflow server start                  keep a local Prefect server running (every command then uses it)
   scanflow pending                       list the decisions waiting for a person
 """
+
+
+# Option checks that need no model: argparse calls these on the text typed (and on string defaults), and on an
+# ArgumentTypeError prints "scanflow CMD: error: argument --OPTION: MESSAGE" and exits 2, before any handler runs.
+
+BATCH_ID_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
+BATCH_ID_RULE = ("a batch id names S3 keys and files: letters, digits, '.', '_' and '-', "
+                 "not starting with a dot, at most 128 characters")
+SEVERITIES = range(1, 6)
+
+
+def _integer_at_least(text: str, minimum: int) -> int:
+    try:
+        value = int(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text!r}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {value}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1 (epochs, budgets, batch counts and sizes, seconds)."""
+    return _integer_at_least(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """An integer >= 0 (seeds, batch positions)."""
+    return _integer_at_least(text, 0)
+
+
+def port_number(text: str) -> int:
+    """A TCP port, 1..65535."""
+    value = _integer_at_least(text, 1)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"must be a TCP port 1..65535, got {value}")
+    return value
+
+
+def version_number(text: str) -> str:
+    """A registered model version (an integer >= 1), kept as the string MLflow uses."""
+    return str(_integer_at_least(text, 1))
+
+
+def fraction_open(text: str) -> float:
+    """A number strictly between 0 and 1 (a false-alarm rate)."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"must be a number strictly between 0 and 1 (e.g. 0.05), got {text!r}") from None
+    if not 0 < value < 1:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be a number strictly between 0 and 1 (e.g. 0.05), got {text}")
+    return value
+
+
+def severity_list(text: str) -> list[int]:
+    """Comma-separated severities, each 1..5."""
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if not parts:
+        raise argparse.ArgumentTypeError(f"give comma-separated severities 1..5 (e.g. 1,3,5), got {text!r}")
+    severities = []
+    for part in parts:
+        try:
+            value = int(part)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"severities are integers 1..5, comma-separated (e.g. 1,3,5), got {part!r}") from None
+        if value not in SEVERITIES:
+            raise argparse.ArgumentTypeError(f"severities are integers 1..5, comma-separated (e.g. 1,3,5), got {value}")
+        severities.append(value)
+    return severities
+
+
+def _check_corruption(name: str) -> str:
+    from scanflow.corruptions import CORRUPTIONS
+
+    if name not in CORRUPTIONS:
+        raise argparse.ArgumentTypeError(f"unknown corruption {name!r}: known ones are {', '.join(CORRUPTIONS)}")
+    return name
+
+
+def corruption_name(text: str) -> str:
+    """One name of `scanflow.corruptions.CORRUPTIONS`."""
+    return _check_corruption(text.strip())
+
+
+def corruption_list(text: str) -> list[str]:
+    """Comma-separated names of `scanflow.corruptions.CORRUPTIONS`."""
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"give comma-separated corruption names (e.g. shot_noise,fog), got {text!r}")
+    return [_check_corruption(name) for name in names]
+
+
+def dataset_name(text: str) -> str:
+    """A dataset name `scanflow.data` knows (or 'default'); kept as typed."""
+    from scanflow.data import canonical_dataset_name
+    from scanflow.errors import UnknownDatasetError
+
+    try:
+        canonical_dataset_name(text)
+    except UnknownDatasetError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
+def batch_id(text: str) -> str:
+    """An identifier safe in S3 keys and file names (`BATCH_ID_RULE`)."""
+    if not BATCH_ID_PATTERN.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"{BATCH_ID_RULE}; got {text!r}")
+    return text
+
+
+def batch_file(text: str) -> str:
+    """An existing .npy file (its content is checked by `scanflow.data.load_batch_file`, in the handler)."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"batch file {path} is a directory: give a .npy file written with numpy.save")
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"batch file {path} does not exist: pass a .npy file written with numpy.save")
+    return text
+
+
+def png_file(text: str) -> str:
+    """A file to write a PNG to: not an existing directory."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("give a file name such as corruptions.png")
+    if Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a directory: give a file name such as corruptions.png")
+    return text
+
+
+def row_list(text: str) -> list[int]:
+    """Comma-separated batch rows (integers >= 0), at least one."""
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if not parts:
+        raise argparse.ArgumentTypeError(
+            f"give the batch rows shown, comma-separated (the detect result's selected_indices, e.g. 4,17,9), got {text!r}")
+    rows = []
+    for part in parts:
+        try:
+            rows.append(_integer_at_least(part, 0))
+        except argparse.ArgumentTypeError:
+            raise argparse.ArgumentTypeError(f"batch rows are integers >= 0, comma-separated (e.g. 4,17,9), got {part!r}") from None
+    return rows
+
+
+def _default_batch_id(args: argparse.Namespace) -> None:
+    """Without --batch-id the file name is the batch id: refuse a name that is not a safe one, naming the fix."""
+    if args.batch_id is None and not BATCH_ID_PATTERN.fullmatch(Path(args.batch).stem):
+        raise ScanflowError(f"the batch file name {Path(args.batch).stem!r} cannot be the batch id ({BATCH_ID_RULE}): "
+                            "give one with --batch-id, or rename the file")
+
 
 
 def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,10 +218,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Runs the Prefect train flow. MLflow store: $MLFLOW_TRACKING_URI (default ./mlflow.db). "
         "Prefect: $PREFECT_API_URL, else the server of `scanflow server start` (or of `scanflow stack`), else a temporary one.",
     )
-    train.add_argument("--dataset", default="default", help="fashion-mnist, mnist, digits, cifar10 or 'default' (first of fashion-mnist/digits present)")
-    train.add_argument("--epochs", type=int, help="classifier epochs (default: about 150k images, 3 epochs of Fashion-MNIST)")
-    train.add_argument("--autoencoder-epochs", type=int, help="autoencoder epochs (default: twice the classifier's default, about 300k images)")
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--dataset", type=dataset_name, default="default", help="fashion-mnist, mnist, digits, cifar10 or 'default' (first of fashion-mnist/digits present)")
+    train.add_argument("--epochs", type=positive_int, help="classifier epochs (default: about 150k images, 3 epochs of Fashion-MNIST)")
+    train.add_argument("--autoencoder-epochs", type=positive_int, help="autoencoder epochs (default: twice the classifier's default, about 300k images)")
+    train.add_argument("--seed", type=non_negative_int, default=0)
     train.add_argument("--no-register", action="store_true", help="track the run but do not register the models")
     _add_data_arguments(train)
     train.set_defaults(handler=_train)
@@ -76,10 +231,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the detect flow on one batch: drift verdict, critical samples, MLflow run, Prefect artifacts",
         description="Tests a .npy batch of uint8 images against the detector of the registered model at ALIAS.",
     )
-    detect.add_argument("--batch", required=True, help=".npy file written with numpy.save: uint8 [N, H, W] or [N, C, H, W]")
+    detect.add_argument("--batch", type=batch_file, required=True, help=".npy file written with numpy.save: uint8 [N, H, W] or [N, C, H, W]")
     detect.add_argument("--model", default=None, help="NAME@ALIAS of the registered classifier (default: $SCANFLOW_MODEL_NAME@champion)")
-    detect.add_argument("--batch-id", help="identifier recorded with the result (default: the file name)")
-    detect.add_argument("--budget", type=int, default=20, help="samples to select for labelling (default: 20)")
+    detect.add_argument("--batch-id", type=batch_id, help="identifier recorded with the result (default: the file name)")
+    detect.add_argument("--budget", type=positive_int, default=20, help="samples to select for labelling (default: 20)")
     detect.add_argument("--no-report", action="store_true", help="skip Evidently's HTML report (saves a few seconds)")
     detect.add_argument("--json", action="store_true", help="print the drift result as JSON")
     detect.set_defaults(handler=_detect)
@@ -87,8 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict = commands.add_parser(
         "predict", help="run the predict flow: label a batch with the served champion, log predictions and lineage to MLflow"
     )
-    predict.add_argument("--batch", required=True, help=".npy file of uint8 images [N, H, W] or [N, C, H, W]")
-    predict.add_argument("--batch-id", help="identifier recorded with the predictions (default: the file name)")
+    predict.add_argument("--batch", type=batch_file, required=True, help=".npy file of uint8 images [N, H, W] or [N, C, H, W]")
+    predict.add_argument("--batch-id", type=batch_id, help="identifier recorded with the predictions (default: the file name)")
     predict.add_argument("--alias", default="champion", help="registry alias to serve (default: champion)")
     predict.add_argument("--json", action="store_true", help="print the summary and labels as JSON")
     predict.set_defaults(handler=_predict)
@@ -99,13 +254,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Applies a decision on a drifted batch. --shown lists the batch rows shown to the person (the "
         "detect result's selected_indices), --labels their classes in that order.",
     )
-    improve.add_argument("--batch", required=True, help="the drifted batch, a .npy of uint8 images")
-    improve.add_argument("--shown", required=True, help="comma-separated batch rows shown to the person, in order")
+    improve.add_argument("--batch", type=batch_file, required=True, help="the drifted batch, a .npy of uint8 images")
+    improve.add_argument("--shown", type=row_list, required=True, help="comma-separated batch rows shown to the person, in order")
     improve.add_argument("--action", required=True, choices=("retrain", "filter", "ignore"))
     improve.add_argument("--labels", default="", help="comma-separated class indices of the shown samples, in order; ? for a sample nobody labelled")
     improve.add_argument("--note", default="", help="recorded with the decision in MLflow")
     improve.add_argument("--margin", type=float, default=0.005, help="clean accuracy a challenger may lose (default: 0.005)")
-    improve.add_argument("--batch-id", help="identifier recorded with the decision (default: the file name)")
+    improve.add_argument("--batch-id", type=batch_id, help="identifier recorded with the decision (default: the file name)")
     improve.add_argument("--data-dir", help="directory holding the champion's dataset files")
     improve.add_argument("--json", action="store_true", help="print the outcome as JSON")
     improve.set_defaults(handler=_improve)
@@ -113,16 +268,18 @@ def build_parser() -> argparse.ArgumentParser:
     supervise = commands.add_parser(
         "supervise",
         help="the whole loop: train a champion if there is none, then predict, detect and (on drift) ask and improve, per batch",
-        description="Supervises a production stream (by default a demo stream written to ./stream: clean batches, then "
-        "corrupted ones). On drift the run pauses for a decision: answered by the oracle (true labels), the policy, or a "
+        description="Supervises a production stream: the one in --stream-dir, or with --demo a demo stream written to "
+        "./stream (or --stream-dir): clean batches, then corrupted ones. On drift the run pauses for a decision: answered by the oracle (true labels), the policy, or a "
         "person in the Prefect UI or with `scanflow answer`.",
     )
-    supervise.add_argument("--stream-dir", help="folder of a stream written before (default: write a demo stream to ./stream)")
-    supervise.add_argument("--dataset", default="default")
-    supervise.add_argument("--batches", type=int, default=6, help="demo stream: number of batches (default: 6)")
-    supervise.add_argument("--batch-size", type=int, default=200, help="demo stream: images per batch (default: 200)")
-    supervise.add_argument("--drift-at", type=int, default=3, help="demo stream: first corrupted batch (default: 3)")
-    supervise.add_argument("--corruption", default="shot_noise", help="demo stream: corruption (default: shot_noise)")
+    supervise.add_argument("--stream-dir", help="folder of a stream written before (with --demo: where the demo stream goes, default ./stream)")
+    supervise.add_argument("--demo", action="store_true", help="write a demo stream to ./stream (or --stream-dir) and supervise it")
+    supervise.add_argument("--dataset", type=dataset_name, default="default")
+    supervise.add_argument("--batches", type=positive_int, default=6, help="demo stream: number of batches (default: 6)")
+    supervise.add_argument("--batch-size", type=positive_int, default=200, help="demo stream: images per batch (default: 200)")
+    supervise.add_argument("--drift-at", type=non_negative_int, default=3,
+                           help="demo stream: first corrupted batch, 0-based; --batches for none (default: 3)")
+    supervise.add_argument("--corruption", type=corruption_name, default="shot_noise", help="demo stream: corruption (default: shot_noise)")
     supervise.add_argument("--human", choices=("oracle", "policy", "person"), default="oracle",
                            help="who answers a pause: simulated oracle (default), simulated policy, or a person")
     supervise.add_argument("--interactive", action="store_true",
@@ -130,11 +287,11 @@ def build_parser() -> argparse.ArgumentParser:
                            "`scanflow server start`), print the UI link, wait")
     supervise.add_argument("--policy", help="name of a SupervisionPolicy block (default: the built-in policy); the options below override it")
     supervise.add_argument("--tracking", help="name of an MLflowTracking block (default: $MLFLOW_TRACKING_URI and $SCANFLOW_*)")
-    supervise.add_argument("--timeout", type=int, help="seconds a pause waits for an answer (policy default: 3600)")
+    supervise.add_argument("--timeout", type=positive_int, help="seconds a pause waits for an answer (policy default: 3600)")
     supervise.add_argument("--on-timeout", choices=("filter", "ignore"),
                            help="the action when nobody answers in time (policy default: ignore; retraining needs labels); recorded as a timeout")
-    supervise.add_argument("--budget", type=int, help="critical samples shown per drifted batch (policy default: 20)")
-    supervise.add_argument("--alpha", type=float, help="false-alarm rate of the drift test on clean batches (policy default: 0.05)")
+    supervise.add_argument("--budget", type=positive_int, help="critical samples shown per drifted batch (policy default: 20)")
+    supervise.add_argument("--alpha", type=fraction_open, help="false-alarm rate of the drift test on clean batches (policy default: 0.05)")
     supervise.add_argument("--ask-known-shifts", action="store_true", default=None,
                            help="ask again about a drift that repeats a shift already decided about (default: one drift, one question)")
     supervise.add_argument("--step-deployments", metavar="NAME",
@@ -168,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
         "stop: stop the server that start started. status: running or stopped, and its UI.",
     )
     server.add_argument("action", choices=("start", "stop", "status"))
-    server.add_argument("--port", type=int, help="start: the port (default 4200 when free, else a free one)")
+    server.add_argument("--port", type=port_number, help="start: the port (default 4200 when free, else a free one)")
     server.set_defaults(handler=_server)
 
     notify = commands.add_parser(
@@ -202,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
                               help="who answers the pauses of runs started from these deployments (default: person)")
     serve_parser.add_argument("--tracking", help="MLflowTracking block the deployments use (default: the environment of this process)")
     serve_parser.add_argument("--policy", help="SupervisionPolicy block of the supervise and respond deployments")
-    serve_parser.add_argument("--limit", type=int, help="at most this many runs at once")
+    serve_parser.add_argument("--limit", type=positive_int, help="at most this many runs at once")
     serve_parser.set_defaults(handler=_serve)
 
     stack = commands.add_parser(
@@ -212,9 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     stack.add_argument("action", choices=("up", "down", "status", "env"))
     stack.add_argument("--dir", default=".scanflow/stack", help="where the stack keeps its data, logs and PIDs (default: .scanflow/stack)")
-    stack.add_argument("--prefect-port", type=int, help="default 4200 (first start; later starts reuse the ports)")
-    stack.add_argument("--mlflow-port", type=int, help="default 5000")
-    stack.add_argument("--s3-port", type=int, help="default 8333")
+    stack.add_argument("--prefect-port", type=port_number, help="default 4200 (first start; later starts reuse the ports)")
+    stack.add_argument("--mlflow-port", type=port_number, help="default 5000")
+    stack.add_argument("--s3-port", type=port_number, help="default 8333")
     stack.set_defaults(handler=_stack)
 
     image = commands.add_parser(
@@ -231,17 +388,18 @@ def build_parser() -> argparse.ArgumentParser:
     rollback = commands.add_parser(
         "rollback", help="point the champion alias back at the version the current champion replaced (or --to VERSION)"
     )
-    rollback.add_argument("--to", dest="to_version", help="the classifier version to make champion again")
+    rollback.add_argument("--to", dest="to_version", type=version_number, help="the classifier version to make champion again")
     rollback.set_defaults(handler=_rollback)
 
     corrupt = commands.add_parser("corrupt", help="write a PNG gallery of the 15 MNIST-C corruptions at every severity")
-    corrupt.add_argument("--dataset", default="default")
-    corrupt.add_argument("--output", default="corruptions.png", help="PNG file to write (default: corruptions.png)")
-    corrupt.add_argument("--images", type=int, default=2, help="images per cell (default: 2)")
-    corrupt.add_argument("--corruptions", help="comma-separated names (default: all 15)")
-    corrupt.add_argument("--severities", default="1,2,3,4,5", help="comma-separated severities 1..5")
-    corrupt.add_argument("--seed", type=int, default=0)
-    corrupt.add_argument("--scale", type=int, default=3, help="pixel enlargement (default: 3)")
+    corrupt.add_argument("--dataset", type=dataset_name, default="default")
+    corrupt.add_argument("--output", type=png_file, default="corruptions.png", help="PNG file to write (default: corruptions.png)")
+    corrupt.add_argument("--images", type=positive_int, default=2, help="images per cell (default: 2)")
+    corrupt.add_argument("--corruptions", type=corruption_list, help="comma-separated names (default: all 15)")
+    corrupt.add_argument("--severities", type=severity_list, default="1,2,3,4,5", help="comma-separated severities 1..5 (default: all)")
+    corrupt.add_argument("--severity", dest="severities", type=severity_list, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    corrupt.add_argument("--seed", type=non_negative_int, default=0)
+    corrupt.add_argument("--scale", type=positive_int, default=3, help="pixel enlargement (default: 3)")
     _add_data_arguments(corrupt)
     corrupt.set_defaults(handler=_corrupt)
     return parser
@@ -268,8 +426,8 @@ def _corrupt(args: argparse.Namespace) -> int:
     from scanflow.gallery import corruption_gallery, save_png
 
     data = load_dataset(args.dataset, "test", data_dir=args.data_dir, allow_download=args.allow_download)
-    names = args.corruptions.split(",") if args.corruptions else list(corruption_names())
-    severities = [int(s) for s in args.severities.split(",")]
+    names = args.corruptions or list(corruption_names())
+    severities = args.severities
     picture = corruption_gallery(data.images[: args.images], names, severities, seed=args.seed, scale=args.scale)
     path = save_png(picture, args.output)
     print(f"wrote {path.resolve()} ({len(names)} corruptions x {len(severities)} severities, {data.info.name})")
@@ -279,6 +437,7 @@ def _corrupt(args: argparse.Namespace) -> int:
 def _detect(args: argparse.Namespace) -> int:
     from scanflow.data import load_batch_file
 
+    _default_batch_id(args)
     load_batch_file(args.batch)
     if args.model:
         name, _, alias = args.model.partition("@")
@@ -307,6 +466,7 @@ def _detect(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from scanflow.data import load_batch_file
 
+    _default_batch_id(args)
     load_batch_file(args.batch)
     use_prefect_server(fallback=True)
     from flows.predict import predict_flow
@@ -320,22 +480,23 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _int_list(text: str, what: str) -> list[int]:
-    try:
-        return [int(part) for part in text.replace(" ", "").split(",") if part]
-    except ValueError:
-        raise ScanflowError(f"{what} must be comma-separated integers, got {text!r}") from None
-
-
 def _improve(args: argparse.Namespace) -> int:
+    shown = args.shown
+    repeated = sorted({row for row in shown if shown.count(row) > 1})
+    if repeated:
+        raise ScanflowError(f"--shown repeats row {', '.join(map(str, repeated))}: list each critical sample once, in the order shown")
+    _default_batch_id(args)
     from scanflow.data import load_batch_file
     from scanflow.human import parse_labels
     from scanflow.improve.promotion import check_promotion_margin
 
-    load_batch_file(args.batch)
-    shown = _int_list(args.shown, "--shown")
     labels = parse_labels(args.labels) or None
+    _check_labels(labels, len(shown), args.action)
     check_promotion_margin(args.margin)
+    images = load_batch_file(args.batch)
+    outside = [row for row in shown if row >= len(images)]
+    if outside:
+        raise ScanflowError(f"--shown row {outside[0]} is outside the batch of {len(images)} images: rows are 0..{len(images) - 1}")
     use_prefect_server(fallback=True)
     from flows.improve import improve_flow
 
@@ -353,7 +514,40 @@ def _improve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_labels(labels: list[int | None] | None, n_shown: int, action: str) -> None:
+    """--labels against --shown and --action, as `scanflow.human.Decision.checked` will (class ranges need the model)."""
+    if labels is not None and len(labels) != n_shown:
+        raise ScanflowError(f"got {len(labels)} labels for {n_shown} rows in --shown: give one label per row shown, in the "
+                            "order shown (? for a sample you do not label)")
+    negative = [(position, label) for position, label in enumerate(labels or ()) if label is not None and label < 0]
+    if negative:
+        position, label = negative[0]
+        raise ScanflowError(f"label {position} is {label}: labels are class indices (0 and up), or ? for a sample you do not label")
+    if action == "retrain" and not any(label is not None for label in labels or ()):
+        raise ScanflowError(f"retrain needs labels: give --labels with a class index for at least one of the {n_shown} rows "
+                            "shown (? for the others), or choose --action filter, which needs none")
+
+
+def _check_stream_source(args: argparse.Namespace) -> None:
+    """The stream `supervise_flow` will open exists (or, with --demo, can be written) — refused here, before any server."""
+    if args.drift_at > args.batches:
+        raise ScanflowError(f"--drift-at {args.drift_at} is after the last of --batches {args.batches}: give the first "
+                            f"corrupted batch, 0..{args.batches - 1} (or {args.batches} for a stream without drift)")
+    from scanflow.stream import MANIFEST, read_stream
+
+    if not args.demo:
+        if args.stream_dir is None:
+            raise ScanflowError("no stream to supervise: give --stream-dir DIR (a folder with stream.json) or --demo for a demo stream")
+        read_stream(args.stream_dir)
+        return
+    folder = Path(args.stream_dir or "stream")
+    if not (folder / MANIFEST).is_file() and folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise ScanflowError(f"{folder} holds files but no stream ({MANIFEST} missing): a demo stream is never written over "
+                            "them; give an empty or new folder with --stream-dir")
+
+
 def _supervise(args: argparse.Namespace) -> int:
+    _check_stream_source(args)
     human = "person" if args.interactive else args.human
     if human == "person":
         _keep_a_server_for_a_person()
@@ -366,7 +560,7 @@ def _supervise(args: argparse.Namespace) -> int:
         stream_dir=args.stream_dir, dataset=args.dataset, n_batches=args.batches, batch_size=args.batch_size,
         drift_at=args.drift_at, corruption=args.corruption, human=human, policy=args.policy, tracking=args.tracking,
         budget=args.budget, alpha=args.alpha, pause_timeout_s=args.timeout, action_on_timeout=args.on_timeout,
-        ask_known_shifts=args.ask_known_shifts, step_deployments=args.step_deployments,
+        ask_known_shifts=args.ask_known_shifts, step_deployments=args.step_deployments, demo=args.demo,
     )
     print()
     print(summary_markdown(result["batches"]))
@@ -393,6 +587,10 @@ def _keep_a_server_for_a_person() -> None:
 
 
 def _answer(args: argparse.Namespace) -> int:
+    if args.labels is not None:
+        from scanflow.human import parse_labels
+
+        parse_labels(args.labels)
     api_url = use_prefect_server(fallback=False, why="`scanflow answer` resumes a paused run held there")
     from prefect.exceptions import ObjectNotFound
 
@@ -579,8 +777,8 @@ def _stack(args: argparse.Namespace) -> int:
         requested = {k: v for k, v in (("prefect", args.prefect_port), ("mlflow", args.mlflow_port), ("s3", args.s3_port)) if v}
         info = stack.up(args.dir, requested or None)
         print(f"Prefect UI: {info.prefect_ui_url}\nMLflow UI:  {info.mlflow_tracking_uri}\nS3:         {info.s3_endpoint_url} "
-              f"(bucket {info.bucket}; keys in {args.dir}/credentials.json)\nLogs:       {info.directory}/*.log\n")
-        print(info.exports())
+              f"(bucket {info.bucket}; keys in {args.dir}/credentials.json)\nLogs:       {info.directory}/*.log\n\n"
+              f"Point this shell at it (sets the keys without printing them): eval \"$(scanflow stack env --dir {args.dir})\"")
     elif args.action == "down":
         stopped = stack.down(args.dir)
         print(f"stopped: {', '.join(stopped)}" if stopped else f"no stack running from {args.dir}")

@@ -30,7 +30,8 @@ def test_stack_up_tracks_artifacts_into_the_bucket_and_survives_a_restart(tmp_pa
     try:
         assert started.returncode == 0, started.stderr[-3000:]
         info = stack.info(directory)
-        assert f"export MLFLOW_TRACKING_URI={info.mlflow_tracking_uri}" in started.stdout
+        assert f"MLflow UI:  {info.mlflow_tracking_uri}" in started.stdout and 'eval "$(scanflow stack env --dir' in started.stdout
+        assert info.secret_key not in started.stdout + started.stderr, "stack up printed the secret key"
         assert oct((directory / "credentials.json").stat().st_mode & 0o777) == "0o600"
         assert stack.status(directory) == {"seaweedfs": True, "mlflow": True, "prefect": True}
         with urllib.request.urlopen(f"{info.prefect_api_url}/health", timeout=5) as response:
