@@ -900,13 +900,23 @@ def load_batch_file(path: str | Path, info: DatasetInfo | None = None) -> torch.
     Pickled object arrays are refused (loading them would run code from the file).
     """
     path = Path(path)
+    if path.is_dir():
+        raise InvalidBatchError(f"batch file {path} is a directory: pass one .npy file written with numpy.save")
     if not path.is_file():
         raise InvalidBatchError(f"batch file {path} does not exist: pass a .npy file written with numpy.save")
+    with path.open("rb") as handle:
+        header = handle.read(6)
+    if header.startswith(b"PK\x03\x04"):
+        raise InvalidBatchError(f"batch file {path} is a .npz archive, not one array: save the images with numpy.save, not savez")
+    if header != b"\x93NUMPY":
+        raise InvalidBatchError(f"batch file {path} is not a .npy file (no numpy header): save the images with "
+                                "numpy.save(path, uint8_array)")
     try:
         array = np.load(path, allow_pickle=False)
     except ValueError as error:
+        reason = "it holds Python objects, which are never loaded" if "allow_pickle" in str(error) else str(error)
         raise InvalidBatchError(
-            f"batch file {path} is not a plain numpy array ({error}); save it with numpy.save(path, uint8_array)"
+            f"batch file {path} is not a plain numpy array ({reason}); save it with numpy.save(path, uint8_array)"
         ) from error
     except OSError as error:
         raise InvalidBatchError(f"batch file {path} is not a .npy file ({error}); save it with numpy.save") from error

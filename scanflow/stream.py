@@ -87,7 +87,11 @@ def read_stream(directory: str | Path) -> list[StreamBatch]:
         raise ScanflowError(f"no stream folder {directory}: check the path, or ask for a demo stream (--demo)")
     if not manifest.is_file():
         raise ScanflowError(f"{directory} holds no stream ({MANIFEST} missing): write one with make_stream, or ask for a demo stream (--demo)")
-    return [StreamBatch(**b) for b in json.loads(manifest.read_text())["batches"]]
+    try:
+        return [StreamBatch(**b) for b in json.loads(manifest.read_text())["batches"]]
+    except (ValueError, KeyError, TypeError) as error:
+        raise ScanflowError(f"{manifest} is not a stream manifest ({type(error).__name__}: {error}): write the stream "
+                            "with make_stream, or move the file away and ask for a demo stream (--demo)") from None
 
 
 def open_stream(directory: str | Path | None, demo: bool, dataset: str = "default", n_batches: int = 6, batch_size: int = 200,

@@ -34,13 +34,18 @@ def test_bad_batch_files_get_named_errors(tmp_path):
     with pytest.raises(InvalidBatchError, match="does not exist: pass a .npy file written with numpy.save"):
         load_batch_file(tmp_path / "missing.npy")
     np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
-    with pytest.raises(InvalidBatchError, match="is not a plain numpy array"):
+    with pytest.raises(InvalidBatchError, match=r"is not a plain numpy array \(it holds Python objects, which are never loaded\)"):
         load_batch_file(tmp_path / "objects.npy")
     (tmp_path / "text.npy").write_text("not numpy")
-    with pytest.raises(InvalidBatchError, match="text.npy is not"):
+    with pytest.raises(InvalidBatchError, match=r"text.npy is not a .npy file \(no numpy header\): save the images with numpy.save"):
         load_batch_file(tmp_path / "text.npy")
+    (tmp_path / "empty.npy").write_bytes(b"")
+    with pytest.raises(InvalidBatchError, match=r"empty.npy is not a .npy file \(no numpy header\)"):
+        load_batch_file(tmp_path / "empty.npy")
+    with pytest.raises(InvalidBatchError, match=r"is a directory: pass one .npy file"):
+        load_batch_file(tmp_path)
     np.savez(tmp_path / "archive.npz", a=np.zeros((2, 8, 8), dtype=np.uint8))
-    with pytest.raises(InvalidBatchError, match="holds NpzFile, not one array"):
+    with pytest.raises(InvalidBatchError, match="archive.npz is a .npz archive, not one array: save the images with numpy.save, not savez"):
         load_batch_file(tmp_path / "archive.npz")
     np.save(tmp_path / "floats.npy", np.zeros((2, 8, 8), dtype=np.float32))
     with pytest.raises(InvalidBatchError, match="expected uint8 pixel values 0..255, got float32"):

@@ -84,3 +84,9 @@ def test_a_demo_stream_is_written_once_and_then_read_back(tmp_path):
     written = _snapshot(tmp_path / "demo")
     again = open_stream(tmp_path / "demo", demo=True, dataset="digits", n_batches=5, batch_size=50, drift_at=2)
     assert again == first and _snapshot(tmp_path / "demo") == written
+
+
+def test_a_manifest_that_is_not_json_is_named_not_a_traceback(tmp_path):
+    (tmp_path / "stream.json").write_text("{not json")
+    with pytest.raises(ScanflowError, match=r"stream\.json is not a stream manifest \(JSONDecodeError: .*\): write the stream with make_stream"):
+        read_stream(tmp_path)
