@@ -192,7 +192,8 @@ def run_dataset(name: str, config: Config) -> tuple[list[Row], str]:
         row = Row(corruption)
         stream = corrupt(data.stream.images, corruption, config.severity, seed=config.seed + 1)
         holdout = corrupt(clean_images, corruption, config.severity, seed=config.seed + 2)
-        champion_scores = HoldoutScores(champion_clean, accuracy(classifier, holdout, clean_labels), len(clean_labels), len(clean_labels))
+        champion_correct = tuple((classifier.predict(holdout) == clean_labels).tolist())
+        champion_scores = HoldoutScores(champion_clean, float(np.mean(champion_correct)), len(clean_labels), len(clean_labels), champion_correct)
 
         def record(key: str, model: object, seconds: float, judge: bool = False, replicate: int = 0) -> None:
             corrupted = accuracy(model, holdout, clean_labels)
@@ -202,7 +203,8 @@ def run_dataset(name: str, config: Config) -> tuple[list[Row], str]:
                 corrupted, clean, seconds = (float(np.mean(values)) for values in zip(*row.replicates[key]))
             row.corrupted[key], row.clean[key], row.seconds[key] = corrupted, clean, seconds
             if judge and replicate == 0:
-                candidate = HoldoutScores(row.clean[key], row.corrupted[key], len(clean_labels), len(clean_labels))
+                correct = tuple((model.predict(holdout) == clean_labels).tolist())  # per image, for the paired test
+                candidate = HoldoutScores(row.clean[key], row.corrupted[key], len(clean_labels), len(clean_labels), correct)
                 row.promoted[key] = decide(champion_scores, candidate, DEFAULT_PROMOTION_MARGIN).promote
                 row.judged_clean_change[key] = row.clean[key] - champion_clean
 
