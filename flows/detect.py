@@ -21,6 +21,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 from prefect.runtime import flow_run
 
+from flows.retries import IO_RETRIES
 from flows.settings import local_batch, storage_store, tracking_config
 from scanflow import tracking as scanflow_tracking
 from scanflow.config import CHAMPION_ALIAS, TrackingConfig
@@ -41,12 +42,12 @@ from scanflow.human import policy_action
 from scanflow.storage import S3Store, absolute_location
 
 
-@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+@task(cache_policy=NO_CACHE, **IO_RETRIES)
 def load_champion_detector(config: TrackingConfig, alias: str) -> tuple[AutoencoderDetector, str]:
     return scanflow_tracking.load_detector(config, alias)
 
 
-@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+@task(cache_policy=NO_CACHE, **IO_RETRIES)
 def load_input_filter(config: TrackingConfig, alias: str):
     return scanflow_tracking.load_input_filter(config, alias)
 
@@ -63,7 +64,7 @@ def detect(detector: AutoencoderDetector, images: torch.Tensor, batch_id: str, m
     return detection
 
 
-@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+@task(cache_policy=NO_CACHE, **IO_RETRIES)
 def recognise_known_shift(config: TrackingConfig, detector: AutoencoderDetector, detection: Detection) -> ShiftMatch | None:
     """The shift a person already decided about for this champion that the drifted batch cannot be told apart from
     (energy two-sample test at the detector's alpha), or None: a new drift."""
@@ -78,12 +79,12 @@ def recognise_known_shift(config: TrackingConfig, detector: AutoencoderDetector,
     return match
 
 
-@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+@task(cache_policy=NO_CACHE, **IO_RETRIES)
 def log_detection(config: TrackingConfig, detection: Detection, grid_png: bytes, tags: dict[str, str]) -> str:
     return scanflow_tracking.log_detection(config, detection.summary(), grid_png, {"prefect.flow_run_id": str(flow_run.id or ""), **tags})
 
 
-@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+@task(cache_policy=NO_CACHE, **IO_RETRIES)
 def store_detection(store: S3Store, detection: Detection, batch_path: str, mlflow_run_id: str) -> str:
     """The verdict and the critical samples as `detections/<batch_id>.json` in the bucket."""
     record = {**detection.summary(), "batch": batch_path, "mlflow_run_id": mlflow_run_id, "critical_rows": detection.critical_rows()}

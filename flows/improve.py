@@ -21,6 +21,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 from prefect.runtime import flow_run
 
+from flows.retries import IO_RETRIES
 from flows.settings import local_batch, storage_store, tracking_config
 from scanflow import tracking as scanflow_tracking
 from scanflow.config import TrackingConfig
@@ -44,7 +45,7 @@ PROMOTED_EVENT = "scanflow.model.promoted"
 REJECTED_EVENT = "scanflow.model.rejected"
 
 
-@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+@task(cache_policy=NO_CACHE, **IO_RETRIES)
 def load_champion(config: TrackingConfig) -> tuple[scanflow_tracking.LoadedModels, AutoencoderDetector]:
     return scanflow_tracking.load_models(config), scanflow_tracking.load_detector(config)[0]
 
@@ -74,7 +75,7 @@ def apply_improvement(plan: ImprovementPlan, decision: Decision) -> ImprovementO
     return outcome
 
 
-@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+@task(cache_policy=NO_CACHE, **IO_RETRIES)
 def register_challenger(config: TrackingConfig, run_id: str, outcome: ImprovementOutcome, context: ImprovementContext) -> str:
     tags = {"scanflow.batch_id": context.batch_id, "scanflow.decided_by": outcome.decided_by}
     return scanflow_tracking.register_candidate(
@@ -82,7 +83,7 @@ def register_challenger(config: TrackingConfig, run_id: str, outcome: Improvemen
     )
 
 
-@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+@task(cache_policy=NO_CACHE, **IO_RETRIES)
 def promote_or_keep(config: TrackingConfig, version: str, verdict: PromotionVerdict) -> str | None:
     if not verdict.promote:
         print(f"champion kept: {verdict.reason}")
@@ -92,7 +93,7 @@ def promote_or_keep(config: TrackingConfig, version: str, verdict: PromotionVerd
     return previous
 
 
-@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+@task(cache_policy=NO_CACHE, **IO_RETRIES)
 def remember_known_shift(config: TrackingConfig, run_id: str, batch_id: str, action: str, images: torch.Tensor) -> str:
     """Keep the decided batch as the champion now serving sees it (through its filter, by its detector), so later
     batches with the same shift are recognised instead of asked about again. Returns the champion version."""

@@ -19,6 +19,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
+from flows.retries import IO_RETRIES
 from flows.settings import local_batch, storage_store, tracking_config
 from scanflow import tracking as scanflow_tracking
 from scanflow.config import CHAMPION_ALIAS, TrackingConfig
@@ -26,7 +27,7 @@ from scanflow.data import load_batch_file
 from scanflow.storage import S3Store
 
 
-@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+@task(cache_policy=NO_CACHE, **IO_RETRIES)
 def load_served_model(config: TrackingConfig, alias: str):
     return scanflow_tracking.load_served_model(config, alias)
 
@@ -36,12 +37,12 @@ def predict(model, images: np.ndarray) -> np.ndarray:
     return np.asarray(model.predict(images), dtype=np.int64)
 
 
-@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+@task(cache_policy=NO_CACHE, **IO_RETRIES)
 def log_predictions(config: TrackingConfig, batch_id: str, model_version: str, labels: np.ndarray, classes: tuple[str, ...]) -> str:
     return scanflow_tracking.log_predictions(config, batch_id, model_version, labels, classes, {"prefect.flow_run_id": str(flow_run.id or "")})
 
 
-@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+@task(cache_policy=NO_CACHE, **IO_RETRIES)
 def store_predictions(store: S3Store, batch_id: str, record: dict) -> str:
     return store.put_json(store.key("predictions", f"{batch_id}.json"), record)
 

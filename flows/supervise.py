@@ -37,6 +37,7 @@ from pydantic import Field, create_model
 from flows.detect import detect_flow, report_flow
 from flows.improve import improve_flow
 from flows.predict import predict_flow
+from flows.retries import IO_RETRIES
 from flows.train import train_flow
 from flows.settings import shared_batch, storage_store, supervision_settings, tracking_config
 from flows.steps import Steps, in_process
@@ -258,7 +259,7 @@ def evidently_report_beside(steps: Steps, batch_path: str, mlflow_run_id: str, w
     return steps.run(report_flow, batch_path=batch_path, mlflow_run_id=mlflow_run_id)
 
 
-@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+@task(cache_policy=NO_CACHE, **IO_RETRIES)
 def current_champion(config: TrackingConfig) -> str | None:
     """The champion's version, None when there is none yet (a read from MLflow, retried when it fails to answer)."""
     return scanflow_tracking.champion_version_or_none(config)

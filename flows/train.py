@@ -17,6 +17,7 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
+from flows.retries import IO_RETRIES
 from flows.settings import tracking_config
 from scanflow import tracking as scanflow_tracking
 from scanflow.config import TrackingConfig
@@ -85,7 +86,7 @@ def fit_detector_step(
     return detector
 
 
-@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+@task(cache_policy=NO_CACHE, **IO_RETRIES)
 def register_step(
     run_id: str, config: TrackingConfig, classifier: Classifier, autoencoder: Autoencoder,
     detector: AutoencoderDetector, train: LabeledImages, evaluation: Evaluation,

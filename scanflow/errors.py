@@ -37,3 +37,12 @@ class ModelNotFoundError(ScanflowError, LookupError):
 
 class ServiceUnavailableError(ScanflowError):
     """A server a command needs (the Prefect API) is not set or does not answer; `scanflow` exits 3 on it."""
+
+
+def worth_retrying(error: BaseException) -> bool:
+    """Whether an I/O step that failed with `error` may succeed if tried again: a server that did not answer
+    (ConnectionError, TimeoutError) or an error Scanflow does not know; not a ScanflowError naming a user's mistake
+    (an unknown model, a bad batch), which fails the same way every time."""
+    if isinstance(error, (ConnectionError, TimeoutError)):
+        return True
+    return not isinstance(error, ScanflowError)
