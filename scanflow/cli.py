@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import json
 import os
 import re
@@ -205,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--debug", action="store_true", help="show Python tracebacks (also SCANFLOW_DEBUG=1)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     datasets = commands.add_parser("datasets", help="list the datasets Scanflow knows and where each is found")
@@ -862,8 +864,30 @@ def prefect_ui_hint(flow_run_id: str) -> str:
     )
 
 
+def _hide_tracebacks_of_user_errors() -> None:
+    """Log records about a ScanflowError (Prefect logs a failed task or flow with its traceback) keep their message
+    and lose the traceback: the message already names the problem and the fix, and the CLI prints it once at the end."""
+    make_record = logging.getLogRecordFactory()
+    if getattr(make_record, "scanflow_message_only", False):
+        return
+
+    def message_only(*args: object, **kwargs: object) -> logging.LogRecord:
+        record = make_record(*args, **kwargs)
+        if record.exc_info and isinstance(record.exc_info[1], ScanflowError):
+            record.exc_info, record.exc_text = None, None
+        return record
+
+    message_only.scanflow_message_only = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(message_only)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Exit codes: 0 done, 2 a ScanflowError (bad input; the message names the fix), 3 a needed
+    server is missing, 1 anything else; tracebacks only with --debug or SCANFLOW_DEBUG=1."""
     args = build_parser().parse_args(argv)
+    debug = args.debug or os.environ.get("SCANFLOW_DEBUG") == "1"
+    if not debug:
+        _hide_tracebacks_of_user_errors()
     try:
         return args.handler(args)
     except ServiceUnavailableError as error:
@@ -874,6 +898,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as error:
+        if debug:
+            raise
+        print(f"scanflow: unexpected error: {type(error).__name__}: {error} (run with --debug or SCANFLOW_DEBUG=1 for "
+              "the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
