@@ -10,10 +10,9 @@ from prefect.automations import Automation, EventTrigger, Posture, SendNotificat
 from prefect.blocks.notifications import CustomWebhookNotificationBlock
 from prefect.client.orchestration import get_client
 
+from flows.pending import ASK_HUMAN_FLOW
 from scanflow.errors import ScanflowError
 
-#: The flow that pauses for a decision (flows.supervise.ask_human).
-ASK_HUMAN_FLOW = "ask-human"
 #: The server's event for a flow run entering the Paused state (prefect.server.models.events).
 PAUSED_EVENT = "prefect.flow-run.Paused"
 DEFAULT_NAME = "scanflow-decision-waiting"
