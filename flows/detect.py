@@ -180,7 +180,9 @@ def detect_flow(
         "recommended_action": policy_action(detection.result),
         "known_shift": known.to_dict() if known is not None else None,
         "grid_png_b64": base64.b64encode(grid_png).decode("ascii"),
-        "thumbnails_b64": [base64.b64encode(png).decode("ascii") for png in sample_thumbnails(images, detection)],
+        # What a person is shown on a drift (the decision form); nothing to show on a clean batch.
+        "thumbnails_b64": [base64.b64encode(png).decode("ascii") for png in sample_thumbnails(images, detection)]
+        if detection.result.is_drift else [],
     }
 
 
