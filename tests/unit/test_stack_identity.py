@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 
 from scanflow import stack
 from scanflow.local import process_identity
@@ -22,7 +23,10 @@ def _record(folder, pid: int, identity) -> None:
 def test_a_recycled_pid_is_left_alone_and_the_recorded_process_is_stopped(tmp_path):
     other = subprocess.Popen(["sleep", "60"], start_new_session=True)
     try:
-        start, cmdline = process_identity(other.pid)
+        deadline = time.monotonic() + 10
+        while (identity := process_identity(other.pid))[1] != ["sleep", "60"] and time.monotonic() < deadline:
+            time.sleep(0.01)  # until the child has exec'd: before, /proc shows the forking Python's command line
+        start, cmdline = identity
         _record(tmp_path / "recycled", other.pid, [start + 1, cmdline])  # same pid, another process's start time
         assert stack.status(tmp_path / "recycled") == {"prefect": False}
         assert stack.down(tmp_path / "recycled") == []
