@@ -4,11 +4,18 @@ Every registered version of the classifier loads as a pyfunc whose `predict` tak
 (or [N, H, W]) and returns int64 labels [N]; -1 is reserved for "rejected" by a filter wrapper, so the plain
 classifier and a filtered one are interchangeable behind the `champion` alias. The autoencoder's pyfunc returns
 its latent vectors, float32 [N, latent_dim].
+
+A model is logged as MLflow "models from code": MLflow stores `scanflow/pyfunc_model.py` and a JSON-able
+configuration file (the wrapper's kind, the dataset description, thresholds), never a pickled object, so loading a
+model runs only Scanflow's installed code. Scanflow must be importable where a model is served.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, ClassVar
 
 import mlflow.pyfunc
 import numpy as np
@@ -24,7 +31,11 @@ CLASSIFIER_ARTIFACT = "classifier"
 AUTOENCODER_ARTIFACT = "autoencoder"
 DENOISER_ARTIFACT = "denoiser"
 REJECTION_DETECTOR_ARTIFACT = "rejection_detector"
+#: The artifact holding a wrapper's `model_config()` as JSON.
+CONFIG_ARTIFACT = "scanflow_config"
 REJECTED_LABEL = -1
+#: The code file MLflow stores with every Scanflow pyfunc and runs to load it.
+PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
 
 
 def image_signature(info: DatasetInfo, output: TensorSpec) -> ModelSignature:
@@ -47,17 +58,24 @@ def _as_images(model_input: Any, info: DatasetInfo) -> torch.Tensor:
     return validate_batch(np.asarray(model_input), info)
 
 
-class _ImageModel(mlflow.pyfunc.PythonModel):
+class _ImageModel:
     """A Scanflow model file served as a pyfunc: validates the uint8 batch, then runs `_run`."""
 
+    kind: ClassVar[str]
     artifact: str
     model_class: type[Classifier] | type[Autoencoder]
-    # No type-hint based input conversion (MLflow warns at class creation without it): `_as_images` is the edge.
-    _skip_type_hint_validation = True
-
     def __init__(self, info: DatasetInfo) -> None:
         self.info = info
         self.model: Classifier | Autoencoder | None = None
+
+    def model_config(self) -> dict[str, Any]:
+        """What `from_config` needs, as JSON-able values (stored in the MLmodel file)."""
+        return {"kind": self.kind, "dataset": {**asdict(self.info), "classes": list(self.info.classes)}}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "_ImageModel":
+        dataset = config["dataset"]
+        return cls(DatasetInfo(**{**dataset, "classes": tuple(dataset["classes"])}))
 
     def load_context(self, context: Any) -> None:
         self.model = self.model_class.load(context.artifacts[self.artifact])
@@ -74,6 +92,7 @@ class _ImageModel(mlflow.pyfunc.PythonModel):
 class ClassifierModel(_ImageModel):
     """The plain classifier as a pyfunc: uint8 images in, int64 labels out."""
 
+    kind = "classifier"
     artifact = CLASSIFIER_ARTIFACT
     model_class = Classifier
 
@@ -84,6 +103,7 @@ class ClassifierModel(_ImageModel):
 class AutoencoderModel(_ImageModel):
     """The autoencoder as a pyfunc: uint8 images in, latent vectors out."""
 
+    kind = "autoencoder"
     artifact = AUTOENCODER_ARTIFACT
     model_class = Autoencoder
 
@@ -95,6 +115,7 @@ class FilteredClassifierModel(_ImageModel):
     """A filter-wrapped classifier as a pyfunc: the denoiser cleans the batch, the unchanged classifier labels it;
     with a rejection detector logged beside them, images still beyond its threshold get REJECTED_LABEL (-1)."""
 
+    kind = "filtered-classifier"
     artifact = CLASSIFIER_ARTIFACT
     model_class = Classifier
 
@@ -103,6 +124,14 @@ class FilteredClassifierModel(_ImageModel):
         self.reject_threshold = reject_threshold
         self.gate_threshold = gate_threshold
         self.filtered: Any = None
+
+    def model_config(self) -> dict[str, Any]:
+        return {**super().model_config(), "reject_threshold": self.reject_threshold, "gate_threshold": self.gate_threshold}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "FilteredClassifierModel":
+        info = super().from_config(config).info
+        return cls(info, config.get("reject_threshold"), config.get("gate_threshold"))
 
     def load_context(self, context: Any) -> None:
         from scanflow.drift.base import Detector
@@ -115,3 +144,29 @@ class FilteredClassifierModel(_ImageModel):
 
     def _run(self, images: torch.Tensor) -> np.ndarray:
         return self.filtered.predict(images).numpy().astype(np.int64)
+
+
+WRAPPERS: dict[str, type[_ImageModel]] = {cls.kind: cls for cls in (ClassifierModel, AutoencoderModel, FilteredClassifierModel)}
+
+
+class ScanflowPyfunc(mlflow.pyfunc.PythonModel):
+    """The one pyfunc class MLflow loads (from `PYFUNC_CODE`): the wrapper named by the "kind" of its
+    `CONFIG_ARTIFACT`."""
+
+    # No type-hint based input conversion (MLflow warns at class creation without it): `_as_images` is the edge.
+    _skip_type_hint_validation = True
+
+    def __init__(self) -> None:
+        self.wrapper: _ImageModel | None = None
+
+    def load_context(self, context: Any) -> None:
+        config = json.loads(Path(context.artifacts[CONFIG_ARTIFACT]).read_text())
+        if config.get("kind") not in WRAPPERS:
+            raise NotFittedError(f"model_config names no Scanflow model kind ({config.get('kind')!r}); known: {sorted(WRAPPERS)}")
+        self.wrapper = WRAPPERS[config["kind"]].from_config(config)
+        self.wrapper.load_context(context)
+
+    def predict(self, context, model_input, params=None):
+        if self.wrapper is None:
+            raise NotFittedError("ScanflowPyfunc.predict before load_context: load it with mlflow.pyfunc.load_model")
+        return self.wrapper.predict(context, model_input, params)

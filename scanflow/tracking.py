@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import os
 import tempfile
@@ -29,7 +30,7 @@ from mlflow import MlflowClient
 from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
 
-import scanflow
+from scanflow.artifacts import digests_tag, file_digests, sha256_file, verify_digests
 from scanflow.config import CHALLENGER_ALIAS, CHAMPION_ALIAS, TrackingConfig
 from scanflow.data import LabeledImages
 from scanflow.drift.base import Detector
@@ -43,6 +44,8 @@ from scanflow.serving import (
     REJECTION_DETECTOR_ARTIFACT,
     AutoencoderModel,
     ClassifierModel,
+    CONFIG_ARTIFACT,
+    PYFUNC_CODE,
     FilteredClassifierModel,
     autoencoder_signature,
     classifier_signature,
@@ -50,9 +53,12 @@ from scanflow.serving import (
 
 AUTOENCODER_VERSION_TAG = "scanflow.autoencoder_version"
 DETECTOR_TAG = "scanflow.detector_uri"
+#: The sha256 of every file of a registered version's model, recorded when it was logged and checked on load.
+DIGESTS_TAG = "scanflow.sha256"
+#: The sha256 of the detector file logged beside a classifier version.
+DETECTOR_DIGEST_TAG = "scanflow.detector_sha256"
 DETECTOR_ARTIFACT_PATH = "detector"
-DETECTOR_FILE = "detector.pkl"
-PACKAGE_DIR = Path(scanflow.__file__).resolve().parent
+DETECTOR_FILE = "detector.pt"
 
 
 def check_reachable(tracking_uri: str, timeout_s: float = 5.0) -> None:
@@ -104,8 +110,8 @@ def connect(config: TrackingConfig) -> str:
 
 @contextlib.contextmanager
 def _quiet_mlflow() -> Iterator[None]:
-    """Silence MLflow's advice that does not apply here: the pyfunc classes are Scanflow's own code (pickled by
-    reference), their schema is the explicit tensor signature, and a dataset path is a local file."""
+    """Silence MLflow's advice that does not apply here: the pyfunc code is Scanflow's own, its schema is the explicit
+    tensor signature, and a dataset path is a local file."""
     logger = logging.getLogger("mlflow.pyfunc")
     level = logger.level
     logger.setLevel(logging.ERROR)
@@ -212,24 +218,40 @@ def _requirements() -> list[str]:
 
 
 def _log_pyfunc(
-    name: str, python_model: Any, artifacts: Mapping[str, SavableModel | Detector], signature: Any,
+    name: str, wrapper: Any, artifacts: Mapping[str, SavableModel | Detector], signature: Any,
     registered_model_name: str, model_tags: Mapping[str, str] | None = None,
 ) -> Any:
-    """Log `python_model` with each artifact saved by its own `save` (artifact key = file stem), and register it."""
+    """Log `wrapper` (a `scanflow.serving` wrapper) as models-from-code, with each artifact saved by its own `save`
+    (artifact key = file stem), and register it."""
     with tempfile.TemporaryDirectory() as tmp, _quiet_mlflow():
-        files = {
-            key: str(obj.save(Path(tmp) / f"{key}{'.pkl' if isinstance(obj, Detector) else '.pt'}")) for key, obj in artifacts.items()
-        }
+        files = {key: str(obj.save(Path(tmp) / f"{key}.pt")) for key, obj in artifacts.items()}
+        # The wrapper's config travels as an artifact file: MLflow would also copy a `model_config` into run params.
+        files[CONFIG_ARTIFACT] = str(Path(tmp) / f"{CONFIG_ARTIFACT}.json")
+        Path(files[CONFIG_ARTIFACT]).write_text(json.dumps(wrapper.model_config()))
         return mlflow.pyfunc.log_model(
             name=name,
-            python_model=python_model,
+            python_model=str(PYFUNC_CODE),
             artifacts=files,
-            code_paths=[str(PACKAGE_DIR)],
             signature=signature,
             pip_requirements=_requirements(),
             registered_model_name=registered_model_name,
             tags=dict(model_tags or {}),
         )
+
+
+def _record_digests(client: MlflowClient, name: str, version: str) -> None:
+    """Tag a registered version with the sha256 of every file of its model, as stored."""
+    with tempfile.TemporaryDirectory() as tmp:
+        local = mlflow.artifacts.download_artifacts(f"models:/{name}/{version}", dst_path=tmp)
+        client.set_model_version_tag(name, version, DIGESTS_TAG, digests_tag(file_digests(local)))
+
+
+def _download_verified(client: MlflowClient, name: str, version: Any, dst: str) -> str:
+    """Download version `version` (a ModelVersion) of `name` into `dst` and check its files against the recorded
+    sha256s; raises TamperedArtifactError naming what changed."""
+    local = mlflow.artifacts.download_artifacts(f"models:/{name}/{version.version}", dst_path=dst)
+    verify_digests(local, version.tags.get(DIGESTS_TAG), f"model {name} version {version.version}")
+    return local
 
 
 def register_models(
@@ -252,7 +274,7 @@ def register_models(
     created: list[tuple[str, str]] = []
     model_tags = {"scanflow.dataset": data.info.name, **(tags or {})}
     try:
-        detector_uri = log_detector(run_id, detector) if detector is not None else None
+        detector_uri, detector_digest = log_detector(run_id, detector) if detector is not None else (None, None)
         with _active_run(run_id):
             ae_info = _log_pyfunc(
                 "autoencoder", AutoencoderModel(data.info), {AUTOENCODER_ARTIFACT: autoencoder},
@@ -266,9 +288,11 @@ def register_models(
             created.append((config.classifier_name, str(clf_info.registered_model_version)))
         ae_version, clf_version = created[0][1], created[1][1]
         client.set_model_version_tag(config.classifier_name, clf_version, AUTOENCODER_VERSION_TAG, ae_version)
-        version_tags = {**model_tags, **({DETECTOR_TAG: detector_uri} if detector_uri else {})}
-        for key, value in version_tags.items():
+        detector_tags = {DETECTOR_TAG: detector_uri, DETECTOR_DIGEST_TAG: detector_digest} if detector_uri else {}
+        for key, value in {**model_tags, **detector_tags}.items():
             client.set_model_version_tag(config.classifier_name, clf_version, key, str(value))
+        for name, version in created:
+            _record_digests(client, name, version)
         if alias:
             client.set_registered_model_alias(config.autoencoder_name, alias, ae_version)
             client.set_registered_model_alias(config.classifier_name, alias, clf_version)
@@ -349,13 +373,11 @@ def load_models(config: TrackingConfig, alias: str = CHAMPION_ALIAS) -> LoadedMo
     """Load the classifier at `alias` and the autoencoder version recorded beside it, as Scanflow models."""
     version = _version_by_alias(config, alias)
     ae_version = _required_tag(config, version, AUTOENCODER_VERSION_TAG, "it was not registered by Scanflow")
+    client = _client(config)
     with tempfile.TemporaryDirectory() as tmp:
-        clf_dir = mlflow.artifacts.download_artifacts(
-            f"models:/{config.classifier_name}/{version.version}", dst_path=os.path.join(tmp, "clf")
-        )
-        ae_dir = mlflow.artifacts.download_artifacts(
-            f"models:/{config.autoencoder_name}/{ae_version}", dst_path=os.path.join(tmp, "ae")
-        )
+        clf_dir = _download_verified(client, config.classifier_name, version, os.path.join(tmp, "clf"))
+        ae_model = client.get_model_version(config.autoencoder_name, ae_version)
+        ae_dir = _download_verified(client, config.autoencoder_name, ae_model, os.path.join(tmp, "ae"))
         classifier = Classifier.load(next(Path(clf_dir).rglob(f"{CLASSIFIER_ARTIFACT}.pt")))
         autoencoder = Autoencoder.load(next(Path(ae_dir).rglob(f"{AUTOENCODER_ARTIFACT}.pt")))
         denoiser_file = next(Path(clf_dir).rglob(f"{DENOISER_ARTIFACT}.pt"), None)
@@ -367,20 +389,24 @@ def load_models(config: TrackingConfig, alias: str = CHAMPION_ALIAS) -> LoadedMo
     )
 
 
-def log_detector(run_id: str, detector: Detector) -> str:
-    """Save a fitted detector into the run's artifacts; returns its `runs:/` URI."""
+def log_detector(run_id: str, detector: Detector) -> tuple[str, str]:
+    """Save a fitted detector into the run's artifacts; returns its `runs:/` URI and its sha256 (a `digests_tag`)."""
     with tempfile.TemporaryDirectory() as tmp:
         path = detector.save(Path(tmp) / DETECTOR_FILE)
+        digest = digests_tag({DETECTOR_FILE: sha256_file(path)})
         MlflowClient().log_artifact(run_id, str(path), artifact_path=DETECTOR_ARTIFACT_PATH)
-    return f"runs:/{run_id}/{DETECTOR_ARTIFACT_PATH}/{DETECTOR_FILE}"
+    return f"runs:/{run_id}/{DETECTOR_ARTIFACT_PATH}/{DETECTOR_FILE}", digest
 
 
 def load_detector(config: TrackingConfig, alias: str = CHAMPION_ALIAS) -> tuple[Detector, str]:
-    """The detector logged beside the classifier version at `alias`, and that version."""
+    """The detector logged beside the classifier version at `alias`, and that version; its file is checked against
+    the sha256 recorded at logging (TamperedArtifactError when it differs)."""
     version = _version_by_alias(config, alias)
     uri = _required_tag(config, version, DETECTOR_TAG, "no drift detector was logged beside it")
     with tempfile.TemporaryDirectory() as tmp:
-        return Detector.load(mlflow.artifacts.download_artifacts(uri, dst_path=tmp)), str(version.version)
+        path = mlflow.artifacts.download_artifacts(uri, dst_path=tmp)
+        verify_digests(tmp, version.tags.get(DETECTOR_DIGEST_TAG), f"the detector of {config.classifier_name} version {version.version} ({uri})")
+        return Detector.load(path), str(version.version)
 
 
 def log_detection(config: TrackingConfig, summary: Mapping[str, Any], grid_png: bytes | None = None, extra_tags: Mapping[str, str] | None = None) -> str:
@@ -444,9 +470,10 @@ def register_candidate(
     created: str | None = None
     try:
         if detector is not None:
-            detector_uri = log_detector(run_id, detector)
+            detector_uri, detector_digest = log_detector(run_id, detector)
         else:
             detector_uri = _required_tag(config, champion, DETECTOR_TAG, "no drift detector was logged beside it")
+            detector_digest = _required_tag(config, champion, DETECTOR_DIGEST_TAG, "its detector's sha256 was not recorded")
         is_filter = isinstance(candidate, FilteredClassifier)
         version_tags = {
             **{k: v for k, v in champion.tags.items() if k == "scanflow.dataset"},
@@ -455,6 +482,7 @@ def register_candidate(
             PARENT_TAG: str(champion_version),
             AUTOENCODER_VERSION_TAG: str(ae_version),
             DETECTOR_TAG: detector_uri,
+            DETECTOR_DIGEST_TAG: detector_digest,
             "scanflow.run_id": run_id,
         }
         with _active_run(run_id):
@@ -476,6 +504,7 @@ def register_candidate(
         created = str(model_info.registered_model_version)
         for key, value in version_tags.items():
             client.set_model_version_tag(config.classifier_name, created, key, str(value))
+        _record_digests(client, config.classifier_name, created)
         client.set_registered_model_alias(config.classifier_name, alias, created)
     except BaseException:
         if created is not None:
@@ -610,8 +639,9 @@ def load_served_model(config: TrackingConfig, alias: str = CHAMPION_ALIAS) -> Se
     from scanflow.data import dataset_info
 
     version = _version_by_alias(config, alias)
-    with _quiet_mlflow():
-        model = mlflow.pyfunc.load_model(f"models:/{config.classifier_name}/{version.version}")
+    with tempfile.TemporaryDirectory() as tmp, _quiet_mlflow():
+        local = _download_verified(_client(config), config.classifier_name, version, tmp)
+        model = mlflow.pyfunc.load_model(local)
     return ServedModel(model, str(version.version), dataset_info(version.tags.get("scanflow.dataset", "default")))
 
 

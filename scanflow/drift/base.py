@@ -20,7 +20,6 @@ Null distributions are cached per n and saved with the detector.
 
 from __future__ import annotations
 
-import pickle
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Any, ClassVar, Self
 import numpy as np
 import torch
 
+from scanflow.artifacts import load_state, save_state
 from scanflow.data import DatasetInfo, validate_batch
 from scanflow.errors import InvalidBatchError, NotFittedError, ScanflowError
 
@@ -36,9 +36,8 @@ DEFAULT_ALPHA = 0.05
 DEFAULT_SAMPLE_FPR = 0.05
 DEFAULT_CALIBRATION_WINDOWS = 500
 MIN_CALIBRATION_IMAGES = 20
-#: Version of what `save` writes. 2 (2026-12-03): the AutoencoderDetector's batch statistic changed, so null
-#: distributions cached by an older version are dropped on `load` and recomputed from the saved calibration features.
-FORMAT_VERSION = 2
+#: Version of what `save` writes; `load` refuses other versions (3: the pickle-free state format).
+FORMAT_VERSION = 3
 
 Features = dict[str, np.ndarray]
 
@@ -254,23 +253,34 @@ class Detector(ABC):
             "null": self._null,
             "state": self._state(),
         }
-        with path.open("wb") as handle:
-            pickle.dump(payload, handle)
-        return path
+        try:
+            return save_state(payload, path)
+        except TypeError as error:
+            raise ScanflowError(f"{self.name} cannot be saved: {error}") from None
 
     @classmethod
     def load(cls, path: str | Path) -> "Detector":
-        """Read a detector written by `save` (only from the project's own registry: pickle runs code on load)."""
+        """Read a detector written by `save`. Nothing in the file can run code: the class must be a `Detector`
+        subclass in `scanflow.drift`, and the state holds only numbers, arrays and Scanflow model weights."""
         import importlib
 
         path = Path(path)
         if not path.is_file():
             raise ScanflowError(f"no saved detector at {path}")
-        with path.open("rb") as handle:
-            payload = pickle.load(handle)
-        module, _, qualname = payload["class"].rpartition(".")
-        detector_cls = getattr(importlib.import_module(module), qualname)
-        if not issubclass(detector_cls, cls):
+        payload = load_state(path)
+        if payload.get("format_version") != FORMAT_VERSION:
+            raise ScanflowError(
+                f"{path} was saved in detector format {payload.get('format_version')}, this Scanflow reads "
+                f"{FORMAT_VERSION}: register a new version with `scanflow train`"
+            )
+        module, _, qualname = str(payload["class"]).rpartition(".")
+        if not module.startswith("scanflow.drift."):
+            raise ScanflowError(f"{path} names the class {payload['class']!r}, which is not a Scanflow detector")
+        try:
+            detector_cls = getattr(importlib.import_module(module), qualname, None)
+        except ImportError:
+            detector_cls = None
+        if not isinstance(detector_cls, type) or not issubclass(detector_cls, cls):
             raise ScanflowError(f"{path} holds a {payload['class']}, not a {cls.__name__}")
         detector = detector_cls.__new__(detector_cls)
         Detector.__init__(detector, **payload["params"])
@@ -278,11 +288,11 @@ class Detector(ABC):
         detector.info = payload["info"]
         detector.sample_threshold = payload["sample_threshold"]
         detector._calibration = payload["calibration"]
-        detector._null = payload["null"] if payload.get("format_version") == FORMAT_VERSION else {}
+        detector._null = payload["null"]
         return detector
 
     def _state(self) -> dict[str, Any]:
-        """What a subclass needs to rebuild itself (models, fitted statistics); picklable."""
+        """What a subclass needs to rebuild itself: numbers, arrays, tensors, Scanflow models (see `save_state`)."""
         return {}
 
     def _restore(self, state: dict[str, Any]) -> None:

@@ -283,8 +283,8 @@ class MMDDetector(Detector):
     cheap). `permutation_p_value` gives the published test for comparison.
 
     `encoder` maps a uint8 batch [N, C, H, W] to embeddings [N, D] (tensor or array), e.g. `Autoencoder.embed` of an
-    untrained autoencoder (see `untrained_autoencoder`). It is pickled by `save`: a bound method of a module is
-    fine, a lambda is not. Sample score: 1 - mean k(x, reference), in [0, 1], higher = farther from the reference.
+    untrained autoencoder (see `untrained_autoencoder`). `save` stores an encoder that is a method of a Scanflow
+    model (its weights), and refuses any other callable. Sample score: 1 - mean k(x, reference), in [0, 1], higher = farther from the reference.
     """
 
     name: ClassVar[str] = "mmd"

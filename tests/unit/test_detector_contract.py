@@ -12,7 +12,7 @@ import torch
 from scanflow.corruptions import corrupt
 from scanflow.drift.autoencoder import AutoencoderDetector
 from scanflow.drift.base import Detector, DriftResult
-from scanflow.errors import InvalidBatchError, NotFittedError
+from scanflow.errors import InvalidBatchError, NotFittedError, ScanflowError
 from scanflow.train import TrainConfig, train_autoencoder, train_classifier
 
 
@@ -111,26 +111,49 @@ def test_bad_batches_get_clear_errors(fitted, window):
 
 
 def test_save_and_load_round_trip(fitted, window, tmp_path):
-    loaded = Detector.load(fitted.save(tmp_path / "detector.pkl"))
+    loaded = Detector.load(fitted.save(tmp_path / "detector.pt"))
     assert type(loaded) is type(fitted)
     before, after = fitted.predict(window), loaded.predict(window)
     assert np.array_equal(before.sample_scores, after.sample_scores)
     assert (before.statistic, before.p_value, before.critical_indices) == (after.statistic, after.p_value, after.critical_indices)
 
 
-def test_nulls_cached_by_an_older_format_are_recomputed_on_load(fitted, window, tmp_path):
-    """A detector saved before its statistic changed carries nulls of the old statistic; p-values against them
-    would be wrong, so `load` drops them (the calibration features they came from are saved too)."""
+class _Planted:
+    """What an attacker plants: unpickling it runs code (here, writes a marker file)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_a_planted_pickle_is_refused_without_running_its_code(tmp_path):
     import pickle
 
-    path = fitted.save(tmp_path / "detector.pkl")
-    payload = pickle.loads(path.read_bytes())
-    payload["format_version"] = 1
-    payload["null"] = {len(window): np.full(fitted.calibration_windows, 1e9)}
-    path.write_bytes(pickle.dumps(payload))
-    loaded = Detector.load(path)
-    assert np.array_equal(loaded.null_distribution(len(window)), fitted.null_distribution(len(window)))
-    assert loaded.predict(window).p_value == fitted.predict(window).p_value
+    path, marker = tmp_path / "detector.pt", tmp_path / "planted-code-ran"
+    path.write_bytes(pickle.dumps({"format_version": 3, "class": "x.Y", "state": _Planted(marker)}))
+    with pytest.raises(ScanflowError, match="not a Scanflow state file.*never loaded"):
+        Detector.load(path)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"class": "os.system"}, "not a Scanflow detector"),
+        ({"class": "scanflow.drift.nowhere.Detector"}, "not a Detector"),
+        ({"class": "scanflow.drift.base.DriftResult"}, "not a Detector"),
+        ({"format_version": 2}, "detector format 2"),
+    ],
+)
+def test_a_saved_detector_names_only_scanflow_detectors(fitted, tmp_path, change, message):
+    from scanflow.artifacts import load_state, save_state
+
+    path = fitted.save(tmp_path / "detector.pt")
+    save_state({**load_state(path), **change}, path)
+    with pytest.raises(ScanflowError, match=message):
+        Detector.load(path)
 
 
 def test_given_probabilities_replace_the_classifier_pass_exactly(fitted, models, window):

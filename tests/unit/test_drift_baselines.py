@@ -144,7 +144,7 @@ def test_published_quota_rule_flags_a_tenth_of_any_batch(fitted, split, models):
 @pytest.mark.parametrize("name", DETECTORS)
 def test_save_and_load_round_trip_gives_identical_predictions(fitted, split, name, tmp_path):
     detector = fitted[name]
-    loaded = Detector.load(detector.save(tmp_path / f"{name}.pkl"))
+    loaded = Detector.load(detector.save(tmp_path / f"{name}.pt"))
     assert type(loaded) is type(detector)
     for batch in (window(split.pool, 4, n=40), corrupt(window(split.pool, 4, n=40), "rotate", severity=5, seed=0)):
         expected, actual = detector.predict(batch), loaded.predict(batch)

@@ -114,7 +114,7 @@ def test_sample_scores_are_higher_for_strongly_shifted_images(setup):
 
 def test_save_and_load_round_trip_gives_identical_predictions(setup, tmp_path):
     detector, clean, corrupted = setup
-    loaded = Detector.load(detector.save(tmp_path / "evidently.pkl"))
+    loaded = Detector.load(detector.save(tmp_path / "evidently.pt"))
     assert isinstance(loaded, EvidentlyDetector)
     for batch in (clean, corrupted, clean[:10]):
         expected, actual = detector.predict(batch), loaded.predict(batch)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -110,3 +111,64 @@ def test_a_failed_registration_leaves_nothing_half_registered(tracking_config, d
     assert client.search_model_versions(f"name='{tracking_config.autoencoder_name}'") == []
     with pytest.raises(ModelNotFoundError, match="has the alias .champion..*scanflow train"):
         tracking.load_models(tracking_config)
+
+
+def test_models_are_stored_as_code_and_weights_without_pickle(tracking_config, digits, small_models, tmp_path):
+    train, _ = digits
+    classifier, autoencoder = small_models
+    with tracking.tracked_run(tracking_config) as run_id:
+        versions = tracking.register_models(run_id, tracking_config, classifier, autoencoder, train)
+    local = mlflow.artifacts.download_artifacts(versions.classifier_uri, dst_path=str(tmp_path))
+    files = {p.name for p in Path(local).rglob("*") if p.is_file()}
+    assert "pyfunc_model.py" in files and "classifier.pt" in files
+    assert not [name for name in files if name.endswith((".pkl", ".pickle", ".cloudpickle"))]
+    assert "python_model" not in (Path(local) / "MLmodel").read_text().replace("python_model_code", "")
+
+
+def _artifact_dir(client, name: str, version: str) -> Path:
+    """Where the files of a registered version live in the local artifact store (to plant a file, as an attacker
+    with write access to the store would)."""
+    source = client.get_model_version(name, version).source
+    location = mlflow.get_logged_model(source.removeprefix("models:/")).artifact_location
+    return Path(location.removeprefix("file://"))
+
+
+class _Planted:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_a_tampered_artifact_is_refused_by_name_and_never_run(tracking_config, digits, small_models, tmp_path):
+    import pickle
+
+    from scanflow.artifacts import TamperedArtifactError
+    from scanflow.drift.baselines import PixelStatsDetector
+
+    train, test = digits
+    classifier, autoencoder = small_models
+    detector = PixelStatsDetector(calibration_windows=20).fit(train.images, info=train.info)
+    with tracking.tracked_run(tracking_config) as run_id:
+        versions = tracking.register_models(run_id, tracking_config, classifier, autoencoder, train, detector=detector)
+    assert tracking.load_models(tracking_config).classifier_version == versions.classifier_version
+    assert tracking.load_detector(tracking_config)[1] == versions.classifier_version
+    assert tracking.load_served_model(tracking_config).model.predict(test.images[:5].numpy()).shape == (5,)
+
+    client = mlflow_client(tracking_config.tracking_uri)
+    planted = _artifact_dir(client, tracking_config.classifier_name, versions.classifier_version) / "artifacts" / "classifier.pt"
+    torch.manual_seed(1)
+    Classifier(1, 8, 8, 10).save(planted)
+    expected = rf"model {tracking_config.classifier_name} version {versions.classifier_version} differs from what was logged \(changed: artifacts/classifier.pt\)"
+    with pytest.raises(TamperedArtifactError, match=expected):
+        tracking.load_models(tracking_config)
+    with pytest.raises(TamperedArtifactError, match=expected):
+        tracking.load_served_model(tracking_config)
+
+    marker = tmp_path / "planted-code-ran"
+    run_artifacts = Path(client.get_run(run_id).info.artifact_uri.removeprefix("file://"))
+    (run_artifacts / tracking.DETECTOR_ARTIFACT_PATH / tracking.DETECTOR_FILE).write_bytes(pickle.dumps(_Planted(marker)))
+    with pytest.raises(TamperedArtifactError, match=r"the detector of .* differs from what was logged \(changed: detector.pt\)"):
+        tracking.load_detector(tracking_config)
+    assert not marker.exists()
