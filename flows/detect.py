@@ -124,7 +124,7 @@ def evidently_report(detector: AutoencoderDetector, images: torch.Tensor, mlflow
         scanflow_tracking.log_artifact_file(mlflow_run_id, path)
 
 
-@flow(name="detect", log_prints=True, persist_result=True)
+@flow(name="detect", log_prints=True, persist_result=True, result_serializer="json")
 def detect_flow(
     batch_path: str,
     batch_id: str | None = None,
@@ -186,7 +186,7 @@ def detect_flow(
     }
 
 
-@flow(name="drift-report", log_prints=True, persist_result=True)
+@flow(name="drift-report", log_prints=True, persist_result=True, result_serializer="json")
 def report_flow(batch_path: str, mlflow_run_id: str, alias: str = CHAMPION_ALIAS, tracking: str | None = None, storage: str | None = None) -> str:
     """Evidently's HTML report on a batch the detect flow has tested, attached to that detect run in MLflow as
     `evidently_report.html`. It is slow (10-50 s: plotly), so the supervise loop runs it beside the pause, off the

@@ -113,7 +113,7 @@ def _announce(config: TrackingConfig, promoted: bool, payload: dict) -> None:
     )
 
 
-@flow(name="improve", log_prints=True, persist_result=True)
+@flow(name="improve", log_prints=True, persist_result=True, result_serializer="json")
 def improve_flow(
     batch_path: str,
     shown_indices: list[int],

@@ -47,7 +47,7 @@ def store_predictions(store: S3Store, batch_id: str, record: dict) -> str:
     return store.put_json(store.key("predictions", f"{batch_id}.json"), record)
 
 
-@flow(name="predict", log_prints=True, persist_result=True)
+@flow(name="predict", log_prints=True, persist_result=True, result_serializer="json")
 def predict_flow(
     batch_path: str, batch_id: str | None = None, alias: str = CHAMPION_ALIAS, tracking: str | None = None, storage: str | None = None
 ) -> dict:

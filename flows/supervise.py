@@ -265,7 +265,7 @@ def current_champion(config: TrackingConfig) -> str | None:
     return scanflow_tracking.champion_version_or_none(config)
 
 
-@flow(name="respond-to-drift", log_prints=True, persist_result=True)
+@flow(name="respond-to-drift", log_prints=True, persist_result=True, result_serializer="json")
 def respond_flow(
     batch_path: str,
     batch_id: str | None = None,
@@ -295,7 +295,7 @@ def respond_flow(
     return {"batch_id": batch.batch_id, "is_drift": True, "p_value": detection["p_value"], "improvement": improvement}
 
 
-@flow(name="supervise", log_prints=True, persist_result=True)
+@flow(name="supervise", log_prints=True, persist_result=True, result_serializer="json")
 def supervise_flow(
     stream_dir: str | None = None,
     dataset: str = "default",

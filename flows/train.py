@@ -95,7 +95,7 @@ def register_step(
     return scanflow_tracking.register_models(run_id, config, classifier, autoencoder, train, tags=tags, detector=detector)
 
 
-@flow(name="train", log_prints=True, persist_result=True)
+@flow(name="train", log_prints=True, persist_result=True, result_serializer="json")
 def train_flow(
     dataset: str = "default",
     epochs: int | None = None,

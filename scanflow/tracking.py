@@ -1,9 +1,9 @@
 """Every MLflow call Scanflow makes: connection, runs, metrics, dataset lineage, logged models, registry aliases.
 
-Models are logged as MLflow pyfuncs wrapping Scanflow's own `save` files, with explicit pip requirements and the
-`scanflow` package shipped as model code: logging costs about 0.1 s instead of the 6-14 s that requirement
-inference or `torch.export` take, and a version loads anywhere torch and mlflow are installed.
-Functions take a `run_id` rather than relying on MLflow's thread-local active run, so Prefect tasks may log into
+Models are logged as MLflow pyfuncs from code (`scanflow/pyfunc_model.py`) over Scanflow's own weight files,
+with explicit pip requirements (no requirement inference, no `torch.export`); a version loads wherever Scanflow is
+installed. The sha256 of every stored file is recorded in the registry at logging and checked before loading
+(`TamperedArtifactError`); see docs/decisions/0003-no-code-from-storage.md. Functions take a `run_id` rather than relying on MLflow's thread-local active run, so Prefect tasks may log into
 a run their flow opened.
 """
 

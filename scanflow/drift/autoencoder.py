@@ -1,51 +1,24 @@
 """Scanflow's own detector: per-image strangeness from the autoencoder and the classifier, one calibrated batch test.
 
-Sample score. Each image gets five component scores, each on a log scale where heavy tails live:
+Sample score: the mean of five component scores, each on a log scale and standardised with the median and MAD of
+clean reference images ("robust standard deviations above clean", comparable across batches):
 - `reconstruction`: the autoencoder's mean squared reconstruction error (pixels in [0, 1]);
-- `latent`: squared Mahalanobis distance of its latent vector to the reference latents (Ledoit-Wolf covariance);
+- `latent`: squared Mahalanobis distance of the latent vector to the reference latents (Ledoit-Wolf covariance);
 - `uncertainty`: -log of the classifier's top softmax probability;
 - `pixels`: Mahalanobis distance of the image's pixel statistics (mean, standard deviation, share of bright
-  pixels, neighbour difference and its ratio to the standard deviation) to the reference's: global changes
-  (brightness, fog, blur) that the models may absorb; the ratio catches blur, which lowers neighbour differences
-  for a given contrast;
-- `rarity`: the mean surprise (-log p, nats) of the image's 10 least probable pixels under per-position histograms
-  of the reference images' pixel values (`PixelRarity`): small local marks that the autoencoder reconstructs
-  around and global statistics average away. It made spatter at severity 1 (grey blobs on ~1 % of the pixels)
-  visible: n = 20 full windows detected 0.70 instead of 0.04 on Fashion-MNIST, 1.00 instead of 0.16 on MNIST
-  (full benchmark of 2026-12-03 16:54, benchmarks/README.md as of commit 591a8e7). Its price: a corruption that
-  leaves no pixel rare gets a diluted sample score (MNIST, severity 3, AUROC of scale 0.74 -> 0.59, shot noise
-  0.94 -> 0.88; the mean 0.946 -> 0.942, Fashion-MNIST's 0.915 -> 0.927).
-Each component is standardised with the median and MAD of clean reference images, and the sample score is the
-mean of the standardised components: evidence adds up across views (on Fashion-MNIST this beat taking the
-largest component, mean AUROC 0.907 vs 0.891 at severity 3). Scores are in "robust standard deviations above
-clean" and are comparable across batches (no per-batch normalisation).
+  pixels, neighbour difference and its ratio to the standard deviation) to the reference's;
+- `rarity`: the mean surprise (-log p, nats) of the image's least probable pixels under per-position histograms
+  of reference pixel values (`PixelRarity`): small local marks.
 
-Batch statistic. Three views, each a z-score under clean data, and the largest is the statistic:
-- mean shift: the batch mean of each image's raw (signed) signals — the log component scores, the four pixel
-  statistics and the autoencoder's latent vector — against the clean calibration mean, as a Hotelling-type
-  chi-square with the clean covariance (Ledoit-Wolf, on standardised signals), mapped to a z-score. Mild drift
-  of the whole batch moves means long before it makes single images look strange, and whitening counts
-  correlated signals once and sees shifts that go against their clean correlation (blur lowers neighbour
-  differences at unchanged contrast; a rotation moves the latent mean). It replaced a chi-square over
-  independent per-signal z-scores without the latent vector: with it (and the two fixes below) Fashion-MNIST's
-  mean detection rose from 0.58 to 0.71 at n = 10, severity 1, full windows, and from 0.82 to 0.90 at n = 200,
-  severity 3, 10 % contaminated (full benchmark runs of 2026-12-03, benchmarks/README.md);
+Batch statistic: the largest of three z-scores under clean data, plus a tie-breaker of at most `TIE_BREAK`:
+- mean shift: the batch mean of each image's raw signals (log components, pixel statistics, latent vector)
+  against the clean calibration mean, a Hotelling-type chi-square with the clean covariance, mapped to a z-score;
 - score shift: the batch's mean sample score;
-- excess of strange samples: per view (the combined score and each component), how many samples exceed that
-  view's clean (1 - sample_fpr) quantile, as a binomial z-score against the expected `sample_fpr` share; the
-  largest counts (a few strongly corrupted samples in an otherwise clean batch, seen by one view only).
-The base class calibrates the threshold of that maximum per batch size on clean windows.
-
-Ties. The excess view is a count, and on small windows it is often the largest view, so many clean windows share
-one statistic (at n = 10 on Fashion-MNIST the 500-window null had 162 distinct values, one of them held by 192
-windows). The p-value rule counts a whole tie against the batch, so the test rejected 1.2 % of clean windows
-where it may reject alpha = 5 %, and lost power on small batches. The score shift, mapped to (0, 1) by the normal
-CDF, is added at TIE_BREAK scale: it orders windows within a tie (the higher mean score ranks higher) and changes
-no other order.
-
-Null. Each null window is compared with a bootstrap resample of the calibration images (`_null_statistic`), not
-with the calibration images themselves, so the null carries the error of the clean means and quantiles that every
-production batch meets.
+- excess of strange samples: per view, how many samples exceed its clean (1 - sample_fpr) quantile, as a binomial
+  z-score against the expected share.
+The tie-breaker (the score shift mapped to (0, 1)) orders windows that share one count, and no other order.
+Each null window is compared with a bootstrap resample of the calibration images (`_null_statistic`), so the null
+carries the sampling error of the clean estimates. Why these choices: docs/decisions/0004-the-autoencoder-detector.md.
 """
 
 from __future__ import annotations
