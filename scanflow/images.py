@@ -637,8 +637,8 @@ def list_batch_units(
 ) -> tuple[BatchUnit, ...]:
     """The batches of a stream root (a folder or ``s3://bucket/prefix/``) not yet processed, oldest name first.
 
-    Without ``files_per_batch`` each non-hidden sub-folder is a batch (sorted by name);
-    with it, the image files directly under ``root`` are taken in sorted order, in
+    Without ``files_per_batch`` each non-hidden sub-folder is a batch (sorted by name;
+    files directly under ``root`` belong to no batch); with it, the image files directly under ``root`` are taken in sorted order, in
     groups of ``files_per_batch``, and a last incomplete group waits for more files.
     ``processed`` holds file paths relative to ``root`` (``BatchUnit.files``) already
     handled: they are left out, so a caller that records ``files`` after each batch

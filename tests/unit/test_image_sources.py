@@ -235,6 +235,13 @@ def test_resize_stretches_and_center_crop_keeps_the_aspect(tmp_path):
     assert np.abs(small - 128).max() <= 2
 
 
+def test_a_contract_follows_a_dataset_description():
+    from scanflow.data import dataset_info
+
+    assert ImageContract.of(dataset_info("cifar10"), "center-crop") == ImageContract(3, 32, 32, "center-crop")
+    assert ImageContract.of(dataset_info("fashion-mnist")).image_shape == (1, 28, 28)
+
+
 def test_a_bad_contract_or_policy_is_refused():
     with pytest.raises(InvalidBatchError, match="1 \\(grey\\) or 3 \\(RGB\\) channels, got 4"):
         ImageContract(4, 28, 28)
@@ -313,6 +320,8 @@ def test_npz_with_labels_and_classes_is_read_and_converted(tmp_path):
     assert result.describe() == ("5 of 5 images resized from 28x28 to 32x32", "5 of 5 images converted from L to RGB")
     same = read_images(tmp_path / "b.npz", GREY28)
     assert same.conversions == () and torch.equal(same.images, torch.from_numpy(images))
+    with pytest.raises(InvalidBatchError, match=r"names its classes x, y, z but the given classes are x, z, y: pass the same class list"):
+        read_images(tmp_path / "b.npz", GREY28, classes=["x", "z", "y"])
     np.savez(tmp_path / "unlabelled.npz", images=images[:, 0])
     assert read_images(tmp_path / "unlabelled.npz", GREY28).labels is None
 
