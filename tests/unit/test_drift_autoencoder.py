@@ -3,7 +3,6 @@ rarity component sees small local marks, the reconstruction precision is fitted 
 
 from __future__ import annotations
 
-import pickle
 
 import numpy as np
 import pytest
@@ -135,10 +134,12 @@ def test_the_remedy_vote_leaves_rarity_out(detector, without_rarity, digits):
 
 def _saved_and_loaded_without(detector: AutoencoderDetector, state_key: str, tmp_path) -> AutoencoderDetector:
     """`detector` saved as an older version wrote it: without `state_key` in its state."""
-    path = detector.save(tmp_path / "old.pkl")
-    payload = pickle.loads(path.read_bytes())
+    from scanflow.artifacts import load_state, save_state
+
+    path = detector.save(tmp_path / "old.pt")
+    payload = load_state(path)
     del payload["state"][state_key]
-    path.write_bytes(pickle.dumps(payload))
+    save_state(payload, path)
     return AutoencoderDetector.load(path)
 
 
@@ -173,7 +174,7 @@ def test_the_precision_is_decided_at_fit_and_kept_by_the_saved_detector(detector
     bfloat16.fit(digits[0].images, calibration=test.images, info=digits[0].info)
     batch = corrupt(test.images[:60], "fog", 1, seed=0)
     expected = bfloat16.predict(batch)
-    loaded = AutoencoderDetector.load(bfloat16.save(tmp_path / "bf16.pkl"))
+    loaded = AutoencoderDetector.load(bfloat16.save(tmp_path / "bf16.pt"))
     assert loaded.reconstruction_precision == "bfloat16"
     assert np.array_equal(loaded.predict(batch).sample_scores, expected.sample_scores)
     in_float32 = float32_detector.predict(batch).sample_scores
