@@ -23,7 +23,7 @@ else
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 endif
 
-.PHONY: demo test venv system-deps clean
+.PHONY: demo test docs venv system-deps clean
 
 demo: venv system-deps
 	$(VENV)/bin/scanflow supervise --demo
@@ -31,6 +31,10 @@ demo: venv system-deps
 test: venv system-deps
 	@bash infra/system-deps.sh $(TEST_DEB_PACKAGES)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The documentation site (user guide, API reference from docstrings, decision records) into site/.
+docs: venv
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 venv: $(STAMP)
 
