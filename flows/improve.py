@@ -26,7 +26,7 @@ from flows.settings import local_batch, storage_store, tracking_config
 from scanflow import tracking as scanflow_tracking
 from scanflow.config import TrackingConfig
 from scanflow.data import LabeledImages, hold_out_calibration, load_batch_file, load_train_test
-from scanflow.drift.autoencoder import AutoencoderDetector
+from scanflow.drift.base import Detector
 from scanflow.drift.known import KnownShift
 from scanflow.human import Decision, known_shift_rows
 from scanflow.improve import (
@@ -46,7 +46,7 @@ REJECTED_EVENT = "scanflow.model.rejected"
 
 
 @task(cache_policy=NO_CACHE, **IO_RETRIES)
-def load_champion(config: TrackingConfig) -> tuple[scanflow_tracking.LoadedModels, AutoencoderDetector]:
+def load_champion(config: TrackingConfig) -> tuple[scanflow_tracking.LoadedModels, Detector]:
     return scanflow_tracking.load_models(config), scanflow_tracking.load_detector(config)[0]
 
 
@@ -173,7 +173,7 @@ def improve_flow(
 
 
 def _improve(
-    config: TrackingConfig, run_id: str, decision: Decision, models: scanflow_tracking.LoadedModels, detector: AutoencoderDetector,
+    config: TrackingConfig, run_id: str, decision: Decision, models: scanflow_tracking.LoadedModels, detector: Detector,
     images: torch.Tensor, shown_indices: list[int], batch_id: str, drift: dict | None,
     promotion_margin: float, holdout_fraction: float, data_dir: str | None, seed: int,
 ) -> dict:

@@ -13,9 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from scanflow.drift.autoencoder import AutoencoderDetector
-from scanflow.drift.base import DriftResult
-from scanflow.drift.selection import Selection, select_typical
+from scanflow.drift.base import Detector, DriftResult
+from scanflow.drift.selection import Selection, select_critical, select_typical
 from scanflow.gallery import image_grid
 
 DEFAULT_LABEL_BUDGET = 20
@@ -35,6 +34,10 @@ class Detection:
     classes: tuple[str, ...]
     signature: np.ndarray = field(repr=False)
 
+    def class_name(self, label: int) -> str:
+        """The name of a predicted label; "unknown" when the detector watches no classifier (label -1)."""
+        return self.classes[label] if 0 <= label < len(self.classes) else "unknown"
+
     def critical_rows(self) -> list[dict[str, Any]]:
         """One row per selected sample, in the order shown: position, batch index, score, model's guess."""
         scores = self.result.sample_scores
@@ -44,7 +47,7 @@ class Detection:
                 "batch_index": index,
                 "score": round(float(scores[index]), 3),
                 "above_threshold": bool(scores[index] > self.result.sample_threshold),
-                "predicted": self.classes[int(self.predicted_labels[index])],
+                "predicted": self.class_name(int(self.predicted_labels[index])),
             }
             for position, index in enumerate(self.selection.indices)
         ]
@@ -74,12 +77,19 @@ def recommendation(result: DriftResult) -> str:
 
 
 def detect_batch(
-    detector: AutoencoderDetector, images: torch.Tensor, batch_id: str, model_version: str,
+    detector: Detector, images: torch.Tensor, batch_id: str, model_version: str,
     budget: int = DEFAULT_LABEL_BUDGET, classes: tuple[str, ...] | None = None,
 ) -> Detection:
     """Test one batch, pick at most `budget` samples for a person to label: typical of the drifted part of the batch
     in the classifier's own feature space (`select_typical` over `shifted_candidates`: their labels teach a retrained
-    model the most), strangest first."""
+    model the most), strangest first. A detector without a `classifier` shows the strangest critical samples, and
+    the model's guesses are then unknown (-1)."""
+    if detector.classifier is None:
+        result, features = detector.assess(images)
+        selection = select_critical(result.sample_scores, result.critical_indices, budget)
+        predicted = np.full(len(images), -1, dtype=np.int64)
+        names = classes or ()
+        return Detection(batch_id, model_version, result, selection, predicted, names, detector.signature_of(features))
     embeddings, probabilities = (tensor.numpy() for tensor in detector.classifier.embed_and_predict_proba(images))
     result, features = detector.assess(images, probabilities=probabilities)
     predicted = probabilities.argmax(axis=1)
@@ -141,7 +151,7 @@ def summary_markdown(detection: Detection) -> str:
     )
 
 
-def save_evidently_report(detector: AutoencoderDetector, images: torch.Tensor, path: str | Path) -> Path:
+def save_evidently_report(detector: Detector, images: torch.Tensor, path: str | Path) -> Path:
     """Evidently's HTML drift report of the batch against the reference (seconds: keep it off the hot path)."""
     from scanflow.drift.evidently import save_drift_report
 

@@ -15,9 +15,9 @@ import json
 import logging
 import os
 import tempfile
-import warnings
 import urllib.error
 import urllib.request
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,12 +40,12 @@ from scanflow.models import Autoencoder, Classifier, Denoiser, SavableModel
 from scanflow.serving import (
     AUTOENCODER_ARTIFACT,
     CLASSIFIER_ARTIFACT,
+    CONFIG_ARTIFACT,
     DENOISER_ARTIFACT,
+    PYFUNC_CODE,
     REJECTION_DETECTOR_ARTIFACT,
     AutoencoderModel,
     ClassifierModel,
-    CONFIG_ARTIFACT,
-    PYFUNC_CODE,
     FilteredClassifierModel,
     autoencoder_signature,
     classifier_signature,

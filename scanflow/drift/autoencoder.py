@@ -294,15 +294,10 @@ class AutoencoderDetector(Detector):
         """Positions of the KIND_COMPONENTS among this detector's components."""
         return [i for i, c in enumerate(self.components) if c in KIND_COMPONENTS]
 
-    def shift_signature(self, images: Any, probabilities: np.ndarray | None = None) -> np.ndarray:
-        """Per-image signals (the log-scale scores of the KIND_COMPONENTS and the raw pixel statistics), each in
-        clean standard deviations from its clean calibration mean, float [N, F]: what two batches are compared on to
-        tell whether they carry the same shift (`scanflow.drift.known`). Rarity is left out: it adds no kind of
-        change, only noise to the comparison (on the digits, two halves of one rotation went from p = 0.12 to 0.05)."""
-        return self.signature_of(self._features(self._check(images), probabilities))
-
     def signature_of(self, features: Features) -> np.ndarray:
-        """`shift_signature` from features this detector already computed (`assess`), without another model pass."""
+        """The log-scale scores of the KIND_COMPONENTS and the raw pixel statistics, each in clean standard
+        deviations from its clean calibration mean, float [N, F]. Rarity is left out: it adds no kind of change,
+        only noise to the comparison (see `scanflow.drift.known`)."""
         columns = self._kind_columns() + list(range(len(self.components), features["signals"].shape[1]))
         clean = self._require_fitted()["signals"][:, columns]
         return (features["signals"][:, columns] - clean.mean(axis=0)) / (clean.std(axis=0) + _EPS)

@@ -237,6 +237,32 @@ class Detector(ABC):
         """Extra, JSON-able facts a subclass wants in the result (e.g. component statistics)."""
         return {}
 
+    # ------------------------------------------------------------------ what the flows use beyond predict
+    #: The classifier the detector watches (its softmax and hidden features), when it has one: detection uses it
+    #: to pick the samples a person labels, and an improvement refits a detector around a new one.
+    classifier: Any = None
+
+    def signature_of(self, features: Features) -> np.ndarray:
+        """Per-image signals, float [N, F] in clean standard deviations, that two batches are compared on to tell
+        whether they carry the same shift (`scanflow.drift.known`). Default: the standardised sample score."""
+        clean = self._require_fitted()["sample_scores"]
+        scores = np.asarray(features["sample_scores"], dtype=np.float64)
+        return ((scores - clean.mean()) / (clean.std() + 1e-12))[:, None]
+
+    def shift_signature(self, images: Any, probabilities: np.ndarray | None = None) -> np.ndarray:
+        """`signature_of` the features of `images`."""
+        images = self._check(images)
+        return self.signature_of(self._features(images, _checked_probabilities(probabilities, len(images))))
+
+    def report_features(self, images: Any) -> Features:
+        """The columns of the human-facing drift report (`scanflow.drift.evidently.save_drift_report`): "z"
+        [N, D] and optionally the softmax "p" [N, K]. Default: the sample score as the one "z" column."""
+        return {"z": self.score(images)[:, None]}
+
+    def reference_report_features(self) -> Features:
+        """`report_features` of clean images, to compare a batch's with. Default: the calibration images'."""
+        return {"z": np.asarray(self._require_fitted()["sample_scores"], dtype=np.float64)[:, None]}
+
     # -------------------------------------------------------------------------------------- persistence
     def save(self, path: str | Path) -> Path:
         """Write the fitted detector (state from `_state`, calibration features, cached nulls) to `path`."""

@@ -82,8 +82,9 @@ def softmax_frame(p: np.ndarray) -> pd.DataFrame:
 
 
 def features_frame(features: Features) -> pd.DataFrame:
-    """The "z" and "p" entries of a features dict side by side: columns z0.., p0.."""
-    return pd.concat([latent_frame(features["z"]), softmax_frame(features["p"])], axis=1)
+    """The "z" and (when present) "p" entries of a features dict side by side: columns z0.., p0.."""
+    frames = [latent_frame(features["z"])] + ([softmax_frame(features["p"])] if "p" in features else [])
+    return pd.concat(frames, axis=1)
 
 
 # ------------------------------------------------------------------------------------- domain classifier
@@ -282,12 +283,14 @@ class EvidentlyDetector(Detector):
 
 # ----------------------------------------------------------------------------------------------- report
 def _report_columns(current: Features, reference: Features, max_latent_columns: int) -> list[str]:
-    """All softmax columns, plus the latent columns whose means moved most (in reference standard deviations)."""
+    """All softmax columns (when "p" is given), plus the "z" columns whose means moved most (in reference standard
+    deviations)."""
     std = reference["z"].std(axis=0)
     std[std == 0] = 1.0
     shift = np.abs(current["z"].mean(axis=0) - reference["z"].mean(axis=0)) / std
     latent = np.sort(np.argsort(-shift, kind="stable")[:max_latent_columns])
-    return [f"z{i}" for i in latent] + softmax_columns(reference["p"].shape[1])
+    softmax = softmax_columns(reference["p"].shape[1]) if "p" in reference else []
+    return [f"z{i}" for i in latent] + softmax
 
 
 def drift_report(current: pd.DataFrame, reference: pd.DataFrame) -> Snapshot:
@@ -319,8 +322,8 @@ def save_drift_report(
 
     Covers the softmax columns and the `max_latent_columns` latent columns whose means shifted most, to keep
     the report to a few seconds (~2 s for 10 classes + 4 latent columns). Off the hot path: run it as a
-    separate task. Needs "z" and "p" in both feature dicts (`EvidentlyDetector.features` and
-    `EvidentlyDetector.reference_features` give them).
+    separate task. Needs "z" (and optionally "p") in both feature dicts (`Detector.report_features` and
+    `Detector.reference_report_features` give them).
     """
     columns = _report_columns(current_features, reference_features, max_latent_columns)
     snapshot = drift_report(

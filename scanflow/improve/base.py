@@ -21,7 +21,7 @@ import torch
 
 from scanflow.data import LabeledImages, validate_batch
 from scanflow.drift.autoencoder import AutoencoderDetector
-from scanflow.drift.base import DriftResult
+from scanflow.drift.base import Detector, DriftResult
 from scanflow.errors import ScanflowError
 from scanflow.human import Decision, InvalidDecisionError, validate_labels
 from scanflow.improve.promotion import (
@@ -60,7 +60,7 @@ class ImprovementContext:
     replay: LabeledImages
     clean_holdout: LabeledImages
     calibration: LabeledImages | None = None
-    detector: AutoencoderDetector | None = None
+    detector: Detector | None = None
     served_champion: Predictor | None = None
     champion_version: str = ""
     batch_id: str = ""
@@ -147,7 +147,7 @@ class ImprovementOutcome:
     seconds: float
     summary: str
     candidate: Any = field(default=None, repr=False, compare=False)
-    detector: AutoencoderDetector | None = field(default=None, repr=False, compare=False)
+    detector: Detector | None = field(default=None, repr=False, compare=False)
     unseen_rows: tuple[int, ...] = ()
     drift_evidence: DriftEvidence | None = None
     holdout_share: float = 1.0
@@ -339,7 +339,7 @@ class Improver(ABC):
         """A sentence for the person, the expected duration (s), the parameters to log."""
 
     @abstractmethod
-    def _build(self, context: ImprovementContext, labelled: LabeledImages | None) -> tuple[Predictor, AutoencoderDetector | None, int, str]:
+    def _build(self, context: ImprovementContext, labelled: LabeledImages | None) -> tuple[Predictor, Detector | None, int, str]:
         """The candidate model, its refitted detector (or None), how many stream images it pseudo-labelled, a summary."""
 
 

@@ -20,7 +20,7 @@ from torch.nn import functional as F
 
 from scanflow.corruptions import CORRUPTIONS, FAMILIES, corrupt
 from scanflow.data import LabeledImages, validate_batch
-from scanflow.drift.autoencoder import AutoencoderDetector
+from scanflow.drift.base import Detector
 from scanflow.errors import ScanflowError, UnknownCorruptionError
 from scanflow.improve.base import ImprovementContext, Improver, refit_detector, seconds_at_area
 from scanflow.improve.promotion import DriftEvidence
@@ -237,7 +237,7 @@ class FilterImprover(Improver):
         params = {**self.config.as_params(), "filter_reject_fpr": self.reject_fpr or 0.0, "filter_gate_quantile": self.gate_quantile or 0.0}
         return description, seconds, params
 
-    def _build(self, context: ImprovementContext, labelled: LabeledImages | None) -> tuple[FilteredClassifier, AutoencoderDetector, int, str]:
+    def _build(self, context: ImprovementContext, labelled: LabeledImages | None) -> tuple[FilteredClassifier, Detector, int, str]:
         result = train_denoiser(context.classifier, context.replay, self.config)
         gate = None
         if self.gate_quantile is not None:

@@ -19,7 +19,7 @@ import torch
 from torch.nn import functional as F
 
 from scanflow.data import LabeledImages
-from scanflow.drift.autoencoder import AutoencoderDetector
+from scanflow.drift.base import Detector
 from scanflow.errors import ScanflowError
 from scanflow.improve.base import ImprovementContext, Improver, refit_detector, seconds_at_area, split_positions
 from scanflow.models import Classifier, to_float
@@ -198,7 +198,7 @@ class RetrainImprover(Improver):
         )
         return description, seconds, {**self.config.as_params(), "retrain_use_unlabelled": self.use_unlabelled}
 
-    def _build(self, context: ImprovementContext, labelled: LabeledImages | None) -> tuple[Classifier, AutoencoderDetector, int, str]:
+    def _build(self, context: ImprovementContext, labelled: LabeledImages | None) -> tuple[Classifier, Detector, int, str]:
         learned_rows = np.setdiff1d(np.arange(len(context.batch)), np.asarray(self._unseen_rows(context), dtype=np.int64))
         result = fine_tune(
             context.classifier, labelled, context.replay, self.config,

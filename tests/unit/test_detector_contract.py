@@ -164,3 +164,18 @@ def test_given_probabilities_replace_the_classifier_pass_exactly(fitted, models,
     assert with_given.statistic == pytest.approx(computed.statistic) and with_given.is_drift == computed.is_drift
     with pytest.raises(InvalidBatchError, match=r"probabilities must be the classifier's softmax for the batch, shape \[100, K\]"):
         fitted.predict(window, probabilities=probabilities[:5])
+
+
+def test_what_the_flows_use_works_for_every_detector(fitted, window, tmp_path):
+    """Detection, known shifts and the Evidently report depend on the contract, not on one detector."""
+    from scanflow.detect import detect_batch
+    from scanflow.drift.evidently import save_drift_report
+
+    signature = fitted.shift_signature(window)
+    assert signature.ndim == 2 and len(signature) == len(window) and np.isfinite(signature).all()
+    detection = detect_batch(fitted, window, "b-1", "1", budget=5)
+    assert len(detection.selection.indices) <= 5
+    assert [row["batch_index"] for row in detection.critical_rows()] == list(detection.selection.indices)
+    assert detection.signature.shape[0] == len(window)
+    report = save_drift_report(fitted.report_features(window), fitted.reference_report_features(), tmp_path / "r.html")
+    assert report.stat().st_size > 10_000
