@@ -116,3 +116,15 @@ def postgres_cluster(database: str = "scanflow", user: str = "scanflow") -> Iter
             subprocess.run(_as_owner([str(bin_dir / "pg_ctl"), "stop", "-D", str(data_dir), "-m", "fast", "-w",
                                       "-t", str(PG_CTL_TIMEOUT_S)]), capture_output=True, cwd=root, timeout=PG_CTL_TIMEOUT_S + 30)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def query(cluster: PostgresCluster, sql: str) -> list[str]:
+    """The rows `sql` returns from the cluster's database, through psql, one '|'-separated line per row."""
+    result = subprocess.run(
+        [str(postgres_bin_dir() / "psql"), "-h", "127.0.0.1", "-p", str(cluster.port), "-U", cluster.user, "-d", cluster.database,
+         "-At", "-v", "ON_ERROR_STOP=1", "-c", sql],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "PGPASSWORD": cluster.password},
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"psql failed (exit {result.returncode}): {result.stderr.strip()}")
+    return result.stdout.splitlines()
