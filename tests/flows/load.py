@@ -58,11 +58,12 @@ class LoadBatch:
 
 @dataclass(frozen=True)
 class RunRecord:
-    """One flow run as its caller saw it: seconds from the call to its return, the run's id (None when the call
-    failed before the server made it), its result, or the error it ended with."""
+    """One flow run as its caller saw it: when it was called (time.perf_counter) and seconds to its return, the
+    run's id (None when the call failed before the server made it), its result, or the error it ended with."""
 
     name: str
     key: str
+    started_s: float
     seconds: float
     flow_run_id: str | None
     result: dict[str, Any] | None
@@ -157,7 +158,7 @@ def _call_flow(name: str, key: str, call: Callable[[], Any]) -> RunRecord:
             error = f"{state.name}: {state.message}"
     except Exception as caught:  # the client gave up on the server (e.g. HTTP 503 after its retries)
         error = f"{type(caught).__name__}: {caught}"
-    return RunRecord(name, key, time.perf_counter() - start, flow_run_id, result, error)
+    return RunRecord(name, key, start, time.perf_counter() - start, flow_run_id, result, error)
 
 
 def run_detects(batches: Sequence[LoadBatch], run_prefix: str, budget: int) -> tuple[list[RunRecord], float]:
@@ -242,11 +243,17 @@ class Loop:
 
 @dataclass(frozen=True)
 class LoopTiming:
-    """When (time.perf_counter) a loop's form was seen paused and when it was answered; the run's record."""
+    """A loop's seconds from its start to its form's pause (the server's clock), when it was answered
+    (time.perf_counter; None if it was not) and its run's record."""
 
-    paused_s: float | None
+    paused_after_s: float | None
     answered_s: float | None
     record: RunRecord
+
+    @property
+    def answer_to_done_s(self) -> float | None:
+        """Seconds from the answer to the loop's return (improve, the report beside the form, the summary)."""
+        return None if self.answered_s is None else self.record.started_s + self.record.seconds - self.answered_s
 
 
 def write_loops(folder: Path, prefix: str, n: int, size: int, dataset: str = "digits", seed: int = 0) -> list[Loop]:
@@ -292,7 +299,7 @@ def run_loops(loops: Sequence[Loop], run_prefix: str, budget: int, pause_timeout
             stream_dir=loop.stream_dir, human="person", budget=budget, pause_timeout_s=pause_timeout_s,
             action_on_timeout="ignore", ask_known_shifts=True, return_state=True))
 
-    paused_at: dict[str, float] = {}
+    paused_after: dict[str, float] = {}
     answered_at: dict[str, float] = {}
     children: dict[str, Any] = {}
     with ThreadPoolExecutor(max_workers=len(loops)) as pool:
@@ -310,8 +317,10 @@ def run_loops(loops: Sequence[Loop], run_prefix: str, budget: int, pause_timeout
                 problems.append(f"{names[loop.loop_id]}: never started on the server")
                 continue
             try:
-                children[loop.loop_id] = paused_child(parent, timeout_s=max(1.0, deadline - time.monotonic()))
-                paused_at[loop.loop_id] = time.perf_counter()
+                child = children[loop.loop_id] = paused_child(parent, timeout_s=max(1.0, deadline - time.monotonic()))
+                with get_client(sync_client=True) as client:
+                    started, paused = client.read_flow_run(parent).start_time, client.read_flow_run(child).state.timestamp
+                paused_after[loop.loop_id] = (paused - started).total_seconds()
             except TimeoutError:
                 problems.append(f"{names[loop.loop_id]}: its decision form never paused")
         with get_client(sync_client=True) as client:
@@ -336,7 +345,7 @@ def run_loops(loops: Sequence[Loop], run_prefix: str, budget: int, pause_timeout
         for thread in answering:
             thread.join()
         records = {loop_id: future.result() for loop_id, future in futures.items()}
-    timings = [LoopTiming(paused_at.get(loop.loop_id), answered_at.get(loop.loop_id), records[loop.loop_id]) for loop in loops]
+    timings = [LoopTiming(paused_after.get(loop.loop_id), answered_at.get(loop.loop_id), records[loop.loop_id]) for loop in loops]
     return timings, problems
 
 
@@ -374,3 +383,17 @@ def check_loops(loops: Sequence[Loop], timings: Sequence[LoopTiming]) -> Check:
 def percentile(values: Sequence[float], q: float) -> float:
     """The `q`-th percentile (linear interpolation) of `values`; NaN when there are none."""
     return float(np.percentile(values, q)) if values else float("nan")
+
+
+def forget_known_shifts() -> int:
+    """Remove every known shift of the champion (the decisions the loops made it remember), so a later detect run
+    does the work an earlier one did; returns how many there were."""
+    from scanflow.tracking import KNOWN_SHIFT_TAG_PREFIX, champion_version, version_tags
+
+    config = TrackingConfig.from_env()
+    version = champion_version(config)
+    keys = [key for key in version_tags(config, version) if key.startswith(KNOWN_SHIFT_TAG_PREFIX)]
+    client = mlflow_client(config.tracking_uri)
+    for key in keys:
+        client.delete_model_version_tag(config.classifier_name, version, key)
+    return len(keys)

@@ -72,7 +72,7 @@ def test_20_detect_runs_and_5_paused_loops_each_get_their_own_verdict_and_answer
     assert len(detects["records"]) == N_DETECTS
     loop_check = check_loops(loops, timings)
     assert loop_check.lost == [] and loop_check.mixed == []
-    assert all(t.paused_s is not None and t.answered_s is not None for t in timings)
+    assert all(t.paused_after_s is not None and t.answered_s is not None for t in timings)
     assert {t.record.result["batches"][0]["decision"] for t in timings} == {LOOP_ACTION}
     # The server kept them in PostgreSQL: every detect run and every loop, once, COMPLETED.
     names = query(postgres, "SELECT name FROM flow_run WHERE name LIKE 'load-test-%' AND state_type = 'COMPLETED'")
