@@ -93,6 +93,15 @@ class RetryCounter(logging.Handler):
         if "retryable status code 503" in record.getMessage():
             self.count += 1
 
+    def restart(self) -> None:
+        """Count from zero, (re)attached to the client's logger at DEBUG: Prefect's logging set-up, which runs again
+        when flows start, replaces that logger's handlers."""
+        client_logger = logging.getLogger("prefect.client")
+        client_logger.removeHandler(self)
+        client_logger.addHandler(self)
+        client_logger.setLevel(logging.DEBUG)
+        self.count = 0
+
 
 class ServerLog:
     """The lines a server's log gained since the last `since()`: its 503s and SQLite lock errors."""
@@ -131,7 +140,7 @@ def measure_detects(database: str, n: int, work: Path, args: argparse.Namespace,
     from tests.flows.load import check_detects, percentile, run_detects, write_batches
 
     batches = write_batches(work / "batches" / f"{database}-{n}", f"{database}-n{n:02d}", n, args.batch_size, args.budget)
-    retries.count = 0
+    retries.restart()
     log.since()
     records, wall = run_detects(batches, "load", args.budget)
     check = check_detects(batches, records)
@@ -146,7 +155,7 @@ def measure_loops(database: str, work: Path, args: argparse.Namespace, retries: 
     from tests.flows.load import check_loops, percentile, run_loops, write_loops
 
     loops = write_loops(work / "loops" / database, f"{database}-loop", args.loops, args.loop_batch_size)
-    retries.count = 0
+    retries.restart()
     log.since()
     start = time.perf_counter()
     timings, problems = run_loops(loops, "load", args.budget)
@@ -182,7 +191,7 @@ def where_sqlite_stops(rows: list[DetectRow]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--concurrency", default="1,4,16,32", help="numbers of detect runs at once")
-    parser.add_argument("--loops", type=int, default=5, help="supervise loops paused at once")
+    parser.add_argument("--loops", type=int, default=5, help="supervise loops paused at once (0: none)")
     parser.add_argument("--batch-size", type=int, default=50, help="images per detect batch (digits: 8x8)")
     parser.add_argument("--loop-batch-size", type=int, default=40, help="images in each loop's drifted batch")
     parser.add_argument("--budget", type=int, default=5, help="critical samples shown per batch")
@@ -201,9 +210,6 @@ def main() -> None:
     from tests.postgres import postgres_bin_dir
 
     retries = RetryCounter()
-    client_logger = logging.getLogger("prefect.client")
-    client_logger.addHandler(retries)
-    client_logger.setLevel(logging.DEBUG)
     detect_rows: list[DetectRow] = []
     loop_rows: list[LoopRow] = []
     trained = False
@@ -220,9 +226,10 @@ def main() -> None:
             for n in concurrency:
                 detect_rows.append(row := measure_detects(database, n, work, args, retries, log))
                 print(f"{database} N={n}: {row.runs_per_s:.2f} runs/s, p95 {row.p95_s:.1f} s, lost {row.lost}, mixed {row.mixed}", flush=True)
-            loop_rows.append(row := measure_loops(database, work, args, retries, log))
-            print(f"{database} loops: {row.completed}/{row.loops} completed, lost {row.lost}, mixed {row.mixed}", flush=True)
-            forget_known_shifts()
+            if args.loops:
+                loop_rows.append(row := measure_loops(database, work, args, retries, log))
+                print(f"{database} loops: {row.completed}/{row.loops} completed, lost {row.lost}, mixed {row.mixed}", flush=True)
+                forget_known_shifts()
 
     postgres_version = postgres_bin_dir().parent.name
     print(f"\nLoad, {datetime.datetime.now():%Y-%m-%d %H:%M}, {platform.machine()} with {os.cpu_count()} cores shared with "
@@ -237,8 +244,9 @@ def main() -> None:
     for r in detect_rows:
         print(f"| {r.database} | {r.n} | {r.completed} | {r.lost} | {r.mixed} | {r.runs_per_s:.2f} | {r.p50_s:.1f} | {r.p95_s:.1f} | "
               f"{r.max_s:.1f} | {r.client_503} | {r.server_503} | {r.locked} |")
-    print("\n| database | loops | all paused at once | completed | lost | mixed up | start -> form paused p50 / p95 (s) | answer -> loop done p50 / p95 (s) | wall (s) | client retries on 503 | server 503s |\n"
-          "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    if loop_rows:
+        print("\n| database | loops | all paused at once | completed | lost | mixed up | start -> form paused p50 / p95 (s) | answer -> loop done p50 / p95 (s) | wall (s) | client retries on 503 | server 503s |\n"
+              "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in loop_rows:
         print(f"| {r.database} | {r.loops} | {'yes' if r.paused_at_once else 'no'} | {r.completed} | {r.lost} | {r.mixed} | "
               f"{r.pause_p50_s:.1f} / {r.pause_p95_s:.1f} | {r.done_p50_s:.1f} / {r.done_p95_s:.1f} | {r.wall_s:.0f} | {r.client_503} | {r.server_503} |")

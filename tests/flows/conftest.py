@@ -61,16 +61,17 @@ def _drain_prefect_workers() -> None:
 
 
 @contextlib.contextmanager
-def digits_champion(mlflow_store: str, stem: str) -> Iterator[dict[str, str]]:
+def digits_champion(mlflow_store: str, stem: str, epochs: int = 15, autoencoder_epochs: int = 10) -> Iterator[dict[str, str]]:
     """Train a digits champion (with its detector) under model names and an experiment of its own; yields the
-    environment that points at them, restoring the previous environment afterwards."""
+    environment that points at them, restoring the previous environment afterwards. Fewer `epochs` give a weaker
+    classifier, enough for tests that need a champion but not its accuracy."""
     from flows.train import train_flow
 
     env = {"MLFLOW_TRACKING_URI": mlflow_store, "SCANFLOW_MODEL_NAME": f"{stem}-classifier", "SCANFLOW_EXPERIMENT": stem}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        train_flow(dataset="digits", epochs=15, autoencoder_epochs=10, latent_dim=8)
+        train_flow(dataset="digits", epochs=epochs, autoencoder_epochs=autoencoder_epochs, latent_dim=8)
         yield env
     finally:
         for key, value in saved.items():
