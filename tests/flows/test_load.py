@@ -40,11 +40,11 @@ def prefect_server(postgres, tmp_path_factory):
     folder = tmp_path_factory.mktemp("prefect-postgres")
     server = start_prefect_server(log_dir=folder, home=folder / "home", env={"PREFECT_API_DATABASE_CONNECTION_URL": postgres.url})
     try:
+        assert not (folder / "home" / "prefect.db").exists(), "the server made a SQLite database instead of using PostgreSQL"
         with using_prefect_api(server.api_url):
             yield server.api_url
     finally:
         server.stop()
-    assert not (folder / "home" / "prefect.db").exists(), "the server wrote a SQLite database beside PostgreSQL"
 
 
 @pytest.fixture(scope="module")
