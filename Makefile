@@ -7,7 +7,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.scanflow-installed
 DEB_PACKAGES ?= dataset-fashion-mnist
 # The browser test drives Debian's Chromium through Playwright (Playwright's own browser download is not needed).
-TEST_DEB_PACKAGES ?= chromium
+# The load test runs a Prefect server on a private PostgreSQL cluster (tests/postgres.py), as production does.
+TEST_DEB_PACKAGES ?= chromium postgresql
 # The container tests (always on in CI, opt-in elsewhere with SCANFLOW_DOCKER_TESTS=1) need a Docker daemon and
 # debootstrap; CI also validates infra/compose.yaml with docker-compose.
 ifneq ($(filter true,$(CI))$(filter 1,$(SCANFLOW_DOCKER_TESTS)),)

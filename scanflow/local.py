@@ -17,6 +17,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -53,23 +54,27 @@ class LocalPrefectServer:
         stop_process_group(self.process)
 
 
-def start_prefect_server(port: int | None = None, log_dir: str | Path | None = None, home: str | Path | None = None) -> LocalPrefectServer:
+def start_prefect_server(
+    port: int | None = None, log_dir: str | Path | None = None, home: str | Path | None = None, *, env: Mapping[str, str] | None = None
+) -> LocalPrefectServer:
     """`prefect server start` on 127.0.0.1:`port` (a free one by default); returns once it answers /api/health.
-    `home` gives it a PREFECT_HOME (and so a database) of its own; by default it uses the user's."""
+    `home` gives it a PREFECT_HOME (and so a database) of its own; by default it uses the user's. `env` adds to (or
+    overrides) the server's environment, e.g. `PREFECT_API_DATABASE_CONNECTION_URL` for a PostgreSQL database."""
     port = port or free_port()
     log_path = Path(log_dir or tempfile.mkdtemp(prefix="scanflow-prefect-")) / "prefect-server.log"
     api_url = f"http://127.0.0.1:{port}/api"
     # PREFECT_UI_URL lets the server's own templates (automation notifications: `{{ flow_run|ui_url }}`) link to it.
-    env = {**os.environ, "PREFECT_UI_API_URL": api_url, "PREFECT_UI_URL": api_url.removesuffix("/api"),
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    env.pop("PREFECT_API_URL", None)
+    environment = {**os.environ, "PREFECT_UI_API_URL": api_url, "PREFECT_UI_URL": api_url.removesuffix("/api"),
+                   "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    environment.pop("PREFECT_API_URL", None)
     if home is not None:
-        env["PREFECT_HOME"] = str(home)
+        environment["PREFECT_HOME"] = str(home)
+    environment.update(env or {})
     prefect = Path(sys.executable).with_name("prefect")
     with private_log(log_path, append=False) as log:
         process = subprocess.Popen(
             [str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, umask=PRIVATE_UMASK,
+            stdout=log, stderr=subprocess.STDOUT, env=environment, start_new_session=True, umask=PRIVATE_UMASK,
         )
     server = LocalPrefectServer(process, port, log_path)
     wait_until_healthy("the Prefect server", f"{api_url}/health", process, log_path, server.stop)

@@ -14,23 +14,35 @@ import pytest
 def prefect_server(tmp_path_factory):
     """The session's server; yields its API URL, also exported as PREFECT_API_URL for the subprocesses tests start
     (`scanflow` commands, served deployments, workers)."""
-    from prefect.context import _temporary_global_settings_context, get_settings_context
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
     from scanflow.local import start_prefect_server
 
     folder = tmp_path_factory.mktemp("prefect")
     server = start_prefect_server(log_dir=folder, home=folder / "home")
-    saved = os.environ.get("PREFECT_API_URL")
-    os.environ["PREFECT_API_URL"] = server.api_url
     try:
-        # As Prefect's test harness does: the settings also become the global context, so threads started by the
-        # code under test (the simulated human answering a pause) talk to this server too.
-        with temporary_settings(updates={PREFECT_API_URL: server.api_url}), _temporary_global_settings_context(get_settings_context()):
+        with using_prefect_api(server.api_url):
             yield server.api_url
     finally:
-        _drain_prefect_workers()
         server.stop()
+
+
+@contextlib.contextmanager
+def using_prefect_api(api_url: str) -> Iterator[None]:
+    """Point this process at the Prefect API `api_url`: PREFECT_API_URL in the environment (for subprocesses), the
+    settings context and, as Prefect's test harness does, the global settings context, so threads started by the
+    code under test (the simulated human answering a pause) talk to it too. On exit the log and event senders are
+    flushed (before the server goes away) and everything is restored."""
+    from prefect.context import _temporary_global_settings_context, get_settings_context
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    saved = os.environ.get("PREFECT_API_URL")
+    os.environ["PREFECT_API_URL"] = api_url
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: api_url}), _temporary_global_settings_context(get_settings_context()):
+            try:
+                yield
+            finally:
+                _drain_prefect_workers()
+    finally:
         if saved is None:
             os.environ.pop("PREFECT_API_URL", None)
         else:
@@ -49,16 +61,17 @@ def _drain_prefect_workers() -> None:
 
 
 @contextlib.contextmanager
-def digits_champion(mlflow_store: str, stem: str) -> Iterator[dict[str, str]]:
+def digits_champion(mlflow_store: str, stem: str, epochs: int = 15, autoencoder_epochs: int = 10) -> Iterator[dict[str, str]]:
     """Train a digits champion (with its detector) under model names and an experiment of its own; yields the
-    environment that points at them, restoring the previous environment afterwards."""
+    environment that points at them, restoring the previous environment afterwards. Fewer `epochs` give a weaker
+    classifier, enough for tests that need a champion but not its accuracy."""
     from flows.train import train_flow
 
     env = {"MLFLOW_TRACKING_URI": mlflow_store, "SCANFLOW_MODEL_NAME": f"{stem}-classifier", "SCANFLOW_EXPERIMENT": stem}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        train_flow(dataset="digits", epochs=15, autoencoder_epochs=10, latent_dim=8)
+        train_flow(dataset="digits", epochs=epochs, autoencoder_epochs=autoencoder_epochs, latent_dim=8)
         yield env
     finally:
         for key, value in saved.items():
