@@ -71,6 +71,50 @@ def non_negative_int(text: str) -> int:
     return _integer_at_least(text, 0)
 
 
+MODEL_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def model_name(text: str) -> str:
+    """A registered model name: letters, digits, '.', '_' and '-', at most 128 characters."""
+    if not MODEL_NAME_PATTERN.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"must be letters, digits, '.', '_' or '-' (at most 128, not starting with a "
+                                         f"punctuation mark), got {text!r}")
+    return text
+
+
+def input_size(text: str) -> str:
+    """HEIGHTxWIDTH in pixels, e.g. 32x32."""
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(part.isdigit() and 0 < int(part) <= 4096 for part in parts):
+        raise argparse.ArgumentTypeError(f"must be HEIGHTxWIDTH in pixels, e.g. 32x32, got {text!r}")
+    return text.lower()
+
+
+def float_list(text: str) -> list[float]:
+    """Comma-separated numbers, e.g. 0.5,0.5,0.5."""
+    try:
+        values = [float(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be comma-separated numbers, e.g. 0.5,0.5,0.5, got {text!r}") from None
+    if not values or not all(v == v and abs(v) != float("inf") for v in values):
+        raise argparse.ArgumentTypeError(f"must be finite numbers, got {text!r}")
+    return values
+
+
+def class_names_file(text: str) -> list[str]:
+    """A text file of class names, one per line (blank lines ignored)."""
+    path = Path(text)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"{text} is not a file: write the class names one per line, in the model's output order")
+    try:
+        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except UnicodeDecodeError:
+        raise argparse.ArgumentTypeError(f"{text} is not UTF-8 text: write the class names one per line") from None
+    if len(names) < 2 or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"{text} must name at least two distinct classes, one per line; it has {names[:5]}")
+    return names
+
+
 def port_number(text: str) -> int:
     """A TCP port, 1..65535."""
     value = _integer_at_least(text, 1)
@@ -227,6 +271,29 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-register", action="store_true", help="track the run but do not register the models")
     _add_data_arguments(train)
     train.set_defaults(handler=_train)
+
+    adopt = commands.add_parser(
+        "adopt",
+        help="put a registered model Scanflow did not train under supervision (champion, with a fitted detector)",
+        description="Runs the Prefect adopt flow: reads the model's input contract (signature, metadata, these flags), "
+        "fits the autoencoder and the drift detector on the reference images and makes the version the champion. "
+        "The model's artifact is not changed. Afterwards set SCANFLOW_MODEL_NAME to the supervised name.",
+    )
+    adopt.add_argument("model_uri", help="models:/NAME/VERSION or models:/NAME@ALIAS (a pytorch or pyfunc model)")
+    adopt.add_argument("--reference", required=True, help="clean images the model serves well: a folder (class sub-folders "
+                       "or flat), .npy/.npz, or s3://bucket/prefix/ (at least 50)")
+    adopt.add_argument("--classes", type=class_names_file, help="a file of class names, one per line, in the model's output order")
+    adopt.add_argument("--input-size", type=input_size, help="HEIGHTxWIDTH the model takes, e.g. 32x32 (when its signature does not say)")
+    adopt.add_argument("--channels", type=int, choices=(1, 3), help="1 (grey) or 3 (RGB), when the signature does not say (default 3)")
+    adopt.add_argument("--mean", type=float_list, help="per-channel mean of the normalisation, e.g. 0.49,0.48,0.45 (default 0)")
+    adopt.add_argument("--std", type=float_list, help="per-channel std of the normalisation (default 1: pixels in 0..1)")
+    adopt.add_argument("--output", choices=("logits", "probabilities", "labels"), help="what the model returns (default: logits "
+                       "for pytorch, probabilities for pyfunc)")
+    adopt.add_argument("--name", type=model_name, help="the registered name to supervise it under (default: the model's own)")
+    adopt.add_argument("--on-bad", choices=("refuse", "skip"), default="refuse", help="a bad reference file refuses the "
+                       "adoption (default) or is skipped and listed")
+    adopt.add_argument("--autoencoder-epochs", type=positive_int, help="autoencoder epochs (default: scaled to the reference size)")
+    adopt.set_defaults(handler=_adopt)
 
     detect = commands.add_parser(
         "detect",
@@ -808,6 +875,29 @@ def _rollback(args: argparse.Namespace) -> int:
     tracking.check_reachable(config.tracking_uri)
     previous, current = tracking.rollback(config, args.to_version)
     print(f"{config.classifier_name}: champion moved from v{previous} back to v{current}")
+    return 0
+
+
+def _adopt(args: argparse.Namespace) -> int:
+    use_prefect_server(fallback=True)
+    from flows.adopt import adopt_flow
+
+    summary = adopt_flow(
+        model_uri=args.model_uri, reference=args.reference, classes=args.classes, input_size=args.input_size,
+        channels=args.channels, mean=args.mean, std=args.std, output=args.output, on_bad=args.on_bad,
+        autoencoder_epochs=args.autoencoder_epochs, name=args.name,
+    )
+    lines = [
+        "",
+        f"Supervised:  {summary['model']} v{summary['version']} @champion (from {summary['adopted_from']})",
+        f"Reference:   {summary['reference_images']} images" + "".join(f"; {line}" for line in summary["conversions"]),
+        f"Evidence:    {summary['evidence']}",
+        f"MLflow run:  {summary['mlflow_run_id']}",
+    ]
+    if not summary["retrain_possible"]:
+        lines.append("Improve:     a pyfunc has no module to fine-tune: a decision can filter its inputs, not retrain it")
+    lines.append(f"Next:        export SCANFLOW_MODEL_NAME={summary['model']}; scanflow detect --batch BATCH")
+    print("\n".join(lines))
     return 0
 
 

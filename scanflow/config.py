@@ -7,7 +7,7 @@ environment defaults are applied with `setdefault`, never overriding an explicit
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace, field
 from pathlib import Path
 
 ENVIRONMENT_DEFAULTS: dict[str, str] = {
@@ -56,6 +56,11 @@ class TrackingConfig:
             classifier_name=classifier,
             autoencoder_name=os.environ.get("SCANFLOW_AUTOENCODER_NAME", f"{classifier.removesuffix('-classifier')}-autoencoder"),
         )
+
+    def for_model(self, classifier_name: str) -> "TrackingConfig":
+        """This configuration for another registered classifier, with the autoencoder name `from_env` would give it."""
+        return replace(self, classifier_name=classifier_name,
+                       autoencoder_name=f"{classifier_name.removesuffix('-classifier')}-autoencoder")
 
     def environment(self) -> dict[str, str]:
         """The variables `from_env` reads, for child processes (workers, containers) that must track to the same place."""

@@ -14,6 +14,7 @@ import functools
 import json
 import logging
 import os
+import re
 import tempfile
 import urllib.error
 import urllib.request
@@ -151,11 +152,22 @@ def _active_run(run_id: str) -> Iterator[None]:
     if active is not None and active.info.run_id == run_id:
         yield
         return
-    mlflow.start_run(run_id=run_id)
+    # A caller's own `mlflow.set_experiment` (a script that also logs its models) would make MLflow refuse a run of
+    # Scanflow's experiment: the caller's choice is set aside for this block and restored after it.
+    from mlflow.tracking import fluent
+
+    saved_experiment, saved_env = fluent._active_experiment_id, os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+    fluent._active_experiment_id = None
     try:
-        yield
+        mlflow.start_run(run_id=run_id)
+        try:
+            yield
+        finally:
+            mlflow.end_run(status=RunStatus.to_string(RunStatus.RUNNING))
     finally:
-        mlflow.end_run(status=RunStatus.to_string(RunStatus.RUNNING))
+        fluent._active_experiment_id = saved_experiment
+        if saved_env is not None:
+            os.environ["MLFLOW_EXPERIMENT_ID"] = saved_env
 
 
 def log_params(run_id: str, params: Mapping[str, Any]) -> None:
@@ -374,6 +386,13 @@ def load_models(config: TrackingConfig, alias: str = CHAMPION_ALIAS) -> LoadedMo
     version = _version_by_alias(config, alias)
     ae_version = _required_tag(config, version, AUTOENCODER_VERSION_TAG, "it was not registered by Scanflow")
     client = _client(config)
+    contract = _adopted_contract(version)
+    if contract is not None:
+        with tempfile.TemporaryDirectory() as tmp:
+            ae_dir = _download_verified(client, config.autoencoder_name, client.get_model_version(config.autoencoder_name, ae_version), tmp)
+            autoencoder = Autoencoder.load(next(Path(ae_dir).rglob(f"{AUTOENCODER_ARTIFACT}.pt")))
+        classifier = load_foreign_classifier(config.tracking_uri, version, contract)
+        return LoadedModels(classifier, autoencoder, str(version.version), str(ae_version), version.tags.get("scanflow.dataset", "default"))
     with tempfile.TemporaryDirectory() as tmp:
         clf_dir = _download_verified(client, config.classifier_name, version, os.path.join(tmp, "clf"))
         ae_model = client.get_model_version(config.autoencoder_name, ae_version)
@@ -406,7 +425,11 @@ def load_detector(config: TrackingConfig, alias: str = CHAMPION_ALIAS) -> tuple[
     with tempfile.TemporaryDirectory() as tmp:
         path = mlflow.artifacts.download_artifacts(uri, dst_path=tmp)
         verify_digests(tmp, version.tags.get(DETECTOR_DIGEST_TAG), f"the detector of {config.classifier_name} version {version.version} ({uri})")
-        return Detector.load(path), str(version.version)
+        detector = Detector.load(path)
+    contract = _adopted_contract(version)
+    if contract is not None:  # an adopted model's detector is stored without it: its own loader brings it
+        detector.classifier = load_foreign_classifier(config.tracking_uri, version, contract)
+    return detector, str(version.version)
 
 
 def log_detection(config: TrackingConfig, summary: Mapping[str, Any], grid_png: bytes | None = None, extra_tags: Mapping[str, str] | None = None) -> str:
@@ -442,6 +465,8 @@ def log_artifact_file(run_id: str, path: str | Path, artifact_path: str | None =
 KIND_TAG = "scanflow.kind"
 PARENT_TAG = "scanflow.parent_version"
 PREVIOUS_CHAMPION_TAG = "scanflow.previous_champion"
+#: How a version came to serve: the outcome of the improvement that judged it, or "adopted".
+VERDICT_TAG = "scanflow.verdict"
 FILTER_TAG = "scanflow.filter"
 FILTER_GATE_TAG = "scanflow.filter_gate"
 
@@ -639,6 +664,13 @@ def load_served_model(config: TrackingConfig, alias: str = CHAMPION_ALIAS) -> Se
     from scanflow.data import dataset_info
 
     version = _version_by_alias(config, alias)
+    contract = _adopted_contract(version)
+    if contract is not None:
+        from scanflow.adopt import AdoptedServing
+
+        classifier = load_foreign_classifier(config.tracking_uri, version, contract)
+        info = contract.info(config.classifier_name, f"models:/{config.classifier_name}/{version.version}")
+        return ServedModel(AdoptedServing(classifier), str(version.version), info)
     with tempfile.TemporaryDirectory() as tmp, _quiet_mlflow():
         local = _download_verified(_client(config), config.classifier_name, version, tmp)
         model = mlflow.pyfunc.load_model(local)
@@ -658,3 +690,128 @@ def log_predictions(
         ]
         _client(config).log_text(run_id, "\n".join(rows) + "\n", "predictions.csv")
     return run_id
+
+
+# ------------------------------------------------------------------------------------------ adopted models
+def resolve_model_uri(tracking_uri: str, model_uri: str) -> Any:
+    """The registered version a `models:/NAME/VERSION` or `models:/NAME@ALIAS` URI names (ModelNotFoundError
+    otherwise: adoption supervises registered versions only)."""
+    from scanflow.adopt import AdoptionError
+
+    match = re.fullmatch(r"models:/([^/@]+)(?:/(\d+)|@([A-Za-z0-9_-]+))", model_uri)
+    if match is None:
+        raise AdoptionError(
+            f"{model_uri!r} is not a registered model version: pass models:/NAME/VERSION or models:/NAME@ALIAS "
+            "(register a run's model first with mlflow.register_model)"
+        )
+    check_reachable(tracking_uri)
+    client = mlflow_client(tracking_uri)
+    name, version, alias = match.groups()
+    try:
+        return client.get_model_version(name, version) if version else client.get_model_version_by_alias(name, alias)
+    except MlflowException as error:
+        raise ModelNotFoundError(f"{model_uri} is not in the registry at {tracking_uri}: check the name and version") from error
+
+
+def model_declarations(tracking_uri: str, version: Any) -> tuple[set[str], Any, dict[str, Any]]:
+    """What a registered version's MLmodel declares: its flavours, signature and metadata."""
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    with _quiet_mlflow():
+        info = mlflow.models.get_model_info(f"models:/{version.name}/{version.version}")
+    return set(info.flavors), info.signature, dict(info.metadata or {})
+
+
+def _load_foreign_model(local: str, contract: Any) -> Any:
+    """The user's model from its downloaded directory, by its flavour (its own loader: the user's code)."""
+    with _quiet_mlflow():
+        if contract.flavour == "pytorch":
+            import mlflow.pytorch
+
+            return mlflow.pytorch.load_model(local, map_location="cpu")
+        return mlflow.pyfunc.load_model(local)
+
+
+def load_foreign_classifier(tracking_uri: str, version: Any, contract: Any, verify: bool = True) -> Any:
+    """A registered foreign model as a `ForeignClassifier`; with `verify`, its files are checked against the sha256
+    recorded at adoption first (TamperedArtifactError)."""
+    from scanflow.adopt import ForeignClassifier
+
+    client = mlflow_client(tracking_uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        if verify:
+            local = _download_verified(client, version.name, version, tmp)
+        else:
+            local = mlflow.artifacts.download_artifacts(f"models:/{version.name}/{version.version}", dst_path=tmp)
+        return ForeignClassifier(_load_foreign_model(local, contract), contract)
+
+
+def _adopted_contract(version: Any) -> Any:
+    from scanflow.adopt import InputContract
+
+    text = version.tags.get("scanflow.contract")
+    return None if text is None else InputContract.from_json(text)
+
+
+def register_adoption(
+    run_id: str, config: TrackingConfig, version: Any, contract: Any, autoencoder: Autoencoder, detector: Detector,
+    info: Any,
+) -> str:
+    """Log the autoencoder and the detector fitted for an adopted `version`, tag the version with them, its contract
+    and its files' sha256, and point `champion` at it; returns the supervised version of `config.classifier_name`
+    (`version` itself, or a new version on its source when the names differ). All or nothing: on failure what this
+    call created and tagged is removed again and no alias moves."""
+    from scanflow.adopt import ADOPTED_TAG, CONTRACT_TAG
+
+    client = _client(config)
+    name = config.classifier_name
+    created: list[tuple[str, str]] = []
+    tagged: list[str] = []
+    new_model = False
+    try:
+        if version.name != name:  # supervised under another name: a new entry on the same source, nothing copied
+            try:
+                client.get_registered_model(name)
+            except MlflowException:
+                client.create_registered_model(name)
+                new_model = True
+            version = client.create_model_version(name, version.source, run_id=version.run_id, tags={"scanflow.adopted_from": f"models:/{version.name}/{version.version}"})
+            created.append((name, str(version.version)))
+        number = str(version.version)
+        detector_uri, detector_digest = log_detector(run_id, detector)
+        with _active_run(run_id):
+            ae_info = _log_pyfunc(
+                "autoencoder", AutoencoderModel(info), {AUTOENCODER_ARTIFACT: autoencoder},
+                autoencoder_signature(info, autoencoder.latent_dim), config.autoencoder_name, {"scanflow.dataset": info.name},
+            )
+        ae_version = str(ae_info.registered_model_version)
+        created.append((config.autoencoder_name, ae_version))
+        _record_digests(client, config.autoencoder_name, ae_version)
+        tags = {
+            ADOPTED_TAG: contract.flavour, CONTRACT_TAG: contract.to_json(), AUTOENCODER_VERSION_TAG: ae_version,
+            DETECTOR_TAG: detector_uri, DETECTOR_DIGEST_TAG: detector_digest, "scanflow.dataset": info.name,
+            "scanflow.adoption_run": run_id, VERDICT_TAG: "adopted",
+        }
+        for key, value in tags.items():
+            client.set_model_version_tag(name, number, key, value)
+            tagged.append(key)
+        _record_digests(client, name, number)
+        tagged.append(DIGESTS_TAG)
+        previous = champion_version_or_none(config)
+        if previous is not None and previous != number:
+            client.set_model_version_tag(name, number, PREVIOUS_CHAMPION_TAG, previous)
+            tagged.append(PREVIOUS_CHAMPION_TAG)
+        client.set_registered_model_alias(config.autoencoder_name, CHAMPION_ALIAS, ae_version)
+        client.set_registered_model_alias(name, CHAMPION_ALIAS, number)
+    except BaseException:
+        for key in tagged:
+            with contextlib.suppress(MlflowException):
+                client.delete_model_version_tag(name, number, key)
+        for model, created_version in created:
+            with contextlib.suppress(MlflowException):
+                client.delete_model_version(model, created_version)
+        if new_model:
+            with contextlib.suppress(MlflowException):
+                client.delete_registered_model(name)
+        raise
+    return number

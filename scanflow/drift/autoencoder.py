@@ -317,7 +317,8 @@ class AutoencoderDetector(Detector):
     def _state(self) -> dict[str, Any]:
         return {
             "report_reference": self._report_reference,
-            "classifier": self.classifier,
+            # A model Scanflow did not train (`scanflow.adopt`) is not stored: its registry entry loads it.
+            "classifier": self.classifier if isinstance(self.classifier, Classifier) else None,
             "autoencoder": self.autoencoder,
             "components": self.components,
             "latent_mean": self._latent_mean,
@@ -333,7 +334,7 @@ class AutoencoderDetector(Detector):
     def _restore(self, state: dict[str, Any]) -> None:
         self._batch_test = None
         self._report_reference = state["report_reference"]
-        self.classifier = state["classifier"].eval()
+        self.classifier = None if state["classifier"] is None else state["classifier"].eval()
         self.autoencoder = state["autoencoder"].eval()
         self.components = state["components"]
         self._latent_mean = state["latent_mean"]

@@ -1,0 +1,259 @@
+"""Adopt a classifier Scanflow did not train: put a registered MLflow model under supervision.
+
+A model is an MLflow `pytorch` flavour image classifier (an `nn.Module` from float images [N, C, H, W] to logits or
+probabilities) or any MLflow pyfunc that returns class probabilities [N, K] or labels [N] (then the detector works
+from pixels and labels only: reduced evidence). Its **input contract** (`InputContract`: channels, size,
+normalisation, class names, what it outputs) is read from the model's signature and metadata (`classes`, `mean`,
+`std`, `output`) and completed by the caller; a contradiction between them is refused.
+
+Adoption fits Scanflow's autoencoder and drift detector on reference images, logs both in an `adopt-` run, tags the
+adopted version with them (and with the sha256 of its files) and points the `champion` alias at it. The user's
+model artifact is never rewritten: a version under another name is a new registry entry on the same source.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from scanflow.data import DatasetInfo, LabeledImages
+from scanflow.errors import ScanflowError
+
+Flavour = Literal["pytorch", "pyfunc"]
+Output = Literal["logits", "probabilities", "labels"]
+OUTPUTS: tuple[str, ...] = ("logits", "probabilities", "labels")
+#: Version tags that mark an adopted model: its flavour and its input contract (JSON).
+ADOPTED_TAG = "scanflow.adopted"
+CONTRACT_TAG = "scanflow.contract"
+#: Images scored per forward pass of a foreign model.
+FOREIGN_BATCH = 256
+
+
+class AdoptionError(ScanflowError, ValueError):
+    """A model, a reference set or a flag that cannot be adopted as given; the message names the fix."""
+
+
+@dataclass(frozen=True)
+class InputContract:
+    """What a foreign model takes and gives. Pixels become `(x / 255 - mean) / std` per channel, float32
+    [N, channels, height, width]; `output` says whether the model returns logits, probabilities or labels."""
+
+    channels: int
+    height: int
+    width: int
+    classes: tuple[str, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    output: Output
+    flavour: Flavour
+
+    def __post_init__(self) -> None:
+        if self.channels not in (1, 3):
+            raise AdoptionError(f"a model takes 1 (grey) or 3 (RGB) channels, this one {self.channels}")
+        if len(self.classes) < 2 or len(set(self.classes)) != len(self.classes):
+            raise AdoptionError(f"a classifier needs at least two distinct class names, got {list(self.classes)}")
+        for what, values in (("mean", self.mean), ("std", self.std)):
+            if len(values) != self.channels:
+                raise AdoptionError(f"--{what} needs one value per channel ({self.channels}), got {list(values)}")
+        if any(value <= 0 for value in self.std):
+            raise AdoptionError(f"--std values must be > 0, got {list(self.std)}")
+        if self.output not in OUTPUTS:
+            raise AdoptionError(f"the model's output must be one of {', '.join(OUTPUTS)}, got {self.output!r}")
+
+    def info(self, name: str, source: str) -> DatasetInfo:
+        """The dataset description batches of this model are checked against."""
+        return DatasetInfo(f"adopted:{name}", self.classes, self.channels, self.height, self.width, source)
+
+    def to_json(self) -> str:
+        return json.dumps({**asdict(self), "classes": list(self.classes), "mean": list(self.mean), "std": list(self.std)})
+
+    @classmethod
+    def from_json(cls, text: str) -> "InputContract":
+        value = json.loads(text)
+        return cls(**{**value, "classes": tuple(value["classes"]), "mean": tuple(value["mean"]), "std": tuple(value["std"])})
+
+    def to_float(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 [N, C, H, W] to the model's normalised float32 input."""
+        mean = torch.tensor(self.mean, dtype=torch.float32).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32).view(1, -1, 1, 1)
+        return (images.to(torch.float32) / 255.0 - mean) / std
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'HxW' (e.g. '32x32') as (height, width)."""
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(part.isdigit() and int(part) > 0 for part in parts):
+        raise AdoptionError(f"--input-size must be HEIGHTxWIDTH in pixels, e.g. 32x32, got {text!r}")
+    return int(parts[0]), int(parts[1])
+
+
+def _signature_shape(signature: Any) -> tuple[int, int, int] | None:
+    """(C, H, W) of a tensor signature's first input [N, C, H, W], or None when it declares none."""
+    if signature is None or signature.inputs is None or not signature.inputs.is_tensor_spec():
+        return None
+    shape = tuple(signature.inputs.inputs[0].shape)
+    if len(shape) != 4 or any(d is None or d < 1 for d in shape[1:]):
+        return None
+    return tuple(int(d) for d in shape[1:])  # type: ignore[return-value]
+
+
+def _agree(what: str, declared: Any, given: Any, flag: str) -> Any:
+    """The value a model declares and a flag gives, refusing a contradiction; None when neither says."""
+    if declared is not None and given is not None and declared != given:
+        raise AdoptionError(f"the model declares {what} {declared} but {flag} says {given}: drop the flag or fix the model's metadata")
+    return declared if declared is not None else given
+
+
+def resolve_contract(
+    flavours: set[str], signature: Any, metadata: dict[str, Any] | None, *, classes: tuple[str, ...] | None = None,
+    input_size: tuple[int, int] | None = None, channels: int | None = None, mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None, output: str | None = None,
+) -> InputContract:
+    """The input contract from what the model declares (`flavours`, `signature`, `metadata`) and the caller's flags.
+    Raises AdoptionError on a contradiction or on what neither says (size, class names)."""
+    if "pytorch" in flavours:
+        flavour: Flavour = "pytorch"
+    elif "python_function" in flavours:
+        flavour = "pyfunc"
+    else:
+        raise AdoptionError(f"the model has flavours {sorted(flavours)}: adopt a pytorch or a python_function (pyfunc) model")
+    metadata = metadata or {}
+    shape = _signature_shape(signature)
+    size = _agree("input size", None if shape is None else shape[1:], input_size, "--input-size")
+    if size is None:
+        raise AdoptionError("the model's signature declares no image size: pass --input-size HxW")
+    declared_classes = tuple(str(c) for c in metadata["classes"]) if metadata.get("classes") else None
+    names = _agree("classes", declared_classes, classes, "--classes")
+    if names is None:
+        raise AdoptionError("the model's metadata names no classes: pass --classes FILE (one class name per line)")
+    n_channels = _agree("channels", None if shape is None else shape[0], channels, "the reference images")
+    declared_mean = tuple(float(v) for v in metadata["mean"]) if metadata.get("mean") is not None else None
+    declared_std = tuple(float(v) for v in metadata["std"]) if metadata.get("std") is not None else None
+    resolved_mean = _agree("mean", declared_mean, mean, "--mean")
+    resolved_std = _agree("std", declared_std, std, "--std")
+    resolved_output = _agree("output", metadata.get("output"), output, "--output") or ("logits" if flavour == "pytorch" else "probabilities")
+    c = int(n_channels or 3)
+    return InputContract(
+        c, size[0], size[1], names, resolved_mean or (0.0,) * c, resolved_std or (1.0,) * c, resolved_output, flavour,
+    )
+
+
+class ForeignClassifier:
+    """A model Scanflow did not train behind the interface Scanflow's detector and flows use: uint8 images
+    [N, C, H, W] in; probabilities, hidden features and labels out. For a pytorch module the hidden features are
+    the input of its last linear layer; otherwise (a pyfunc) they are the probabilities themselves."""
+
+    def __init__(self, model: Any, contract: InputContract) -> None:
+        self.model = model
+        self.contract = contract
+        self._last_linear = None
+        if isinstance(model, nn.Module):
+            model.eval()
+            linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+            self._last_linear = linears[-1] if linears else None
+
+    @property
+    def evidence(self) -> str:
+        """What the detector can use from this model, in words."""
+        if self.contract.output == "labels":
+            return "labels only: the detector works from pixels and the autoencoder, without the model's confidence"
+        if self._last_linear is not None:
+            return "probabilities and hidden features"
+        return "probabilities (no hidden features)"
+
+    def eval(self) -> "ForeignClassifier":
+        return self
+
+    def _outputs(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.contract.to_float(images)
+        if isinstance(self.model, nn.Module):
+            captured: list[torch.Tensor] = []
+            hook = self._last_linear.register_forward_hook(lambda m, i, o: captured.append(i[0].detach())) if self._last_linear else None
+            try:
+                with torch.inference_mode():
+                    raw = self.model(x)
+            finally:
+                if hook is not None:
+                    hook.remove()
+            raw = torch.as_tensor(raw).detach().float()
+        else:
+            raw = torch.as_tensor(np.asarray(self.model.predict(x.numpy())))
+            captured = []
+        probabilities = self._probabilities(raw, len(images))
+        hidden = captured[0].flatten(1).float() if captured else probabilities
+        return hidden, probabilities
+
+    def _probabilities(self, raw: torch.Tensor, n: int) -> torch.Tensor:
+        k = len(self.contract.classes)
+        if self.contract.output == "labels" or raw.dim() == 1:
+            labels = raw.reshape(-1).long()
+            if len(labels) != n or labels.min() < 0 or labels.max() >= k:
+                raise AdoptionError(f"the model returned labels outside 0..{k - 1} or not one per image: check --classes")
+            return torch.nn.functional.one_hot(labels, k).float()
+        if raw.shape != (n, k):
+            raise AdoptionError(
+                f"the model returned shape {list(raw.shape)} for {n} images, expected [{n}, {k}] (one column per class): "
+                "check --classes against the model's output"
+            )
+        if self.contract.output == "logits":
+            return torch.softmax(raw.float(), dim=1)
+        return raw.float()
+
+    def embed_and_predict_proba(self, images: torch.Tensor, batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hidden features float32 [N, D] and class probabilities float32 [N, K]."""
+        size = batch_size or FOREIGN_BATCH
+        parts = [self._outputs(images[start:start + size]) for start in range(0, len(images), size)]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+    def predict_proba(self, images: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+        return self.embed_and_predict_proba(images, batch_size)[1]
+
+    def predict(self, images: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+        return self.predict_proba(images, batch_size).argmax(dim=1)
+
+
+class AdoptedServing:
+    """An adopted model as the predict flow serves it: `predict(uint8 array)` gives int64 labels."""
+
+    def __init__(self, classifier: ForeignClassifier) -> None:
+        self.classifier = classifier
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        batch = torch.from_numpy(np.ascontiguousarray(images))
+        if batch.dim() == 3:
+            batch = batch.unsqueeze(1)
+        return self.classifier.predict(batch).numpy().astype(np.int64)
+
+
+def check_outputs(classifier: ForeignClassifier, images: torch.Tensor) -> None:
+    """Run the model on a few reference images and refuse output that does not fit the contract (wrong number of
+    classes, probabilities that do not sum to 1)."""
+    _, probabilities = classifier.embed_and_predict_proba(images[:8])
+    if classifier.contract.output == "probabilities" and not torch.allclose(probabilities.sum(dim=1), torch.ones(len(probabilities)), atol=1e-3):
+        raise AdoptionError("the model's outputs do not sum to 1 per image: they are not probabilities; pass --output logits")
+
+
+def reference_splits(images: torch.Tensor, labels: torch.Tensor | None, info: DatasetInfo, seed: int = 0) -> tuple[LabeledImages, LabeledImages]:
+    """Reference images as (fit, calibration): a seeded 80/20 split. Unlabelled images get label 0 (only the
+    autoencoder, which ignores labels, trains on them)."""
+    if len(images) < 50:
+        raise AdoptionError(f"the reference holds {len(images)} images: give at least 50 clean images the model serves well")
+    order = torch.from_numpy(np.random.default_rng(seed).permutation(len(images)))
+    cut = int(0.8 * len(images))
+    labels = labels if labels is not None else torch.zeros(len(images), dtype=torch.int64)
+    fit, calibration = order[:cut].sort().values, order[cut:].sort().values
+    return (LabeledImages(images[fit], labels[fit], info, "reference[fit]"),
+            LabeledImages(images[calibration], labels[calibration], info, "reference[calibration]"))
+
+
+def detector_components(contract: InputContract) -> tuple[str, ...]:
+    """The detector's components for a model: without probabilities, no uncertainty component."""
+    from scanflow.drift.autoencoder import COMPONENTS
+
+    return tuple(c for c in COMPONENTS if not (contract.output == "labels" and c == "uncertainty"))
+

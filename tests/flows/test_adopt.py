@@ -1,0 +1,167 @@
+"""An outside model put under supervision: written with plain PyTorch and MLflow (no Scanflow model class), adopted
+from the registry, then detect and predict on PNG batches as on a model Scanflow trained."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from mlflow import MlflowClient
+from mlflow.models import ModelSignature
+from mlflow.types import Schema, TensorSpec
+from PIL import Image
+from torch import nn
+
+from scanflow.cli import main
+from scanflow.config import TrackingConfig
+
+CLASSES = ("square", "cross", "stripes")
+SIZE = 32
+
+
+def shapes(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """n RGB 32x32 images of three shapes in random colours on random backgrounds, uint8 [n, 3, 32, 32], labels."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    images = np.empty((n, 3, SIZE, SIZE), np.uint8)
+    labels = rng.integers(0, 3, n)
+    for i, label in enumerate(labels):
+        cx, cy, r = rng.integers(10, 22), rng.integers(10, 22), rng.integers(5, 9)
+        mask = {0: (abs(xx - cx) < r) & (abs(yy - cy) < r), 1: ((abs(xx - cx) < 2) & (abs(yy - cy) < r + 3)) | ((abs(yy - cy) < 2) & (abs(xx - cx) < r + 3)),
+                2: ((xx + int(rng.integers(0, 4))) // 3) % 2 == 0}[int(label)]
+        fg, bg = rng.integers(120, 256, 3), rng.integers(0, 100, 3)
+        image = np.where(mask[None], fg[:, None, None], bg[:, None, None]) + rng.normal(0, 6, (3, SIZE, SIZE))
+        images[i] = np.clip(image, 0, 255).astype(np.uint8)
+    return images, labels
+
+
+class OutsideNet(nn.Module):
+    """A team's own classifier: float RGB in [0, 1] normalised by mean/std 0.5, logits out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                                      nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4))
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(32 * 16, 64), nn.ReLU(), nn.Linear(64, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def write_pngs(folder, images: np.ndarray, labels: np.ndarray | None = None) -> None:
+    for i, image in enumerate(images):
+        target = folder / CLASSES[int(labels[i])] if labels is not None else folder
+        target.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image.transpose(1, 2, 0)).save(target / f"img-{i:04d}.png")
+
+
+@pytest.fixture(scope="module")
+def outside_model(mlflow_store, tmp_path_factory):
+    """The team's model, trained and registered with plain torch + mlflow code: returns its models:/ URI."""
+    images, labels = shapes(300, seed=1)
+    torch.manual_seed(0)
+    model = OutsideNet()
+    optimizer = torch.optim.Adam(model.parameters(), lr=5e-3)
+    x = (torch.from_numpy(images).float() / 255 - 0.5) / 0.5
+    y = torch.from_numpy(labels)
+    for _ in range(8):
+        for start in range(0, len(x), 32):
+            loss = nn.functional.cross_entropy(model(x[start:start + 32]), y[start:start + 32])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    model.eval()
+    accuracy = float((model(x).argmax(1) == y).float().mean())
+    assert accuracy > 0.9, accuracy
+    mlflow.set_tracking_uri(mlflow_store)
+    mlflow.set_registry_uri(mlflow_store)
+    mlflow.set_experiment("outside-team")
+    signature = ModelSignature(Schema([TensorSpec(np.dtype(np.float32), (-1, 3, SIZE, SIZE))]),
+                               Schema([TensorSpec(np.dtype(np.float32), (-1, 3))]))
+    with mlflow.start_run():
+        info = mlflow.pytorch.log_model(model, name="model", registered_model_name="outside-shapes", signature=signature,
+                                        serialization_format="pickle", pip_requirements=["torch"],
+                                        metadata={"classes": list(CLASSES), "mean": [0.5] * 3, "std": [0.5] * 3})
+    return f"models:/outside-shapes/{info.registered_model_version}"
+
+
+@pytest.fixture(scope="module")
+def adopted(outside_model, mlflow_store, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("adopt")
+    images, labels = shapes(300, seed=2)
+    write_pngs(folder / "reference", images, labels)
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "SCANFLOW_MODEL_NAME")}
+    os.environ["MLFLOW_TRACKING_URI"] = mlflow_store
+    os.environ.pop("SCANFLOW_MODEL_NAME", None)
+    yield folder
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+def test_a_model_scanflow_did_not_train_is_adopted_then_detects_and_predicts(outside_model, adopted, mlflow_store, capsys, monkeypatch):
+    # One test function: Prefect's log handlers keep the stream of the test that first ran a flow.
+    refusals_write_nothing(outside_model, adopted, mlflow_store, capsys)
+    client = MlflowClient(mlflow_store)
+    source = client.get_model_version("outside-shapes", outside_model.rsplit("/", 1)[1])
+    files_before = {f.path for f in client.list_artifacts(source.run_id)} if source.run_id else set()
+
+    code = main(["adopt", outside_model, "--reference", str(adopted / "reference"), "--autoencoder-epochs", "8"])
+    captured = capsys.readouterr()
+    out = captured.out
+    assert code == 0, captured.err[-3000:]
+    assert "Supervised:  outside-shapes v1 @champion" in out and "Traceback" not in out
+    assert "Evidence:    probabilities and hidden features" in out
+    version = client.get_model_version_by_alias("outside-shapes", "champion")
+    assert str(version.version) == str(source.version) and version.tags["scanflow.adopted"] == "pytorch"
+    assert {f.path for f in client.list_artifacts(source.run_id)} == files_before  # the team's artifact is untouched
+
+    monkeypatch.setenv("SCANFLOW_MODEL_NAME", "outside-shapes")
+    images, labels = shapes(120, seed=3)
+    np.save(adopted / "clean.npy", images)
+    assert main(["detect", "--batch", str(adopted / "clean.npy"), "--json", "--no-report"]) == 0
+    clean = json.loads(capsys.readouterr().out)
+    assert clean["is_drift"] is False and clean["model_version"] == str(source.version)
+
+    from scanflow.corruptions import corrupt
+
+    np.save(adopted / "fog.npy", corrupt(torch.from_numpy(images), "fog", severity=4, seed=0).numpy())
+    assert main(["detect", "--batch", str(adopted / "fog.npy"), "--json", "--no-report"]) == 0
+    foggy = json.loads(capsys.readouterr().out)
+    assert foggy["is_drift"] is True and len(foggy["critical_rows"]) > 0
+    assert {row["predicted"] for row in foggy["critical_rows"]} <= set(CLASSES)
+
+    assert main(["predict", "--batch", str(adopted / "clean.npy")]) == 0
+    predicted = capsys.readouterr().out
+    assert "Traceback" not in predicted
+    run = client.search_runs([client.get_experiment_by_name(TrackingConfig.from_env().experiment_name).experiment_id],
+                             "tags.`scanflow.kind` = 'predict'", order_by=["start_time DESC"], max_results=1)[0]
+    rows = client.download_artifacts(run.info.run_id, "predictions.csv")
+    predicted_labels = np.loadtxt(rows, delimiter=",", skiprows=1, usecols=1, dtype=int)
+    assert float(np.mean(predicted_labels == labels)) > 0.9
+
+
+def refusals_write_nothing(outside_model, adopted, mlflow_store, capsys) -> None:
+    """Contradictions and a URI that names no registered version are refused (exit 2) before anything is written."""
+    client = MlflowClient(mlflow_store)
+    runs_before = len(client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=1000))
+    versions_before = len(client.search_model_versions())
+    (adopted / "wrong.txt").write_text("a\nb\n")
+    code = main(["adopt", outside_model, "--reference", str(adopted / "reference"), "--classes", str(adopted / "wrong.txt")])
+    out = capsys.readouterr()
+    assert code == 2, out.err[-3000:]
+    assert "the model declares classes ('square', 'cross', 'stripes') but --classes says ('a', 'b')" in out.err + out.out
+    assert "Traceback" not in out.err + out.out
+    code = main(["adopt", outside_model, "--reference", str(adopted / "reference"), "--input-size", "64x64"])
+    out = capsys.readouterr()
+    assert code == 2 and "the model declares input size (32, 32) but --input-size says (64, 64)" in out.err + out.out
+    assert main(["adopt", "runs:/abc/model", "--reference", str(adopted / "reference")]) == 2
+    assert "is not a registered model version: pass models:/NAME/VERSION" in "".join(capsys.readouterr())
+    assert len(client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=1000)) == runs_before
+    assert len(client.search_model_versions()) == versions_before
