@@ -22,10 +22,9 @@ from prefect.events import emit_event
 from prefect.runtime import flow_run
 
 from flows.retries import IO_RETRIES
-from flows.settings import local_batch, storage_store, tracking_config
+from flows.settings import read_batch, storage_store, tracking_config
 from scanflow import tracking as scanflow_tracking
 from scanflow.config import CHAMPION_ALIAS, TrackingConfig
-from scanflow.data import load_batch_file
 from scanflow.detect import (
     DEFAULT_LABEL_BUDGET,
     DRIFT_EVENT,
@@ -53,8 +52,8 @@ def load_input_filter(config: TrackingConfig, alias: str):
 
 
 @task(cache_policy=NO_CACHE)
-def load_batch(path: str, detector: AutoencoderDetector) -> torch.Tensor:
-    return load_batch_file(path, detector.info)
+def load_batch(path: str, detector: AutoencoderDetector, store: S3Store | None) -> torch.Tensor:
+    return read_batch(path, detector.info, store)
 
 
 @task(cache_policy=NO_CACHE)
@@ -154,7 +153,7 @@ def detect_flow(
     detector, model_version = load_champion_detector(config, alias)
     if alpha is not None:
         detector.at_alpha(alpha)
-    images = load_batch(local_batch(batch_path, store), detector)
+    images = load_batch(batch_path, detector, store)
     input_filter = load_input_filter(config, alias)
     if input_filter is not None:
         print(f"v{model_version} filters its inputs: testing what its classifier sees (the cleaned batch)")
@@ -193,7 +192,7 @@ def report_flow(batch_path: str, mlflow_run_id: str, alias: str = CHAMPION_ALIAS
     path from a batch to its decision form. Returns the artifact's path inside the run."""
     config = tracking_config(tracking)
     detector, _ = load_champion_detector(config, alias)
-    images = load_batch(local_batch(batch_path, storage_store(storage)), detector)
+    images = load_batch(batch_path, detector, storage_store(storage))
     input_filter = load_input_filter(config, alias)
     if input_filter is not None:
         images = input_filter.clean(images)

@@ -22,10 +22,11 @@ from prefect.events import emit_event
 from prefect.runtime import flow_run
 
 from flows.retries import IO_RETRIES
-from flows.settings import local_batch, storage_store, tracking_config
+from flows.settings import read_batch, storage_store, tracking_config
 from scanflow import tracking as scanflow_tracking
+from scanflow.errors import ScanflowError
 from scanflow.config import TrackingConfig
-from scanflow.data import LabeledImages, hold_out_calibration, load_batch_file, load_train_test
+from scanflow.data import LabeledImages, hold_out_calibration, load_train_test
 from scanflow.drift.base import Detector
 from scanflow.drift.known import KnownShift
 from scanflow.human import Decision, known_shift_rows
@@ -147,8 +148,9 @@ def improve_flow(
     batch_id = batch_id or Path(batch_path).stem
     check_promotion_margin(promotion_margin)
     models, detector = load_champion(config)
-    images = load_batch_file(local_batch(batch_path, storage_store(storage)), detector.info)
+    images = read_batch(batch_path, detector.info, storage_store(storage))
     decision = Decision.checked(action, labels, len(shown_indices), detector.info.n_classes, note, decided_by)
+    check_improvable(models, decision.action, config.classifier_name)
     run_tags = {
         "scanflow.kind": "improve", "scanflow.batch_id": batch_id, "scanflow.action": decision.action,
         "scanflow.decided_by": decision.decided_by, "scanflow.champion_version": models.classifier_version,
@@ -170,6 +172,18 @@ def improve_flow(
         scanflow_tracking.set_tags(run_id, {"scanflow.promoted": str(summary["promoted"]).lower()})
     create_markdown_artifact(improvement_markdown(summary), key="improvement", description=f"decision on batch {batch_id}")
     return summary
+
+
+def check_improvable(models: scanflow_tracking.LoadedModels, action: str, name: str) -> None:
+    """Refuse, before any run, to retrain or filter an adopted model (`scanflow adopt`): neither is built for a
+    model Scanflow did not train yet. Ignoring its drift (a known shift) works."""
+    from scanflow.models import Classifier
+
+    if action != "ignore" and not isinstance(models.classifier, Classifier):
+        raise ScanflowError(
+            f"{name} v{models.classifier_version} is an adopted model: Scanflow cannot {action} it yet; decide 'ignore', "
+            "or retrain it with your own code and adopt the new version (scanflow adopt models:/NAME/VERSION)"
+        )
 
 
 def _improve(

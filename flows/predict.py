@@ -20,10 +20,9 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from flows.retries import IO_RETRIES
-from flows.settings import local_batch, storage_store, tracking_config
+from flows.settings import read_batch, storage_store, tracking_config
 from scanflow import tracking as scanflow_tracking
 from scanflow.config import CHAMPION_ALIAS, TrackingConfig
-from scanflow.data import load_batch_file
 from scanflow.storage import S3Store
 
 
@@ -59,7 +58,7 @@ def predict_flow(
     store = storage_store(storage)
     batch_id = batch_id or Path(batch_path).stem
     served = load_served_model(config, alias)
-    images = load_batch_file(local_batch(batch_path, store), served.info).numpy()
+    images = read_batch(batch_path, served.info, store).numpy()
     labels = predict(served.model, images)
     run_id = log_predictions(config, batch_id, served.version, labels, served.info.classes)
     if store is not None:

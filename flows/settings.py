@@ -3,7 +3,6 @@ from the environment. Deployments name blocks; scripts and tests usually rely on
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, TypeVar
 
 from prefect.blocks.core import Block
@@ -84,3 +83,21 @@ def shared_batch(batch_path: str, batch_id: str, store: S3Store | None) -> str:
     if store is None or is_s3_uri(batch_path):
         return batch_path
     return store.put_file_once("batches", batch_id, batch_path)
+
+
+def read_batch(batch_path: str, info: Any, store: S3Store | None) -> Any:
+    """The uint8 images [N, C, H, W] of a batch in the model's contract `info`: a .npy file, a folder of image files,
+    an image file or .npz, locally or in S3 (an `s3://bucket/prefix/` ending in '/' is a folder of images); what was
+    converted to fit the contract is printed (into the run's logs)."""
+    from scanflow.images import ImageContract, read_batch as read_local_batch, read_images
+
+    if is_s3_uri(batch_path) and batch_path.endswith("/"):
+        if store is None:
+            local_batch(batch_path, store)  # its message: no storage configured
+        images = read_images(batch_path, ImageContract.of(info), classes=info.classes, store=store)
+    else:
+        images = read_local_batch(local_batch(batch_path, store), info)
+    for line in images.describe():
+        print(f"batch {batch_path}: {line}")
+    return images.images
+

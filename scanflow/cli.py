@@ -197,12 +197,14 @@ def batch_id(text: str) -> str:
 
 
 def batch_file(text: str) -> str:
-    """An existing .npy file (its content is checked by `scanflow.data.load_batch_file`, in the handler)."""
+    """A batch that exists: a .npy file, a folder of image files, an image file or .npz (their contents are checked
+    in the handler, or against the model's contract by the flow), or an s3:// key or prefix (checked by the flow)."""
+    if text.startswith("s3://"):
+        return text
     path = Path(text)
-    if path.is_dir():
-        raise argparse.ArgumentTypeError(f"batch file {path} is a directory: give a .npy file written with numpy.save")
-    if not path.is_file():
-        raise argparse.ArgumentTypeError(f"batch file {path} does not exist: pass a .npy file written with numpy.save")
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"batch {path} does not exist: pass a .npy file written with numpy.save, a "
+                                         "folder of PNG/JPEG images, or s3://bucket/key")
     return text
 
 
@@ -300,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the detect flow on one batch: drift verdict, critical samples, MLflow run, Prefect artifacts",
         description="Tests a .npy batch of uint8 images against the detector of the registered model at ALIAS.",
     )
-    detect.add_argument("--batch", type=batch_file, required=True, help=".npy file written with numpy.save: uint8 [N, H, W] or [N, C, H, W]")
+    detect.add_argument("--batch", type=batch_file, required=True, help="a .npy of uint8 images [N, H, W] or [N, C, H, W], a folder of PNG/JPEG images (converted to the model's input), or s3://bucket/key or prefix/")
     detect.add_argument("--model", default=None, help="NAME@ALIAS of the registered classifier (default: $SCANFLOW_MODEL_NAME@champion)")
     detect.add_argument("--batch-id", type=batch_id, help="identifier recorded with the result (default: the file name)")
     detect.add_argument("--budget", type=positive_int, default=20, help="samples to select for labelling (default: 20)")
@@ -311,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict = commands.add_parser(
         "predict", help="run the predict flow: label a batch with the served champion, log predictions and lineage to MLflow"
     )
-    predict.add_argument("--batch", type=batch_file, required=True, help=".npy file of uint8 images [N, H, W] or [N, C, H, W]")
+    predict.add_argument("--batch", type=batch_file, required=True, help="a .npy of uint8 images, a folder of PNG/JPEG images, or s3://bucket/key or prefix/")
     predict.add_argument("--batch-id", type=batch_id, help="identifier recorded with the predictions (default: the file name)")
     predict.add_argument("--alias", default="champion", help="registry alias to serve (default: champion)")
     predict.add_argument("--json", action="store_true", help="print the summary and labels as JSON")
@@ -323,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Applies a decision on a drifted batch. --shown lists the batch rows shown to the person (the "
         "detect result's selected_indices), --labels their classes in that order.",
     )
-    improve.add_argument("--batch", type=batch_file, required=True, help="the drifted batch, a .npy of uint8 images")
+    improve.add_argument("--batch", type=batch_file, required=True, help="the drifted batch, as given to detect")
     improve.add_argument("--shown", type=row_list, required=True, help="comma-separated batch rows shown to the person, in order")
     improve.add_argument("--action", required=True, choices=("retrain", "filter", "ignore"))
     improve.add_argument("--labels", default="", help="comma-separated class indices of the shown samples, in order; ? for a sample nobody labelled")
@@ -504,10 +506,9 @@ def _corrupt(args: argparse.Namespace) -> int:
 
 
 def _detect(args: argparse.Namespace) -> int:
-    from scanflow.data import load_batch_file
 
     _default_batch_id(args)
-    load_batch_file(args.batch)
+    check_batch(args.batch)
     if args.model:
         name, _, alias = args.model.partition("@")
         if not name or not alias:
@@ -532,11 +533,24 @@ def _detect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _predict(args: argparse.Namespace) -> int:
+def check_batch(batch: str):
+    """The images of a local .npy batch (refused with a message when it is not one), or None for a batch the flow
+    reads in the model's contract (a folder, an image file, .npz, s3://): its checks need the model."""
     from scanflow.data import load_batch_file
 
+    from scanflow.images import IMAGE_EXTENSIONS
+
+    if batch.startswith("s3://") or Path(batch).is_dir() or Path(batch).suffix.lower() in (".npz", *IMAGE_EXTENSIONS):
+        if Path(batch).is_dir() and not any(p.is_file() for p in Path(batch).rglob("*")):
+            raise ScanflowError(f"batch folder {batch} is empty: put the batch's PNG/JPEG images there")
+        return None
+    return load_batch_file(batch)
+
+
+def _predict(args: argparse.Namespace) -> int:
+
     _default_batch_id(args)
-    load_batch_file(args.batch)
+    check_batch(args.batch)
     use_prefect_server(fallback=True)
     from flows.predict import predict_flow
 
@@ -555,15 +569,14 @@ def _improve(args: argparse.Namespace) -> int:
     if repeated:
         raise ScanflowError(f"--shown repeats row {', '.join(map(str, repeated))}: list each critical sample once, in the order shown")
     _default_batch_id(args)
-    from scanflow.data import load_batch_file
     from scanflow.human import parse_labels
     from scanflow.improve.promotion import check_promotion_margin
 
     labels = parse_labels(args.labels) or None
     _check_labels(labels, len(shown), args.action)
     check_promotion_margin(args.margin)
-    images = load_batch_file(args.batch)
-    outside = [row for row in shown if row >= len(images)]
+    images = check_batch(args.batch)
+    outside = [row for row in shown if images is not None and row >= len(images)]
     if outside:
         raise ScanflowError(f"--shown row {outside[0]} is outside the batch of {len(images)} images: rows are 0..{len(images) - 1}")
     use_prefect_server(fallback=True)

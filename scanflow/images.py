@@ -712,3 +712,17 @@ def read_batch_unit(
         fetch = _read_file_bytes(Path(location))
     listing = _Listing(tuple(sorted(names)), unit.ignored_hidden, unit.ignored_other, ())
     return _read_files(listing, fetch, location, contract, given, on_bad, limit)
+
+
+def read_batch(path: str | Path, info: DatasetInfo) -> ImageSet:
+    """A production batch in a model's contract (`info`): a ``.npy`` file of uint8 images (checked by
+    :func:`scanflow.data.load_batch_file`: its shape must already be the model's), or a folder of image files, one
+    image file or an ``.npz`` (read by :func:`read_images`: converted to the contract, every conversion recorded,
+    bad files refused by name). For an ``s3://`` prefix call :func:`read_images` with a store."""
+    from scanflow.data import load_batch_file
+
+    path = Path(path).expanduser()
+    if path.suffix.lower() == ".npy" or not (path.is_dir() or path.suffix.lower() == ".npz" or _is_image_name(path.name)):
+        images = load_batch_file(path, info)
+        return ImageSet(images, None, None, tuple(f"{path.name}[{i}]" for i in range(len(images))), str(path))
+    return read_images(path, ImageContract.of(info), classes=info.classes)

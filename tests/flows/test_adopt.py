@@ -137,6 +137,18 @@ def test_a_model_scanflow_did_not_train_is_adopted_then_detects_and_predicts(out
     assert foggy["is_drift"] is True and len(foggy["critical_rows"]) > 0
     assert {row["predicted"] for row in foggy["critical_rows"]} <= set(CLASSES)
 
+    # A folder of PNG files is a batch too, here RGBA: converted to the model's RGB (alpha dropped, pixels kept).
+    (adopted / "png-batch").mkdir()
+    for i, image in enumerate(images[:60]):
+        Image.fromarray(image.transpose(1, 2, 0)).convert("RGBA").save(adopted / "png-batch" / f"p-{i:03d}.png")
+    assert main(["detect", "--batch", str(adopted / "png-batch"), "--json", "--no-report"]) == 0
+    from_pngs = json.loads(capsys.readouterr().out)
+    assert from_pngs["n"] == 60 and from_pngs["is_drift"] is False
+
+    assert main(["improve", "--batch", str(adopted / "fog.npy"), "--shown", "0,1", "--action", "retrain", "--labels", "0,1"]) == 2
+    refused = "".join(capsys.readouterr())
+    assert "outside-shapes v1 is an adopted model: Scanflow cannot retrain it yet" in refused and "Traceback" not in refused
+
     assert main(["predict", "--batch", str(adopted / "clean.npy")]) == 0
     predicted = capsys.readouterr().out
     assert "Traceback" not in predicted
