@@ -726,9 +726,9 @@ def _load_foreign_model(local: str, contract: Any) -> Any:
     """The user's model from its downloaded directory, by its flavour (its own loader: the user's code)."""
     with _quiet_mlflow():
         if contract.flavour == "pytorch":
-            import mlflow.pytorch
+            from mlflow import pytorch as mlflow_pytorch
 
-            return mlflow.pytorch.load_model(local, map_location="cpu")
+            return mlflow_pytorch.load_model(local, map_location="cpu")
         return mlflow.pyfunc.load_model(local)
 
 

@@ -39,6 +39,17 @@ def shapes(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
+class LabelsOnly(mlflow.pyfunc.PythonModel):
+    """A team's pyfunc that answers labels only (no probabilities): float images in, int64 labels out."""
+
+    def __init__(self, net: nn.Module) -> None:
+        self.net = net
+
+    def predict(self, context, model_input, params=None):
+        with torch.no_grad():
+            return self.net(torch.as_tensor(np.asarray(model_input, dtype=np.float32))).argmax(1).numpy()
+
+
 class OutsideNet(nn.Module):
     """A team's own classifier: float RGB in [0, 1] normalised by mean/std 0.5, logits out."""
 
@@ -86,6 +97,10 @@ def outside_model(mlflow_store, tmp_path_factory):
         info = mlflow.pytorch.log_model(model, name="model", registered_model_name="outside-shapes", signature=signature,
                                         serialization_format="pickle", pip_requirements=["torch"],
                                         metadata={"classes": list(CLASSES), "mean": [0.5] * 3, "std": [0.5] * 3})
+        labels_only = mlflow.pyfunc.log_model(name="labels-only", python_model=LabelsOnly(model), signature=ModelSignature(
+            signature.inputs, Schema([TensorSpec(np.dtype(np.int64), (-1,))])), pip_requirements=["torch"],
+            registered_model_name="outside-labels")
+    assert labels_only.registered_model_version == 1
     return f"models:/outside-shapes/{info.registered_model_version}"
 
 
@@ -158,6 +173,8 @@ def test_a_model_scanflow_did_not_train_is_adopted_then_detects_and_predicts(out
     predicted_labels = np.loadtxt(rows, delimiter=",", skiprows=1, usecols=1, dtype=int)
     assert float(np.mean(predicted_labels == labels)) > 0.9
 
+    a_labels_only_pyfunc_is_adopted_under_another_name(adopted, mlflow_store, capsys, monkeypatch)
+
 
 def refusals_write_nothing(outside_model, adopted, mlflow_store, capsys) -> None:
     """Contradictions and a URI that names no registered version are refused (exit 2) before anything is written."""
@@ -177,3 +194,27 @@ def refusals_write_nothing(outside_model, adopted, mlflow_store, capsys) -> None
     assert "is not a registered model version: pass models:/NAME/VERSION" in "".join(capsys.readouterr())
     assert len(client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=1000)) == runs_before
     assert len(client.search_model_versions()) == versions_before
+
+
+def a_labels_only_pyfunc_is_adopted_under_another_name(adopted, mlflow_store, capfd, monkeypatch) -> None:
+    """A pyfunc that answers labels only, without metadata: the flags give the contract; the detector works without the model's confidence, and says so."""
+    classes = adopted / "classes.txt"
+    classes.write_text("\n".join(CLASSES) + "\n")
+    code = main(["adopt", "models:/outside-labels/1", "--reference", str(adopted / "reference"), "--classes", str(classes),
+                 "--mean", "0.5,0.5,0.5", "--std", "0.5,0.5,0.5", "--output", "labels", "--name", "team-labels",
+                 "--autoencoder-epochs", "6"])
+    captured = capfd.readouterr()
+    out = captured.out
+    assert code == 0, captured.err[-1500:]
+    assert "Supervised:  team-labels v1 @champion (from models:/outside-labels/1)" in out
+    assert "Evidence:    labels only: the detector works from pixels and the autoencoder" in out
+    assert "Improve:     a pyfunc has no module to fine-tune" in out
+    client = MlflowClient(mlflow_store)
+    assert client.get_model_version("team-labels", "1").tags["scanflow.adopted_from"] == "models:/outside-labels/1"
+    assert "scanflow.adopted" not in client.get_model_version("outside-labels", "1").tags  # the team's entry untouched
+    monkeypatch.setenv("SCANFLOW_MODEL_NAME", "team-labels")
+    assert main(["detect", "--batch", str(adopted / "fog.npy"), "--json", "--no-report"]) == 0
+    assert json.loads(capfd.readouterr().out)["is_drift"] is True
+    assert main(["detect", "--batch", str(adopted / "clean.npy"), "--json", "--no-report"]) == 0
+    assert json.loads(capfd.readouterr().out)["is_drift"] is False
+
