@@ -3,8 +3,8 @@
 The batch statistic is the ROC AUC of a domain classifier that tells a batch's rows from a sample of clean
 reference rows, where a row is an image's autoencoder latent vector concatenated with the classifier's softmax.
 It is computed by Evidently's `ModelDriftMethod`, called directly: inside a `Report`, `EmbeddingsDrift` always
-fits a t-SNE for its plot (35-50 s), far too slow for the `calibration_windows` calls per batch size that the base
-class makes. Evidently's own threshold (AUC > 0.55) is not used: the base class calibrates the AUC's null
+fits a t-SNE for its plot, far too slow for the `calibration_windows` calls per batch size that the base class
+makes. Evidently's own threshold (AUC > 0.55) is not used: the base class calibrates the AUC's null
 distribution per batch size, and `drifted` booleans from Evidently are ignored.
 
 Per-image scores are the Mahalanobis distance of the latent vector to the clean latent distribution, with a
@@ -136,7 +136,7 @@ def _fallback_auc(current: np.ndarray, reference: np.ndarray) -> float:
     Every row is scored by its Euclidean distance from the reference centre (columns already standardised), and
     the ROC AUC of that score separates current from reference rows: the share of reference rows nearer the
     centre than a current row (ties count half). It is a valid statistic because the base class calibrates it
-    per n, it is defined for a single current row, and it costs ~1 ms.
+    per n, it is defined for a single current row, and it is cheap.
     """
     centre = reference.mean(axis=0)
     scores = np.r_[np.linalg.norm(reference - centre, axis=1), np.linalg.norm(current - centre, axis=1)]
@@ -161,7 +161,7 @@ def domain_classifier_auc_with_method(
 def domain_classifier_auc(current: np.ndarray, reference: np.ndarray, seed: int = 0) -> float:
     """ROC AUC of a classifier telling `current` rows from `reference` rows (0.5 = indistinguishable, 1 = apart).
 
-    Evidently's `ModelDriftMethod` called directly (no Report, ~15-40 ms for 1,000 x 18), on columns
+    Evidently's `ModelDriftMethod` called directly (no Report), on columns
     standardised by the reference mean/std. Evidently fixes `random_state=42` for its split and classifier, so
     the result is deterministic for a given row order; `seed` permutes the rows of each input first, which
     selects the rows that fall in each half. When Evidently cannot score (in practice a single current row; see
@@ -186,7 +186,7 @@ class EvidentlyDetector(Detector):
     """Domain-classifier drift on [latent embedding, softmax] rows, via Evidently; Mahalanobis sample scores.
 
     `max_reference` caps the clean rows the domain classifier compares a batch with (a seeded sample of the
-    reference images): the cost of one statistic grows with it, ~25 ms at 1,000 rows on two cores.
+    reference images): the cost of one statistic grows with it (see benchmarks/README.md).
     `calibration_windows` defaults to 200 rather than the base class's 500 for the same reason.
     """
 
@@ -238,7 +238,7 @@ class EvidentlyDetector(Detector):
         return domain_classifier_auc(self._rows(features), self._reference_rows, seed=self.seed)
 
     def _details(self, features: Features) -> dict[str, Any]:
-        """The AUC (computed again: ~25 ms), its implementation, and the dimensions of the compared rows."""
+        """The AUC (computed again), its implementation, and the dimensions of the compared rows."""
         auc, method = domain_classifier_auc_with_method(self._rows(features), self._reference_rows, seed=self.seed)
         return {
             "auc": auc,
@@ -296,7 +296,7 @@ def _report_columns(current: Features, reference: Features, max_latent_columns: 
 def drift_report(current: pd.DataFrame, reference: pd.DataFrame) -> Snapshot:
     """Evidently's `DataDriftPreset` over every (numerical) column of `current` against `reference`.
 
-    Costs ~0.15 s per column on two cores (plotly widgets: ~2 s for 14 columns, ~10 s for 64). Get the JSON
+    Its cost grows with the number of columns (plotly widgets per column). Get the JSON
     with `report_dict(snapshot)`, the HTML with `snapshot.save_html(str(path))` (Evidently silently writes
     nothing when given a `Path`).
     """
@@ -321,7 +321,7 @@ def save_drift_report(
     """Write Evidently's HTML drift report of a batch against the reference to `path`; returns the path.
 
     Covers the softmax columns and the `max_latent_columns` latent columns whose means shifted most, to keep
-    the report to a few seconds (~2 s for 10 classes + 4 latent columns). Off the hot path: run it as a
+    the report small and quick. Off the hot path: run it as a
     separate task. Needs "z" (and optionally "p") in both feature dicts (`Detector.report_features` and
     `Detector.reference_report_features` give them).
     """

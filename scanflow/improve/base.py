@@ -216,8 +216,7 @@ def seconds_at_area(measured: Mapping[int, float], area: int) -> float:
     """Seconds of one unit of work (a training step, a batch of preparation) at an image area (height x width
     pixels), from measurements at two areas: linear in area through both, never below the smaller one. Work on
     small images does not shrink in proportion to their area (the optimiser, Python and small kernels cost the
-    same), so scaling one 28x28 measurement by area predicted about 9 s for the 8x8 digits filter, several times
-    too little."""
+    same), so scaling one 28x28 measurement by area alone predicts far too little for 8x8 images."""
     (small, at_small), (large, at_large) = sorted(measured.items())
     slope = (at_large - at_small) / (large - small)
     return max(at_small, at_small + slope * (area - small))
