@@ -533,6 +533,7 @@ def log_artifact_file(run_id: str, path: str | Path, artifact_path: str | None =
 KIND_TAG = "scanflow.kind"
 PARENT_TAG = "scanflow.parent_version"
 PREVIOUS_CHAMPION_TAG = "scanflow.previous_champion"
+PROMOTION_REASON_TAG = "scanflow.promotion_reason"
 FILTER_TAG = "scanflow.filter"
 FILTER_GATE_TAG = "scanflow.filter_gate"
 
@@ -650,7 +651,7 @@ def promote(config: TrackingConfig, version: str, reason: str) -> str:
             "finish and its files could not be checked on load; register it again (`scanflow improve` or `scanflow train`)"
         )
     client.set_model_version_tag(config.classifier_name, version, PREVIOUS_CHAMPION_TAG, previous)
-    client.set_model_version_tag(config.classifier_name, version, "scanflow.promotion_reason", reason[:4000])
+    client.set_model_version_tag(config.classifier_name, version, PROMOTION_REASON_TAG, reason[:4000])
     client.set_registered_model_alias(config.autoencoder_name, CHAMPION_ALIAS, ae_version)
     client.set_registered_model_alias(config.classifier_name, CHAMPION_ALIAS, version)
     with contextlib.suppress(MlflowException):
@@ -667,7 +668,7 @@ def record_verdict(config: TrackingConfig, version: str, outcome: str) -> None:
 def _check_restorable(client: MlflowClient, config: TrackingConfig, target: Any) -> None:
     """Refuse (UnusableVersionError) a version that may not become champion again: one that did not finish logging
     (status READY, its run FINISHED, its `scanflow.sha256` tag present) or that nobody judged (a `scanflow.verdict`
-    on the version or its improve run; a trained version counts as judged by its training)."""
+    on the version or its improve run, or a promotion; a trained version counts as judged by its training)."""
     name = f"{config.classifier_name} v{target.version}"
     fix = "roll back to a version that finished logging and was judged (a trained one, or a challenger with a verdict)"
     status = str(target.status)
@@ -686,10 +687,10 @@ def _check_restorable(client: MlflowClient, config: TrackingConfig, target: Any)
         state = "missing" if run is None else run.info.status
         raise UnusableVersionError(f"{name} cannot become champion: the run that logged it ({target.run_id or 'none'}) is "
                                    f"{state}, not FINISHED, so the version may be incomplete; {fix}")
-    trained = KIND_TAG not in target.tags and "scanflow.test_accuracy" in target.tags
-    if not (trained or VERDICT_TAG in target.tags or VERDICT_TAG in run.data.tags):
-        kind = target.tags.get(KIND_TAG, "unknown kind of")
-        raise UnusableVersionError(f"{name} cannot become champion: it is a {kind} challenger nobody judged (no "
+    trained = KIND_TAG not in target.tags  # `register_models` (a training) sets no kind; `register_candidate` does
+    promoted = PROMOTION_REASON_TAG in target.tags  # `promote` runs only on a verdict
+    if not (trained or promoted or VERDICT_TAG in target.tags or VERDICT_TAG in run.data.tags):
+        raise UnusableVersionError(f"{name} cannot become champion: it is a {target.tags[KIND_TAG]} challenger nobody judged (no "
                                    f"{VERDICT_TAG} tag on it or its run {target.run_id}); {fix}")
 
 
