@@ -250,12 +250,10 @@ def servers(s3_server, tmp_path_factory):
     store = S3Store(storage)
     store.ensure_bucket()
     folder = tmp_path_factory.mktemp("catalogue-mlflow")
-    import time; t0 = time.monotonic(); print("TIMING servers start", flush=True)
     server = start_mlflow_server(folder / "mlflow.db", f"s3://{BUCKET}/mlflow", storage.environment(), log_dir=folder)
     env = {**storage.environment(), "MLFLOW_TRACKING_URI": server.tracking_uri, "SCANFLOW_CACHE_DIR": str(folder / "cache")}
     saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)
-    print("TIMING mlflow up", time.monotonic() - t0, flush=True)
     try:
         yield server.tracking_uri, store
     finally:
@@ -327,15 +325,11 @@ def registry(servers):
     """The digits champion (trained once), the Fashion-MNIST champion of a second model name, and the versions
     rollback refuses; yields the placeholders naming them."""
     tracking_uri, _ = servers
-    import time; t0 = time.monotonic()
     with small_digits_champion(tracking_uri):
-        print("TIMING champion", time.monotonic() - t0, flush=True)
         config = TrackingConfig.from_env()
         champion = tracking.champion_version(config)
         names = _versions_rollback_refuses(config, champion)
-        print("TIMING versions", time.monotonic() - t0, flush=True)
         _fashion_champion(tracking_uri)
-        print("TIMING fashion", time.monotonic() - t0, flush=True)
         yield {**names, "champion": champion, "finished_run": _finished_flow_run(), "unknown_run": str(uuid.uuid4())}
 
 
