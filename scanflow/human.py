@@ -39,10 +39,7 @@ def validate_labels(labels: Sequence[Any] | None, n_shown: int, n_classes: int) 
         labels = [part.strip() for part in labels.split(",") if part.strip()]
     values = list(labels)
     if len(values) != n_shown:
-        raise InvalidDecisionError(
-            f"got {len(values)} labels for {n_shown} critical samples: give one label per sample shown, in the order "
-            "shown (? for a sample you do not label)"
-        )
+        raise _label_count_error(len(values), n_shown)
     return tuple(_checked_label(position, value, n_classes) for position, value in enumerate(values))
 
 
@@ -59,6 +56,16 @@ def parse_labels(text: str) -> list[int | None]:
         except ValueError:
             raise InvalidDecisionError(f"label {position} is {part!r}: labels are class indices, or ? for a sample you do not label") from None
     return labels
+
+
+def _label_count_error(n_labels: int, n_shown: int) -> InvalidDecisionError:
+    return InvalidDecisionError(f"got {n_labels} labels for {n_shown} critical samples: give one label per sample shown, "
+                                "in the order shown (? for a sample you do not label)")
+
+
+def _retrain_needs_labels_error(n_shown: int) -> InvalidDecisionError:
+    return InvalidDecisionError(f"retrain needs labels: label at least one of the {n_shown} samples shown (untouched "
+                                "guesses are not labels), or choose filter, which needs none")
 
 
 def check_shown_rows(shown: Sequence[Any], n_images: int) -> tuple[int, ...]:
@@ -91,8 +98,7 @@ def check_decision_form(action: str, labels: Sequence[int | None] | None, n_show
     if action not in ACTIONS:
         raise InvalidDecisionError(f"unknown action {action!r}: choose one of {', '.join(ACTIONS)}")
     if labels is not None and len(labels) != n_shown:
-        raise InvalidDecisionError(f"got {len(labels)} labels for {n_shown} rows in --shown: give one label per row shown, "
-                                   "in the order shown (? for a sample you do not label)")
+        raise _label_count_error(len(labels), n_shown)
     negative = [(position, label) for position, label in enumerate(labels or ())
                 if isinstance(label, (int, np.integer)) and label < 0]
     if negative:
@@ -100,8 +106,7 @@ def check_decision_form(action: str, labels: Sequence[int | None] | None, n_show
         raise InvalidDecisionError(f"label {position} is {label}: labels are class indices (0 and up), or ? for a sample "
                                    "you do not label")
     if action == "retrain" and not any(label is not None for label in labels or ()):
-        raise InvalidDecisionError(f"retrain needs labels: give --labels with a class index for at least one of the "
-                                   f"{n_shown} rows shown (? for the others), or choose --action filter, which needs none")
+        raise _retrain_needs_labels_error(n_shown)
 
 
 def _checked_label(position: int, value: Any, n_classes: int) -> int | None:
@@ -152,10 +157,7 @@ class Decision:
         """
         given = validate_labels(labels, n_shown, n_classes) if labels else ()
         if action == "retrain" and not any(label is not None for label in given):
-            raise InvalidDecisionError(
-                f"retrain needs labels: label at least one of the {n_shown} samples shown (untouched guesses are not "
-                "labels), or choose filter, which needs none"
-            )
+            raise _retrain_needs_labels_error(n_shown)
         return cls(action, given, note, decided_by)
 
     def to_dict(self) -> dict[str, Any]:

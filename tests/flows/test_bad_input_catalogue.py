@@ -157,7 +157,7 @@ CATALOGUE = [
     row(["improve", "--batch", "{good}", "--shown", "", "--action", "filter"], 2, ARGPARSE + "--shown: give the batch rows shown"),
     row("improve --batch {good} --shown -1 --action filter", 2, ARGPARSE + "--shown: batch rows are integers >= 0, comma-separated"),
     row("improve --batch {good} --shown 1,x --action ignore", 2, ARGPARSE + "--shown: batch rows are integers >= 0"),
-    row("improve --batch {good} --shown 1,2 --action filter --labels 3", 2, HANDLER + "got 1 labels for 2 rows in --shown"),
+    row("improve --batch {good} --shown 1,2 --action filter --labels 3", 2, HANDLER + "got 1 labels for 2 critical samples: give one label per sample shown"),
     row("improve --batch {good} --shown 1,2 --action retrain --labels 1,x", 2, HANDLER + "label 1 is 'x': labels are class indices"),
     row("improve --batch {good} --shown 1,2 --action retrain --labels 3,-2", 2, HANDLER + "label 1 is -2: labels are class indices"),
     row("improve --batch {good} --shown 1,2 --action retrain", 2, HANDLER + "retrain needs labels"),
