@@ -29,7 +29,7 @@ from scanflow.config import TrackingConfig
 from scanflow.data import LabeledImages, hold_out_calibration, load_train_test
 from scanflow.drift.base import Detector
 from scanflow.drift.known import KnownShift
-from scanflow.human import Decision, known_shift_rows
+from scanflow.human import Decision, check_decision_form, check_shown_rows, known_shift_rows
 from scanflow.improve import (
     DEFAULT_HOLDOUT_FRACTION,
     DEFAULT_PROMOTION_MARGIN,
@@ -86,6 +86,9 @@ def register_challenger(config: TrackingConfig, run_id: str, outcome: Improvemen
 
 @task(cache_policy=NO_CACHE, **IO_RETRIES)
 def promote_or_keep(config: TrackingConfig, version: str, verdict: PromotionVerdict) -> str | None:
+    """Record the verdict on the challenger version (what makes it a version `rollback --to` accepts), then promote
+    it if the verdict says so; returns the champion it replaced, None when kept."""
+    scanflow_tracking.record_verdict(config, version, verdict.outcome)
     if not verdict.promote:
         print(f"champion kept: {verdict.reason}")
         return None
@@ -143,14 +146,22 @@ def improve_flow(
     the detect flow recognises batches like it and does not ask again (one drift, one question).
     `tracking` names an MLflowTracking block, `storage` a ScanflowStorage block (default: the environment; needed
     when `batch_path` is s3://bucket/key).
+
+    Checked first, before the champion is loaded or any run opened (InvalidMarginError, InvalidDecisionError,
+    InvalidBatchError naming the fix): the margin, the action and the label count; the batch (in the champion's
+    contract), the shown rows (integers inside the batch, none repeated, for every action) and the label classes
+    once the champion is loaded; and the champion's clean data before the decision's run opens.
     """
+    check_promotion_margin(promotion_margin)
+    check_decision_form(action, labels or None, len(shown_indices))
     config = tracking_config(tracking)
     batch_id = batch_id or Path(batch_path).stem
-    check_promotion_margin(promotion_margin)
     models, detector = load_champion(config)
     images = read_batch(batch_path, detector.info, storage_store(storage))
+    shown_indices = list(check_shown_rows(shown_indices, len(images)))
     decision = Decision.checked(action, labels, len(shown_indices), detector.info.n_classes, note, decided_by)
     check_improvable(models, decision.action, config.classifier_name)
+    clean = load_clean_data(models.dataset, data_dir, seed) if decision.action != "ignore" else None
     run_tags = {
         "scanflow.kind": "improve", "scanflow.batch_id": batch_id, "scanflow.action": decision.action,
         "scanflow.decided_by": decision.decided_by, "scanflow.champion_version": models.classifier_version,
@@ -165,7 +176,7 @@ def improve_flow(
             summary["reason"] = "the decision was to ignore this drift"
         else:
             summary.update(_improve(config, run_id, decision, models, detector, images, shown_indices, batch_id,
-                                    drift, promotion_margin, holdout_fraction, data_dir, seed))
+                                    drift, promotion_margin, holdout_fraction, clean, seed))
         rows = known_shift_rows(decision, summary["promoted"], summary.get("outcome", {}).get("unseen_rows", ()), len(images))
         if remember_shift and rows:
             summary["known_shift_of"] = remember_known_shift(config, run_id, batch_id, decision.action, images[rows])
@@ -189,9 +200,9 @@ def check_improvable(models: scanflow_tracking.LoadedModels, action: str, name: 
 def _improve(
     config: TrackingConfig, run_id: str, decision: Decision, models: scanflow_tracking.LoadedModels, detector: Detector,
     images: torch.Tensor, shown_indices: list[int], batch_id: str, drift: dict | None,
-    promotion_margin: float, holdout_fraction: float, data_dir: str | None, seed: int,
+    promotion_margin: float, holdout_fraction: float, clean: tuple[LabeledImages, LabeledImages, LabeledImages], seed: int,
 ) -> dict:
-    replay, calibration, clean_holdout = load_clean_data(models.dataset, data_dir, seed)
+    replay, calibration, clean_holdout = clean
     context = ImprovementContext(
         classifier=models.classifier, autoencoder=models.autoencoder, batch=images, shown_indices=tuple(shown_indices),
         replay=replay, clean_holdout=clean_holdout, calibration=calibration, detector=detector,

@@ -21,7 +21,7 @@ from flows.retries import IO_RETRIES
 from flows.settings import tracking_config
 from scanflow import tracking as scanflow_tracking
 from scanflow.config import TrackingConfig
-from scanflow.data import LabeledImages, hold_out_calibration, load_train_test
+from scanflow.data import DatasetInfo, LabeledImages, hold_out_calibration, load_train_test
 from scanflow.drift.autoencoder import AutoencoderDetector, fit_detector
 from scanflow.evaluate import Evaluation, evaluate_classifier
 from scanflow.models import Autoencoder, Classifier
@@ -87,6 +87,12 @@ def fit_detector_step(
 
 
 @task(cache_policy=NO_CACHE, **IO_RETRIES)
+def check_champion_step(config: TrackingConfig, info: DatasetInfo, force: bool) -> None:
+    """Refuse to replace a champion of another dataset, class set or input shape unless `force` (before any run)."""
+    scanflow_tracking.check_champion_replaceable(config, info, force)
+
+
+@task(cache_policy=NO_CACHE, **IO_RETRIES)
 def register_step(
     run_id: str, config: TrackingConfig, classifier: Classifier, autoencoder: Autoencoder,
     detector: AutoencoderDetector, train: LabeledImages, evaluation: Evaluation,
@@ -106,15 +112,21 @@ def train_flow(
     allow_download: bool = False,
     register_models: bool = True,
     tracking: str | None = None,
+    force: bool = False,
 ) -> dict:
     """Train the classifier and its autoencoder on `dataset`, fit their drift detector, track the run in MLflow and
     register both models as champion (the detector is logged beside them).
 
     `epochs=None` trains for about 150k images (3 epochs of Fashion-MNIST), `autoencoder_epochs=None` twice as
     long. `tracking` names an MLflowTracking block (default: the environment). Returns a JSON-able summary.
+
+    Before the training's run is created, a registering training refuses (ChampionMismatchError) to replace a
+    champion trained on another dataset, class set or input shape; `force=True` replaces it.
     """
     config = tracking_config(tracking)
     train, calibration, test = load_data(dataset, data_dir, allow_download, seed)
+    if register_models:
+        check_champion_step(config, train.info, force)
     prefect_tags = {"prefect.flow_run_id": str(flow_run.id or ""), "scanflow.dataset": train.info.name}
     with scanflow_tracking.tracked_run(config, run_name=f"train-{train.info.name}", tags=prefect_tags) as run_id:
         scanflow_tracking.log_dataset(run_id, train, context="training")

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING
 from scanflow.errors import ScanflowError, ServiceUnavailableError
 
 if TYPE_CHECKING:
+    import torch
+
     from flows.pending import PendingDecision
 
 EPILOG = """\
@@ -32,6 +34,7 @@ examples:
   scanflow train --dataset mnist --data-dir ../shared/data
   scanflow corrupt --output corruptions.png
   scanflow detect --batch batch.npy --json  test a production batch (uint8 [N,H,W] or [N,C,H,W]) for drift
+  scanflow detect --batch s3://BUCKET/KEY  the same on an object in S3 (bucket settings: SCANFLOW_S3_BUCKET, AWS_*)
   scanflow predict --batch batch.npy      label a batch with the served champion; predictions logged with lineage
   scanflow improve --batch batch.npy --shown 4,17,9 --action retrain --labels 3,3,8
                                          apply a decision on a drifted batch; promote the result if it earns it
@@ -198,8 +201,14 @@ def batch_id(text: str) -> str:
 
 def batch_file(text: str) -> str:
     """A batch that exists: a .npy file, a folder of image files, an image file or .npz (their contents are checked
-    in the handler, or against the model's contract by the flow), or an s3:// key or prefix (checked by the flow)."""
-    if text.startswith("s3://"):
+    in the handler, or against the model's contract by the flow), or an S3 object or prefix `s3://BUCKET/KEY`."""
+    from scanflow.storage import is_s3_uri, parse_s3_uri
+
+    if is_s3_uri(text):
+        try:
+            parse_s3_uri(text)
+        except ScanflowError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
         return text
     path = Path(text)
     if not path.exists():
@@ -230,6 +239,32 @@ def row_list(text: str) -> list[int]:
         except argparse.ArgumentTypeError:
             raise argparse.ArgumentTypeError(f"batch rows are integers >= 0, comma-separated (e.g. 4,17,9), got {part!r}") from None
     return rows
+
+
+def _load_batch(location: str) -> "torch.Tensor":
+    """The validated images of the batch at `location` (shape and classes are checked against the model later, in
+    the flow): a .npy file, or an object `s3://BUCKET/KEY` read through `scanflow.storage.S3Store` with the bucket
+    settings of the environment (`StorageConfig.from_env`: SCANFLOW_S3_BUCKET, AWS_*), into the local data cache,
+    where the flow finds it again. Raises ObjectNotFoundError (exit 2) for a missing key, StorageUnavailableError
+    (exit 3) for an endpoint that does not answer or refuses the keys, InvalidBatchError for bad content."""
+    from scanflow.data import default_cache_dir, load_batch_file
+    from scanflow.errors import InvalidBatchError
+    from scanflow.storage import is_s3_uri
+
+    if not is_s3_uri(location):
+        return load_batch_file(location)
+    from scanflow.config import StorageConfig
+    from scanflow.storage import S3Store
+
+    config = StorageConfig.from_env()
+    if config is None:
+        raise ScanflowError(f"{location} is in S3 but no storage is configured: set SCANFLOW_S3_BUCKET and the AWS_* "
+                            "variables (`scanflow stack env` prints them for the local stack)")
+    local = S3Store(config).fetch(location, default_cache_dir() / "s3")
+    try:
+        return load_batch_file(local)
+    except InvalidBatchError as error:
+        raise InvalidBatchError(str(error).replace(str(local), location)) from None
 
 
 def _default_batch_id(args: argparse.Namespace) -> None:
@@ -271,6 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--autoencoder-epochs", type=positive_int, help="autoencoder epochs (default: twice the classifier's default, about 300k images)")
     train.add_argument("--seed", type=non_negative_int, default=0)
     train.add_argument("--no-register", action="store_true", help="track the run but do not register the models")
+    train.add_argument("--force", action="store_true",
+                       help="replace a champion trained on another dataset, class set or input shape (refused without it)")
     _add_data_arguments(train)
     train.set_defaults(handler=_train)
 
@@ -506,7 +543,6 @@ def _corrupt(args: argparse.Namespace) -> int:
 
 
 def _detect(args: argparse.Namespace) -> int:
-
     _default_batch_id(args)
     check_batch(args.batch)
     if args.model:
@@ -533,22 +569,22 @@ def _detect(args: argparse.Namespace) -> int:
     return 0
 
 
-def check_batch(batch: str):
-    """The images of a local .npy batch (refused with a message when it is not one), or None for a batch the flow
-    reads in the model's contract (a folder, an image file, .npz, s3://): its checks need the model."""
-    from scanflow.data import load_batch_file
-
+def check_batch(batch: str) -> "torch.Tensor | None":
+    """The images of a .npy batch, local or an S3 object (`_load_batch`: refused with a message when it is not one),
+    or None for a batch the flow reads in the model's contract (a folder, an image file, .npz, an s3:// prefix ending
+    in '/'): its checks need the model."""
     from scanflow.images import IMAGE_EXTENSIONS
 
-    if batch.startswith("s3://") or Path(batch).is_dir() or Path(batch).suffix.lower() in (".npz", *IMAGE_EXTENSIONS):
+    if batch.startswith("s3://"):
+        return None if batch.endswith("/") else _load_batch(batch)
+    if Path(batch).is_dir() or Path(batch).suffix.lower() in (".npz", *IMAGE_EXTENSIONS):
         if Path(batch).is_dir() and not any(p.is_file() for p in Path(batch).rglob("*")):
             raise ScanflowError(f"batch folder {batch} is empty: put the batch's PNG/JPEG images there")
         return None
-    return load_batch_file(batch)
+    return _load_batch(batch)
 
 
 def _predict(args: argparse.Namespace) -> int:
-
     _default_batch_id(args)
     check_batch(args.batch)
     use_prefect_server(fallback=True)
@@ -564,26 +600,21 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _improve(args: argparse.Namespace) -> int:
-    shown = args.shown
-    repeated = sorted({row for row in shown if shown.count(row) > 1})
-    if repeated:
-        raise ScanflowError(f"--shown repeats row {', '.join(map(str, repeated))}: list each critical sample once, in the order shown")
-    _default_batch_id(args)
-    from scanflow.human import parse_labels
+    from scanflow.human import check_decision_form, check_shown_rows, parse_labels
     from scanflow.improve.promotion import check_promotion_margin
 
-    labels = parse_labels(args.labels) or None
-    _check_labels(labels, len(shown), args.action)
     check_promotion_margin(args.margin)
+    _default_batch_id(args)
+    labels = parse_labels(args.labels) or None
+    check_decision_form(args.action, labels, len(args.shown))
     images = check_batch(args.batch)
-    outside = [row for row in shown if images is not None and row >= len(images)]
-    if outside:
-        raise ScanflowError(f"--shown row {outside[0]} is outside the batch of {len(images)} images: rows are 0..{len(images) - 1}")
+    if images is not None:
+        check_shown_rows(args.shown, len(images))
     use_prefect_server(fallback=True)
     from flows.improve import improve_flow
 
     summary = improve_flow(
-        batch_path=args.batch, shown_indices=shown, action=args.action, labels=labels, note=args.note,
+        batch_path=args.batch, shown_indices=args.shown, action=args.action, labels=labels, note=args.note,
         batch_id=args.batch_id, promotion_margin=args.margin, data_dir=args.data_dir,
     )
     if args.json:
@@ -594,20 +625,6 @@ def _improve(args: argparse.Namespace) -> int:
         verdict = "promoted to champion" if summary["promoted"] else "registered as challenger, champion kept"
         print(f"{summary['batch_id']}: v{summary['challenger_version']} {verdict}: {summary['reason']}")
     return 0
-
-
-def _check_labels(labels: list[int | None] | None, n_shown: int, action: str) -> None:
-    """--labels against --shown and --action, as `scanflow.human.Decision.checked` will (class ranges need the model)."""
-    if labels is not None and len(labels) != n_shown:
-        raise ScanflowError(f"got {len(labels)} labels for {n_shown} rows in --shown: give one label per row shown, in the "
-                            "order shown (? for a sample you do not label)")
-    negative = [(position, label) for position, label in enumerate(labels or ()) if label is not None and label < 0]
-    if negative:
-        position, label = negative[0]
-        raise ScanflowError(f"label {position} is {label}: labels are class indices (0 and up), or ? for a sample you do not label")
-    if action == "retrain" and not any(label is not None for label in labels or ()):
-        raise ScanflowError(f"retrain needs labels: give --labels with a class index for at least one of the {n_shown} rows "
-                            "shown (? for the others), or choose --action filter, which needs none")
 
 
 def _check_stream_source(args: argparse.Namespace) -> None:
@@ -915,6 +932,8 @@ def _adopt(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    if not args.no_register:
+        _check_champion_replaceable(args)
     use_prefect_server(fallback=True)
     from flows.train import train_flow
 
@@ -926,9 +945,22 @@ def _train(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         allow_download=args.allow_download,
         register_models=not args.no_register,
+        force=args.force,
     )
     print(format_train_summary(summary))
     return 0
+
+
+def _check_champion_replaceable(args: argparse.Namespace) -> None:
+    """The train flow's champion check, made here too so that a refused training starts no flow: the dataset's
+    description (classes, shape) is known from its name, without loading it."""
+    from scanflow import tracking
+    from scanflow.config import TrackingConfig
+    from scanflow.data import canonical_dataset_name, dataset_info, default_dataset_name
+
+    name = canonical_dataset_name(args.dataset)
+    info = dataset_info(default_dataset_name(args.data_dir) if name == "default" else name)
+    tracking.check_champion_replaceable(TrackingConfig.from_env(), info, args.force)
 
 
 def format_train_summary(summary: dict) -> str:

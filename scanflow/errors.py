@@ -27,16 +27,26 @@ class NotFittedError(ScanflowError, RuntimeError):
     """A detector or model used before it was fitted."""
 
 
-class TrackingUnavailableError(ScanflowError, ConnectionError):
-    """The MLflow tracking server cannot be reached."""
-
-
 class ModelNotFoundError(ScanflowError, LookupError):
     """A registered model name or alias that the registry does not hold."""
 
 
+class ChampionMismatchError(ScanflowError):
+    """A training that would replace a champion trained on another dataset, class set or input shape (`--force`
+    replaces it anyway)."""
+
+
+class UnusableVersionError(ScanflowError, LookupError):
+    """A registered version that may not become champion: its logging did not finish, or nobody judged it."""
+
+
 class ServiceUnavailableError(ScanflowError):
-    """A server a command needs (the Prefect API) is not set or does not answer; `scanflow` exits 3 on it."""
+    """A server a command needs (the Prefect API, the MLflow tracking store, the S3 endpoint) is not set or does not
+    answer; `scanflow` exits 3 on it."""
+
+
+class TrackingUnavailableError(ServiceUnavailableError, ConnectionError):
+    """The MLflow tracking server cannot be reached (`scanflow` exits 3, like any missing server)."""
 
 
 def worth_retrying(error: BaseException) -> bool:

@@ -39,10 +39,7 @@ def validate_labels(labels: Sequence[Any] | None, n_shown: int, n_classes: int) 
         labels = [part.strip() for part in labels.split(",") if part.strip()]
     values = list(labels)
     if len(values) != n_shown:
-        raise InvalidDecisionError(
-            f"got {len(values)} labels for {n_shown} critical samples: give one label per sample shown, in the order "
-            "shown (? for a sample you do not label)"
-        )
+        raise _label_count_error(len(values), n_shown)
     return tuple(_checked_label(position, value, n_classes) for position, value in enumerate(values))
 
 
@@ -59,6 +56,57 @@ def parse_labels(text: str) -> list[int | None]:
         except ValueError:
             raise InvalidDecisionError(f"label {position} is {part!r}: labels are class indices, or ? for a sample you do not label") from None
     return labels
+
+
+def _label_count_error(n_labels: int, n_shown: int) -> InvalidDecisionError:
+    return InvalidDecisionError(f"got {n_labels} labels for {n_shown} critical samples: give one label per sample shown, "
+                                "in the order shown (? for a sample you do not label)")
+
+
+def _retrain_needs_labels_error(n_shown: int) -> InvalidDecisionError:
+    return InvalidDecisionError(f"retrain needs labels: label at least one of the {n_shown} samples shown (untouched "
+                                "guesses are not labels), or choose filter, which needs none")
+
+
+def check_shown_rows(shown: Sequence[Any], n_images: int) -> tuple[int, ...]:
+    """The batch rows shown to a person (`--shown`), checked against a batch of `n_images` images: each an integer
+    row 0..n_images-1, none repeated, at least one. Raises InvalidDecisionError naming the first bad row and the fix;
+    the CLI and the improve flow both call it before any model is loaded or any run opened."""
+    if not shown:
+        raise InvalidDecisionError("no rows shown (--shown): give the batch rows shown to the person, in order "
+                                   "(the detect result's selected_indices)")
+    rows: list[int] = []
+    for value in shown:
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise InvalidDecisionError(f"shown row {value!r} (--shown) is not a batch row: rows are integers 0..{n_images - 1}")
+        rows.append(int(value))
+    repeated = sorted({row for row in rows if rows.count(row) > 1})
+    if repeated:
+        raise InvalidDecisionError(f"--shown repeats row {', '.join(map(str, repeated))}: list each critical sample once, "
+                                   "in the order shown")
+    outside = [row for row in rows if row >= n_images]
+    if outside:
+        raise InvalidDecisionError(f"--shown row {outside[0]} is outside the batch of {n_images} images: rows are "
+                                   f"0..{n_images - 1}")
+    return tuple(rows)
+
+
+def check_decision_form(action: str, labels: Sequence[int | None] | None, n_shown: int) -> None:
+    """What can be checked of a decision without the model (class ranges need it, see `Decision.checked`): a known
+    action, one label per row shown, no negative label, and at least one label to retrain. Raises
+    InvalidDecisionError naming the problem and the fix."""
+    if action not in ACTIONS:
+        raise InvalidDecisionError(f"unknown action {action!r}: choose one of {', '.join(ACTIONS)}")
+    if labels is not None and len(labels) != n_shown:
+        raise _label_count_error(len(labels), n_shown)
+    negative = [(position, label) for position, label in enumerate(labels or ())
+                if isinstance(label, (int, np.integer)) and label < 0]
+    if negative:
+        position, label = negative[0]
+        raise InvalidDecisionError(f"label {position} is {label}: labels are class indices (0 and up), or ? for a sample "
+                                   "you do not label")
+    if action == "retrain" and not any(label is not None for label in labels or ()):
+        raise _retrain_needs_labels_error(n_shown)
 
 
 def _checked_label(position: int, value: Any, n_classes: int) -> int | None:
@@ -109,10 +157,7 @@ class Decision:
         """
         given = validate_labels(labels, n_shown, n_classes) if labels else ()
         if action == "retrain" and not any(label is not None for label in given):
-            raise InvalidDecisionError(
-                f"retrain needs labels: label at least one of the {n_shown} samples shown (untouched guesses are not "
-                "labels), or choose filter, which needs none"
-            )
+            raise _retrain_needs_labels_error(n_shown)
         return cls(action, given, note, decided_by)
 
     def to_dict(self) -> dict[str, Any]:

@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 
 from scanflow.config import StorageConfig
-from scanflow.errors import ScanflowError
+from scanflow.errors import ScanflowError, ServiceUnavailableError
 
 
-class StorageUnavailableError(ScanflowError, ConnectionError):
-    """The S3 endpoint cannot be reached, refuses the credentials, or lacks the bucket."""
+class StorageUnavailableError(ServiceUnavailableError, ConnectionError):
+    """The S3 endpoint cannot be reached, refuses the credentials, or lacks the bucket (`scanflow` exits 3)."""
 
 
 class ObjectNotFoundError(ScanflowError, FileNotFoundError):

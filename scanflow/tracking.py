@@ -33,10 +33,18 @@ from mlflow.exceptions import MlflowException
 
 from scanflow.artifacts import digests_tag, file_digests, sha256_file, verify_digests
 from scanflow.config import CHALLENGER_ALIAS, CHAMPION_ALIAS, TrackingConfig
-from scanflow.data import LabeledImages
+from scanflow.data import DatasetInfo, LabeledImages, dataset_info
 from scanflow.drift.base import Detector
 from scanflow.drift.known import KnownShift
-from scanflow.errors import ModelNotFoundError, TrackingUnavailableError
+from scanflow.errors import (
+    ChampionMismatchError,
+    ModelNotFoundError,
+    ScanflowError,
+    ServiceUnavailableError,
+    TrackingUnavailableError,
+    UnknownDatasetError,
+    UnusableVersionError,
+)
 from scanflow.models import Autoencoder, Classifier, Denoiser, SavableModel
 from scanflow.serving import (
     AUTOENCODER_ARTIFACT,
@@ -58,6 +66,15 @@ DETECTOR_TAG = "scanflow.detector_uri"
 DIGESTS_TAG = "scanflow.sha256"
 #: The sha256 of the detector file logged beside a classifier version.
 DETECTOR_DIGEST_TAG = "scanflow.detector_sha256"
+#: What a registered classifier version was trained for (besides `scanflow.dataset`): its class names (a JSON list,
+#: in label order) and its input shape (`CxHxW`, pixels).
+DATASET_TAG = "scanflow.dataset"
+CLASSES_TAG = "scanflow.classes"
+INPUT_SHAPE_TAG = "scanflow.input_shape"
+#: The promotion verdict of a challenger version (`PromotionVerdict.outcome`), set by the improve flow.
+VERDICT_TAG = "scanflow.verdict"
+#: On a run that failed on bad input after it was opened: "true", with the message in `scanflow.aborted_reason`.
+ABORTED_TAG = "scanflow.aborted"
 DETECTOR_ARTIFACT_PATH = "detector"
 DETECTOR_FILE = "detector.pt"
 
@@ -129,14 +146,20 @@ def tracked_run(
     config: TrackingConfig, run_name: str | None = None, tags: Mapping[str, str] | None = None
 ) -> Iterator[str]:
     """Open an MLflow run (a training, a detected batch, a decision...); yields its run id; ends it FINISHED, or
-    FAILED if the body raises."""
+    FAILED if the body raises (tagged `scanflow.aborted=true` with the message when a ScanflowError, bad input,
+    ended it)."""
     experiment_id = connect(config)
     client = _client(config)
     run = client.create_run(experiment_id, run_name=run_name, tags=dict(tags or {}))
     run_id = run.info.run_id
     try:
         yield run_id
-    except BaseException:
+    except BaseException as error:
+        if isinstance(error, ScanflowError) and not isinstance(error, ServiceUnavailableError):
+            # Bad input found only after the run was opened: the run says so, and is never mistaken for a result.
+            with contextlib.suppress(Exception):
+                client.set_tag(run_id, ABORTED_TAG, "true")
+                client.set_tag(run_id, "scanflow.aborted_reason", str(error)[:4000])
         client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
         raise
     client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
@@ -208,6 +231,74 @@ def _dataset_source(data: LabeledImages) -> Any:
         return data.info.source
     # Bundled data (scikit-learn's digits) has no file to point at: record where it comes from instead.
     return CodeDatasetSource(tags={"origin": data.info.source})
+
+
+@dataclass(frozen=True)
+class ModelContract:
+    """What a classifier was trained for: dataset, class names in label order, input shape (C, H, W) in pixels."""
+
+    dataset: str
+    classes: tuple[str, ...]
+    input_shape: tuple[int, int, int]
+
+    @classmethod
+    def of(cls, info: DatasetInfo) -> "ModelContract":
+        return cls(info.name, tuple(info.classes), tuple(info.image_shape))
+
+    @classmethod
+    def from_tags(cls, tags: Mapping[str, str]) -> "ModelContract | None":
+        """The contract recorded on a registered version; for a version older than the classes and shape tags, the
+        one of its dataset's name. None when the version names no dataset Scanflow knows."""
+        name = tags.get(DATASET_TAG)
+        if name is None:
+            return None
+        try:
+            known: DatasetInfo | None = dataset_info(name)
+        except UnknownDatasetError:
+            known = None
+        classes = tuple(json.loads(tags[CLASSES_TAG])) if CLASSES_TAG in tags else (known.classes if known else None)
+        shape = (tuple(int(n) for n in tags[INPUT_SHAPE_TAG].split("x")) if INPUT_SHAPE_TAG in tags
+                 else (known.image_shape if known else None))
+        if classes is None or shape is None:
+            return None
+        return cls(name, tuple(classes), shape)  # type: ignore[arg-type]
+
+    def describe(self) -> str:
+        """E.g. "digits (10 classes: 0, 1, ..., 9; input 1x8x8)"."""
+        shown = ", ".join(self.classes[:10]) + (f", ... ({len(self.classes)} in all)" if len(self.classes) > 10 else "")
+        return f"{self.dataset} ({len(self.classes)} classes: {shown}; input {'x'.join(map(str, self.input_shape))})"
+
+    def differences(self, other: "ModelContract") -> list[str]:
+        """What differs from `other`, among 'dataset', 'class set' and 'input shape'."""
+        pairs = (("dataset", self.dataset, other.dataset), ("class set", self.classes, other.classes),
+                 ("input shape", self.input_shape, other.input_shape))
+        return [what for what, mine, theirs in pairs if mine != theirs]
+
+
+def contract_tags(info: DatasetInfo) -> dict[str, str]:
+    """The version tags that record what a model was trained for (`ModelContract.from_tags` reads them back)."""
+    return {DATASET_TAG: info.name, CLASSES_TAG: json.dumps(list(info.classes)),
+            INPUT_SHAPE_TAG: "x".join(str(n) for n in info.image_shape)}
+
+
+def check_champion_replaceable(config: TrackingConfig, info: DatasetInfo, force: bool = False) -> None:
+    """Refuse (ChampionMismatchError) a training on `info` that would take the champion alias from a classifier
+    trained on another dataset, class set or input shape, unless `force`. Reads the registry only: call it before
+    the training's run is created. A registry without a champion, or a champion of the same contract, passes."""
+    if force:
+        return
+    try:
+        current = _version_by_alias(config, CHAMPION_ALIAS)
+    except ModelNotFoundError:
+        return
+    theirs, ours = ModelContract.from_tags(current.tags), ModelContract.of(info)
+    if theirs is None or not ours.differences(theirs):
+        return
+    raise ChampionMismatchError(
+        f"{config.classifier_name} v{current.version}, the champion, was trained on {theirs.describe()}; this training "
+        f"is on {ours.describe()}, another {' and '.join(ours.differences(theirs))}. Registering it would replace that "
+        "champion: pass --force (train_flow(force=True)) to replace it, or set SCANFLOW_MODEL_NAME to another name to keep both"
+    )
 
 
 @dataclass(frozen=True)
@@ -284,7 +375,7 @@ def register_models(
     """
     client = _client(config)
     created: list[tuple[str, str]] = []
-    model_tags = {"scanflow.dataset": data.info.name, **(tags or {})}
+    model_tags = {**contract_tags(data.info), **(tags or {})}
     try:
         detector_uri, detector_digest = log_detector(run_id, detector) if detector is not None else (None, None)
         with _active_run(run_id):
@@ -465,8 +556,7 @@ def log_artifact_file(run_id: str, path: str | Path, artifact_path: str | None =
 KIND_TAG = "scanflow.kind"
 PARENT_TAG = "scanflow.parent_version"
 PREVIOUS_CHAMPION_TAG = "scanflow.previous_champion"
-#: How a version came to serve: the outcome of the improvement that judged it, or "adopted".
-VERDICT_TAG = "scanflow.verdict"
+PROMOTION_REASON_TAG = "scanflow.promotion_reason"
 FILTER_TAG = "scanflow.filter"
 FILTER_GATE_TAG = "scanflow.filter_gate"
 
@@ -501,7 +591,7 @@ def register_candidate(
             detector_digest = _required_tag(config, champion, DETECTOR_DIGEST_TAG, "its detector's sha256 was not recorded")
         is_filter = isinstance(candidate, FilteredClassifier)
         version_tags = {
-            **{k: v for k, v in champion.tags.items() if k == "scanflow.dataset"},
+            **{k: v for k, v in champion.tags.items() if k in (DATASET_TAG, CLASSES_TAG, INPUT_SHAPE_TAG)},
             **(tags or {}),
             KIND_TAG: "filter" if is_filter else "retrain",
             PARENT_TAG: str(champion_version),
@@ -572,13 +662,19 @@ def champion_version(config: TrackingConfig) -> str:
 
 def promote(config: TrackingConfig, version: str, reason: str) -> str:
     """Make `version` the champion (its autoencoder alias first, then the classifier's, the switch itself);
-    returns the version it replaced, remembered on the new champion for `rollback`."""
+    returns the version it replaced, remembered on the new champion for `rollback`. Refuses (UnusableVersionError)
+    a version without its `scanflow.sha256` tag: its logging did not finish."""
     client = _client(config)
     previous = champion_version(config)
     target = client.get_model_version(config.classifier_name, version)
     ae_version = _required_tag(config, target, AUTOENCODER_VERSION_TAG, "it was not registered by Scanflow")
+    if DIGESTS_TAG not in target.tags:
+        raise UnusableVersionError(
+            f"{config.classifier_name} v{version} cannot be promoted: it has no {DIGESTS_TAG} tag, so its logging did not "
+            "finish and its files could not be checked on load; register it again (`scanflow improve` or `scanflow train`)"
+        )
     client.set_model_version_tag(config.classifier_name, version, PREVIOUS_CHAMPION_TAG, previous)
-    client.set_model_version_tag(config.classifier_name, version, "scanflow.promotion_reason", reason[:4000])
+    client.set_model_version_tag(config.classifier_name, version, PROMOTION_REASON_TAG, reason[:4000])
     client.set_registered_model_alias(config.autoencoder_name, CHAMPION_ALIAS, ae_version)
     client.set_registered_model_alias(config.classifier_name, CHAMPION_ALIAS, version)
     with contextlib.suppress(MlflowException):
@@ -587,9 +683,44 @@ def promote(config: TrackingConfig, version: str, reason: str) -> str:
     return previous
 
 
+def record_verdict(config: TrackingConfig, version: str, outcome: str) -> None:
+    """Tag classifier `version` with its promotion verdict (`PromotionVerdict.outcome`): it was judged."""
+    _client(config).set_model_version_tag(config.classifier_name, str(version), VERDICT_TAG, outcome)
+
+
+def _check_restorable(client: MlflowClient, config: TrackingConfig, target: Any) -> None:
+    """Refuse (UnusableVersionError) a version that may not become champion again: one that did not finish logging
+    (status READY, its run FINISHED, its `scanflow.sha256` tag present) or that nobody judged (a `scanflow.verdict`
+    on the version or its improve run, or a promotion; a trained version counts as judged by its training)."""
+    name = f"{config.classifier_name} v{target.version}"
+    fix = "roll back to a version that finished logging and was judged (a trained one, or a challenger with a verdict)"
+    status = str(target.status)
+    if status != "READY":
+        raise UnusableVersionError(f"{name} cannot become champion: its registration is {status}, not READY; {fix}")
+    if DIGESTS_TAG not in target.tags:
+        raise UnusableVersionError(f"{name} cannot become champion: it has no {DIGESTS_TAG} tag, so its logging did not "
+                                   f"finish and its files cannot be checked on load; {fix}")
+    run = None
+    if target.run_id:
+        try:
+            run = client.get_run(target.run_id)
+        except MlflowException:
+            run = None
+    if run is None or run.info.status != "FINISHED":
+        state = "missing" if run is None else run.info.status
+        raise UnusableVersionError(f"{name} cannot become champion: the run that logged it ({target.run_id or 'none'}) is "
+                                   f"{state}, not FINISHED, so the version may be incomplete; {fix}")
+    trained = KIND_TAG not in target.tags  # `register_models` (a training) sets no kind; `register_candidate` does
+    promoted = PROMOTION_REASON_TAG in target.tags  # `promote` runs only on a verdict
+    if not (trained or promoted or VERDICT_TAG in target.tags or VERDICT_TAG in run.data.tags):
+        raise UnusableVersionError(f"{name} cannot become champion: it is a {target.tags[KIND_TAG]} challenger nobody judged (no "
+                                   f"{VERDICT_TAG} tag on it or its run {target.run_id}); {fix}")
+
+
 def rollback(config: TrackingConfig, to_version: str | None = None) -> tuple[str, str]:
     """Point the champion alias back at the version the current champion replaced (or at `to_version`).
-    Returns (from_version, to_version)."""
+    Returns (from_version, to_version). Refuses (UnusableVersionError) a version that did not finish logging or was
+    never judged (see `_check_restorable`), before any alias or tag is written."""
     client = _client(config)
     current = _version_by_alias(config, CHAMPION_ALIAS)
     if to_version is None:
@@ -607,6 +738,7 @@ def rollback(config: TrackingConfig, to_version: str | None = None) -> tuple[str
     _required_tag(config, target, DETECTOR_TAG, "no drift detector was logged beside it")
     if str(target.version) == str(current.version):
         raise ModelNotFoundError(f"{config.classifier_name} v{to_version} already is the champion")
+    _check_restorable(client, config, target)
     client.set_model_version_tag(config.classifier_name, str(current.version), "scanflow.rolled_back", "true")
     client.set_registered_model_alias(config.autoencoder_name, CHAMPION_ALIAS, ae_version)
     client.set_registered_model_alias(config.classifier_name, CHAMPION_ALIAS, str(target.version))
@@ -789,7 +921,7 @@ def register_adoption(
         _record_digests(client, config.autoencoder_name, ae_version)
         tags = {
             ADOPTED_TAG: contract.flavour, CONTRACT_TAG: contract.to_json(), AUTOENCODER_VERSION_TAG: ae_version,
-            DETECTOR_TAG: detector_uri, DETECTOR_DIGEST_TAG: detector_digest, "scanflow.dataset": info.name,
+            DETECTOR_TAG: detector_uri, DETECTOR_DIGEST_TAG: detector_digest, **contract_tags(info),
             "scanflow.adoption_run": run_id, VERDICT_TAG: "adopted",
         }
         for key, value in tags.items():

@@ -83,7 +83,7 @@ BAD_COMMAND_LINES = [
      HANDLER + "--shown row 10 is outside the batch of 10 images: rows are 0..9"),
     (["improve", "--batch", "{good}", "--shown", "1,2", "--action", "retrain"], HANDLER + "retrain needs labels"),
     (["improve", "--batch", "{good}", "--shown", "1,2", "--action", "retrain", "--labels", "?,?"], HANDLER + "retrain needs labels"),
-    (["improve", "--batch", "{good}", "--shown", "1,2", "--action", "filter", "--labels", "3"], HANDLER + "got 1 labels for 2 rows in --shown"),
+    (["improve", "--batch", "{good}", "--shown", "1,2", "--action", "filter", "--labels", "3"], HANDLER + "got 1 labels for 2 critical samples: give one label per sample shown"),
     (["improve", "--batch", "{good}", "--shown", "1,2", "--action", "retrain", "--labels", "3,-2"], HANDLER + "label 1 is -2"),
     (["improve", "--batch", "{good}", "--shown", "1,2", "--action", "retrain", "--labels", "1,x"],
      HANDLER + "label 1 is 'x': labels are class indices, or ? for a sample you do not label"),

@@ -123,3 +123,50 @@ def test_the_champion_is_read_from_its_own_store_whichever_store_the_process_use
     tracking.connect(other)
     assert tracking.load_detector(tracking_config)[1] == champion.classifier_version
     assert mlflow_client(tracking_config.tracking_uri).get_model_version(tracking_config.classifier_name, champion.classifier_version)
+
+
+def test_a_training_of_another_dataset_or_shape_may_replace_the_champion_only_when_forced(tracking_config, champion):
+    from scanflow.data import dataset_info
+    from scanflow.errors import ChampionMismatchError
+
+    tags = tracking.version_tags(tracking_config, champion.classifier_version)
+    assert (tags["scanflow.dataset"], tags["scanflow.input_shape"]) == ("digits", "1x8x8")
+    assert tracking.ModelContract.from_tags(tags) == tracking.ModelContract.of(dataset_info("digits"))
+    tracking.check_champion_replaceable(tracking_config, dataset_info("digits"))  # same contract: a normal retraining
+    with pytest.raises(ChampionMismatchError, match=rf"^{tracking_config.classifier_name} v{champion.classifier_version}, the "
+                       r"champion, was trained on digits \(10 classes: 0, 1, .*; input 1x8x8\); this training is on mnist "
+                       r"\(10 classes: .*; input 1x28x28\), another dataset and input shape\. .*pass --force"):
+        tracking.check_champion_replaceable(tracking_config, dataset_info("mnist"))
+    tracking.check_champion_replaceable(tracking_config, dataset_info("fashion-mnist"), force=True)
+
+
+def test_a_version_older_than_the_contract_tags_is_judged_by_its_dataset_name():
+    from scanflow.data import dataset_info
+
+    fashion = dataset_info("fashion-mnist")
+    assert tracking.ModelContract.from_tags({"scanflow.dataset": "fashion-mnist"}) == tracking.ModelContract.of(fashion)
+    assert tracking.ModelContract.from_tags(tracking.contract_tags(fashion)) == tracking.ModelContract.of(fashion)
+    assert tracking.ModelContract.from_tags({"scanflow.dataset": "my-own-data"}) is None
+    assert tracking.ModelContract.from_tags({}) is None
+    digits = tracking.ModelContract.of(dataset_info("digits"))
+    assert digits.differences(tracking.ModelContract.of(fashion)) == ["dataset", "class set", "input shape"]
+
+
+def test_rollback_and_promote_refuse_versions_that_did_not_finish_logging_or_were_never_judged(tracking_config, champion, models, digits):
+    from scanflow.errors import UnusableVersionError
+
+    train, _ = digits
+    client = mlflow_client(tracking_config.tracking_uri)
+    name = tracking_config.classifier_name
+    with tracking.tracked_run(tracking_config, "improve-test") as run_id:
+        version = tracking.register_candidate(run_id, tracking_config, Classifier(1, 8, 8, 10), train.info, champion.classifier_version)
+    with pytest.raises(UnusableVersionError, match=rf"^{name} v{version} cannot become champion: it is a retrain challenger nobody judged"):
+        tracking.rollback(tracking_config, to_version=version)
+    client.delete_model_version_tag(name, version, tracking.DIGESTS_TAG)
+    with pytest.raises(UnusableVersionError, match=rf"^{name} v{version} cannot be promoted: it has no scanflow.sha256 tag"):
+        tracking.promote(tracking_config, version, "a test")
+    tracking.record_verdict(tracking_config, version, "promoted")
+    with pytest.raises(UnusableVersionError, match=rf"^{name} v{version} cannot become champion: it has no scanflow.sha256 tag"):
+        tracking.rollback(tracking_config, to_version=version)
+    assert tracking.champion_version(tracking_config) == champion.classifier_version
+    assert "scanflow.rolled_back" not in tracking.version_tags(tracking_config, champion.classifier_version)
