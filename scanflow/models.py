@@ -34,8 +34,8 @@ FORMAT_VERSION = 1
 #: best of 10 in a fresh process; classifier: 1,000-chunk 213 ms, 512 167 ms, 256 138 ms, 128 78 ms, 64 98 ms;
 #: denoiser: 267 / 250 / 239 / 168 / 171 ms). Long-running servers and fresh flow containers then run alike.
 INFERENCE_CHUNK = 128
-#: The image area (pixels) the inference chunks are given for; at other sizes a chunk holds proportionally more or
-#: fewer images (`SavableModel.inference_chunk`), so its feature maps take the same memory as at 28x28.
+#: The image area (pixels) the inference chunks are given for; for larger images a chunk holds proportionally fewer
+#: images (`SavableModel.inference_chunk`), so its feature maps take no more memory than at 28x28.
 CHUNK_REFERENCE_AREA = 28 * 28
 #: Fewest images per inference chunk, whatever the image size.
 MIN_INFERENCE_CHUNK = 8
@@ -93,10 +93,11 @@ class SavableModel(nn.Module):
 
     @property
     def inference_chunk(self) -> int:
-        """Images per forward pass at inference: `base_inference_chunk` at 28x28, proportionally fewer for larger
+        """Images per forward pass at inference: `base_inference_chunk` up to 28x28, proportionally fewer for larger
         images (at least `MIN_INFERENCE_CHUNK`), so a chunk's activations stay the size the base was chosen for."""
         height, width = self.image_size()
-        return max(MIN_INFERENCE_CHUNK, self.base_inference_chunk * CHUNK_REFERENCE_AREA // (height * width))
+        scaled = self.base_inference_chunk * CHUNK_REFERENCE_AREA // (height * width)
+        return max(MIN_INFERENCE_CHUNK, min(self.base_inference_chunk, scaled))
 
     def _inference_input(self, chunk: torch.Tensor) -> torch.Tensor:
         """`chunk` as float in [0, 1] in channels-last layout, the weights switched to that layout on first use:
@@ -175,8 +176,8 @@ _EMBEDDING_LAYERS = 4
 
 
 class Classifier(SavableModel):
-    """A small CNN: two conv-batchnorm stages with max-pooling, then a two-layer head. Works for 1 or 3 channels and sides of
-    `MIN_IMAGE_SIDE` to `MAX_IMAGE_SIDE` pixels."""
+    """A small CNN: two conv-batchnorm stages with max-pooling, then a two-layer head. Works for 1 or 3 channels and
+    sides of `MIN_IMAGE_SIDE` to `MAX_IMAGE_SIDE` pixels."""
 
     kind = "scanflow-classifier"
 
