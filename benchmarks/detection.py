@@ -135,6 +135,8 @@ class BenchmarkConfig:
     data_dir: Path
     cache_dir: Path
     output: Path | None
+    epochs: int | None = None
+    autoencoder_epochs: int | None = None
     date: str = field(default_factory=lambda: datetime.datetime.now().strftime("%Y-%m-%d %H:%M"))
 
     @property
@@ -149,6 +151,7 @@ class BenchmarkConfig:
             f"n {_join(self.sizes)}, fraction {_join(self.fractions)}, {self.windows} windows/cell, "
             f"{self.clean_windows} clean windows/n, seed {self.seed}, alpha {self.alpha}, {self.date}, "
             f"{os.cpu_count()} cpu / {torch.get_num_threads()} torch threads"
+            + (f", epochs {self.epochs or 'default'}/{self.autoencoder_epochs or 'default'}" if self.epochs or self.autoencoder_epochs else "")
         )
 
 
@@ -166,7 +169,7 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchmarkConfig:
     """The CLI; options left out take the `--quick` or full defaults."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.detection", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="the ~10-minute configuration (QUICK_DEFAULTS)")
-    parser.add_argument("--datasets", nargs="+", choices=("mnist", "fashion-mnist"))
+    parser.add_argument("--datasets", nargs="+", choices=("mnist", "fashion-mnist", "fashion-rgb"))
     parser.add_argument("--corruptions", nargs="+", choices=corruption_names(), help="default: all 15")
     parser.add_argument("--severities", nargs="+", type=int, choices=(1, 2, 3, 4, 5))
     parser.add_argument("--sizes", nargs="+", type=int, help="window sizes n")
@@ -175,6 +178,8 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchmarkConfig:
     parser.add_argument("--clean-windows", type=int, help="clean windows per n for the false-alarm rate")
     parser.add_argument("--corrupted-images", type=int, help="pool images corrupted per (corruption, severity)")
     parser.add_argument("--timing-repeats", type=int, help="timed 1,000-image batches per path (fastest kept)")
+    parser.add_argument("--epochs", type=int, help="classifier epochs (default: TrainConfig's, about 150k images)")
+    parser.add_argument("--autoencoder-epochs", type=int, help="autoencoder epochs (default: twice the classifier's default)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--alpha", type=float, default=0.05)
     parser.add_argument("--data-dir", type=Path, default=_default_data_dir())
@@ -203,6 +208,8 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchmarkConfig:
         data_dir=args.data_dir,
         cache_dir=args.cache_dir.expanduser(),
         output=args.output,
+        epochs=args.epochs,
+        autoencoder_epochs=args.autoencoder_epochs,
     )
     _validate(config, parser)
     return config
@@ -287,16 +294,20 @@ def load_splits(name: str, data_dir: Path, seed: int) -> Splits:
 
 
 # --------------------------------------------------------------------------------------------------- models
-def trained_models(splits: Splits | Any, seed: int, cache_dir: Path) -> tuple[Classifier, Autoencoder, str]:
+def trained_models(
+    splits: Splits | Any, seed: int, cache_dir: Path, epochs: int | None = None, autoencoder_epochs: int | None = None
+) -> tuple[Classifier, Autoencoder, str]:
     """The seeded classifier and autoencoder, from `cache_dir/<dataset>-seed<seed>-epochs<epochs>-ae<width>x<epochs>/`
     if saved there (the autoencoder's width and epochs are in the name so a changed default never loads a stale model).
 
     `splits` needs only `name` and `train` (any object with them will do: the improvement benchmark shares this
-    cache). Returns the models and a sentence saying where they came from (and the training time in seconds).
+    cache). `epochs` and `autoencoder_epochs` override the training defaults (a shorter run). Returns the models and
+    a sentence saying where they came from (and the training time in seconds).
     """
-    config = TrainConfig(seed=seed)
+    config = TrainConfig(seed=seed, epochs=epochs)
+    autoencoder_config = TrainConfig(seed=seed, epochs=autoencoder_epochs).for_autoencoder(len(splits.train))
     epochs = config.resolved_epochs(len(splits.train))
-    autoencoder_epochs = config.for_autoencoder(len(splits.train)).epochs
+    autoencoder_epochs = autoencoder_config.epochs
     folder = cache_dir / f"{splits.name}-seed{seed}-epochs{epochs}-ae{AUTOENCODER_WIDTH}x{autoencoder_epochs}"
     classifier_path, autoencoder_path = folder / "classifier.pt", folder / "autoencoder.pt"
     if classifier_path.is_file() and autoencoder_path.is_file():
@@ -304,7 +315,7 @@ def trained_models(splits: Splits | Any, seed: int, cache_dir: Path) -> tuple[Cl
     log(f"{splits.name}: training classifier and autoencoder ({epochs} and {autoencoder_epochs} epochs of {len(splits.train):,} images)")
     started = time.perf_counter()
     classifier, _ = train_classifier(splits.train, config, progress=False)
-    autoencoder, _ = train_autoencoder(splits.train, config, latent_dim=LATENT_DIM, progress=False)
+    autoencoder, _ = train_autoencoder(splits.train, autoencoder_config, latent_dim=LATENT_DIM, progress=False)
     classifier.save(classifier_path)
     autoencoder.save(autoencoder_path)
     seconds = time.perf_counter() - started
@@ -597,7 +608,7 @@ def measure_timing(
 def run_dataset(name: str, config: BenchmarkConfig) -> DatasetResults:
     """The whole protocol on one dataset."""
     splits = load_splits(name, config.data_dir, config.seed)
-    classifier, autoencoder, provenance = trained_models(splits, config.seed, config.cache_dir)
+    classifier, autoencoder, provenance = trained_models(splits, config.seed, config.cache_dir, config.epochs, config.autoencoder_epochs)
     detectors, notes = build_detectors(classifier, autoencoder, splits.info, config)
     fit_seconds = fit_detectors(detectors, splits)
     nulls = calibrate_nulls(detectors, config.sizes)

@@ -21,6 +21,9 @@ in order, per split:
 
 ``digits`` is scikit-learn's bundled 8x8 digits and is always available.
 
+``fashion-rgb`` is Fashion-MNIST rendered as 32x32 RGB (:func:`render_rgb`): found
+wherever Fashion-MNIST is, derived from it on each load (nothing is written to disk).
+
 Parsed files are cached in memory per (path, mtime, size); every returned tensor is a
 fresh copy that the caller may mutate.
 """
@@ -65,6 +68,8 @@ __all__ = [
     "ENV_CACHE_DIR",
     "ENV_DATA_DIR",
     "FASHION_MNIST_CLASSES",
+    "FASHION_RGB_MIN_CONTRAST",
+    "FASHION_RGB_SEED",
     "LabeledImages",
     "SPLITS",
     "TEST_ONLY_SPLIT",
@@ -78,11 +83,12 @@ __all__ = [
     "load_dataset",
     "load_train_test",
     "read_idx",
+    "render_rgb",
     "stratified_split",
     "validate_batch",
 ]
 
-DATASET_NAMES: tuple[str, ...] = ("fashion-mnist", "mnist", "digits", "cifar10")
+DATASET_NAMES: tuple[str, ...] = ("fashion-mnist", "mnist", "digits", "cifar10", "fashion-rgb")
 SPLITS: tuple[str, ...] = ("train", "test")
 DEFAULT_NAME = "default"
 
@@ -124,6 +130,7 @@ _ALIASES: Mapping[str, str] = {
     "mnist": "mnist",
     "digits": "digits",
     "cifar10": "cifar10",
+    "fashionrgb": "fashion-rgb",
     "default": DEFAULT_NAME,
 }
 
@@ -174,7 +181,10 @@ _INFOS: Mapping[str, DatasetInfo] = {
     "mnist": DatasetInfo("mnist", _DIGIT_CLASSES, 1, 28, 28, ""),
     "digits": DatasetInfo("digits", _DIGIT_CLASSES, 1, 8, 8, DIGITS_SOURCE),
     "cifar10": DatasetInfo("cifar10", CIFAR10_CLASSES, 3, 32, 32, ""),
+    "fashion-rgb": DatasetInfo("fashion-rgb", FASHION_MNIST_CLASSES, 3, 32, 32, ""),
 }
+#: Datasets rendered from another one's files (`render_rgb`): the one whose files they are found with.
+_RENDERED_FROM: Mapping[str, str] = types.MappingProxyType({"fashion-rgb": "fashion-mnist"})
 
 
 @dataclass(frozen=True, eq=False)
@@ -305,6 +315,7 @@ def _user_data_dir(data_dir: str | Path | None) -> tuple[Path, str] | None:
 
 def _candidates(name: str, data_dir: str | Path | None) -> list[_Candidate]:
     """Every directory searched for ``name``, in resolution order, without duplicates."""
+    name = _RENDERED_FROM.get(name, name)
     found: list[_Candidate] = []
     user = _user_data_dir(data_dir)
     if user is not None:
@@ -347,6 +358,7 @@ def _cifar_files(directory: Path, split: str) -> tuple[Path, ...] | None:
 
 
 def _split_files(name: str, directory: Path, split: str) -> tuple[Path, ...] | None:
+    name = _RENDERED_FROM.get(name, name)
     if name in _IDX_DATASETS:
         return _idx_files(directory, split)
     return _cifar_files(directory, split)
@@ -361,6 +373,7 @@ def _locate(name: str, split: str, data_dir: str | Path | None) -> Path | None:
 
 
 def _expected_files(name: str, split: str) -> str:
+    name = _RENDERED_FROM.get(name, name)
     if name in _IDX_DATASETS:
         prefix = _IDX_PREFIX[split]
         return f"{prefix}-images-idx3-ubyte.gz and {prefix}-labels-idx1-ubyte.gz (gzipped or not)"
@@ -370,6 +383,8 @@ def _expected_files(name: str, split: str) -> str:
 
 def _how_to_get(name: str) -> str:
     """One line telling a user how to make ``name`` available."""
+    if name in _RENDERED_FROM:
+        return f"rendered from {_RENDERED_FROM[name]}, nothing else to get: {_how_to_get(_RENDERED_FROM[name])}"
     download = f"or allow downloads with --allow-download / {ENV_ALLOW_DOWNLOAD}=1 (saved under {default_cache_dir()})"
     if name == "fashion-mnist":
         return (
@@ -427,7 +442,7 @@ def _download(name: str, split: str, data_dir: str | Path | None) -> None:
     cache = default_cache_dir()
     try:
         cache.mkdir(parents=True, exist_ok=True)
-        _torchvision_dataset_class(name)(root=str(cache), train=(split == "train"), download=True)
+        _torchvision_dataset_class(_RENDERED_FROM.get(name, name))(root=str(cache), train=(split == "train"), download=True)
     except Exception as exc:
         raise _not_found(name, split, data_dir, reason=f"Downloading into {cache} failed: {exc}") from exc
 
@@ -673,6 +688,81 @@ def _load_digits_split(split: str) -> LabeledImages:
     return LabeledImages(torch.from_numpy(images[index]), torch.from_numpy(labels[index]), _INFOS["digits"], split)
 
 
+# ---------------------------------------------------------------- fashion-rgb
+
+#: Seed of `render_rgb`'s colours; with a split's name and an image's index in it, it fixes that image's colours.
+FASHION_RGB_SEED = 24
+#: Least difference of luma (ITU-R 601-2: 0.299 R + 0.587 G + 0.114 B, on 0..255) between an image's background
+#: and foreground colours, so every garment stays visible.
+FASHION_RGB_MIN_CONTRAST = 64
+#: Colour pairs drawn per image; the first with FASHION_RGB_MIN_CONTRAST is kept (a uniform pair has it with
+#: probability about 0.36, so all 32 miss with probability about 1e-6; then the most contrasting pair is kept).
+_COLOUR_CANDIDATES = 32
+_WORDS_PER_IMAGE = _COLOUR_CANDIDATES * 2 * 3 // 8
+_SPLIT_CODES: Mapping[str, int] = types.MappingProxyType({"train": 0, "test": 1})
+_LUMA_PER_MILLE = np.array([299, 587, 114], dtype=np.int64)
+_RENDER_CHUNK = 4096
+
+
+def _colour_pairs(split: str, start: int, count: int, seed: int) -> np.ndarray:
+    """(background, foreground) colours of images ``start .. start + count - 1`` of ``split``, uint8 [count, 2, 3].
+
+    The bytes are PCG64's raw 64-bit outputs (stable across numpy versions, unlike `Generator` methods), the stream
+    seeded by (``seed``, split) and advanced to the image's place, so a slice gets the colours its images have
+    in the whole split."""
+    bit_generator = np.random.PCG64(np.random.SeedSequence([seed, _SPLIT_CODES[split]]))
+    bit_generator.advance(start * _WORDS_PER_IMAGE)
+    raw = bit_generator.random_raw(count * _WORDS_PER_IMAGE).astype("<u8")
+    candidates = raw.view(np.uint8).reshape(count, _COLOUR_CANDIDATES, 2, 3)
+    luma = candidates.astype(np.int64) @ _LUMA_PER_MILLE
+    contrast = np.abs(luma[..., 0] - luma[..., 1])
+    enough = contrast >= FASHION_RGB_MIN_CONTRAST * 1000
+    choice = np.where(enough.any(axis=1), enough.argmax(axis=1), contrast.argmax(axis=1))
+    return candidates[np.arange(count), choice]
+
+
+def _grey_at_size(grey: torch.Tensor, size: int) -> torch.Tensor:
+    """28x28 grey images padded with 2 black pixels per side to 32x32, then (size != 32) resized bilinearly."""
+    padded = torch.nn.functional.pad(grey, (2, 2, 2, 2))
+    if size == 32:
+        return padded
+    resized = torch.nn.functional.interpolate(
+        padded.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=size < 32
+    )
+    return resized.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def render_rgb(
+    grey: torch.Tensor, split: str, start: int = 0, size: int = 32, seed: int = FASHION_RGB_SEED
+) -> torch.Tensor:
+    """Fashion-MNIST images as RGB pictures with their own colours: uint8 [N, 1, 28, 28] -> uint8 [N, 3, size, size].
+
+    Each image is padded with 2 black pixels per side to 32x32 (no resampling, so the 32x32 rendering is exact
+    integer arithmetic and the garment keeps its 28x28 pixels), and for another ``size`` then resized bilinearly
+    (antialiased when shrinking). Its grey value g (0 background .. 255 garment) then blends the image's background
+    colour b into its foreground colour f, per channel in integers: ``(b * (255 - g) + f * g + 127) // 255``.
+    (b, f) is drawn per image, independently of its label, so colour is a nuisance the models must ignore, not a
+    cue to the class (see `_colour_pairs` and FASHION_RGB_MIN_CONTRAST). The same image gets the same colours and
+    bytes on every call: ``grey[i]`` is taken to be image ``start + i`` of ``split`` ("train" or "test").
+
+    Raises:
+        ValueError: ``grey`` is not uint8 [N, 1, 28, 28], ``split`` is unknown, or ``size`` is below 8.
+    """
+    if grey.dtype != torch.uint8 or grey.dim() != 4 or tuple(grey.shape[1:]) != (1, 28, 28):
+        raise ValueError(f"render_rgb takes Fashion-MNIST's uint8 [N, 1, 28, 28] images, got {grey.dtype} {list(grey.shape)}")
+    if split not in _SPLIT_CODES:
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if size < 8 or start < 0:
+        raise ValueError(f"size must be >= 8 and start >= 0, got size {size} and start {start}")
+    out = torch.empty(len(grey), 3, size, size, dtype=torch.uint8)
+    for first in range(0, len(grey), _RENDER_CHUNK):
+        chunk = _grey_at_size(grey[first : first + _RENDER_CHUNK], size).numpy().astype(np.uint16)
+        colours = _colour_pairs(split, start + first, len(chunk), seed).astype(np.uint16)[:, :, :, None, None]
+        blended = (colours[:, 0] * (255 - chunk) + colours[:, 1] * chunk + 127) // 255
+        out[first : first + len(chunk)] = torch.from_numpy(blended.astype(np.uint8))
+    return out
+
+
 # ---------------------------------------------------------------- public loaders
 
 
@@ -682,6 +772,10 @@ def _resolve_name(name: str, data_dir: str | Path | None) -> str:
 
 
 def _load_from(name: str, directory: Path, split: str) -> LabeledImages:
+    if name in _RENDERED_FROM:
+        base = _load_from(_RENDERED_FROM[name], directory, split)
+        info = replace(_INFOS[name], source=base.info.source)
+        return LabeledImages(render_rgb(base.images, split, size=info.height), base.labels, info, split)
     if name in _IDX_DATASETS:
         return _load_idx_split(name, directory, split)
     return _load_cifar_split(directory, split)

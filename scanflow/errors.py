@@ -19,6 +19,11 @@ class InvalidBatchError(ScanflowError, ValueError):
     """A batch of images that a model cannot score (shape, dtype, NaN, size)."""
 
 
+class UnsupportedImageSizeError(ScanflowError, ValueError):
+    """An image size no model is built for: a side below `scanflow.models.MIN_IMAGE_SIDE` or above
+    `scanflow.models.MAX_IMAGE_SIDE` pixels (larger images are fitted by `scanflow.images.model_contract`)."""
+
+
 class UnknownCorruptionError(ScanflowError, ValueError):
     """A corruption name that is not in the registry."""
 

@@ -47,6 +47,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from scanflow.errors import InvalidBatchError
+from scanflow.models import MAX_IMAGE_SIDE, MIN_IMAGE_SIDE, check_image_size
 
 if TYPE_CHECKING:
     from scanflow.data import DatasetInfo
@@ -63,6 +64,7 @@ __all__ = [
     "ImageSet",
     "ON_BAD_POLICIES",
     "list_batch_units",
+    "model_contract",
     "read_batch_unit",
     "read_images",
 ]
@@ -585,6 +587,34 @@ def _read_array_file(path: Path, contract: ImageContract, classes: tuple[str, ..
 
 
 # ------------------------------------------------------------------------------------------------ public
+
+
+def model_contract(channels: int, height: int, width: int, fit: Fit = "resize") -> ImageContract:
+    """The contract that brings ``height x width`` images to a size the models are built for.
+
+    Images of at most :data:`~scanflow.models.MAX_IMAGE_SIDE` pixels a side keep their size. Larger ones,
+    by ``fit``:
+
+    - ``"resize"``: the whole image is shrunk, aspect ratio kept, to a longer side of ``MAX_IMAGE_SIDE`` (the
+      shorter one rounded, at least :data:`~scanflow.models.MIN_IMAGE_SIDE`): 224x224 to 96x96, 300x150 to 96x48;
+    - ``"center-crop"``: each side is capped at ``MAX_IMAGE_SIDE`` (300x150 to 96x96, 120x80 to 96x80), and the
+      largest centred box of that aspect ratio is cropped and resized to it: nothing is stretched, borders are lost.
+
+    Raises:
+        InvalidBatchError: ``channels`` is not 1 or 3, or ``fit`` is unknown.
+        UnsupportedImageSizeError: a side is below ``MIN_IMAGE_SIDE``.
+    """
+    if fit not in FIT_POLICIES:
+        raise InvalidBatchError(f"unknown fit policy {fit!r}: use one of {', '.join(FIT_POLICIES)}")
+    if max(height, width) > MAX_IMAGE_SIDE:
+        if fit == "resize":
+            scale = MAX_IMAGE_SIDE / max(height, width)
+            height, width = (max(MIN_IMAGE_SIDE, min(MAX_IMAGE_SIDE, round(side * scale))) for side in (height, width))
+        else:
+            height, width = min(height, MAX_IMAGE_SIDE), min(width, MAX_IMAGE_SIDE)
+    contract = ImageContract(channels, height, width, fit)
+    check_image_size(channels, height, width)
+    return contract
 
 
 def read_images(

@@ -4,6 +4,13 @@ Both models take float images in [0, 1] of shape [N, C, H, W] in `forward`; uint
 edge of Scanflow) go through `predict`/`embed`, which convert and batch them. The classifier normalises its input
 with the per-channel mean and standard deviation of its training data, stored as buffers so a saved model carries
 them.
+
+Every model is built for its images' size: 1 (grey) or 3 (RGB) channels and any height and width from
+`MIN_IMAGE_SIDE` to `MAX_IMAGE_SIDE` pixels (28x28 grey, 32x32, 64x64 and 96x96 RGB are tested). The classifier
+and the autoencoder halve the image twice (to ceil(H / 4) x ceil(W / 4) in the autoencoder, floor in the
+classifier) and connect that feature map to a dense layer, which therefore grows with the area; the autoencoder's
+decoder doubles twice and crops to the image. Larger images are brought to at most `MAX_IMAGE_SIDE` by an image
+contract (`scanflow.images.model_contract`: a resize that keeps the aspect ratio, or a centre crop).
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from scanflow.errors import ScanflowError
+from scanflow.errors import ScanflowError, UnsupportedImageSizeError
 
 FORMAT_VERSION = 1
 #: Images per forward pass at inference for models with full-resolution feature maps (the classifier, the
@@ -27,6 +34,17 @@ FORMAT_VERSION = 1
 #: best of 10 in a fresh process; classifier: 1,000-chunk 213 ms, 512 167 ms, 256 138 ms, 128 78 ms, 64 98 ms;
 #: denoiser: 267 / 250 / 239 / 168 / 171 ms). Long-running servers and fresh flow containers then run alike.
 INFERENCE_CHUNK = 128
+#: The image area (pixels) the inference chunks are given for; for larger images a chunk holds proportionally fewer
+#: images (`SavableModel.inference_chunk`), so its feature maps take no more memory than at 28x28.
+CHUNK_REFERENCE_AREA = 28 * 28
+#: Fewest images per inference chunk, whatever the image size.
+MIN_INFERENCE_CHUNK = 8
+#: Smallest image side (pixels) a model is built for: two halvings leave at least a 2x2 feature map.
+MIN_IMAGE_SIDE = 8
+#: Largest image side (pixels) a model is built for. The dense layer after the feature map grows with the image's
+#: area: at 96x96 RGB the classifier has 4.7 M weights (0.42 M at 28x28), the autoencoder 1.2 M (0.12 M), and a
+#: 224x224 classifier would have 26 M. Larger images go through `scanflow.images.model_contract` first.
+MAX_IMAGE_SIDE = 96
 #: Channels of the autoencoder's first layer. 16 rather than the classifier's 32: the detector runs the autoencoder on
 #: every production batch, and at 32 its pass cost about as much as the classifier's (predict + detect 1.86-1.97x
 #: predict alone in the quick detection benchmark). At 16, trained twice as long (`scanflow.train.
@@ -62,11 +80,24 @@ class SavableModel(nn.Module):
     """A module rebuilt from a small JSON-able config; `save` writes config + weights, `load` reverses it."""
 
     kind: ClassVar[str]
-    #: Images per forward pass in the batched inference helpers (`predict_proba`, `embed`, `clean`, ...).
-    inference_chunk: ClassVar[int] = INFERENCE_CHUNK
+    #: Images per forward pass in the batched inference helpers (`predict_proba`, `embed`, `clean`, ...) at 28x28
+    #: (`CHUNK_REFERENCE_AREA`); `inference_chunk` scales it to the model's image size.
+    base_inference_chunk: ClassVar[int] = INFERENCE_CHUNK
 
     def config(self) -> dict[str, Any]:
         raise NotImplementedError
+
+    def image_size(self) -> tuple[int, int]:
+        """(height, width) in pixels of the images the model is built for."""
+        return self.height, self.width
+
+    @property
+    def inference_chunk(self) -> int:
+        """Images per forward pass at inference: `base_inference_chunk` up to 28x28, proportionally fewer for larger
+        images (at least `MIN_INFERENCE_CHUNK`), so a chunk's activations stay the size the base was chosen for."""
+        height, width = self.image_size()
+        scaled = self.base_inference_chunk * CHUNK_REFERENCE_AREA // (height * width)
+        return max(MIN_INFERENCE_CHUNK, min(self.base_inference_chunk, scaled))
 
     def _inference_input(self, chunk: torch.Tensor) -> torch.Tensor:
         """`chunk` as float in [0, 1] in channels-last layout, the weights switched to that layout on first use:
@@ -110,6 +141,28 @@ class SavableModel(nn.Module):
         return model
 
 
+def check_image_size(channels: int, height: int, width: int) -> None:
+    """Refuse an image shape no model is built for.
+
+    Raises:
+        UnsupportedImageSizeError: channels other than 1 or 3, or a side outside `MIN_IMAGE_SIDE`..`MAX_IMAGE_SIDE`;
+            the message names the fix (`scanflow.images.model_contract` for larger images).
+    """
+    if channels not in (1, 3):
+        raise UnsupportedImageSizeError(f"models take 1 (grey) or 3 (RGB) channels, got {channels}: convert the images to grey or RGB")
+    if min(height, width) < MIN_IMAGE_SIDE:
+        raise UnsupportedImageSizeError(
+            f"images of {height}x{width} pixels are too small for a model (at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE}): "
+            "upscale them, e.g. with scanflow.images.read_images and an ImageContract of at least that size"
+        )
+    if max(height, width) > MAX_IMAGE_SIDE:
+        raise UnsupportedImageSizeError(
+            f"images of {height}x{width} pixels are larger than models are built for (at most {MAX_IMAGE_SIDE} "
+            f"pixels a side): fit them with scanflow.images.model_contract({channels}, {height}, {width}, "
+            "fit='resize' or 'center-crop') and read them through that contract"
+        )
+
+
 def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False),
@@ -123,7 +176,8 @@ _EMBEDDING_LAYERS = 4
 
 
 class Classifier(SavableModel):
-    """A small CNN: two conv-batchnorm stages with max-pooling, then a two-layer head. Works for any image >= 8x8."""
+    """A small CNN: two conv-batchnorm stages with max-pooling, then a two-layer head. Works for 1 or 3 channels and
+    sides of `MIN_IMAGE_SIDE` to `MAX_IMAGE_SIDE` pixels."""
 
     kind = "scanflow-classifier"
 
@@ -140,6 +194,7 @@ class Classifier(SavableModel):
         std: list[float] | None = None,
     ) -> None:
         super().__init__()
+        check_image_size(channels, height, width)
         self.spec = ImageSpec(channels, height, width, n_classes)
         self._hparams = {"width_multiplier": width_multiplier, "hidden": hidden, "dropout": dropout}
         c1, c2 = width_multiplier, 2 * width_multiplier
@@ -160,6 +215,9 @@ class Classifier(SavableModel):
         )
         self.register_buffer("mean", torch.tensor(mean if mean is not None else [0.5] * channels).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std if std is not None else [0.5] * channels).view(1, -1, 1, 1))
+
+    def image_size(self) -> tuple[int, int]:
+        return self.spec.height, self.spec.width
 
     def config(self) -> dict[str, Any]:
         return {
@@ -282,20 +340,22 @@ def native_bfloat16() -> bool:
 class Autoencoder(SavableModel):
     """A convolutional autoencoder with an explicit latent vector: `encode` -> [N, latent_dim], `decode` -> images.
 
-    Two stride-2 convolutions shrink H and W by four, a linear layer maps to the latent vector; the decoder mirrors
-    it and crops to the exact input size, so odd sizes such as 8x8 or 30x30 work. `width_multiplier` is the first
-    layer's channel count (the second has twice as many); see `AUTOENCODER_WIDTH` for the default.
+    Two stride-2 convolutions shrink H and W to ceil(H / 4) x ceil(W / 4), a linear layer maps to the latent vector;
+    the decoder mirrors it (two transposed convolutions double the grid twice) and crops to the exact input size, so
+    any size from `MIN_IMAGE_SIDE` to `MAX_IMAGE_SIDE` works, odd ones such as 30x30 or 9x13 too. `width_multiplier`
+    is the first layer's channel count (the second has twice as many); see `AUTOENCODER_WIDTH` for the default.
     """
 
     kind = "scanflow-autoencoder"
     #: Its feature maps are a quarter of the input's area or less, so large chunks stay cheap: width 16 on 1,000
     #: Fashion-MNIST images in a fresh process, `embed_with_error` 25 ms in 1,000- or 256-image chunks, 34 ms in 128.
-    inference_chunk = 512
+    base_inference_chunk = 512
 
     def __init__(
         self, channels: int, height: int, width: int, latent_dim: int = 32, width_multiplier: int = AUTOENCODER_WIDTH
     ) -> None:
         super().__init__()
+        check_image_size(channels, height, width)
         self.channels, self.height, self.width = channels, height, width
         self.latent_dim = latent_dim
         self.width_multiplier = width_multiplier
@@ -431,13 +491,14 @@ class Denoiser(SavableModel):
 
     A small U-Net (one stride-2 level with a skip connection) predicts a correction to its input, so an image that
     needs no cleaning passes through almost unchanged; that is what keeps a filtered classifier's clean accuracy
-    where it was. Works for any image >= 8x8 with 1 or 3 channels.
+    where it was. Works for 1 or 3 channels and sides of `MIN_IMAGE_SIDE` to `MAX_IMAGE_SIDE` pixels.
     """
 
     kind = "scanflow-denoiser"
 
     def __init__(self, channels: int, height: int, width: int, width_multiplier: int = 16) -> None:
         super().__init__()
+        check_image_size(channels, height, width)
         self.channels, self.height, self.width = channels, height, width
         self.width_multiplier = width_multiplier
         c1, c2 = width_multiplier, 2 * width_multiplier

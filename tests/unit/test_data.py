@@ -391,6 +391,17 @@ def test_missing_fashion_mnist_suggests_the_debian_package(tmp_path: Path, monke
     assert "apt-get install dataset-fashion-mnist" in message
 
 
+def test_missing_fashion_rgb_names_itself_and_the_fashion_mnist_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "absent")
+    with pytest.raises(DatasetNotFoundError) as caught:
+        load_train_test("fashion-rgb")
+    message = str(caught.value)
+    assert message.startswith("fashion-rgb split 'test' was not found. Looked in:")
+    assert f"  - {tmp_path / 'absent'} (Debian package dataset-fashion-mnist, does not exist)" in message
+    assert "Expected files: t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz" in message
+    assert "To get it: rendered from fashion-mnist, nothing else to get: apt-get install dataset-fashion-mnist" in message
+
+
 def test_missing_mnist_train_points_at_load_train_test(mnist_dir: Path) -> None:
     with pytest.raises(DatasetNotFoundError, match=r"Only the 'test' split is present .*load_train_test\('mnist'\)"):
         load_dataset("mnist", "train", data_dir=mnist_dir)
@@ -399,7 +410,7 @@ def test_missing_mnist_train_points_at_load_train_test(mnist_dir: Path) -> None:
 def test_unknown_dataset_name() -> None:
     with pytest.raises(
         UnknownDatasetError,
-        match=r"^unknown dataset 'imagenet'; known datasets: fashion-mnist, mnist, digits, cifar10 \(or 'default'",
+        match=r"^unknown dataset 'imagenet'; known datasets: fashion-mnist, mnist, digits, cifar10, fashion-rgb \(or 'default'",
     ):
         load_dataset("imagenet")
 
@@ -412,7 +423,7 @@ def test_bad_split() -> None:
 @pytest.mark.parametrize(
     ("typed", "canonical"),
     [("fashion_mnist", "fashion-mnist"), ("FashionMNIST", "fashion-mnist"), ("MNIST", "mnist"),
-     ("cifar-10", "cifar10"), ("Digits", "digits")],
+     ("cifar-10", "cifar10"), ("Digits", "digits"), ("Fashion_RGB", "fashion-rgb"), ("fashionrgb", "fashion-rgb")],
 )
 def test_names_are_case_and_separator_insensitive(typed: str, canonical: str) -> None:
     assert canonical_dataset_name(typed) == canonical
@@ -430,6 +441,8 @@ def test_dataset_availability(fashion_dir: Path, mnist_dir: Path, tmp_path: Path
     assert plain["digits"].available and plain["digits"].location == "scikit-learn (bundled)"
     assert not plain["cifar10"].available
     assert "cifar-10-batches-py" in plain["cifar10"].how_to_get
+    assert plain["fashion-rgb"].available and plain["fashion-rgb"].location == str(fashion_dir)
+    assert plain["fashion-rgb"].how_to_get.startswith("rendered from fashion-mnist, nothing else to get: apt-get install")
 
     with_mnist = {entry.name: entry for entry in dataset_availability(mnist_dir)}
     assert with_mnist["mnist"].available and with_mnist["mnist"].splits == ("test",)
@@ -502,3 +515,81 @@ def test_validate_batch_accepts_read_only_arrays() -> None:
 def test_validate_batch_rejects_bad_input(batch: object, fragment: str) -> None:
     with pytest.raises(InvalidBatchError, match=fragment):
         validate_batch(batch, FASHION_INFO)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- fashion-rgb
+
+#: sha256 of the first five fashion-rgb test images' bytes, as `render_rgb` first made them.
+FASHION_RGB_TEST_HEAD_SHA256 = "e2f72b4269638d2f83d4d13569805d4ee85264cebedd2ef87c70a052f2a082f4"
+
+
+@pytest.fixture(scope="module")
+def fashion_rgb() -> tuple[LabeledImages, LabeledImages]:
+    _require(DEBIAN_FASHION_MNIST_DIR, FASHION_FILES, "Fashion-MNIST (apt-get install dataset-fashion-mnist)")
+    return load_train_test("fashion-rgb")
+
+
+def test_fashion_rgb_is_fashion_mnist_at_32x32_rgb_with_the_same_labels(fashion_rgb, fashion_dir: Path) -> None:
+    train, test = fashion_rgb
+    grey_train, grey_test = load_train_test("fashion-mnist")
+    assert train.images.shape == (60000, 3, 32, 32) and test.images.shape == (10000, 3, 32, 32)
+    assert train.images.dtype == torch.uint8 and (train.split, test.split) == ("train", "test")
+    assert torch.equal(train.labels, grey_train.labels) and torch.equal(test.labels, grey_test.labels)
+    assert train.info == DatasetInfo("fashion-rgb", grey_train.info.classes, 3, 32, 32, str(fashion_dir))
+    assert data.dataset_info("fashion-rgb").image_shape == (3, 32, 32)
+
+
+def test_fashion_rgb_is_the_same_bytes_on_every_load(fashion_rgb) -> None:
+    import hashlib
+
+    _, test = fashion_rgb
+    again = load_dataset("fashion-rgb", "test")
+    assert torch.equal(again.images, test.images) and again.images.data_ptr() != test.images.data_ptr()
+    assert hashlib.sha256(test.images[:5].numpy().tobytes()).hexdigest() == FASHION_RGB_TEST_HEAD_SHA256
+
+
+def test_fashion_rgb_pads_the_garment_and_blends_two_colours_per_image(fashion_rgb) -> None:
+    """The 2-pixel border is the background colour; black pixels of the original are that colour, white ones the
+    foreground colour; the two differ in luma by at least FASHION_RGB_MIN_CONTRAST."""
+    _, test = fashion_rgb
+    grey = load_dataset("fashion-mnist", "test").images[:200, 0].long()
+    rgb = test.images[:200].long()
+    background = rgb[:, :, 0, 0]
+    assert torch.equal(rgb[:, :, :2, :], background[:, :, None, None].expand(-1, -1, 2, 32))
+    assert torch.equal(rgb[:, :, :, -2:], background[:, :, None, None].expand(-1, -1, 32, 2))
+    inner = rgb[:, :, 2:-2, 2:-2]
+    for i in range(len(grey)):
+        assert torch.equal(inner[i][:, grey[i] == 0], background[i][:, None].expand(-1, int((grey[i] == 0).sum())))
+    luma = torch.tensor([299, 587, 114])
+    with_white = [i for i in range(len(grey)) if bool((grey[i] == 255).any())]
+    assert len(with_white) > 50
+    for i in with_white:
+        foreground = inner[i][:, grey[i] == 255]
+        assert bool((foreground == foreground[:, :1]).all()), "white garment pixels are the one foreground colour"
+        assert abs(int((foreground[:, 0] - background[i]) @ luma)) >= data.FASHION_RGB_MIN_CONTRAST * 1000
+    contrast = data._colour_pairs("test", 0, 10000, data.FASHION_RGB_SEED).astype(np.int64) @ luma.numpy()
+    assert np.abs(contrast[:, 0] - contrast[:, 1]).min() >= data.FASHION_RGB_MIN_CONTRAST * 1000
+
+
+def test_fashion_rgb_colours_tell_nothing_about_the_class(fashion_rgb) -> None:
+    """Colours are drawn per image, independently of its label: every class sees the same spread of background
+    luma (1,000 test images a class: a class mean within 8 of the overall one is 5 standard errors)."""
+    _, test = fashion_rgb
+    luma = (test.images[:, :, 0, 0].double() @ torch.tensor([0.299, 0.587, 0.114], dtype=torch.float64))
+    assert len(torch.unique(test.images[:, :, 0, 0], dim=0)) > 9900
+    for label in range(10):
+        assert abs(float(luma[test.labels == label].mean() - luma.mean())) < 8
+
+
+def test_render_rgb_gives_a_slice_the_colours_it_has_in_its_split_at_any_size(fashion_rgb) -> None:
+    from scanflow.data import render_rgb
+
+    _, test = fashion_rgb
+    grey = load_dataset("fashion-mnist", "test").images
+    assert torch.equal(render_rgb(grey[300:310], "test", start=300), test.images[300:310])
+    assert not torch.equal(render_rgb(grey[300:310], "train", start=300), test.images[300:310])
+    large = render_rgb(grey[:4], "test", size=64)
+    assert large.shape == (4, 3, 64, 64) and torch.equal(large[:, :, 0, 0], test.images[:4, :, 0, 0])
+    assert torch.equal(render_rgb(grey[:4], "test", size=64), large)
+    with pytest.raises(ValueError, match=r"render_rgb takes Fashion-MNIST's uint8 \[N, 1, 28, 28\] images, got torch.uint8 \[4, 3, 32, 32\]"):
+        render_rgb(test.images[:4], "test")

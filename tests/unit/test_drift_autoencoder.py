@@ -188,3 +188,30 @@ def test_a_detector_saved_before_the_precision_choice_loads_as_float32(float32_d
     loaded = _saved_and_loaded_without(float32_detector, "decoder_dtype", tmp_path)
     assert loaded.reconstruction_precision == "float32"
     assert np.array_equal(loaded.predict(test.images[:30]).sample_scores, expected.sample_scores)
+
+
+@pytest.fixture(scope="module")
+def rgb_detector(fashion_mnist_dir):
+    """The detector of models trained on 1,000 fashion-rgb images (32x32 RGB), calibrated on 600 others."""
+    from scanflow.data import load_dataset
+
+    test = load_dataset("fashion-rgb", "test")
+    fit_part = test.subset(range(1000), split="test[0:1000]")
+    classifier, _ = train_classifier(fit_part, TrainConfig(epochs=2, seed=0), progress=False)
+    autoencoder, _ = train_autoencoder(fit_part, TrainConfig(epochs=3, seed=0), progress=False)
+    detector = AutoencoderDetector(classifier, autoencoder, calibration_windows=200)
+    return detector.fit(fit_part.images, calibration=test.images[1000:1600], info=test.info), test
+
+
+def test_the_detector_fits_and_tells_clean_from_corrupted_32x32_rgb_batches(rgb_detector, tmp_path):
+    """Colour is part of clean fashion-rgb: clean windows pass, impulse noise is seen per batch and per image."""
+    detector, test = rgb_detector
+    clean, pool = test.images[1600:1700], test.images[1700:1800]
+    corrupted = corrupt(pool, "impulse_noise", 3, seed=0)
+    clean_result, corrupted_result = detector.predict(clean), detector.predict(corrupted)
+    assert detector.info.image_shape == (3, 32, 32) and detector._rarity.bin_surprise.shape == (8, 3 * 32 * 32)
+    assert not clean_result.is_drift and corrupted_result.is_drift
+    auroc = roc_auc_score(np.r_[np.zeros(100), np.ones(100)], np.r_[clean_result.sample_scores, corrupted_result.sample_scores])
+    assert auroc >= 0.9, auroc
+    loaded = AutoencoderDetector.load(detector.save(tmp_path / "rgb.pt"))
+    assert np.array_equal(loaded.predict(corrupted).sample_scores, corrupted_result.sample_scores)
