@@ -104,15 +104,15 @@ CATALOGUE = [
     row("detect --batch {good} --batch-id a/b", 2, ARGPARSE + "--batch-id: a batch id names S3 keys"),
     row(["detect", "--batch", "{good}", "--batch-id", "b" * 129], 2, "at most 128 characters; got 'bbbb"),
     row(["detect", "--batch", "{good}", "--batch-id", ""], 2, ARGPARSE + "--batch-id: a batch id names S3 keys"),
-    row("detect --batch {dir}", 2, ARGPARSE + "--batch: batch file {dir} is a directory: give a .npy file written with numpy.save"),
-    row("detect --batch {missing}", 2, ARGPARSE + "--batch: batch file {missing} does not exist: pass a .npy file"),
+    row("detect --batch {dir}", 2, HANDLER + "batch folder {dir} is empty: put the batch's PNG/JPEG images there"),
+    row("detect --batch {missing}", 2, ARGPARSE + "--batch: batch {missing} does not exist: pass a .npy file written with numpy.save, "
+        "a folder of PNG/JPEG images, or s3://bucket/key"),
     row("detect --batch {empty}", 2, HANDLER + "batch file {empty} " + NOT_NPY),
     row("detect --batch {text}", 2, HANDLER + "batch file {text} " + NOT_NPY),
     row("detect --batch {garbage}", 2, HANDLER + "batch file {garbage} " + NOT_NPY),
     row("detect --batch {pickle_raw}", 2, HANDLER + "batch file {pickle_raw} " + NOT_NPY),
     row("detect --batch {pickled}", 2, HANDLER + "batch file {pickled} is not a plain numpy array (it holds Python objects, "
         "which are never loaded)"),
-    row("detect --batch {npz}", 2, HANDLER + "batch file {npz} is a .npz archive, not one array"),
     row("detect --batch {wrong_shape}", 2, HANDLER + SHAPE_8),
     row("detect --batch {rank1}", 2, HANDLER + "expected a batch shaped [N, C, H, W] or [N, H, W], got shape [10] (rank 1)"),
     row("detect --batch {nan}", 2, HANDLER + "the batch contains NaN pixel values (1 of 10 images)"),
@@ -130,8 +130,14 @@ CATALOGUE = [
     row("detect --batch {s3_good}", 2, HANDLER + "{s3_good} is in S3 but no storage is configured: set SCANFLOW_S3_BUCKET", NO_BUCKET),
     row("detect --batch s3://onlybucket", 2, ARGPARSE + "--batch: 's3://onlybucket' is not an S3 object URI: expected s3://BUCKET/KEY"),
     # ---------------------------------------------------------------------------------------------------- predict
-    row("predict --batch {dir}", 2, ARGPARSE + "--batch: batch file {dir} is a directory"),
-    row("predict --batch {missing}", 2, ARGPARSE + "--batch: batch file {missing} does not exist"),
+    row("predict --batch {dir}", 2, HANDLER + "batch folder {dir} is empty"),
+    row("detect --batch {text_folder}", 2, HANDLER + "{text_folder} holds no image files (0 hidden files and 1 files with "
+        "other extensions (.txt) were ignored): put PNG or JPEG files there"),
+    row("detect --batch {bad_png_folder}", 2, HANDLER + "1 of 1 image files in {bad_png_folder} are unusable (every image "
+        "file): truncated.png (not an image Pillow can read); replace or remove them"),
+    row("predict --batch {bad_png_folder}", 2, HANDLER + "1 of 1 image files in {bad_png_folder} are unusable (every image "
+        "file): truncated.png (not an image Pillow can read); replace or remove them"),
+    row("predict --batch {missing}", 2, ARGPARSE + "--batch: batch {missing} does not exist"),
     row("predict --batch {empty}", 2, HANDLER + "batch file {empty} " + NOT_NPY),
     row("predict --batch {garbage}", 2, HANDLER + "batch file {garbage} " + NOT_NPY),
     row("predict --batch {pickled}", 2, "(it holds Python objects, which are never loaded)"),
@@ -361,6 +367,11 @@ def inputs(servers, tmp_path_factory):
     for name in ("adir", "not_a_stream", "bad_manifest", "home"):
         (folder / name).mkdir()
     (folder / "not_a_stream" / "mine.npy").write_bytes(b"not a stream")
+    for name in ("text_folder", "bad_png_folder"):
+        (folder / name).mkdir()
+    (folder / "text_folder" / "notes.txt").write_text("no images here\n")
+    (folder / "bad_png_folder" / "truncated.png").write_bytes(b"\x89PNG\r\n\x1a\n" + rng.bytes(40))
+    places.update(text_folder=str(folder / "text_folder"), bad_png_folder=str(folder / "bad_png_folder"))
     (folder / "bad_manifest" / "stream.json").write_text("{ this is not JSON")
     places.update(badname=str(folder / "my batch.npy"), pickled=str(folder / "pickled.npy"), npz=str(folder / "archive.npz"),
                   dir=str(folder / "adir"), missing=str(folder / "missing"), not_a_stream=str(folder / "not_a_stream"),
