@@ -12,29 +12,35 @@ import pytest
 
 @pytest.fixture(scope="session", autouse=True)
 def prefect_server(tmp_path_factory):
-    """The session's server; yields its API URL, also exported as PREFECT_API_URL for the subprocesses tests start
-    (`scanflow` commands, served deployments, workers)."""
+    """The session's server, which refuses API calls without its auth string; yields its API URL. The URL and the
+    auth string are exported as PREFECT_API_URL and PREFECT_API_AUTH_STRING, so the subprocesses tests start
+    (`scanflow` commands, served deployments, workers) get them from the environment."""
     from prefect.context import _temporary_global_settings_context, get_settings_context
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
     from scanflow.local import start_prefect_server
+    from scanflow.local_auth import new_secret
 
     folder = tmp_path_factory.mktemp("prefect")
-    server = start_prefect_server(log_dir=folder, home=folder / "home")
-    saved = os.environ.get("PREFECT_API_URL")
-    os.environ["PREFECT_API_URL"] = server.api_url
+    auth_string = new_secret()
+    server = start_prefect_server(log_dir=folder, home=folder / "home", auth_string=auth_string)
+    exported = {"PREFECT_API_URL": server.api_url, "PREFECT_API_AUTH_STRING": auth_string}
+    saved = {name: os.environ.get(name) for name in exported}
+    os.environ.update(exported)
     try:
         # As Prefect's test harness does: the settings also become the global context, so threads started by the
         # code under test (the simulated human answering a pause) talk to this server too.
-        with temporary_settings(updates={PREFECT_API_URL: server.api_url}), _temporary_global_settings_context(get_settings_context()):
+        with temporary_settings(updates={PREFECT_API_URL: server.api_url, PREFECT_API_AUTH_STRING: auth_string}), \
+                _temporary_global_settings_context(get_settings_context()):
             yield server.api_url
     finally:
         _drain_prefect_workers()
         server.stop()
-        if saved is None:
-            os.environ.pop("PREFECT_API_URL", None)
-        else:
-            os.environ["PREFECT_API_URL"] = saved
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _drain_prefect_workers() -> None:
