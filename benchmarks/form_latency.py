@@ -49,9 +49,9 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="scanflow-latency-"))
     os.environ.update(MLFLOW_TRACKING_URI=f"sqlite:///{work / 'mlflow.db'}", SCANFLOW_MODEL_NAME="latency-classifier", SCANFLOW_EXPERIMENT="latency")
     from scanflow.local import start_prefect_server
-    from scanflow.local_auth import new_secret
+    from scanflow.local_auth import new_prefect_auth_string
 
-    auth_string = new_secret()
+    auth_string = new_prefect_auth_string()
     server = start_prefect_server(log_dir=work, home=work / "prefect", auth_string=auth_string)
     os.environ.update(PREFECT_API_URL=server.api_url, PREFECT_API_AUTH_STRING=auth_string)
     try:

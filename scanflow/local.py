@@ -25,7 +25,7 @@ from scanflow.local_auth import (
     MlflowAuth,
     SeaweedfsTls,
     mlflow_auth_config,
-    new_secret,
+    new_prefect_auth_string,
     prefect_client_environment,
     seaweedfs_security,
 )
@@ -231,7 +231,7 @@ def start_persistent_server(port: int | None = None, home: Path | None = None) -
     home.chmod(0o700)
     if port is None:
         port = DEFAULT_PREFECT_PORT if _port_is_free(DEFAULT_PREFECT_PORT) else free_port()
-    auth_string = new_secret()
+    auth_string = new_prefect_auth_string()
     server = start_prefect_server(port, log_dir=home, home=home / "prefect", auth_string=auth_string)
     identity = process_identity(server.process.pid)
     if identity is None:

@@ -159,8 +159,17 @@ def mlflow_auth_config(folder: Path) -> Path:
     database = (folder / "mlflow-auth.db").resolve()
     write_private(path, "[mlflow]\ndefault_permission = NO_PERMISSIONS\n"
                         f"database_uri = sqlite:///{database}\nadmin_username = {MLFLOW_ADMIN_USERNAME}\n"
-                        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+                        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+                        # A password check is a PBKDF2 hash (seconds on a busy 2-core machine): check each one once an
+                        # hour, not on every request. One worker, one user: no other process can hold a stale entry.
+                        "auth_cache_ttl_seconds = 3600\n")
     return path
+
+
+def new_prefect_auth_string() -> str:
+    """A Prefect auth string shaped `user:password` (user `scanflow`), so a browser's or curl's Basic credentials
+    (`curl -u`) are the same string the Prefect clients send."""
+    return f"scanflow:{new_secret()}"
 
 
 def prefect_client_environment(auth_string: str) -> dict[str, str]:

@@ -33,7 +33,14 @@ from scanflow.local import (
     start_prefect_server,
     start_seaweedfs,
 )
-from scanflow.local_auth import MLFLOW_ADMIN_USERNAME, MlflowAuth, new_secret, prefect_client_environment, write_private
+from scanflow.local_auth import (
+    MLFLOW_ADMIN_USERNAME,
+    MlflowAuth,
+    new_prefect_auth_string,
+    new_secret,
+    prefect_client_environment,
+    write_private,
+)
 from scanflow.storage import S3Store
 
 DEFAULT_STACK_DIR = Path(".scanflow") / "stack"
@@ -130,7 +137,7 @@ def _credentials(directory: Path) -> StackCredentials:
         access_key=saved.get("access_key") or f"scanflow-{secrets.token_hex(4)}",
         secret_key=saved.get("secret_key") or secrets.token_urlsafe(24),
         mlflow_password=saved.get("mlflow_password") or new_secret(),
-        prefect_auth_string=saved.get("prefect_auth_string") or new_secret(),
+        prefect_auth_string=saved.get("prefect_auth_string") or new_prefect_auth_string(),
     )
     if asdict(credentials) != saved:
         _write_private(path, json.dumps(asdict(credentials)))

@@ -19,10 +19,10 @@ def prefect_server(tmp_path_factory):
     from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
     from scanflow.local import start_prefect_server
-    from scanflow.local_auth import new_secret
+    from scanflow.local_auth import new_prefect_auth_string
 
     folder = tmp_path_factory.mktemp("prefect")
-    auth_string = new_secret()
+    auth_string = new_prefect_auth_string()
     server = start_prefect_server(log_dir=folder, home=folder / "home", auth_string=auth_string)
     exported = {"PREFECT_API_URL": server.api_url, "PREFECT_API_AUTH_STRING": auth_string}
     saved = {name: os.environ.get(name) for name in exported}
