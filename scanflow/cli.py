@@ -781,8 +781,10 @@ def _stack(args: argparse.Namespace) -> int:
     if args.action == "up":
         requested = {k: v for k, v in (("prefect", args.prefect_port), ("mlflow", args.mlflow_port), ("s3", args.s3_port)) if v}
         info = stack.up(args.dir, requested or None)
-        print(f"Prefect UI: {info.prefect_ui_url}\nMLflow UI:  {info.mlflow_tracking_uri}\nS3:         {info.s3_endpoint_url} "
-              f"(bucket {info.bucket}; keys in {args.dir}/credentials.json)\nLogs:       {info.directory}/*.log\n\n"
+        print(f"Prefect UI: {info.prefect_ui_url} (log in with PREFECT_API_AUTH_STRING)\n"
+              f"MLflow UI:  {info.mlflow_tracking_uri} (user {info.mlflow_username}, password MLFLOW_TRACKING_PASSWORD)\n"
+              f"S3:         {info.s3_endpoint_url} (bucket {info.bucket})\n"
+              f"Every credential is in {args.dir}/credentials.json; none is printed here\nLogs:       {info.directory}/*.log\n\n"
               f"Point this shell at it (sets the keys without printing them): eval \"$(scanflow stack env --dir {args.dir})\"")
     elif args.action == "down":
         stopped = stack.down(args.dir)

@@ -341,7 +341,7 @@ class LocalS3Server:
     log_path: Path
     access_key: str
     secret_key: str = field(repr=False)
-    tls: SeaweedfsTls | None = None
+    tls: SeaweedfsTls
 
     @property
     def endpoint_url(self) -> str:

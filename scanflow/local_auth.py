@@ -57,14 +57,19 @@ class SeaweedfsTls:
         return context
 
 
+def seaweedfs_tls_files(data_dir: Path) -> SeaweedfsTls:
+    """Where the certificate files of the SeaweedFS storing under `data_dir` are (`seaweedfs_security` writes them)."""
+    folder = data_dir / SEAWEEDFS_TLS_FOLDER
+    return SeaweedfsTls(folder / "ca.crt", folder / "seaweedfs.crt", folder / "seaweedfs.key")
+
+
 def seaweedfs_security(data_dir: Path) -> SeaweedfsTls:
     """Write, once per data folder, `security.toml` (read by `weed` from its working directory) and the certificates
     it names under `tls/`; later calls reuse them, so a restarted server keeps its keys. Returns the certificate files.
 
     The CA's private key is thrown away after signing: nobody can issue another certificate it trusts."""
-    folder = data_dir / SEAWEEDFS_TLS_FOLDER
-    tls = SeaweedfsTls(folder / "ca.crt", folder / "seaweedfs.crt", folder / "seaweedfs.key")
-    config = data_dir / "security.toml"
+    tls = seaweedfs_tls_files(data_dir)
+    folder, config = tls.ca.parent, data_dir / "security.toml"
     if config.is_file() and all(path.is_file() for path in (tls.ca, tls.certificate, tls.key)):
         return tls
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)

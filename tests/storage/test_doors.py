@@ -20,7 +20,7 @@ import pytest
 from botocore.config import Config
 from pydantic import SecretStr
 
-from scanflow.local_auth import SeaweedfsTls
+from scanflow.local_auth import SeaweedfsTls, seaweedfs_tls_files
 
 pytestmark = pytest.mark.slow
 
@@ -85,8 +85,7 @@ def ca_only(tls: SeaweedfsTls) -> ssl.SSLContext:
 
 
 def seaweedfs_tls(local_stack) -> SeaweedfsTls:
-    folder = Path(local_stack.directory) / "seaweedfs" / "tls"
-    return SeaweedfsTls(folder / "ca.crt", folder / "seaweedfs.crt", folder / "seaweedfs.key")
+    return seaweedfs_tls_files(Path(local_stack.directory) / "seaweedfs")
 
 
 def test_every_server_listens_on_127_0_0_1_only_and_on_the_ports_the_stack_chose(local_stack, doors):
