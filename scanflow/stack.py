@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shlex
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -68,18 +69,19 @@ class StackInfo:
         return self.prefect_api_url.removesuffix("/api")
 
     def environment(self) -> dict[str, str]:
-        """What a shell, a worker or a container needs to use this stack, credentials included."""
+        """What a shell, a worker or a container needs to use this stack, credentials included (a stack recorded
+        before its servers asked for credentials has none to give)."""
         return {
             "PREFECT_API_URL": self.prefect_api_url,
-            **prefect_client_environment(self.prefect_auth_string),
+            **(prefect_client_environment(self.prefect_auth_string) if self.prefect_auth_string else {}),
             "MLFLOW_TRACKING_URI": self.mlflow_tracking_uri,
-            **MlflowAuth(self.mlflow_username, self.mlflow_password).environment(),
+            **(MlflowAuth(self.mlflow_username, self.mlflow_password).environment() if self.mlflow_password else {}),
             **StorageConfig(bucket=self.bucket, endpoint_url=self.s3_endpoint_url, access_key_id=self.access_key,
                             secret_access_key=self.secret_key).environment(),
         }
 
     def exports(self) -> str:
-        return "\n".join(f"export {name}={value}" for name, value in self.environment().items())
+        return "\n".join(f"export {name}={shlex.quote(value)}" for name, value in self.environment().items())
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -121,8 +123,8 @@ class StackCredentials:
 
     access_key: str
     secret_key: str = field(repr=False)
-    mlflow_password: str = field(repr=False, default="")
-    prefect_auth_string: str = field(repr=False, default="")
+    mlflow_password: str = field(repr=False)
+    prefect_auth_string: str = field(repr=False)
 
     @property
     def mlflow(self) -> MlflowAuth:
