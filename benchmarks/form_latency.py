@@ -49,16 +49,18 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="scanflow-latency-"))
     os.environ.update(MLFLOW_TRACKING_URI=f"sqlite:///{work / 'mlflow.db'}", SCANFLOW_MODEL_NAME="latency-classifier", SCANFLOW_EXPERIMENT="latency")
     from scanflow.local import start_prefect_server
+    from scanflow.local_auth import new_prefect_auth_string
 
-    server = start_prefect_server(log_dir=work, home=work / "prefect")
-    os.environ["PREFECT_API_URL"] = server.api_url
+    auth_string = new_prefect_auth_string()
+    server = start_prefect_server(log_dir=work, home=work / "prefect", auth_string=auth_string)
+    os.environ.update(PREFECT_API_URL=server.api_url, PREFECT_API_AUTH_STRING=auth_string)
     try:
         from prefect.client.orchestration import get_client
         from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterName, FlowRunFilterParentFlowRunId
         from prefect.context import _temporary_global_settings_context, get_settings_context
-        from prefect.settings import PREFECT_API_URL, temporary_settings
+        from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
-        with temporary_settings(updates={PREFECT_API_URL: server.api_url}), _temporary_global_settings_context(get_settings_context()):
+        with temporary_settings(updates={PREFECT_API_URL: server.api_url, PREFECT_API_AUTH_STRING: auth_string}), _temporary_global_settings_context(get_settings_context()):
             from flows.supervise import paused_child, supervise_flow
             from flows.train import train_flow
             from scanflow.stream import make_stream

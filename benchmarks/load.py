@@ -118,7 +118,7 @@ class ServerLog:
 
 
 @contextlib.contextmanager
-def prefect_server(database: str, work: Path) -> Iterator[tuple[str, Path]]:
+def prefect_server(database: str, work: Path) -> Iterator[tuple[str, Path, str]]:
     """A fresh Prefect server on `database` ('sqlite': its default file under its PREFECT_HOME; 'postgresql': a
     private cluster); yields its API URL and log path."""
     from scanflow.local import start_prefect_server
@@ -131,9 +131,12 @@ def prefect_server(database: str, work: Path) -> Iterator[tuple[str, Path]]:
         if database == "postgresql":
             cluster = stack.enter_context(postgres_cluster(database="prefect"))
             env["PREFECT_API_DATABASE_CONNECTION_URL"] = cluster.url
-        server = start_prefect_server(log_dir=folder, home=folder / "home", env=env)
+        from scanflow.local_auth import new_prefect_auth_string
+
+        auth_string = new_prefect_auth_string()
+        server = start_prefect_server(log_dir=folder, home=folder / "home", auth_string=auth_string, env=env)
         stack.callback(server.stop)
-        yield server.api_url, server.log_path
+        yield server.api_url, server.log_path, auth_string
 
 
 def measure_detects(database: str, n: int, work: Path, args: argparse.Namespace, retries: RetryCounter, log: ServerLog) -> DetectRow:
@@ -214,7 +217,7 @@ def main() -> None:
     loop_rows: list[LoopRow] = []
     trained = False
     for database in databases:
-        with prefect_server(database, work) as (api_url, log_path), using_prefect_api(api_url):
+        with prefect_server(database, work) as (api_url, log_path, auth_string), using_prefect_api(api_url, auth_string):
             if not trained:
                 from flows.train import train_flow
 

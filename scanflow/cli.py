@@ -674,12 +674,13 @@ def _keep_a_server_for_a_person() -> None:
     else the persistent one (started now if need be). Prints where the decisions wait."""
     from scanflow import local
 
-    api_url = local.prefect_api_url()
+    endpoint = local.prefect_endpoint()
     record = local.read_server_record()
-    if api_url is None:
+    if endpoint is None:
         record, _ = local.start_persistent_server()
-        api_url = record.api_url
-    os.environ["PREFECT_API_URL"] = api_url
+        endpoint = local.PrefectEndpoint(record.api_url, record.auth_string or None)
+    os.environ.update(endpoint.environment())
+    api_url = endpoint.api_url
     ours = record is not None and record.api_url == api_url
     keeps = "; the server keeps running: `scanflow server stop` stops it" if ours else ""
     print(f"Prefect UI: {_ui_url(api_url)} — paused runs wait there for your decision (`scanflow pending` lists them{keeps})")
@@ -786,7 +787,8 @@ def _server(args: argparse.Namespace) -> int:
         record, started = local.start_persistent_server(args.port, home)
         state = "started" if started else "already running"
         print(f"Prefect server {state} (pid {record.pid}; data in {home / 'prefect'}; log {record.log_path})\n"
-              f"Prefect UI: {record.ui_url}\nscanflow commands use it from now on; for other tools: export PREFECT_API_URL={record.api_url}")
+              f"Prefect UI: {record.ui_url}\nscanflow commands use it from now on; for other tools: export PREFECT_API_URL={record.api_url} "
+              f"and PREFECT_API_AUTH_STRING (`auth_string` in {home / 'server.json'}; the API refuses calls without it)")
         if os.environ.get("PREFECT_API_URL", record.api_url) != record.api_url:
             print(f"note: PREFECT_API_URL={os.environ['PREFECT_API_URL']} is set in this shell and wins over this server")
         return 0
@@ -814,15 +816,16 @@ TEMPORARY_SERVER_NOTE = ("scanflow: no Prefect server running; starting a tempor
 
 
 def use_prefect_server(fallback: bool, why: str = "") -> str | None:
-    """Find the Prefect server (`scanflow.local.prefect_api_url`) and set it as PREFECT_API_URL; call before importing
+    """Find the Prefect server (`scanflow.local.prefect_endpoint`) and set it as PREFECT_API_URL (and its auth string as
+    PREFECT_API_AUTH_STRING); call before importing
     Prefect. With none found: `fallback` says once on stderr that Prefect starts a temporary one and returns None;
     otherwise raises ServiceUnavailableError naming the fix (`why` says what needs the server)."""
-    from scanflow.local import prefect_api_url
+    from scanflow.local import prefect_endpoint
 
-    api_url = prefect_api_url()
-    if api_url:
-        os.environ["PREFECT_API_URL"] = api_url
-        return api_url
+    endpoint = prefect_endpoint()
+    if endpoint:
+        os.environ.update(endpoint.environment())  # the server's auth string too, never printed
+        return endpoint.api_url
     if fallback:
         print(TEMPORARY_SERVER_NOTE, file=sys.stderr)
         return None
@@ -875,8 +878,10 @@ def _stack(args: argparse.Namespace) -> int:
     if args.action == "up":
         requested = {k: v for k, v in (("prefect", args.prefect_port), ("mlflow", args.mlflow_port), ("s3", args.s3_port)) if v}
         info = stack.up(args.dir, requested or None)
-        print(f"Prefect UI: {info.prefect_ui_url}\nMLflow UI:  {info.mlflow_tracking_uri}\nS3:         {info.s3_endpoint_url} "
-              f"(bucket {info.bucket}; keys in {args.dir}/credentials.json)\nLogs:       {info.directory}/*.log\n\n"
+        print(f"Prefect UI: {info.prefect_ui_url} (log in with PREFECT_API_AUTH_STRING)\n"
+              f"MLflow UI:  {info.mlflow_tracking_uri} (user {info.mlflow_username}, password MLFLOW_TRACKING_PASSWORD)\n"
+              f"S3:         {info.s3_endpoint_url} (bucket {info.bucket})\n"
+              f"Every credential is in {args.dir}/credentials.json; none is printed here\nLogs:       {info.directory}/*.log\n\n"
               f"Point this shell at it (sets the keys without printing them): eval \"$(scanflow stack env --dir {args.dir})\"")
     elif args.action == "down":
         stopped = stack.down(args.dir)

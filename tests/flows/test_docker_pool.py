@@ -21,6 +21,7 @@ from blocks import RESULTS_DOCUMENT, MLflowTracking, ScanflowStorage
 from flows.supervise import supervise_flow
 from scanflow.config import TrackingConfig
 from scanflow.local import start_mlflow_server, stop_process_group
+from scanflow.local_auth import MlflowAuth
 from scanflow.tracking import mlflow_client
 from tests.conftest import S3_ACCESS_KEY, S3_SECRET_KEY
 
@@ -64,13 +65,17 @@ def servers(s3_server, tmp_path_factory):
                               aws_secret_access_key=SecretStr(S3_SECRET_KEY), prefix="prod")
     storage.store().ensure_bucket()
     folder = tmp_path_factory.mktemp("mlflow-server")
-    mlflow_server = start_mlflow_server(folder / "mlflow.db", "s3://docker-pool/mlflow", {**storage.environment()}, log_dir=folder)
+    mlflow_server = start_mlflow_server(folder / "mlflow.db", "s3://docker-pool/mlflow", {**storage.environment()}, log_dir=folder,
+                                        auth=MlflowAuth.generate())
     try:
         config = TrackingConfig(mlflow_server.tracking_uri, "docker-pool", "docker-pool-classifier", "docker-pool-autoencoder")
         MLflowTracking.from_config(config).save("docker-tracking", overwrite=True)
         storage.save("docker-storage", overwrite=True)
         storage.result_storage().save(RESULTS_DOCUMENT, overwrite=True)
-        yield config, storage.store(), mlflow_server.log_path
+        with pytest.MonkeyPatch.context() as patch:
+            for name, value in mlflow_server.auth.environment().items():  # the test's MLflow calls, the worker, its containers
+                patch.setenv(name, value)
+            yield config, storage.store(), mlflow_server.log_path
     finally:
         mlflow_server.stop()
 

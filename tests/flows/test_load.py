@@ -36,12 +36,15 @@ def postgres():
 def prefect_server(postgres, tmp_path_factory):
     """This module's Prefect server, its database on `postgres` (in place of the session's SQLite server)."""
     from scanflow.local import start_prefect_server
+    from scanflow.local_auth import new_prefect_auth_string
 
     folder = tmp_path_factory.mktemp("prefect-postgres")
-    server = start_prefect_server(log_dir=folder, home=folder / "home", env={"PREFECT_API_DATABASE_CONNECTION_URL": postgres.url})
+    auth_string = new_prefect_auth_string()
+    server = start_prefect_server(log_dir=folder, home=folder / "home", auth_string=auth_string,
+                                  env={"PREFECT_API_DATABASE_CONNECTION_URL": postgres.url})
     try:
         assert not (folder / "home" / "prefect.db").exists(), "the server made a SQLite database instead of using PostgreSQL"
-        with using_prefect_api(server.api_url):
+        with using_prefect_api(server.api_url, auth_string):
             yield server.api_url
     finally:
         server.stop()

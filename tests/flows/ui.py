@@ -42,13 +42,23 @@ def chromium_path() -> str | None:
 
 @contextlib.contextmanager
 def browser_page(width: int = 1366, height: int = 768) -> Iterator[Any]:
-    """A fresh page of `width` x `height` CSS pixels in headless Chromium; the browser closes on exit."""
+    """A fresh page of `width` x `height` CSS pixels in headless Chromium; the browser closes on exit. With
+    PREFECT_API_AUTH_STRING set, the page is logged in as the UI's login form does (the string, base64, in local
+    storage under `prefect-password`), so the UI's API calls carry it."""
+    import base64
+    import json
+    import os
+
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium_path(), headless=True, args=CHROMIUM_ARGS)
         try:
-            yield browser.new_page(viewport={"width": width, "height": height})
+            page = browser.new_page(viewport={"width": width, "height": height})
+            if auth_string := os.environ.get("PREFECT_API_AUTH_STRING"):
+                token = base64.b64encode(auth_string.encode()).decode()
+                page.add_init_script(f"window.localStorage.setItem('prefect-password', {json.dumps(token)});")
+            yield page
         finally:
             browser.close()
 

@@ -78,7 +78,8 @@ def test_an_unreachable_endpoint_is_named_with_the_fix():
 def test_the_volume_count_does_not_depend_on_free_disk_so_many_buckets_take_writes(s3_server):
     """Stop 13's CI: on a nearly full disk `weed mini` sized itself a few volumes and a new bucket's first write
     failed with InternalError. The count is now fixed; twelve buckets each take a write."""
-    status = json.load(urllib.request.urlopen(f"http://127.0.0.1:{s3_server.ports['master']}/dir/status", timeout=10))
+    status = json.load(urllib.request.urlopen(f"https://127.0.0.1:{s3_server.ports['master']}/dir/status", timeout=10,
+                                              context=s3_server.tls.client_context()))  # the master wants the certificate
     assert status["Topology"]["Max"] == SEAWEEDFS_MAX_VOLUMES
     for number in range(12):
         store = _store(s3_server.endpoint_url, bucket=f"many-{number}")

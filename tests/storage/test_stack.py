@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 SCANFLOW = str(Path(sys.executable).with_name("scanflow"))
 
 
-def test_stack_up_tracks_artifacts_into_the_bucket_and_survives_a_restart(tmp_path):
+def test_stack_up_tracks_artifacts_into_the_bucket_and_survives_a_restart(tmp_path, monkeypatch):
     directory = tmp_path / "stack"
     env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI")}
     ports = ["--prefect-port", str(free_port()), "--mlflow-port", str(free_port()), "--s3-port", str(free_port())]
@@ -31,8 +31,14 @@ def test_stack_up_tracks_artifacts_into_the_bucket_and_survives_a_restart(tmp_pa
         assert started.returncode == 0, started.stderr[-3000:]
         info = stack.info(directory)
         assert f"MLflow UI:  {info.mlflow_tracking_uri}" in started.stdout and 'eval "$(scanflow stack env --dir' in started.stdout
-        assert info.secret_key not in started.stdout + started.stderr, "stack up printed the secret key"
+        for secret in (info.secret_key, info.mlflow_password, info.prefect_auth_string):
+            assert len(secret) >= 32 and secret not in started.stdout + started.stderr, "stack up printed a secret"
         assert oct((directory / "credentials.json").stat().st_mode & 0o777) == "0o600"
+        exported = subprocess.run([SCANFLOW, "stack", "env", "--dir", str(directory)], env=env, capture_output=True, text=True, timeout=120)
+        assert f"export MLFLOW_TRACKING_PASSWORD={info.mlflow_password}" in exported.stdout
+        assert f"export PREFECT_API_AUTH_STRING={info.prefect_auth_string}" in exported.stdout
+        for name, value in info.environment().items():  # as `eval "$(scanflow stack env)"` does
+            monkeypatch.setenv(name, value)
         assert stack.status(directory) == {"seaweedfs": True, "mlflow": True, "prefect": True}
         with urllib.request.urlopen(f"{info.prefect_api_url}/health", timeout=5) as response:
             assert response.status == 200
@@ -60,6 +66,7 @@ def test_stack_up_tracks_artifacts_into_the_bucket_and_survives_a_restart(tmp_pa
     restarted = stack.up(directory)
     try:
         assert restarted.mlflow_tracking_uri == info.mlflow_tracking_uri and restarted.access_key == info.access_key
+        assert restarted.environment() == info.environment(), "a restart must keep every credential"
         downloaded = mlflow_client(restarted.mlflow_tracking_uri).download_artifacts(run.info.run_id, "model-card.txt", str(tmp_path / "back"))
         assert Path(downloaded).read_text() == "champion v1"
     finally:
