@@ -6,7 +6,7 @@ seeded 32x32 RGB images of three shapes in random colours (the outside-model tes
 class folders. Measured in one process on one local Prefect server (started before timing):
 
   1. adoption: the adopt flow from the registry URI to the champion alias (contract, reading the PNG files, the
-     model's check, autoencoder training at its default epochs, detector fit, registration);
+     model's check, autoencoder training at its default epochs (`scanflow.adopt.adoption_epochs`), detector fit, registration);
   2. serving: per batch of `--batch` images, predict alone (the model's forward pass) against predict + detect (the
      same pass, then the detector given the model's probabilities, as the detect flow gets them), interleaved,
      the best of `--repeats` each. Target: <= 1.5 x predict alone.

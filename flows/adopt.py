@@ -25,6 +25,7 @@ from scanflow import tracking as scanflow_tracking
 from scanflow.adopt import (
     AdoptionError,
     ForeignClassifier,
+    adoption_epochs,
     InputContract,
     check_outputs,
     detector_components,
@@ -69,7 +70,7 @@ def load_model(config: TrackingConfig, version: Any, contract: InputContract) ->
 @task(cache_policy=NO_CACHE)
 def fit_models(classifier: ForeignClassifier, reference: ImageSet, info: Any, epochs: int | None, seed: int) -> tuple[Autoencoder, AutoencoderDetector]:
     fit, calibration = reference_splits(reference.images, reference.labels, info, seed)
-    autoencoder, history = train_autoencoder(fit, TrainConfig(epochs=epochs, seed=seed), progress=False)
+    autoencoder, history = train_autoencoder(fit, TrainConfig(epochs=epochs or adoption_epochs(len(fit)), seed=seed), progress=False)
     print(f"autoencoder: {len(history)} epochs on {len(fit)} reference images, final loss {history[-1].loss:.5f}")
     detector = AutoencoderDetector(classifier, autoencoder, components=detector_components(classifier.contract), seed=seed)
     detector.fit(fit.images, calibration=calibration.images, info=info)

@@ -32,6 +32,15 @@ ADOPTED_TAG = "scanflow.adopted"
 CONTRACT_TAG = "scanflow.contract"
 #: Images scored per forward pass of a foreign model.
 FOREIGN_BATCH = 256
+#: Reference images the autoencoder sees during an adoption when no epoch count is given (epochs = this / the
+#: reference's fit part, between 3 and 40): enough to model clean references of a few thousand images, and an
+#: adoption of 10,000 reference images stays within minutes on a CPU.
+ADOPTION_AUTOENCODER_IMAGES = 80_000
+
+
+def adoption_epochs(n_fit: int) -> int:
+    """The autoencoder's default epochs for `n_fit` reference images (see ADOPTION_AUTOENCODER_IMAGES)."""
+    return int(min(40, max(3, -(-ADOPTION_AUTOENCODER_IMAGES // max(n_fit, 1)))))
 
 
 class AdoptionError(ScanflowError, ValueError):
