@@ -27,16 +27,21 @@ class NotFittedError(ScanflowError, RuntimeError):
     """A detector or model used before it was fitted."""
 
 
-class TrackingUnavailableError(ScanflowError, ConnectionError):
-    """The MLflow tracking server cannot be reached."""
-
-
 class ModelNotFoundError(ScanflowError, LookupError):
     """A registered model name or alias that the registry does not hold."""
 
 
 class ServiceUnavailableError(ScanflowError):
-    """A server a command needs (the Prefect API) is not set or does not answer; `scanflow` exits 3 on it."""
+    """A server a command needs (the Prefect API, MLflow, S3) is not set or does not answer; `scanflow` exits 3 on it."""
+
+
+class TrackingUnavailableError(ServiceUnavailableError, ConnectionError):
+    """The MLflow tracking server (or the artifact store behind it) cannot be reached, or did not answer within the
+    bounded retries (MLFLOW_HTTP_REQUEST_TIMEOUT, MLFLOW_HTTP_REQUEST_MAX_RETRIES)."""
+
+
+class StorageUnavailableError(ServiceUnavailableError, ConnectionError):
+    """The S3 endpoint cannot be reached, refuses the credentials, or lacks the bucket."""
 
 
 def worth_retrying(error: BaseException) -> bool:

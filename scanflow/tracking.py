@@ -18,13 +18,14 @@ import tempfile
 import warnings
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import mlflow
 import numpy as np
+import requests
 import torch
 from mlflow import MlflowClient
 from mlflow.entities import RunStatus
@@ -36,6 +37,7 @@ from scanflow.data import LabeledImages
 from scanflow.drift.base import Detector
 from scanflow.drift.known import KnownShift
 from scanflow.errors import ModelNotFoundError, TrackingUnavailableError
+from scanflow.orphans import could_not_end, mark_orphans, owner_tags
 from scanflow.models import Autoencoder, Classifier, Denoiser, SavableModel
 from scanflow.serving import (
     AUTOENCODER_ARTIFACT,
@@ -59,6 +61,9 @@ DIGESTS_TAG = "scanflow.sha256"
 DETECTOR_DIGEST_TAG = "scanflow.detector_sha256"
 DETECTOR_ARTIFACT_PATH = "detector"
 DETECTOR_FILE = "detector.pt"
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def check_reachable(tracking_uri: str, timeout_s: float = 5.0) -> None:
@@ -96,16 +101,60 @@ def _client(config: TrackingConfig) -> MlflowClient:
     return mlflow_client(config.tracking_uri)
 
 
+#: Transport failures as the MLflow client reports them once its own retries are spent (see rest_utils.http_request).
+_TRANSPORT_FAILURES = ("API request to", "Max retries exceeded", "timeout exception", "Connection refused", "Read timed out")
+
+
+def _transport_failure(error: BaseException) -> bool:
+    """Whether `error` (from the MLflow client) says the server did not answer, rather than answering no."""
+    if isinstance(error, (requests.exceptions.ConnectionError, requests.exceptions.Timeout, requests.exceptions.RetryError)):
+        return True
+    if isinstance(error, requests.exceptions.HTTPError):
+        return error.response is None or error.response.status_code >= 500
+    return isinstance(error, MlflowException) and any(text in error.message for text in _TRANSPORT_FAILURES)
+
+
+def unavailable(error: BaseException) -> TrackingUnavailableError:
+    """The TrackingUnavailableError for a transport failure of the MLflow client: it names the server, the cause
+    (shortened) and the settings that bound the wait."""
+    cause = str(getattr(error, "message", error)).splitlines()[0]
+    cause = cause if len(cause) <= 300 else cause[:300] + "..."
+    return TrackingUnavailableError(
+        f"MLflow tracking server at {mlflow.get_tracking_uri()} did not answer after "
+        f"{os.environ.get('MLFLOW_HTTP_REQUEST_MAX_RETRIES', '7')} retries ({cause}). Check that it runs, and that its "
+        "artifact store (S3) answers: the server proxies every artifact. Settings: MLFLOW_TRACKING_URI; "
+        "MLFLOW_HTTP_REQUEST_TIMEOUT and MLFLOW_HTTP_REQUEST_MAX_RETRIES bound the wait"
+    )
+
+
+def _tracking_errors(function: Callable[P, R]) -> Callable[P, R]:
+    """`function` with transport failures of the MLflow client turned into TrackingUnavailableError (the message
+    names the server and the settings; no traceback in the CLI). Other errors pass unchanged."""
+    @functools.wraps(function)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return function(*args, **kwargs)
+        except (MlflowException, requests.exceptions.RequestException) as error:
+            if _transport_failure(error):
+                raise unavailable(error) from error
+            raise
+
+    return wrapper
+
+
+@_tracking_errors
 def connect(config: TrackingConfig) -> str:
-    """Point MLflow at `config.tracking_uri`, check it answers, and return the experiment id (created if new)."""
+    """Point MLflow at `config.tracking_uri`, check it answers, end the runs left RUNNING by dead processes of this
+    host (`scanflow.orphans.mark_orphans`), and return the experiment id (created if new)."""
     check_reachable(config.tracking_uri)
     mlflow.set_tracking_uri(config.tracking_uri)
     mlflow.set_registry_uri(config.tracking_uri)
     client = _client(config)
     experiment = client.get_experiment_by_name(config.experiment_name)
-    if experiment is not None:
-        return experiment.experiment_id
-    return client.create_experiment(config.experiment_name, artifact_location=config.artifact_root)
+    if experiment is None:
+        return client.create_experiment(config.experiment_name, artifact_location=config.artifact_root)
+    mark_orphans(config.tracking_uri, experiment.experiment_id)
+    return experiment.experiment_id
 
 
 @contextlib.contextmanager
@@ -127,18 +176,35 @@ def _quiet_mlflow() -> Iterator[None]:
 def tracked_run(
     config: TrackingConfig, run_name: str | None = None, tags: Mapping[str, str] | None = None
 ) -> Iterator[str]:
-    """Open an MLflow run (a training, a detected batch, a decision...); yields its run id; ends it FINISHED, or
-    FAILED if the body raises."""
+    """Open an MLflow run (a training, a detected batch, a decision...) tagged with its owner process
+    (`scanflow.orphans`); yields its run id; ends it FINISHED, or FAILED if the body raises.
+
+    When the server does not answer at the end, the run is left to `mark_orphans` (the next connect, here or in a
+    later process, ends it FAILED) and the body's own error is raised, not the failed ending's."""
     experiment_id = connect(config)
     client = _client(config)
-    run = client.create_run(experiment_id, run_name=run_name, tags=dict(tags or {}))
+    run = _tracking_errors(client.create_run)(experiment_id, run_name=run_name, tags={**owner_tags(), **(tags or {})})
     run_id = run.info.run_id
     try:
         yield run_id
-    except BaseException:
-        client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+    except BaseException as error:
+        if isinstance(error, TrackingUnavailableError):
+            could_not_end(run_id)  # the server just failed to answer: no further minute spent on it
+        else:
+            try:
+                client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+            except (MlflowException, requests.exceptions.RequestException) as ending:
+                if not _transport_failure(ending):
+                    raise
+                could_not_end(run_id)
         raise
-    client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+    try:
+        client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+    except (MlflowException, requests.exceptions.RequestException) as error:
+        if _transport_failure(error):
+            could_not_end(run_id)
+            raise unavailable(error) from error
+        raise
 
 
 @contextlib.contextmanager
@@ -158,10 +224,12 @@ def _active_run(run_id: str) -> Iterator[None]:
         mlflow.end_run(status=RunStatus.to_string(RunStatus.RUNNING))
 
 
+@_tracking_errors
 def log_params(run_id: str, params: Mapping[str, Any]) -> None:
     MlflowClient().log_batch(run_id, params=[mlflow.entities.Param(k, str(v)) for k, v in params.items()])
 
 
+@_tracking_errors
 def log_metrics(run_id: str, metrics: Mapping[str, float], step: int | None = None) -> None:
     MlflowClient().log_batch(
         run_id,
@@ -172,10 +240,12 @@ def log_metrics(run_id: str, metrics: Mapping[str, float], step: int | None = No
     )
 
 
+@_tracking_errors
 def set_tags(run_id: str, tags: Mapping[str, str]) -> None:
     MlflowClient().log_batch(run_id, tags=[mlflow.entities.RunTag(k, str(v)) for k, v in tags.items()])
 
 
+@_tracking_errors
 def log_dataset(run_id: str, data: LabeledImages, context: str) -> None:
     """Record which images a run used (`mlflow.log_input`): name, split, source and a content digest."""
     with _quiet_mlflow():
@@ -254,6 +324,7 @@ def _download_verified(client: MlflowClient, name: str, version: Any, dst: str) 
     return local
 
 
+@_tracking_errors
 def register_models(
     run_id: str,
     config: TrackingConfig,
@@ -321,6 +392,8 @@ def _version_by_alias(config: TrackingConfig, alias: str) -> Any:
     try:
         return _client(config).get_model_version_by_alias(config.classifier_name, alias)
     except MlflowException as error:
+        if _transport_failure(error):
+            raise unavailable(error) from error
         if error.error_code not in _NOT_FOUND_CODES:
             raise TrackingUnavailableError(
                 f"MLflow at {config.tracking_uri} failed to say which version of {config.classifier_name!r} has the "
@@ -369,6 +442,7 @@ class LoadedModels:
         return FilteredClassifier(self.classifier, self.denoiser, gate_threshold=self.gate_threshold)
 
 
+@_tracking_errors
 def load_models(config: TrackingConfig, alias: str = CHAMPION_ALIAS) -> LoadedModels:
     """Load the classifier at `alias` and the autoencoder version recorded beside it, as Scanflow models."""
     version = _version_by_alias(config, alias)
@@ -389,6 +463,7 @@ def load_models(config: TrackingConfig, alias: str = CHAMPION_ALIAS) -> LoadedMo
     )
 
 
+@_tracking_errors
 def log_detector(run_id: str, detector: Detector) -> tuple[str, str]:
     """Save a fitted detector into the run's artifacts; returns its `runs:/` URI and its sha256 (a `digests_tag`)."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -398,6 +473,7 @@ def log_detector(run_id: str, detector: Detector) -> tuple[str, str]:
     return f"runs:/{run_id}/{DETECTOR_ARTIFACT_PATH}/{DETECTOR_FILE}", digest
 
 
+@_tracking_errors
 def load_detector(config: TrackingConfig, alias: str = CHAMPION_ALIAS) -> tuple[Detector, str]:
     """The detector logged beside the classifier version at `alias`, and that version; its file is checked against
     the sha256 recorded at logging (TamperedArtifactError when it differs)."""
@@ -409,6 +485,7 @@ def load_detector(config: TrackingConfig, alias: str = CHAMPION_ALIAS) -> tuple[
         return Detector.load(path), str(version.version)
 
 
+@_tracking_errors
 def log_detection(config: TrackingConfig, summary: Mapping[str, Any], grid_png: bytes | None = None, extra_tags: Mapping[str, str] | None = None) -> str:
     """One MLflow run per detected batch: verdict as metrics and tags (plus `extra_tags`, e.g. the Prefect flow run),
     the JSON summary and the critical-sample grid as artifacts. Returns the run id (the Evidently report is added
@@ -433,6 +510,7 @@ def log_detection(config: TrackingConfig, summary: Mapping[str, Any], grid_png: 
     return run_id
 
 
+@_tracking_errors
 def log_artifact_file(run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
     MlflowClient().log_artifact(run_id, str(path), artifact_path=artifact_path)
 
@@ -446,6 +524,7 @@ FILTER_TAG = "scanflow.filter"
 FILTER_GATE_TAG = "scanflow.filter_gate"
 
 
+@_tracking_errors
 def register_candidate(
     run_id: str,
     config: TrackingConfig,
@@ -514,6 +593,7 @@ def register_candidate(
     return created
 
 
+@_tracking_errors
 def load_input_filter(config: TrackingConfig, alias: str = CHAMPION_ALIAS) -> Any:
     """`LoadedModels.input_filter` of the version at `alias`, downloading its models only when it filters. The drift
     detector of a filtered version watches the cleaned images."""
@@ -522,10 +602,12 @@ def load_input_filter(config: TrackingConfig, alias: str = CHAMPION_ALIAS) -> An
     return load_models(config, alias).input_filter
 
 
+@_tracking_errors
 def version_tags(config: TrackingConfig, version: str) -> dict[str, str]:
     return dict(_client(config).get_model_version(config.classifier_name, str(version)).tags)
 
 
+@_tracking_errors
 def champion_version_or_none(config: TrackingConfig) -> str | None:
     """The champion's classifier version, None when no version has the alias yet (one registry read; an unreachable
     or failing store still raises)."""
@@ -535,16 +617,19 @@ def champion_version_or_none(config: TrackingConfig) -> str | None:
         return None
 
 
+@_tracking_errors
 def has_champion(config: TrackingConfig) -> bool:
     """Whether the classifier has a version with the champion alias (the store is checked to be reachable)."""
     return champion_version_or_none(config) is not None
 
 
+@_tracking_errors
 def champion_version(config: TrackingConfig) -> str:
     """The classifier version the champion alias points at."""
     return str(_version_by_alias(config, CHAMPION_ALIAS).version)
 
 
+@_tracking_errors
 def promote(config: TrackingConfig, version: str, reason: str) -> str:
     """Make `version` the champion (its autoencoder alias first, then the classifier's, the switch itself);
     returns the version it replaced, remembered on the new champion for `rollback`."""
@@ -562,6 +647,7 @@ def promote(config: TrackingConfig, version: str, reason: str) -> str:
     return previous
 
 
+@_tracking_errors
 def rollback(config: TrackingConfig, to_version: str | None = None) -> tuple[str, str]:
     """Point the champion alias back at the version the current champion replaced (or at `to_version`).
     Returns (from_version, to_version)."""
@@ -592,6 +678,7 @@ KNOWN_SHIFT_TAG_PREFIX = "scanflow.known_shift."
 KNOWN_SHIFT_ARTIFACT = "known-shift.npz"
 
 
+@_tracking_errors
 def log_known_shift(config: TrackingConfig, shift: KnownShift) -> None:
     """Keep `shift` as `known-shift.npz` in its decision's run and list that run on the classifier version it
     applies to (tag `scanflow.known_shift.<batch_id>` = run id): the version's detector will not ask about it again."""
@@ -604,6 +691,7 @@ def log_known_shift(config: TrackingConfig, shift: KnownShift) -> None:
     client.set_model_version_tag(config.classifier_name, shift.model_version, key, shift.mlflow_run_id)
 
 
+@_tracking_errors
 def known_shifts(config: TrackingConfig, version: str) -> list[KnownShift]:
     """The shifts decided about for classifier `version` (see `log_known_shift`), in batch id order."""
     run_ids = [run_id for key, run_id in sorted(version_tags(config, version).items()) if key.startswith(KNOWN_SHIFT_TAG_PREFIX)]
@@ -621,6 +709,7 @@ def _known_shift_record(tracking_uri: str, run_id: str) -> KnownShift:
     return shift
 
 
+@_tracking_errors
 def log_json(run_id: str, data: Mapping[str, Any], artifact_file: str) -> None:
     MlflowClient().log_dict(run_id, dict(data), artifact_file)
 
@@ -634,6 +723,7 @@ class ServedModel:
     info: Any
 
 
+@_tracking_errors
 def load_served_model(config: TrackingConfig, alias: str = CHAMPION_ALIAS) -> ServedModel:
     """The pyfunc of the classifier at `alias`, with the dataset description it was trained for."""
     from scanflow.data import dataset_info
@@ -645,6 +735,7 @@ def load_served_model(config: TrackingConfig, alias: str = CHAMPION_ALIAS) -> Se
     return ServedModel(model, str(version.version), dataset_info(version.tags.get("scanflow.dataset", "default")))
 
 
+@_tracking_errors
 def log_predictions(
     config: TrackingConfig, batch_id: str, model_version: str, labels: np.ndarray, classes: Sequence[str],
     tags: Mapping[str, str] | None = None,

@@ -1,0 +1,216 @@
+"""Faults of the real local stack (SeaweedFS, MLflow proxying its artifacts to it, Prefect): a stopped service fails a
+command clearly (exit 3, the endpoint and the setting named, no traceback) within 60 s; nothing stored is lost or
+changed across a restart; no MLflow run is left RUNNING once tracking is back (orphans are ended on the next connect).
+
+The module runs servers of its own, which it stops and restarts; the session's Prefect server runs the flows."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+from scanflow.config import StorageConfig, TrackingConfig
+from scanflow.local import LocalMlflowServer, LocalS3Server, start_mlflow_server, start_seaweedfs
+from scanflow.orphans import ABORTED_TAG
+from scanflow.storage import S3Store
+from scanflow.stream import make_stream, read_stream
+from tests.conftest import S3_ACCESS_KEY, S3_SECRET_KEY
+from tests.flows.conftest import digits_champion
+
+pytestmark = pytest.mark.slow
+
+BUCKET = "faults"
+#: The bound the issue sets on the time from a fault to a clear failure.
+CLEAR_FAILURE_S = 60
+
+
+@dataclass
+class Stack:
+    """The module's own SeaweedFS and MLflow server, restartable on the same ports and data."""
+
+    folder: Path
+    s3: LocalS3Server
+    mlflow: LocalMlflowServer
+
+    @property
+    def storage(self) -> StorageConfig:
+        return StorageConfig(bucket=BUCKET, endpoint_url=self.s3.endpoint_url, access_key_id=S3_ACCESS_KEY,
+                             secret_access_key=S3_SECRET_KEY, prefix="prod")
+
+    def start_s3(self) -> None:
+        self.s3 = start_seaweedfs(self.folder / "s3", S3_ACCESS_KEY, S3_SECRET_KEY, ports=self.s3.ports)
+
+    def start_mlflow(self) -> None:
+        self.mlflow = _start_mlflow(self.folder, self.storage, self.mlflow.port)
+
+    def stop(self) -> None:
+        self.mlflow.stop()
+        self.s3.stop()
+
+
+def _start_mlflow(folder: Path, storage: StorageConfig, port: int | None = None) -> LocalMlflowServer:
+    env = {**storage.environment(), "MLFLOW_S3_ENDPOINT_URL": storage.endpoint_url or ""}
+    return start_mlflow_server(folder / "mlflow.db", f"s3://{BUCKET}/mlflow", env, port=port, log_dir=folder)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory) -> Iterator[Stack]:
+    folder = tmp_path_factory.mktemp("faults")
+    s3 = start_seaweedfs(folder / "s3", S3_ACCESS_KEY, S3_SECRET_KEY)
+    storage = StorageConfig(bucket=BUCKET, endpoint_url=s3.endpoint_url, access_key_id=S3_ACCESS_KEY,
+                            secret_access_key=S3_SECRET_KEY, prefix="prod")
+    S3Store(storage).ensure_bucket()
+    stack = Stack(folder, s3, _start_mlflow(folder, storage))
+    yield stack
+    stack.stop()
+
+
+@pytest.fixture(scope="module")
+def champion(stack) -> Iterator[dict[str, str]]:
+    """A digits champion on the module's MLflow server, and the environment of a command using the whole stack."""
+    with digits_champion(stack.mlflow.tracking_uri, "faults") as env:
+        yield {**env, **stack.storage.environment()}
+
+
+@pytest.fixture(scope="module")
+def batches(tmp_path_factory, champion) -> list[Path]:
+    """A clean and a corrupted digits batch, as local files."""
+    folder = tmp_path_factory.mktemp("stream")
+    make_stream(folder, "digits", n_batches=2, batch_size=100, drift_at=1, corruption="impulse_noise", severity=5)
+    return [Path(batch.path) for batch in read_stream(folder)]
+
+
+def scanflow(env: dict[str, str], *args: str) -> subprocess.Popen:
+    """`scanflow ARGS` in a process of its own (so a test may stop a server under it, or kill it)."""
+    full = {**os.environ, **env}
+    full.pop("SCANFLOW_DEBUG", None)
+    return subprocess.Popen([sys.executable, "-m", "scanflow.cli", *args], env=full, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=str(Path(__file__).resolve().parents[2]))
+
+
+def finish(process: subprocess.Popen, timeout_s: float = 600) -> tuple[int, str, str]:
+    out, err = process.communicate(timeout=timeout_s)
+    return process.returncode, out, err
+
+
+def bucket_digests(storage: StorageConfig) -> dict[str, str]:
+    """The sha256 of every object in the bucket, by key."""
+    store = S3Store(storage)
+    return {key: hashlib.sha256(store.client.get_object(Bucket=BUCKET, Key=key)["Body"].read()).hexdigest()
+            for key in store.keys("")}
+
+
+def runs(env: dict[str, str], status: str | None = None) -> list:
+    """The runs of the champion's experiment (optionally only those with `status`)."""
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name(env["SCANFLOW_EXPERIMENT"])
+    found = client.search_runs([experiment.experiment_id], max_results=1000)
+    return [run for run in found if status is None or run.info.status == status]
+
+
+def connect_again(env: dict[str, str]) -> None:
+    """What any next command does first: connect to tracking (which ends the runs of dead processes)."""
+    from scanflow import tracking
+
+    tracking.connect(TrackingConfig(env["MLFLOW_TRACKING_URI"], env["SCANFLOW_EXPERIMENT"], env["SCANFLOW_MODEL_NAME"]))
+
+
+def wait_for_run(env: dict[str, str], name_prefix: str, process: subprocess.Popen, timeout_s: float = 300) -> str:
+    """The id of the first run named `name_prefix*` in the experiment, once MLflow holds it."""
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name(env["SCANFLOW_EXPERIMENT"])
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"the command ended early: {finish(process)}"
+        found = client.search_runs([experiment.experiment_id], filter_string=f"attributes.run_name LIKE '{name_prefix}%'")
+        if found:
+            return found[0].info.run_id
+        time.sleep(0.2)
+    raise AssertionError(f"no run {name_prefix}* within {timeout_s} s")
+
+
+def assert_clear_failure(code: int, out: str, err: str, expected: str) -> None:
+    """Exit 3 with one `scanflow: error:` line that says `expected`, and no traceback anywhere."""
+    assert code == 3, (out + err)[-4000:]
+    assert "Traceback" not in out + err, (out + err)[-4000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("scanflow: error: ") and expected in last, last
+
+
+# ---------------------------------------------------------------------------------------------------- S3 stopped
+def test_with_s3_stopped_detect_of_a_local_batch_fails_clearly_and_after_a_restart_it_works_with_nothing_lost(stack, champion, batches):
+    before = bucket_digests(stack.storage)
+    assert any(key.startswith("mlflow/") for key in before), "the champion's artifacts should be in the bucket"
+    stack.s3.stop()
+    try:
+        started = time.monotonic()
+        code, out, err = finish(scanflow(champion, "detect", "--batch", str(batches[0]), "--no-report"))
+        elapsed = time.monotonic() - started
+        assert_clear_failure(code, out, err, f"MLflow tracking server at {stack.mlflow.tracking_uri} did not answer after 3 retries")
+        assert "artifact store (S3)" in err and "MLFLOW_HTTP_REQUEST_TIMEOUT" in err
+        assert elapsed <= CLEAR_FAILURE_S, f"{elapsed:.0f} s to fail"
+    finally:
+        stack.start_s3()
+    assert bucket_digests(stack.storage) == before
+    code, out, err = finish(scanflow(champion, "detect", "--batch", str(batches[0]), "--batch-id", "after-s3", "--no-report"))
+    assert code == 0, (out + err)[-4000:]
+    after = bucket_digests(stack.storage)
+    assert {key: after[key] for key in before} == before
+    assert "prod/detections/after-s3.json" in after
+    assert runs(champion, "RUNNING") == []
+
+
+# ------------------------------------------------------------------------------------------------ MLflow stopped
+def test_mlflow_stopped_during_detect_fails_clearly_and_leaves_no_run_running(stack, champion, batches):
+    """The detect run is logged, then MLflow stops while Evidently's report is computed; attaching it fails."""
+    process = scanflow(champion, "detect", "--batch", str(batches[1]), "--batch-id", "mlflow-stops")
+    wait_for_run(champion, "detect-mlflow-stops", process)
+    stack.mlflow.stop()
+    try:
+        started = time.monotonic()
+        code, out, err = finish(process)
+        elapsed = time.monotonic() - started
+        assert_clear_failure(code, out, err, f"MLflow tracking server at {stack.mlflow.tracking_uri}")
+        assert elapsed <= CLEAR_FAILURE_S, f"{elapsed:.0f} s to fail"
+    finally:
+        stack.start_mlflow()
+    connect_again(champion)
+    assert runs(champion, "RUNNING") == []
+
+
+def test_mlflow_stopped_during_a_retrain_fails_clearly_and_its_run_is_ended_on_the_next_connect(stack, champion, batches):
+    from scanflow import tracking
+
+    config = TrackingConfig(champion["MLFLOW_TRACKING_URI"], champion["SCANFLOW_EXPERIMENT"], champion["SCANFLOW_MODEL_NAME"])
+    champion_before = tracking.champion_version(config)
+    shown = list(range(20))
+    labels = ",".join(str(int(v)) for v in np.load(Path(batches[1]).parent / "labels" / f"{batches[1].stem}.npy")[shown])
+    process = scanflow(champion, "improve", "--batch", str(batches[1]), "--shown", ",".join(map(str, shown)), "--action", "retrain",
+                       "--labels", labels, "--batch-id", "retrain-mlflow-stops")
+    run_id = wait_for_run(champion, "improve-retrain-mlflow-stops", process)
+    stack.mlflow.stop()
+    try:
+        started = time.monotonic()
+        code, out, err = finish(process)
+        elapsed = time.monotonic() - started
+        assert_clear_failure(code, out, err, f"MLflow tracking server at {stack.mlflow.tracking_uri}")
+        assert elapsed <= CLEAR_FAILURE_S, f"{elapsed:.0f} s to fail"
+    finally:
+        stack.start_mlflow()
+    client = MlflowClient(champion["MLFLOW_TRACKING_URI"])
+    assert client.get_run(run_id).info.status == "RUNNING", "the server was down when the command ended"
+    connect_again(champion)
+    run = client.get_run(run_id)
+    assert run.info.status == "FAILED" and f"its process {process.pid} on " in run.data.tags[ABORTED_TAG]
+    assert runs(champion, "RUNNING") == []
+    assert tracking.champion_version(config) == champion_before
