@@ -32,6 +32,11 @@ ENVIRONMENT_DEFAULTS: dict[str, str] = {
     "PREFECT_API_REQUEST_TIMEOUT": "30",
 }
 
+#: Bounded S3 retries for every boto3 client in a process given `StorageConfig.environment()` (an MLflow server
+#: proxying artifacts, a worker): botocore's default "legacy" mode makes 5 attempts, 7 s against a stopped endpoint,
+#: which an MLflow server spends on each request its own clients then retry.
+S3_RETRY_ENVIRONMENT = {"AWS_RETRY_MODE": "standard", "AWS_MAX_ATTEMPTS": "3"}
+
 DEFAULT_EXPERIMENT = "scanflow"
 DEFAULT_CLASSIFIER_NAME = "scanflow-classifier"
 DEFAULT_AUTOENCODER_NAME = "scanflow-autoencoder"
@@ -121,7 +126,8 @@ class StorageConfig:
 
     def environment(self) -> dict[str, str]:
         """The variables that point boto3, MLflow and child processes (workers, containers) at this bucket."""
-        env = {"SCANFLOW_S3_BUCKET": self.bucket, "SCANFLOW_S3_PREFIX": self.prefix, "AWS_DEFAULT_REGION": self.region_name}
+        env = {"SCANFLOW_S3_BUCKET": self.bucket, "SCANFLOW_S3_PREFIX": self.prefix, "AWS_DEFAULT_REGION": self.region_name,
+               **S3_RETRY_ENVIRONMENT}
         if self.endpoint_url:
             env.update(AWS_ENDPOINT_URL_S3=self.endpoint_url, MLFLOW_S3_ENDPOINT_URL=self.endpoint_url)
         if self.access_key_id:

@@ -46,8 +46,11 @@ class StorageUnavailableError(ServiceUnavailableError, ConnectionError):
 
 def worth_retrying(error: BaseException) -> bool:
     """Whether an I/O step that failed with `error` may succeed if tried again: a server that did not answer
-    (ConnectionError, TimeoutError) or an error Scanflow does not know; not a ScanflowError naming a user's mistake
-    (an unknown model, a bad batch), which fails the same way every time."""
+    (ConnectionError, TimeoutError) or an error Scanflow does not know; not a ScanflowError, neither one naming a
+    user's mistake (an unknown model, a bad batch), which fails the same way every time, nor a ServiceUnavailableError,
+    raised once the client's own bounded retries with backoff are spent (trying those again multiplies the wait)."""
+    if isinstance(error, ServiceUnavailableError):
+        return False
     if isinstance(error, (ConnectionError, TimeoutError)):
         return True
     return not isinstance(error, ScanflowError)

@@ -14,7 +14,9 @@ import functools
 import json
 import logging
 import os
+import re
 import tempfile
+import time
 import warnings
 import urllib.error
 import urllib.request
@@ -66,17 +68,32 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def check_reachable(tracking_uri: str, timeout_s: float = 5.0) -> None:
-    """Fail fast, with the fix, when the tracking store cannot be used (MLflow itself retries for minutes)."""
+#: Seconds between the health checks of `check_reachable` (after the first): a server restarting is waited for.
+REACHABLE_BACKOFF_S = (1.0, 2.0, 4.0)
+
+
+def _health_problem(url: str, timeout_s: float) -> str | None:
+    """None when `url` answers 200 within `timeout_s`, else what went wrong."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            return None if response.status == 200 else f"HTTP {response.status}"
+    except (urllib.error.URLError, OSError) as error:
+        return str(getattr(error, "reason", error))
+
+
+def check_reachable(tracking_uri: str, timeout_s: float = 5.0, backoff_s: Sequence[float] = REACHABLE_BACKOFF_S) -> None:
+    """Fail fast, with the fix, when the tracking store cannot be used (MLflow's own retries would take minutes): an
+    HTTP server's /health is asked up to 1 + len(`backoff_s`) times, `backoff_s` seconds apart, `timeout_s` each."""
     if tracking_uri.startswith(("http://", "https://")):
         url = tracking_uri.rstrip("/") + "/health"
-        try:
-            with urllib.request.urlopen(url, timeout=timeout_s) as response:
-                if response.status == 200:
-                    return
-                problem = f"HTTP {response.status}"
-        except (urllib.error.URLError, OSError) as error:
-            problem = str(getattr(error, "reason", error))
+        problem = _health_problem(url, timeout_s)
+        for pause in backoff_s:
+            if problem is None:
+                return
+            time.sleep(pause)
+            problem = _health_problem(url, timeout_s)
+        if problem is None:
+            return
         raise TrackingUnavailableError(
             f"MLflow tracking server at {tracking_uri} is unreachable ({problem}). Start it, e.g. "
             "`mlflow server --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000`, "
@@ -117,13 +134,15 @@ def _transport_failure(error: BaseException) -> bool:
 def unavailable(error: BaseException) -> TrackingUnavailableError:
     """The TrackingUnavailableError for a transport failure of the MLflow client: it names the server, the cause
     (shortened) and the settings that bound the wait."""
-    cause = str(getattr(error, "message", error)).splitlines()[0]
-    cause = cause if len(cause) <= 300 else cause[:300] + "..."
+    text = str(getattr(error, "message", error)).splitlines()[0]
+    request = re.search(r"API request to (\S+?)(\?\S*)? failed", text)
+    cause = text.split("Caused by ", 1)[1].removesuffix(")") if "Caused by " in text else text
+    cause = cause if len(cause) <= 200 else cause[:200] + "..."
     return TrackingUnavailableError(
-        f"MLflow tracking server at {mlflow.get_tracking_uri()} did not answer after "
-        f"{os.environ.get('MLFLOW_HTTP_REQUEST_MAX_RETRIES', '7')} retries ({cause}). Check that it runs, and that its "
-        "artifact store (S3) answers: the server proxies every artifact. Settings: MLFLOW_TRACKING_URI; "
-        "MLFLOW_HTTP_REQUEST_TIMEOUT and MLFLOW_HTTP_REQUEST_MAX_RETRIES bound the wait"
+        f"MLflow tracking server at {mlflow.get_tracking_uri()} did not answer"
+        f"{' ' + request.group(1) if request else ''} after {os.environ.get('MLFLOW_HTTP_REQUEST_MAX_RETRIES', '7')} "
+        f"retries ({cause}). Check that it runs, and that its artifact store (S3) answers: the server proxies every "
+        "artifact. Settings: MLFLOW_TRACKING_URI; MLFLOW_HTTP_REQUEST_TIMEOUT and MLFLOW_HTTP_REQUEST_MAX_RETRIES bound the wait"
     )
 
 
@@ -464,6 +483,20 @@ def load_models(config: TrackingConfig, alias: str = CHAMPION_ALIAS) -> LoadedMo
 
 
 @_tracking_errors
+def download_run_artifact(tracking_uri: str, uri: str, dst: str) -> str:
+    """Download `runs:/RUN_ID/PATH` into `dst` from the run's own artifact store; returns the local path.
+
+    MLflow's `runs:/` resolver also looks for a logged model of that name, and when both fail it says only that the
+    path may be wrong: a store that did not answer looked like a missing file. Here its error comes through."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    run_id, _, path = uri.removeprefix("runs:/").partition("/")
+    if not uri.startswith("runs:/") or not run_id or not path:
+        raise ModelNotFoundError(f"{uri!r} is not a runs:/RUN_ID/PATH artifact URI: retrain with `scanflow train`")
+    artifact_uri = mlflow_client(tracking_uri).get_run(run_id).info.artifact_uri
+    return get_artifact_repository(artifact_uri, tracking_uri=tracking_uri).download_artifacts(path, dst)
+
+
 def log_detector(run_id: str, detector: Detector) -> tuple[str, str]:
     """Save a fitted detector into the run's artifacts; returns its `runs:/` URI and its sha256 (a `digests_tag`)."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -480,7 +513,7 @@ def load_detector(config: TrackingConfig, alias: str = CHAMPION_ALIAS) -> tuple[
     version = _version_by_alias(config, alias)
     uri = _required_tag(config, version, DETECTOR_TAG, "no drift detector was logged beside it")
     with tempfile.TemporaryDirectory() as tmp:
-        path = mlflow.artifacts.download_artifacts(uri, dst_path=tmp)
+        path = download_run_artifact(config.tracking_uri, uri, tmp)
         verify_digests(tmp, version.tags.get(DETECTOR_DIGEST_TAG), f"the detector of {config.classifier_name} version {version.version} ({uri})")
         return Detector.load(path), str(version.version)
 
@@ -703,7 +736,7 @@ def _known_shift_record(tracking_uri: str, run_id: str) -> KnownShift:
     """One run's known-shift record, downloaded once per process: a record never changes after it is logged (the
     version's tags, read every time, say which records exist)."""
     with tempfile.TemporaryDirectory() as tmp:
-        path = mlflow_client(tracking_uri).download_artifacts(run_id, KNOWN_SHIFT_ARTIFACT, tmp)
+        path = download_run_artifact(tracking_uri, f"runs:/{run_id}/{KNOWN_SHIFT_ARTIFACT}", tmp)
         shift = KnownShift.from_bytes(Path(path).read_bytes())
     shift.signature.flags.writeable = False
     return shift
