@@ -494,7 +494,10 @@ def download_run_artifact(tracking_uri: str, uri: str, dst: str) -> str:
     if not uri.startswith("runs:/") or not run_id or not path:
         raise ModelNotFoundError(f"{uri!r} is not a runs:/RUN_ID/PATH artifact URI: retrain with `scanflow train`")
     artifact_uri = mlflow_client(tracking_uri).get_run(run_id).info.artifact_uri
-    return get_artifact_repository(artifact_uri, tracking_uri=tracking_uri).download_artifacts(path, dst)
+    folder, _, name = path.rpartition("/")
+    # The repository of the artifact's folder: the file lands as dst/NAME, as with the runs:/ resolver.
+    repository = get_artifact_repository(f"{artifact_uri}/{folder}" if folder else artifact_uri, tracking_uri=tracking_uri)
+    return repository.download_artifacts(name, dst)
 
 
 def log_detector(run_id: str, detector: Detector) -> tuple[str, str]:
