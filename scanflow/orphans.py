@@ -53,6 +53,14 @@ class Owner:
             return None
 
 
+    def is_gone(self) -> bool:
+        """Whether this owner, a process of this host, no longer runs (its pid is free, or now another process's)."""
+        if self.host != this_host():
+            return False
+        identity = process_identity(self.pid)
+        return identity is None or identity[0] != self.start_time
+
+
 def this_host() -> str:
     return socket.gethostname()
 

@@ -214,3 +214,155 @@ def test_mlflow_stopped_during_a_retrain_fails_clearly_and_its_run_is_ended_on_t
     assert run.info.status == "FAILED" and f"its process {process.pid} on " in run.data.tags[ABORTED_TAG]
     assert runs(champion, "RUNNING") == []
     assert tracking.champion_version(config) == champion_before
+
+
+# ------------------------------------------------------------------------------------------ SIGKILL of supervise
+def supervise(env: dict[str, str], stream: Path, *extra: str) -> subprocess.Popen:
+    """`scanflow supervise` on `stream`, asking about every drift (known shifts of earlier tests included)."""
+    return scanflow(env, "supervise", "--stream-dir", str(stream), "--ask-known-shifts", *extra)
+
+
+def new_stream(folder: Path, corruption: str = "impulse_noise") -> Path:
+    make_stream(folder, "digits", n_batches=2, batch_size=100, drift_at=1, corruption=corruption, severity=5)
+    return folder
+
+
+def owner_run_id(stream: Path, env: dict[str, str]) -> str:
+    """The supervise flow run recorded as working on `stream` (progress.json)."""
+    import json
+
+    from scanflow.progress import registry_key
+
+    section = json.loads((stream / "progress.json").read_text())[registry_key(env["MLFLOW_TRACKING_URI"], env["SCANFLOW_MODEL_NAME"])]
+    return section["owner"]["flow_run_id"]
+
+
+def unfinished_prefect_runs(flow_run_id: str) -> list[str]:
+    """The flow run `flow_run_id` and its sub-flow runs that are not in a final state, as 'name: STATE'."""
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
+    with get_client(sync_client=True) as client:
+        parent = client.read_flow_run(UUID(flow_run_id))
+        children = client.read_flow_runs(flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent.id])))
+    return [f"{run.name}: {run.state.type.value}" for run in [parent, *children] if run.state is not None and not run.state.is_final()]
+
+
+def wait_until(condition, what: str, process: subprocess.Popen, timeout_s: float = 600):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        assert process.poll() is None, f"the command ended before {what}: {finish(process)}"
+        time.sleep(0.2)
+    raise AssertionError(f"not {what} within {timeout_s} s")
+
+
+def mlflow_runs_named(env: dict[str, str], name: str) -> list:
+    return [run for run in runs(env) if run.info.run_name == name]
+
+
+def paused_decision(batch_id: str) -> str | None:
+    """The id of the paused decision form of `batch_id` on the session's Prefect server, once its schema is saved."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName, FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.objects import StateType
+
+    with get_client(sync_client=True) as client:
+        found = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            name=FlowRunFilterName(any_=[f"decide-{batch_id}"]),
+            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED]))))
+        for run in found:
+            keyset = run.state.state_details.run_input_keyset or {}
+            try:
+                client.read_flow_run_input(run.id, keyset["schema"])
+            except Exception:  # the schema is saved just after the run pauses
+                continue
+            return str(run.id)
+    return None
+
+
+def kill(process: subprocess.Popen) -> None:
+    process.kill()
+    process.wait(timeout=30)
+
+
+def assert_resumed_cleanly(env: dict[str, str], stream: Path, old_run_id: str, out: str) -> list[dict]:
+    """After the second supervise run: both batches reported once, each batch predicted once before its decision,
+    no MLflow run RUNNING, nothing of the killed Prefect run left unfinished. Returns the report rows."""
+    assert "| batch-000 |" in out and "| batch-001 |" in out, out[-3000:]
+    assert len(mlflow_runs_named(env, "predict-batch-000")) == 1, "a finished batch was predicted again"
+    assert runs(env, "RUNNING") == []
+    assert unfinished_prefect_runs(old_run_id) == []
+    import json
+
+    from scanflow.progress import registry_key
+
+    section = json.loads((stream / "progress.json").read_text())[registry_key(env["MLFLOW_TRACKING_URI"], env["SCANFLOW_MODEL_NAME"])]
+    assert sorted(section["rows"]) == ["batch-000", "batch-001"] and section.get("decisions", {}) == {}
+    return [section["rows"]["batch-000"], section["rows"]["batch-001"]]
+
+
+def promotions_of(env: dict[str, str], batch_id: str) -> int:
+    return sum(run.data.tags.get("scanflow.batch_id") == batch_id and run.data.tags.get("scanflow.promoted") == "true"
+               and run.data.tags.get("scanflow.kind") == "improve" for run in runs(env))
+
+
+def test_supervise_killed_during_detect_resumes_from_the_first_unfinished_batch(champion, tmp_path):
+    stream = new_stream(tmp_path / "stream", "impulse_noise")
+    process = supervise(champion, stream, "--human", "oracle")
+    wait_until(lambda: mlflow_runs_named(champion, "predict-batch-001"), "batch-001 was predicted", process)
+    kill(process)
+    old = owner_run_id(stream, champion)
+    code, out, err = finish(supervise(champion, stream, "--human", "oracle"))
+    assert code == 0, (out + err)[-4000:]
+    assert "batch-000: supervised before a restart; not again" in out
+    first, second = assert_resumed_cleanly(champion, stream, old, out)
+    assert second["decided_by"] == "oracle" and promotions_of(champion, "batch-001") <= 1
+
+
+def test_supervise_killed_in_the_pause_finds_the_answer_given_meanwhile(champion, tmp_path):
+    stream = new_stream(tmp_path / "stream", "shot_noise")
+    process = supervise(champion, stream, "--interactive", "--timeout", "600")
+    child = wait_until(lambda: paused_decision("batch-001"), "the decision form of batch-001 waited", process)
+    kill(process)
+    old = owner_run_id(stream, champion)
+    code, out, err = finish(scanflow(champion, "answer", child, "--action", "ignore", "--note", "after the kill"))
+    assert code == 0, (out + err)[-4000:]
+    # The answer given to the dead run's form is found: nobody is asked again (a pause would time out after 60 s).
+    code, out, err = finish(supervise(champion, stream, "--interactive", "--timeout", "60", "--on-timeout", "filter"))
+    assert code == 0, (out + err)[-4000:]
+    assert "batch-001: answered (ignore) after the previous supervise run was gone; carrying it out" in out
+    first, second = assert_resumed_cleanly(champion, stream, old, out)
+    assert (second["decision"], second["decided_by"]) == ("ignore", "human")
+
+
+def test_supervise_killed_in_the_pause_asks_again(champion, tmp_path):
+    stream = new_stream(tmp_path / "stream", "fog")
+    process = supervise(champion, stream, "--interactive", "--timeout", "600")
+    wait_until(lambda: paused_decision("batch-001"), "the decision form of batch-001 waited", process)
+    kill(process)
+    old = owner_run_id(stream, champion)
+    code, out, err = finish(supervise(champion, stream, "--human", "policy"))
+    assert code == 0, (out + err)[-4000:]
+    first, second = assert_resumed_cleanly(champion, stream, old, out)
+    assert second["decided_by"] == "policy"
+
+
+def test_supervise_killed_in_a_retrain_carries_out_the_decision_once(champion, tmp_path):
+    stream = new_stream(tmp_path / "stream", "impulse_noise")
+    process = supervise(champion, stream, "--human", "oracle")
+    improving = wait_until(lambda: [run for run in mlflow_runs_named(champion, "improve-batch-001") if run.data.params],
+                           "the retrain of batch-001 started", process)
+    kill(process)
+    old = owner_run_id(stream, champion)
+    code, out, err = finish(supervise(champion, stream, "--interactive", "--timeout", "60", "--on-timeout", "ignore"))
+    assert code == 0, (out + err)[-4000:]
+    assert "batch-001: carrying out the decision given before a restart (retrain, by oracle)" in out
+    first, second = assert_resumed_cleanly(champion, stream, old, out)
+    assert second["decided_by"] == "oracle" and promotions_of(champion, "batch-001") <= 1
+    killed = MlflowClient(champion["MLFLOW_TRACKING_URI"]).get_run(improving[0].info.run_id)
+    assert killed.info.status == "FAILED" and f"its process {process.pid} on " in killed.data.tags[ABORTED_TAG]
