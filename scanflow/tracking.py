@@ -135,7 +135,7 @@ def unavailable(error: BaseException) -> TrackingUnavailableError:
     """The TrackingUnavailableError for a transport failure of the MLflow client: it names the server, the cause
     (shortened) and the settings that bound the wait."""
     text = str(getattr(error, "message", error)).splitlines()[0]
-    request = re.search(r"API request to (\S+?)(\?\S*)? failed", text)
+    request = re.search(r"API request to https?://[^/\s]+(/[^?\s]*)\S* failed", text)
     cause = text.split("Caused by ", 1)[1].removesuffix(")") if "Caused by " in text else text
     cause = cause if len(cause) <= 200 else cause[:200] + "..."
     return TrackingUnavailableError(
