@@ -135,12 +135,12 @@ def unavailable(error: BaseException) -> TrackingUnavailableError:
     """The TrackingUnavailableError for a transport failure of the MLflow client: it names the server, the cause
     (shortened) and the settings that bound the wait."""
     text = str(getattr(error, "message", error)).splitlines()[0]
-    request = re.search(r"API request to https?://[^/\s]+(/[^?\s]*)\S* failed", text)
+    request = re.search(r"API request to (https?://[^/\s]+)(/[^?\s]*)\S* failed", text)
     cause = text.split("Caused by ", 1)[1].removesuffix(")") if "Caused by " in text else text
     cause = cause if len(cause) <= 200 else cause[:200] + "..."
     return TrackingUnavailableError(
-        f"MLflow tracking server at {mlflow.get_tracking_uri()} did not answer"
-        f"{' ' + request.group(1) if request else ''} after {os.environ.get('MLFLOW_HTTP_REQUEST_MAX_RETRIES', '7')} "
+        f"MLflow tracking server at {request.group(1) if request else mlflow.get_tracking_uri()} did not answer"
+        f"{' ' + request.group(2) if request else ''} after {os.environ.get('MLFLOW_HTTP_REQUEST_MAX_RETRIES', '7')} "
         f"retries ({cause}). Check that it runs, and that its artifact store (S3) answers: the server proxies every "
         "artifact. Settings: MLFLOW_TRACKING_URI; MLFLOW_HTTP_REQUEST_TIMEOUT and MLFLOW_HTTP_REQUEST_MAX_RETRIES bound the wait"
     )
