@@ -266,13 +266,15 @@ def mlflow_runs_named(env: dict[str, str], name: str) -> list:
     return [run for run in runs(env) if run.info.run_name == name]
 
 
-def paused_decision(batch_id: str) -> str | None:
-    """The id of the paused decision form of `batch_id` on the session's Prefect server, once its schema is saved."""
+def paused_decision(batch_id: str, api_url: str | None = None) -> str | None:
+    """The id of the paused decision form of `batch_id` on the Prefect server at `api_url` (default: the session's),
+    once its schema is saved."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName, FlowRunFilterState, FlowRunFilterStateType
     from prefect.client.schemas.objects import StateType
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    with get_client(sync_client=True) as client:
+    with temporary_settings(updates={PREFECT_API_URL: api_url} if api_url else {}), get_client(sync_client=True) as client:
         found = client.read_flow_runs(flow_run_filter=FlowRunFilter(
             name=FlowRunFilterName(any_=[f"decide-{batch_id}"]),
             state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED]))))
@@ -367,3 +369,27 @@ def test_supervise_killed_in_a_retrain_carries_out_the_decision_once(champion, t
     assert second["decided_by"] == "oracle" and promotions_of(champion, "batch-001") <= 1
     killed = MlflowClient(champion["MLFLOW_TRACKING_URI"]).get_run(improving[0].info.run_id)
     assert killed.info.status == "FAILED" and f"its process {process.pid} on " in killed.data.tags[ABORTED_TAG]
+
+
+# ------------------------------------------------------------------------------------- Prefect restart in a pause
+def test_a_pause_stays_answerable_across_a_restart_of_the_prefect_server(champion, tmp_path):
+    from scanflow.local import start_prefect_server
+
+    home = tmp_path / "prefect"
+    server = start_prefect_server(log_dir=tmp_path, home=home)
+    try:
+        env = {**champion, "PREFECT_API_URL": server.api_url}
+        stream = new_stream(tmp_path / "stream", "shot_noise")
+        process = supervise(env, stream, "--interactive", "--timeout", "900")
+        child = wait_until(lambda: paused_decision("batch-001", server.api_url), "the decision form of batch-001 waited", process)
+        server.stop()
+        server = start_prefect_server(port=server.port, log_dir=tmp_path, home=home)
+        assert process.poll() is None, f"the paused supervise run did not outlive the restart: {finish(process)}"
+        code, out, err = finish(scanflow(env, "answer", child, "--action", "ignore", "--note", "after the restart"))
+        assert code == 0 and f"answered flow run {child}: ignore" in out, (out + err)[-3000:]
+        code, out, err = finish(process)
+        assert code == 0, (out + err)[-4000:]
+        assert "| batch-001 | shot_noise | " in out and "| ignore | human |" in out, out[-3000:]
+        assert runs(champion, "RUNNING") == []
+    finally:
+        server.stop()
