@@ -322,7 +322,7 @@ def test_supervise_killed_during_detect_resumes_from_the_first_unfinished_batch(
     old = owner_run_id(stream, champion)
     code, out, err = finish(supervise(champion, stream, "--human", "oracle"))
     assert code == 0, (out + err)[-4000:]
-    assert "batch-000: supervised before a restart; not again" in out
+    assert "batch-000: supervised before a restart; not again" in err
     first, second = assert_resumed_cleanly(champion, stream, old, out)
     assert second["decided_by"] == "oracle" and promotions_of(champion, "batch-001") <= 1
 
@@ -338,7 +338,7 @@ def test_supervise_killed_in_the_pause_finds_the_answer_given_meanwhile(champion
     # The answer given to the dead run's form is found: nobody is asked again (a pause would time out after 60 s).
     code, out, err = finish(supervise(champion, stream, "--interactive", "--timeout", "60", "--on-timeout", "filter"))
     assert code == 0, (out + err)[-4000:]
-    assert "batch-001: answered (ignore) after the previous supervise run was gone; carrying it out" in out
+    assert "batch-001: answered (ignore) after the previous supervise run was gone; carrying it out" in err
     first, second = assert_resumed_cleanly(champion, stream, old, out)
     assert (second["decision"], second["decided_by"]) == ("ignore", "human")
 
@@ -364,7 +364,7 @@ def test_supervise_killed_in_a_retrain_carries_out_the_decision_once(champion, t
     old = owner_run_id(stream, champion)
     code, out, err = finish(supervise(champion, stream, "--interactive", "--timeout", "60", "--on-timeout", "ignore"))
     assert code == 0, (out + err)[-4000:]
-    assert "batch-001: carrying out the decision given before a restart (" in out and ", by oracle)" in out
+    assert "batch-001: carrying out the decision given before a restart (" in err and ", by oracle)" in err
     first, second = assert_resumed_cleanly(champion, stream, old, out)
     assert second["decided_by"] == "oracle" and promotions_of(champion, "batch-001") <= 1
     killed = MlflowClient(champion["MLFLOW_TRACKING_URI"]).get_run(improving[0].info.run_id)
