@@ -309,12 +309,18 @@ def assert_resumed_cleanly(env: dict[str, str], stream: Path, old_run_id: str, o
     return [section["rows"]["batch-000"], section["rows"]["batch-001"]]
 
 
-def promotions_of(env: dict[str, str], batch_id: str) -> int:
-    return sum(run.data.tags.get("scanflow.batch_id") == batch_id and run.data.tags.get("scanflow.promoted") == "true"
-               and run.data.tags.get("scanflow.kind") == "improve" for run in runs(env))
+def promotions_since(env: dict[str, str], since_ms: int) -> int:
+    """Improve runs started after `since_ms` (epoch milliseconds) that promoted their challenger."""
+    return sum(run.info.start_time >= since_ms and run.data.tags.get("scanflow.kind") == "improve"
+               and run.data.tags.get("scanflow.promoted") == "true" for run in runs(env))
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 def test_supervise_killed_during_detect_resumes_from_the_first_unfinished_batch(champion, tmp_path):
+    since = now_ms()
     stream = new_stream(tmp_path / "stream", "impulse_noise")
     process = supervise(champion, stream, "--human", "oracle")
     wait_until(lambda: mlflow_runs_named(champion, "predict-batch-001"), "batch-001 was predicted", process)
@@ -324,7 +330,7 @@ def test_supervise_killed_during_detect_resumes_from_the_first_unfinished_batch(
     assert code == 0, (out + err)[-4000:]
     assert "batch-000: supervised before a restart; not again" in err
     first, second = assert_resumed_cleanly(champion, stream, old, out)
-    assert second["decided_by"] == "oracle" and promotions_of(champion, "batch-001") <= 1
+    assert second["decided_by"] == "oracle" and promotions_since(champion, since) == (second["promoted"] == "yes")
 
 
 def test_supervise_killed_in_the_pause_finds_the_answer_given_meanwhile(champion, tmp_path):
@@ -355,19 +361,35 @@ def test_supervise_killed_in_the_pause_asks_again(champion, tmp_path):
     assert second["decided_by"] == "policy"
 
 
+def shown_rows(flow_run_id: str) -> list[int]:
+    """The batch rows the paused decision form `flow_run_id` shows, in order."""
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return list(client.read_flow_run(UUID(flow_run_id)).parameters["request"]["shown"])
+
+
 def test_supervise_killed_in_a_retrain_carries_out_the_decision_once(champion, tmp_path):
+    since = now_ms()
     stream = new_stream(tmp_path / "stream", "impulse_noise")
-    process = supervise(champion, stream, "--human", "oracle")
-    improving = wait_until(lambda: [run for run in mlflow_runs_named(champion, "improve-batch-001") if run.data.params],
-                           "the retrain of batch-001 started", process)
+    process = supervise(champion, stream, "--interactive", "--timeout", "600")
+    child = wait_until(lambda: paused_decision("batch-001"), "the decision form of batch-001 waited", process)
+    truth = np.load(stream / "labels" / "batch-001.npy")
+    labels = ",".join(str(int(truth[row])) for row in shown_rows(child))
+    code, out, err = finish(scanflow(champion, "answer", child, "--action", "retrain", "--labels", labels))
+    assert code == 0, (out + err)[-3000:]
+    retraining = wait_until(lambda: [run for run in mlflow_runs_named(champion, "improve-batch-001") if run.data.params],
+                            "the retrain of batch-001 started", process)
     kill(process)
     old = owner_run_id(stream, champion)
     code, out, err = finish(supervise(champion, stream, "--interactive", "--timeout", "60", "--on-timeout", "ignore"))
     assert code == 0, (out + err)[-4000:]
-    assert "batch-001: carrying out the decision given before a restart (" in err and ", by oracle)" in err
+    assert "batch-001: carrying out the decision given before a restart (retrain, by human)" in err
     first, second = assert_resumed_cleanly(champion, stream, old, out)
-    assert second["decided_by"] == "oracle" and promotions_of(champion, "batch-001") <= 1
-    killed = MlflowClient(champion["MLFLOW_TRACKING_URI"]).get_run(improving[0].info.run_id)
+    assert (second["decision"], second["decided_by"]) == ("retrain", "human") and promotions_since(champion, since) == (second["promoted"] == "yes")
+    killed = MlflowClient(champion["MLFLOW_TRACKING_URI"]).get_run(retraining[0].info.run_id)
     assert killed.info.status == "FAILED" and f"its process {process.pid} on " in killed.data.tags[ABORTED_TAG]
 
 
