@@ -262,8 +262,9 @@ def wait_until(condition, what: str, process: subprocess.Popen, timeout_s: float
     raise AssertionError(f"not {what} within {timeout_s} s")
 
 
-def mlflow_runs_named(env: dict[str, str], name: str) -> list:
-    return [run for run in runs(env) if run.info.run_name == name]
+def mlflow_runs_named(env: dict[str, str], name: str, since_ms: int) -> list:
+    """The runs named `name` started after `since_ms` (epoch milliseconds: every test's stream has a batch-000)."""
+    return [run for run in runs(env) if run.info.run_name == name and run.info.start_time >= since_ms]
 
 
 def paused_decision(batch_id: str, api_url: str | None = None) -> str | None:
@@ -293,11 +294,11 @@ def kill(process: subprocess.Popen) -> None:
     process.wait(timeout=30)
 
 
-def assert_resumed_cleanly(env: dict[str, str], stream: Path, old_run_id: str, out: str) -> list[dict]:
+def assert_resumed_cleanly(env: dict[str, str], stream: Path, old_run_id: str, out: str, since_ms: int) -> list[dict]:
     """After the second supervise run: both batches reported once, each batch predicted once before its decision,
     no MLflow run RUNNING, nothing of the killed Prefect run left unfinished. Returns the report rows."""
     assert "| batch-000 |" in out and "| batch-001 |" in out, out[-3000:]
-    assert len(mlflow_runs_named(env, "predict-batch-000")) == 1, "a finished batch was predicted again"
+    assert len(mlflow_runs_named(env, "predict-batch-000", since_ms)) == 1, "a finished batch was predicted again"
     assert runs(env, "RUNNING") == []
     assert unfinished_prefect_runs(old_run_id) == []
     import json
@@ -323,17 +324,18 @@ def test_supervise_killed_during_detect_resumes_from_the_first_unfinished_batch(
     since = now_ms()
     stream = new_stream(tmp_path / "stream", "impulse_noise")
     process = supervise(champion, stream, "--human", "oracle")
-    wait_until(lambda: mlflow_runs_named(champion, "predict-batch-001"), "batch-001 was predicted", process)
+    wait_until(lambda: mlflow_runs_named(champion, "predict-batch-001", since), "batch-001 was predicted", process)
     kill(process)
     old = owner_run_id(stream, champion)
     code, out, err = finish(supervise(champion, stream, "--human", "oracle"))
     assert code == 0, (out + err)[-4000:]
     assert "batch-000: supervised before a restart; not again" in err
-    first, second = assert_resumed_cleanly(champion, stream, old, out)
+    first, second = assert_resumed_cleanly(champion, stream, old, out, since)
     assert second["decided_by"] == "oracle" and promotions_since(champion, since) == (second["promoted"] == "yes")
 
 
 def test_supervise_killed_in_the_pause_finds_the_answer_given_meanwhile(champion, tmp_path):
+    since = now_ms()
     stream = new_stream(tmp_path / "stream", "shot_noise")
     process = supervise(champion, stream, "--interactive", "--timeout", "600")
     child = wait_until(lambda: paused_decision("batch-001"), "the decision form of batch-001 waited", process)
@@ -345,11 +347,12 @@ def test_supervise_killed_in_the_pause_finds_the_answer_given_meanwhile(champion
     code, out, err = finish(supervise(champion, stream, "--interactive", "--timeout", "60", "--on-timeout", "filter"))
     assert code == 0, (out + err)[-4000:]
     assert "batch-001: answered (ignore) after the previous supervise run was gone; carrying it out" in err
-    first, second = assert_resumed_cleanly(champion, stream, old, out)
+    first, second = assert_resumed_cleanly(champion, stream, old, out, since)
     assert (second["decision"], second["decided_by"]) == ("ignore", "human")
 
 
 def test_supervise_killed_in_the_pause_asks_again(champion, tmp_path):
+    since = now_ms()
     stream = new_stream(tmp_path / "stream", "fog")
     process = supervise(champion, stream, "--interactive", "--timeout", "600")
     wait_until(lambda: paused_decision("batch-001"), "the decision form of batch-001 waited", process)
@@ -357,7 +360,7 @@ def test_supervise_killed_in_the_pause_asks_again(champion, tmp_path):
     old = owner_run_id(stream, champion)
     code, out, err = finish(supervise(champion, stream, "--human", "policy"))
     assert code == 0, (out + err)[-4000:]
-    first, second = assert_resumed_cleanly(champion, stream, old, out)
+    first, second = assert_resumed_cleanly(champion, stream, old, out, since)
     assert second["decided_by"] == "policy"
 
 
@@ -380,14 +383,14 @@ def test_supervise_killed_in_a_retrain_carries_out_the_decision_once(champion, t
     labels = ",".join(str(int(truth[row])) for row in shown_rows(child))
     code, out, err = finish(scanflow(champion, "answer", child, "--action", "retrain", "--labels", labels))
     assert code == 0, (out + err)[-3000:]
-    retraining = wait_until(lambda: [run for run in mlflow_runs_named(champion, "improve-batch-001") if run.data.params],
+    retraining = wait_until(lambda: [run for run in mlflow_runs_named(champion, "improve-batch-001", since) if run.data.params],
                             "the retrain of batch-001 started", process)
     kill(process)
     old = owner_run_id(stream, champion)
     code, out, err = finish(supervise(champion, stream, "--interactive", "--timeout", "60", "--on-timeout", "ignore"))
     assert code == 0, (out + err)[-4000:]
     assert "batch-001: carrying out the decision given before a restart (retrain, by human)" in err
-    first, second = assert_resumed_cleanly(champion, stream, old, out)
+    first, second = assert_resumed_cleanly(champion, stream, old, out, since)
     assert (second["decision"], second["decided_by"]) == ("retrain", "human") and promotions_since(champion, since) == (second["promoted"] == "yes")
     killed = MlflowClient(champion["MLFLOW_TRACKING_URI"]).get_run(retraining[0].info.run_id)
     assert killed.info.status == "FAILED" and f"its process {process.pid} on " in killed.data.tags[ABORTED_TAG]
