@@ -55,7 +55,7 @@ from scanflow.human import (
     validate_labels,
 )
 from scanflow.orphans import Owner, this_process
-from scanflow.progress import OwnerRun, RecordedDecision, read_progress, record_decision, record_owner, record_row, registry_key
+from scanflow.progress import PROGRESS, OwnerRun, RecordedDecision, read_progress, record_decision, record_owner, record_row, registry_key
 from scanflow.storage import absolute_location
 from scanflow.stream import StreamBatch, open_stream
 from scanflow.supervision import (
@@ -425,7 +425,8 @@ def supervise_flow(
     rows = []
     for batch in batches:
         if batch.batch_id in progress.rows:
-            print(f"batch {batch.batch_id}: supervised before a restart; not again")
+            print(f"batch {batch.batch_id}: supervised already (recorded in {folder / PROGRESS}; delete that file to "
+                  "supervise the stream afresh)")
             rows.append(progress.rows[batch.batch_id])
             continue
         path = shared_batch(absolute_location(batch.path), batch.batch_id, store)

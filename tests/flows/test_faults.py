@@ -329,7 +329,7 @@ def test_supervise_killed_during_detect_resumes_from_the_first_unfinished_batch(
     old = owner_run_id(stream, champion)
     code, out, err = finish(supervise(champion, stream, "--human", "oracle"))
     assert code == 0, (out + err)[-4000:]
-    assert "batch-000: supervised before a restart; not again" in err
+    assert f"batch-000: supervised already (recorded in {stream / 'progress.json'}; delete that file to supervise the stream afresh)" in err
     first, second = assert_resumed_cleanly(champion, stream, old, out, since)
     assert second["decided_by"] == "oracle" and promotions_since(champion, since) == (second["promoted"] == "yes")
 
