@@ -15,7 +15,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 if __package__ in (None, ""):
@@ -54,6 +54,8 @@ from scanflow.human import (
     sample_choices,
     validate_labels,
 )
+from scanflow.orphans import Owner, this_process
+from scanflow.progress import PROGRESS, OwnerRun, RecordedDecision, read_progress, record_decision, record_owner, record_row, registry_key
 from scanflow.storage import absolute_location
 from scanflow.stream import StreamBatch, open_stream
 from scanflow.supervision import (
@@ -220,10 +222,17 @@ def answer_paused_run(run_id: str, action: str, labels: str | Sequence[Any] | No
     return f"answered flow run {target}: {action} with {n_given} of {len(request.guesses)} samples labelled"
 
 
-def respond(batch: StreamBatch, path: str, detection: dict, human: str, settings: SupervisionSettings, steps: Steps, seed: int = 0) -> dict:
+def respond(batch: StreamBatch, path: str, detection: dict, human: str, settings: SupervisionSettings, steps: Steps, seed: int = 0,
+            recorded: RecordedDecision | None = None, on_decision: Callable[[RecordedDecision], None] | None = None) -> dict:
     """On a drifted batch: pause for a decision (answered by a person, or by the simulated `human` through the
     same form), run the timeout action when nobody answers, then improve (the steps read the batch at `path`).
-    Only labels a person (or the oracle standing in for one) gave reach the improve flow. Returns its outcome."""
+    Only labels a person (or the oracle standing in for one) gave reach the improve flow. Returns its outcome.
+
+    `recorded`: a decision given before a restart: it is carried out without asking again, unless the champion it
+    was given against was replaced since (its improvement promoted a challenger already: nothing is done twice).
+    `on_decision` receives a new decision before it is carried out (the supervise loop keeps it in progress.json)."""
+    if recorded is not None:
+        return carry_out(batch, path, recorded, settings, steps, seed)
     request = DecisionRequest.from_detection(detection)
     if human != "person":
         decider = OracleHuman(batch.true_labels()) if human == "oracle" else PolicyHuman()
@@ -238,14 +247,77 @@ def respond(batch: StreamBatch, path: str, detection: dict, human: str, settings
     else:
         print(f"batch {batch.batch_id}: no answer within {settings.pause_timeout_s} s; the policy's default '{settings.action_on_timeout}' runs")
         answer, decided_by = {"action": settings.action_on_timeout, "labels": None, "note": "pause timed out"}, "timeout"
-    improvement = steps.run(improve_flow, batch_path=path, shown_indices=list(request.shown), action=answer["action"],
-                            labels=answer["labels"], note=answer["note"], decided_by=decided_by, batch_id=batch.batch_id,
-                            drift={k: detection[k] for k in ("statistic", "p_value", "threshold", "n_critical")},
-                            promotion_margin=settings.promotion_margin, seed=seed)
+    decision = RecordedDecision(action=answer["action"], labels=answer["labels"], note=answer["note"], decided_by=decided_by,
+                                shown=list(request.shown), champion_version=str(detection["model_version"]),
+                                drift={k: detection[k] for k in ("statistic", "p_value", "threshold", "n_critical")})
+    if on_decision is not None:
+        on_decision(decision)
+    improvement = carry_out(batch, path, decision, settings, steps, seed, check_champion=False)
     report.wait()
     if not report.state.is_completed():
         print(f"batch {batch.batch_id}: the Evidently report failed ({report.state.message}); the decision stands")
     return improvement
+
+
+def carry_out(batch: StreamBatch, path: str, decision: RecordedDecision, settings: SupervisionSettings, steps: Steps, seed: int,
+              check_champion: bool = True) -> dict:
+    """Run the improve flow on `decision`; with `check_champion`, first make sure it was not carried out already
+    (the champion it was given against is still the champion), else report it as done."""
+    if check_champion:
+        champion = current_champion(tracking_config(steps.blocks["tracking"]))
+        if champion != decision.champion_version:
+            print(f"batch {batch.batch_id}: the decision given before a restart ({decision.action}) was carried out already: "
+                  f"v{champion} replaced v{decision.champion_version}")
+            return {"batch_id": batch.batch_id, "action": decision.action, "decided_by": decision.decided_by, "promoted": True,
+                    "champion_version": decision.champion_version, "challenger_version": champion,
+                    "reason": "carried out before the supervise run restarted"}
+        print(f"batch {batch.batch_id}: carrying out the decision given before a restart ({decision.action}, by {decision.decided_by})")
+    return steps.run(improve_flow, batch_path=path, shown_indices=list(decision.shown), action=decision.action,
+                     labels=decision.labels, note=decision.note, decided_by=decision.decided_by, batch_id=batch.batch_id,
+                     drift=decision.drift, promotion_margin=settings.promotion_margin, seed=seed)
+
+
+def end_abandoned_run(owner: OwnerRun | None, current_run_id: Any) -> dict[str, RecordedDecision]:
+    """When the supervise run that last worked on a stream died with its process (killed), mark it and its unfinished
+    sub-flow runs CRASHED on the Prefect server (a paused decision form of a dead loop is no longer listed as
+    waiting), and return the answers given to its forms in the meantime, by batch id."""
+    if owner is None or str(owner.flow_run_id) == str(current_run_id) or not Owner(owner.host, owner.pid, owner.start_time).is_gone():
+        return {}
+    from uuid import UUID
+
+    from prefect.states import Crashed
+
+    message = f"its process {owner.pid} on {owner.host} is gone; the stream was taken up by flow run {current_run_id}"
+    answers: dict[str, RecordedDecision] = {}
+    with get_client(sync_client=True) as client:
+        parent = UUID(owner.flow_run_id)
+        children = client.read_flow_runs(flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent])))
+        for run in [*children, client.read_flow_run(parent)]:
+            if run.name.startswith("decide-") and "request" in run.parameters:
+                answer = _given_answer(client, run)
+                if answer is not None:
+                    answers[DecisionRequest.model_validate(run.parameters["request"]).batch_id] = answer
+            if run.state is not None and not run.state.is_final():
+                client.set_flow_run_state(run.id, Crashed(message=message), force=True)
+    return answers
+
+
+def _given_answer(client: Any, run: Any) -> RecordedDecision | None:
+    """The answer a person gave to the decision form of `run` (a `decide-*` ask-human run), None when none was."""
+    from prefect.input.run_input import keyset_from_base_key
+
+    # A resumed run's state no longer carries the keyset; ask-human pauses once, so its keys are those of pause 1.
+    keyset = (run.state.state_details.run_input_keyset if run.state else None) or keyset_from_base_key("paused-1")
+    try:
+        raw = client.read_flow_run_input(run.id, keyset["response"])
+    except (ObjectNotFound, httpx.HTTPStatusError):
+        return None
+    request = DecisionRequest.model_validate(run.parameters["request"])
+    answer = decision_form(request).model_validate_json(raw)
+    return RecordedDecision(action=answer.action, labels=labels_of(answer, request), note=answer.note, decided_by="human",
+                            shown=list(request.shown), champion_version=request.model_version,
+                            drift={"statistic": request.statistic, "p_value": request.p_value, "threshold": request.threshold,
+                                   "n_critical": request.n_critical})
 
 
 @task(cache_policy=NO_CACHE)
@@ -345,19 +417,36 @@ def supervise_flow(
         print(f"no champion of {config.classifier_name} yet: training one on {dataset}")
         steps.run(train_flow, dataset=dataset, seed=seed)
     store = storage_store(storage)
+    folder, key = Path(batches[0].path).parent, registry_key(config.tracking_uri, config.classifier_name)
+    progress = read_progress(folder, key)
+    given = end_abandoned_run(progress.owner, flow_run.id)
+    me = this_process()
+    record_owner(folder, key, OwnerRun(str(flow_run.id or ""), me.host, me.pid, me.start_time))
     rows = []
     for batch in batches:
+        if batch.batch_id in progress.rows:
+            print(f"batch {batch.batch_id}: supervised already (recorded in {folder / PROGRESS}; delete that file to "
+                  "supervise the stream afresh)")
+            rows.append(progress.rows[batch.batch_id])
+            continue
         path = shared_batch(absolute_location(batch.path), batch.batch_id, store)
         prediction = steps.run(predict_flow, batch_path=path, batch_id=batch.batch_id)
         detection = steps.run(detect_flow, batch_path=path, batch_id=batch.batch_id, budget=settings.budget, alpha=settings.alpha,
                               recognise_known=not settings.ask_known_shifts, report=False, responder="supervise")
         row = batch_row(batch, prediction, detection)
-        if detection["is_drift"] and detection.get("known_shift"):
+        recorded = progress.decisions.get(batch.batch_id)
+        if recorded is None and batch.batch_id in given:
+            recorded = given[batch.batch_id]
+            print(f"batch {batch.batch_id}: answered ({recorded.action}) after the previous supervise run was gone; carrying it out")
+            record_decision(folder, key, batch.batch_id, recorded)
+        if recorded is None and detection["is_drift"] and detection.get("known_shift"):
             row = with_known_shift(row, detection["known_shift"])
-        elif detection["is_drift"]:
-            improvement = respond(batch, path, detection, human, settings, steps, seed)
+        elif recorded is not None or detection["is_drift"]:
+            improvement = respond(batch, path, detection, human, settings, steps, seed, recorded=recorded,
+                                  on_decision=lambda decision: record_decision(folder, key, batch.batch_id, decision))
             after = steps.run(predict_flow, batch_path=path, batch_id=f"{batch.batch_id}-after") if improvement["promoted"] else prediction
             row = with_decision(row, batch, improvement, after)
+        record_row(folder, key, batch.batch_id, row)
         rows.append(row)
         print(" | ".join(f"{k}={v}" for k, v in row.items()))
     create_table_artifact(rows, key="supervision-summary", description="per batch: drift, decision, accuracy before/after")

@@ -17,7 +17,25 @@ ENVIRONMENT_DEFAULTS: dict[str, str] = {
     "EVIDENTLY_DISABLE_TELEMETRY": "1",
     # A temporary Prefect server takes 20-40 s to start on a 2-core machine; Prefect's default wait is 20 s.
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+    # MLflow's HTTP client: each request waits at most 20 s for an answer and is tried 3 more times, 0 + 2 + 4 s
+    # apart (plus up to 0.5 s jitter each). MLflow's defaults (120 s, 7 retries, factor 2: minutes of backoff per
+    # call) made a stopped server, or a server whose artifact store is stopped, look like a hang for 17 minutes.
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
+    # Download progress bars are noise in logs.
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    # Prefect's client: 30 s per request (default 60). Its 5 retries (2 + 4 + 8 + 16 + 32 s) stay: they carry a
+    # paused run across a restart of its server (20-40 s here), and a server that is down at the start of a command
+    # is refused at once (Prefect retries connection errors only once it has connected).
+    "PREFECT_API_REQUEST_TIMEOUT": "30",
 }
+
+#: Bounded S3 retries for every boto3 client in a process given `StorageConfig.environment()` (an MLflow server
+#: proxying artifacts, a worker): botocore's default "legacy" mode makes 5 attempts, 7 s against a stopped endpoint,
+#: which an MLflow server spends on each request its own clients then retry.
+S3_RETRY_ENVIRONMENT = {"AWS_RETRY_MODE": "standard", "AWS_MAX_ATTEMPTS": "3"}
 
 DEFAULT_EXPERIMENT = "scanflow"
 DEFAULT_CLASSIFIER_NAME = "scanflow-classifier"
@@ -113,7 +131,8 @@ class StorageConfig:
 
     def environment(self) -> dict[str, str]:
         """The variables that point boto3, MLflow and child processes (workers, containers) at this bucket."""
-        env = {"SCANFLOW_S3_BUCKET": self.bucket, "SCANFLOW_S3_PREFIX": self.prefix, "AWS_DEFAULT_REGION": self.region_name}
+        env = {"SCANFLOW_S3_BUCKET": self.bucket, "SCANFLOW_S3_PREFIX": self.prefix, "AWS_DEFAULT_REGION": self.region_name,
+               **S3_RETRY_ENVIRONMENT}
         if self.endpoint_url:
             env.update(AWS_ENDPOINT_URL_S3=self.endpoint_url, MLFLOW_S3_ENDPOINT_URL=self.endpoint_url)
         if self.access_key_id:

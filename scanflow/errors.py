@@ -46,18 +46,25 @@ class UnusableVersionError(ScanflowError, LookupError):
 
 
 class ServiceUnavailableError(ScanflowError):
-    """A server a command needs (the Prefect API, the MLflow tracking store, the S3 endpoint) is not set or does not
-    answer; `scanflow` exits 3 on it."""
+    """A server a command needs (the Prefect API, MLflow, S3) is not set or does not answer; `scanflow` exits 3 on it."""
 
 
 class TrackingUnavailableError(ServiceUnavailableError, ConnectionError):
-    """The MLflow tracking server cannot be reached (`scanflow` exits 3, like any missing server)."""
+    """The MLflow tracking server (or the artifact store behind it) cannot be reached, or did not answer within the
+    bounded retries (MLFLOW_HTTP_REQUEST_TIMEOUT, MLFLOW_HTTP_REQUEST_MAX_RETRIES)."""
+
+
+class StorageUnavailableError(ServiceUnavailableError, ConnectionError):
+    """The S3 endpoint cannot be reached, refuses the credentials, or lacks the bucket."""
 
 
 def worth_retrying(error: BaseException) -> bool:
     """Whether an I/O step that failed with `error` may succeed if tried again: a server that did not answer
-    (ConnectionError, TimeoutError) or an error Scanflow does not know; not a ScanflowError naming a user's mistake
-    (an unknown model, a bad batch), which fails the same way every time."""
+    (ConnectionError, TimeoutError) or an error Scanflow does not know; not a ScanflowError, neither one naming a
+    user's mistake (an unknown model, a bad batch), which fails the same way every time, nor a ServiceUnavailableError,
+    raised once the client's own bounded retries with backoff are spent (trying those again multiplies the wait)."""
+    if isinstance(error, ServiceUnavailableError):
+        return False
     if isinstance(error, (ConnectionError, TimeoutError)):
         return True
     return not isinstance(error, ScanflowError)

@@ -18,11 +18,7 @@ from typing import Any
 import numpy as np
 
 from scanflow.config import StorageConfig
-from scanflow.errors import ScanflowError, ServiceUnavailableError
-
-
-class StorageUnavailableError(ServiceUnavailableError, ConnectionError):
-    """The S3 endpoint cannot be reached, refuses the credentials, or lacks the bucket (`scanflow` exits 3)."""
+from scanflow.errors import ScanflowError, StorageUnavailableError  # noqa: F401  (raised here; importable from here)
 
 
 class ObjectNotFoundError(ScanflowError, FileNotFoundError):
@@ -62,6 +58,13 @@ def _write_atomically(path: Path, data: bytes) -> Path:
     return path
 
 
+#: Bounds of one S3 call: seconds to connect, seconds to wait for an answer, attempts in all (botocore's "standard"
+#: retry mode: exponential backoff with jitter, at most 1 + 2 s between three attempts). A stopped endpoint fails a
+#: call within seconds; the flows' task retries (flows/retries.py) try it twice more.
+S3_CONNECT_TIMEOUT_S = 5
+S3_READ_TIMEOUT_S = 20
+S3_MAX_ATTEMPTS = 3
+
 _CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidToken", "ExpiredToken"}
 
 
@@ -85,8 +88,8 @@ class S3Store:
                 aws_access_key_id=self.config.access_key_id,
                 aws_secret_access_key=self.config.secret_access_key,
                 # Path-style addressing: S3-compatible servers on 127.0.0.1 have no per-bucket host names.
-                config=Config(s3={"addressing_style": "path"}, connect_timeout=5, read_timeout=60,
-                              retries={"max_attempts": 4, "mode": "standard"}),
+                config=Config(s3={"addressing_style": "path"}, connect_timeout=S3_CONNECT_TIMEOUT_S,
+                              read_timeout=S3_READ_TIMEOUT_S, retries={"max_attempts": S3_MAX_ATTEMPTS, "mode": "standard"}),
             )
         return self._client
 
@@ -148,7 +151,11 @@ class S3Store:
                 ) from error
             raise
         except BotoCoreError as error:
-            raise StorageUnavailableError(f"S3 call {operation} on {self.where} failed: {error}") from error
+            raise StorageUnavailableError(
+                f"S3 call {operation} on {self.where} failed after {S3_MAX_ATTEMPTS} attempts ({error}): check that the "
+                "endpoint runs and answers (`scanflow stack up` starts a local SeaweedFS), or point the ScanflowStorage "
+                "block / AWS_ENDPOINT_URL_S3 at one that does"
+            ) from error
 
     def ensure_bucket(self) -> None:
         """Create the bucket when it does not exist (idempotent)."""

@@ -16,16 +16,18 @@ import logging
 import os
 import re
 import tempfile
+import time
 import urllib.error
 import urllib.request
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import mlflow
 import numpy as np
+import requests
 import torch
 from mlflow import MlflowClient
 from mlflow.entities import RunStatus
@@ -45,6 +47,7 @@ from scanflow.errors import (
     UnknownDatasetError,
     UnusableVersionError,
 )
+from scanflow.orphans import could_not_end, mark_orphans, owner_tags
 from scanflow.models import Autoencoder, Classifier, Denoiser, SavableModel
 from scanflow.serving import (
     AUTOENCODER_ARTIFACT,
@@ -78,18 +81,36 @@ ABORTED_TAG = "scanflow.aborted"
 DETECTOR_ARTIFACT_PATH = "detector"
 DETECTOR_FILE = "detector.pt"
 
+P = ParamSpec("P")
+R = TypeVar("R")
 
-def check_reachable(tracking_uri: str, timeout_s: float = 5.0) -> None:
-    """Fail fast, with the fix, when the tracking store cannot be used (MLflow itself retries for minutes)."""
+
+#: Seconds between the health checks of `check_reachable` (after the first): a server restarting is waited for.
+REACHABLE_BACKOFF_S = (1.0, 2.0, 4.0)
+
+
+def _health_problem(url: str, timeout_s: float) -> str | None:
+    """None when `url` answers 200 within `timeout_s`, else what went wrong."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            return None if response.status == 200 else f"HTTP {response.status}"
+    except (urllib.error.URLError, OSError) as error:
+        return str(getattr(error, "reason", error))
+
+
+def check_reachable(tracking_uri: str, timeout_s: float = 5.0, backoff_s: Sequence[float] = REACHABLE_BACKOFF_S) -> None:
+    """Fail fast, with the fix, when the tracking store cannot be used (MLflow's own retries would take minutes): an
+    HTTP server's /health is asked up to 1 + len(`backoff_s`) times, `backoff_s` seconds apart, `timeout_s` each."""
     if tracking_uri.startswith(("http://", "https://")):
         url = tracking_uri.rstrip("/") + "/health"
-        try:
-            with urllib.request.urlopen(url, timeout=timeout_s) as response:
-                if response.status == 200:
-                    return
-                problem = f"HTTP {response.status}"
-        except (urllib.error.URLError, OSError) as error:
-            problem = str(getattr(error, "reason", error))
+        problem = _health_problem(url, timeout_s)
+        for pause in backoff_s:
+            if problem is None:
+                return
+            time.sleep(pause)
+            problem = _health_problem(url, timeout_s)
+        if problem is None:
+            return
         raise TrackingUnavailableError(
             f"MLflow tracking server at {tracking_uri} is unreachable ({problem}). Start it, e.g. "
             "`mlflow server --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000`, "
@@ -114,16 +135,62 @@ def _client(config: TrackingConfig) -> MlflowClient:
     return mlflow_client(config.tracking_uri)
 
 
+#: Transport failures as the MLflow client reports them once its own retries are spent (see rest_utils.http_request).
+_TRANSPORT_FAILURES = ("API request to", "Max retries exceeded", "timeout exception", "Connection refused", "Read timed out")
+
+
+def _transport_failure(error: BaseException) -> bool:
+    """Whether `error` (from the MLflow client) says the server did not answer, rather than answering no."""
+    if isinstance(error, (requests.exceptions.ConnectionError, requests.exceptions.Timeout, requests.exceptions.RetryError)):
+        return True
+    if isinstance(error, requests.exceptions.HTTPError):
+        return error.response is None or error.response.status_code >= 500
+    return isinstance(error, MlflowException) and any(text in error.message for text in _TRANSPORT_FAILURES)
+
+
+def unavailable(error: BaseException) -> TrackingUnavailableError:
+    """The TrackingUnavailableError for a transport failure of the MLflow client: it names the server, the cause
+    (shortened) and the settings that bound the wait."""
+    text = str(getattr(error, "message", error)).splitlines()[0]
+    request = re.search(r"API request to (https?://[^/\s]+)(/[^?\s]*)\S* failed", text)
+    cause = text.split("Caused by ", 1)[1].removesuffix(")") if "Caused by " in text else text
+    cause = cause if len(cause) <= 200 else cause[:200] + "..."
+    return TrackingUnavailableError(
+        f"MLflow tracking server at {request.group(1) if request else mlflow.get_tracking_uri()} did not answer"
+        f"{' ' + request.group(2) if request else ''} after {os.environ.get('MLFLOW_HTTP_REQUEST_MAX_RETRIES', '7')} "
+        f"retries ({cause}). Check that it runs, and that its artifact store (S3) answers: the server proxies every "
+        "artifact. Settings: MLFLOW_TRACKING_URI; MLFLOW_HTTP_REQUEST_TIMEOUT and MLFLOW_HTTP_REQUEST_MAX_RETRIES bound the wait"
+    )
+
+
+def _tracking_errors(function: Callable[P, R]) -> Callable[P, R]:
+    """`function` with transport failures of the MLflow client turned into TrackingUnavailableError (the message
+    names the server and the settings; no traceback in the CLI). Other errors pass unchanged."""
+    @functools.wraps(function)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return function(*args, **kwargs)
+        except (MlflowException, requests.exceptions.RequestException) as error:
+            if _transport_failure(error):
+                raise unavailable(error) from error
+            raise
+
+    return wrapper
+
+
+@_tracking_errors
 def connect(config: TrackingConfig) -> str:
-    """Point MLflow at `config.tracking_uri`, check it answers, and return the experiment id (created if new)."""
+    """Point MLflow at `config.tracking_uri`, check it answers, end the runs left RUNNING by dead processes of this
+    host (`scanflow.orphans.mark_orphans`), and return the experiment id (created if new)."""
     check_reachable(config.tracking_uri)
     mlflow.set_tracking_uri(config.tracking_uri)
     mlflow.set_registry_uri(config.tracking_uri)
     client = _client(config)
     experiment = client.get_experiment_by_name(config.experiment_name)
-    if experiment is not None:
-        return experiment.experiment_id
-    return client.create_experiment(config.experiment_name, artifact_location=config.artifact_root)
+    if experiment is None:
+        return client.create_experiment(config.experiment_name, artifact_location=config.artifact_root)
+    mark_orphans(config.tracking_uri, experiment.experiment_id)
+    return experiment.experiment_id
 
 
 @contextlib.contextmanager
@@ -145,24 +212,41 @@ def _quiet_mlflow() -> Iterator[None]:
 def tracked_run(
     config: TrackingConfig, run_name: str | None = None, tags: Mapping[str, str] | None = None
 ) -> Iterator[str]:
-    """Open an MLflow run (a training, a detected batch, a decision...); yields its run id; ends it FINISHED, or
-    FAILED if the body raises (tagged `scanflow.aborted=true` with the message when a ScanflowError, bad input,
-    ended it)."""
+    """Open an MLflow run (a training, a detected batch, a decision...) tagged with its owner process
+    (`scanflow.orphans`); yields its run id; ends it FINISHED, or FAILED if the body raises (tagged
+    `scanflow.aborted=true` with the message when a ScanflowError, bad input, ended it).
+
+    When the server does not answer at the end, the run is left to `mark_orphans` (the next connect, here or in a
+    later process, ends it FAILED) and the body's own error is raised, not the failed ending's."""
     experiment_id = connect(config)
     client = _client(config)
-    run = client.create_run(experiment_id, run_name=run_name, tags=dict(tags or {}))
+    run = _tracking_errors(client.create_run)(experiment_id, run_name=run_name, tags={**owner_tags(), **(tags or {})})
     run_id = run.info.run_id
     try:
         yield run_id
     except BaseException as error:
-        if isinstance(error, ScanflowError) and not isinstance(error, ServiceUnavailableError):
-            # Bad input found only after the run was opened: the run says so, and is never mistaken for a result.
-            with contextlib.suppress(Exception):
-                client.set_tag(run_id, ABORTED_TAG, "true")
-                client.set_tag(run_id, "scanflow.aborted_reason", str(error)[:4000])
-        client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+        if isinstance(error, TrackingUnavailableError):
+            could_not_end(run_id)  # the server just failed to answer: no further minute spent on it
+        else:
+            if isinstance(error, ScanflowError) and not isinstance(error, ServiceUnavailableError):
+                # Bad input found only after the run was opened: the run says so, and is never mistaken for a result.
+                with contextlib.suppress(Exception):
+                    client.set_tag(run_id, ABORTED_TAG, "true")
+                    client.set_tag(run_id, "scanflow.aborted_reason", str(error)[:4000])
+            try:
+                client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+            except (MlflowException, requests.exceptions.RequestException) as ending:
+                if not _transport_failure(ending):
+                    raise
+                could_not_end(run_id)
         raise
-    client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+    try:
+        client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+    except (MlflowException, requests.exceptions.RequestException) as error:
+        if _transport_failure(error):
+            could_not_end(run_id)
+            raise unavailable(error) from error
+        raise
 
 
 @contextlib.contextmanager
@@ -193,10 +277,12 @@ def _active_run(run_id: str) -> Iterator[None]:
             os.environ["MLFLOW_EXPERIMENT_ID"] = saved_env
 
 
+@_tracking_errors
 def log_params(run_id: str, params: Mapping[str, Any]) -> None:
     MlflowClient().log_batch(run_id, params=[mlflow.entities.Param(k, str(v)) for k, v in params.items()])
 
 
+@_tracking_errors
 def log_metrics(run_id: str, metrics: Mapping[str, float], step: int | None = None) -> None:
     MlflowClient().log_batch(
         run_id,
@@ -207,10 +293,12 @@ def log_metrics(run_id: str, metrics: Mapping[str, float], step: int | None = No
     )
 
 
+@_tracking_errors
 def set_tags(run_id: str, tags: Mapping[str, str]) -> None:
     MlflowClient().log_batch(run_id, tags=[mlflow.entities.RunTag(k, str(v)) for k, v in tags.items()])
 
 
+@_tracking_errors
 def log_dataset(run_id: str, data: LabeledImages, context: str) -> None:
     """Record which images a run used (`mlflow.log_input`): name, split, source and a content digest."""
     with _quiet_mlflow():
@@ -357,6 +445,7 @@ def _download_verified(client: MlflowClient, name: str, version: Any, dst: str) 
     return local
 
 
+@_tracking_errors
 def register_models(
     run_id: str,
     config: TrackingConfig,
@@ -424,6 +513,8 @@ def _version_by_alias(config: TrackingConfig, alias: str) -> Any:
     try:
         return _client(config).get_model_version_by_alias(config.classifier_name, alias)
     except MlflowException as error:
+        if _transport_failure(error):
+            raise unavailable(error) from error
         if error.error_code not in _NOT_FOUND_CODES:
             raise TrackingUnavailableError(
                 f"MLflow at {config.tracking_uri} failed to say which version of {config.classifier_name!r} has the "
@@ -472,6 +563,7 @@ class LoadedModels:
         return FilteredClassifier(self.classifier, self.denoiser, gate_threshold=self.gate_threshold)
 
 
+@_tracking_errors
 def load_models(config: TrackingConfig, alias: str = CHAMPION_ALIAS) -> LoadedModels:
     """Load the classifier at `alias` and the autoencoder version recorded beside it, as Scanflow models."""
     version = _version_by_alias(config, alias)
@@ -499,6 +591,24 @@ def load_models(config: TrackingConfig, alias: str = CHAMPION_ALIAS) -> LoadedMo
     )
 
 
+@_tracking_errors
+def download_run_artifact(tracking_uri: str, uri: str, dst: str) -> str:
+    """Download `runs:/RUN_ID/PATH` into `dst` from the run's own artifact store; returns the local path.
+
+    MLflow's `runs:/` resolver also looks for a logged model of that name, and when both fail it says only that the
+    path may be wrong: a store that did not answer looked like a missing file. Here its error comes through."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    run_id, _, path = uri.removeprefix("runs:/").partition("/")
+    if not uri.startswith("runs:/") or not run_id or not path:
+        raise ModelNotFoundError(f"{uri!r} is not a runs:/RUN_ID/PATH artifact URI: retrain with `scanflow train`")
+    artifact_uri = mlflow_client(tracking_uri).get_run(run_id).info.artifact_uri
+    folder, _, name = path.rpartition("/")
+    # The repository of the artifact's folder: the file lands as dst/NAME, as with the runs:/ resolver.
+    repository = get_artifact_repository(f"{artifact_uri}/{folder}" if folder else artifact_uri, tracking_uri=tracking_uri)
+    return repository.download_artifacts(name, dst)
+
+
 def log_detector(run_id: str, detector: Detector) -> tuple[str, str]:
     """Save a fitted detector into the run's artifacts; returns its `runs:/` URI and its sha256 (a `digests_tag`)."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -508,13 +618,14 @@ def log_detector(run_id: str, detector: Detector) -> tuple[str, str]:
     return f"runs:/{run_id}/{DETECTOR_ARTIFACT_PATH}/{DETECTOR_FILE}", digest
 
 
+@_tracking_errors
 def load_detector(config: TrackingConfig, alias: str = CHAMPION_ALIAS) -> tuple[Detector, str]:
     """The detector logged beside the classifier version at `alias`, and that version; its file is checked against
     the sha256 recorded at logging (TamperedArtifactError when it differs)."""
     version = _version_by_alias(config, alias)
     uri = _required_tag(config, version, DETECTOR_TAG, "no drift detector was logged beside it")
     with tempfile.TemporaryDirectory() as tmp:
-        path = mlflow.artifacts.download_artifacts(uri, dst_path=tmp)
+        path = download_run_artifact(config.tracking_uri, uri, tmp)
         verify_digests(tmp, version.tags.get(DETECTOR_DIGEST_TAG), f"the detector of {config.classifier_name} version {version.version} ({uri})")
         detector = Detector.load(path)
     contract = _adopted_contract(version)
@@ -523,6 +634,7 @@ def load_detector(config: TrackingConfig, alias: str = CHAMPION_ALIAS) -> tuple[
     return detector, str(version.version)
 
 
+@_tracking_errors
 def log_detection(config: TrackingConfig, summary: Mapping[str, Any], grid_png: bytes | None = None, extra_tags: Mapping[str, str] | None = None) -> str:
     """One MLflow run per detected batch: verdict as metrics and tags (plus `extra_tags`, e.g. the Prefect flow run),
     the JSON summary and the critical-sample grid as artifacts. Returns the run id (the Evidently report is added
@@ -547,6 +659,7 @@ def log_detection(config: TrackingConfig, summary: Mapping[str, Any], grid_png: 
     return run_id
 
 
+@_tracking_errors
 def log_artifact_file(run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
     MlflowClient().log_artifact(run_id, str(path), artifact_path=artifact_path)
 
@@ -561,6 +674,7 @@ FILTER_TAG = "scanflow.filter"
 FILTER_GATE_TAG = "scanflow.filter_gate"
 
 
+@_tracking_errors
 def register_candidate(
     run_id: str,
     config: TrackingConfig,
@@ -629,6 +743,7 @@ def register_candidate(
     return created
 
 
+@_tracking_errors
 def load_input_filter(config: TrackingConfig, alias: str = CHAMPION_ALIAS) -> Any:
     """`LoadedModels.input_filter` of the version at `alias`, downloading its models only when it filters. The drift
     detector of a filtered version watches the cleaned images."""
@@ -637,10 +752,12 @@ def load_input_filter(config: TrackingConfig, alias: str = CHAMPION_ALIAS) -> An
     return load_models(config, alias).input_filter
 
 
+@_tracking_errors
 def version_tags(config: TrackingConfig, version: str) -> dict[str, str]:
     return dict(_client(config).get_model_version(config.classifier_name, str(version)).tags)
 
 
+@_tracking_errors
 def champion_version_or_none(config: TrackingConfig) -> str | None:
     """The champion's classifier version, None when no version has the alias yet (one registry read; an unreachable
     or failing store still raises)."""
@@ -650,16 +767,19 @@ def champion_version_or_none(config: TrackingConfig) -> str | None:
         return None
 
 
+@_tracking_errors
 def has_champion(config: TrackingConfig) -> bool:
     """Whether the classifier has a version with the champion alias (the store is checked to be reachable)."""
     return champion_version_or_none(config) is not None
 
 
+@_tracking_errors
 def champion_version(config: TrackingConfig) -> str:
     """The classifier version the champion alias points at."""
     return str(_version_by_alias(config, CHAMPION_ALIAS).version)
 
 
+@_tracking_errors
 def promote(config: TrackingConfig, version: str, reason: str) -> str:
     """Make `version` the champion (its autoencoder alias first, then the classifier's, the switch itself);
     returns the version it replaced, remembered on the new champion for `rollback`. Refuses (UnusableVersionError)
@@ -717,6 +837,7 @@ def _check_restorable(client: MlflowClient, config: TrackingConfig, target: Any)
                                    f"{VERDICT_TAG} tag on it or its run {target.run_id}); {fix}")
 
 
+@_tracking_errors
 def rollback(config: TrackingConfig, to_version: str | None = None) -> tuple[str, str]:
     """Point the champion alias back at the version the current champion replaced (or at `to_version`).
     Returns (from_version, to_version). Refuses (UnusableVersionError) a version that did not finish logging or was
@@ -749,6 +870,7 @@ KNOWN_SHIFT_TAG_PREFIX = "scanflow.known_shift."
 KNOWN_SHIFT_ARTIFACT = "known-shift.npz"
 
 
+@_tracking_errors
 def log_known_shift(config: TrackingConfig, shift: KnownShift) -> None:
     """Keep `shift` as `known-shift.npz` in its decision's run and list that run on the classifier version it
     applies to (tag `scanflow.known_shift.<batch_id>` = run id): the version's detector will not ask about it again."""
@@ -761,6 +883,7 @@ def log_known_shift(config: TrackingConfig, shift: KnownShift) -> None:
     client.set_model_version_tag(config.classifier_name, shift.model_version, key, shift.mlflow_run_id)
 
 
+@_tracking_errors
 def known_shifts(config: TrackingConfig, version: str) -> list[KnownShift]:
     """The shifts decided about for classifier `version` (see `log_known_shift`), in batch id order."""
     run_ids = [run_id for key, run_id in sorted(version_tags(config, version).items()) if key.startswith(KNOWN_SHIFT_TAG_PREFIX)]
@@ -772,12 +895,13 @@ def _known_shift_record(tracking_uri: str, run_id: str) -> KnownShift:
     """One run's known-shift record, downloaded once per process: a record never changes after it is logged (the
     version's tags, read every time, say which records exist)."""
     with tempfile.TemporaryDirectory() as tmp:
-        path = mlflow_client(tracking_uri).download_artifacts(run_id, KNOWN_SHIFT_ARTIFACT, tmp)
+        path = download_run_artifact(tracking_uri, f"runs:/{run_id}/{KNOWN_SHIFT_ARTIFACT}", tmp)
         shift = KnownShift.from_bytes(Path(path).read_bytes())
     shift.signature.flags.writeable = False
     return shift
 
 
+@_tracking_errors
 def log_json(run_id: str, data: Mapping[str, Any], artifact_file: str) -> None:
     MlflowClient().log_dict(run_id, dict(data), artifact_file)
 
@@ -791,6 +915,7 @@ class ServedModel:
     info: Any
 
 
+@_tracking_errors
 def load_served_model(config: TrackingConfig, alias: str = CHAMPION_ALIAS) -> ServedModel:
     """The pyfunc of the classifier at `alias`, with the dataset description it was trained for."""
     from scanflow.data import dataset_info
@@ -809,6 +934,7 @@ def load_served_model(config: TrackingConfig, alias: str = CHAMPION_ALIAS) -> Se
     return ServedModel(model, str(version.version), dataset_info(version.tags.get("scanflow.dataset", "default")))
 
 
+@_tracking_errors
 def log_predictions(
     config: TrackingConfig, batch_id: str, model_version: str, labels: np.ndarray, classes: Sequence[str],
     tags: Mapping[str, str] | None = None,

@@ -8,7 +8,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.retries import IO_RETRIES
-from scanflow.errors import ModelNotFoundError, worth_retrying
+from scanflow.errors import ModelNotFoundError, TrackingUnavailableError, worth_retrying
 from scanflow.storage import StorageUnavailableError
 
 pytestmark = pytest.mark.slow
@@ -16,9 +16,11 @@ FAST = {**IO_RETRIES, "retry_delay_seconds": 0}
 
 
 def test_what_is_worth_retrying():
-    assert worth_retrying(StorageUnavailableError("S3 did not answer")) and worth_retrying(TimeoutError("slow"))
+    assert worth_retrying(ConnectionError("refused")) and worth_retrying(TimeoutError("slow"))
     assert worth_retrying(RuntimeError("unknown"))
     assert not worth_retrying(ModelNotFoundError("no model 'nope'"))
+    # Raised once the client's own bounded retries are spent: another round would only multiply the wait.
+    assert not worth_retrying(StorageUnavailableError("S3 did not answer")) and not worth_retrying(TrackingUnavailableError("MLflow did not answer"))
 
 
 @pytest.mark.parametrize(("error", "attempts"), [(ModelNotFoundError("no registered model 'nope'"), 1), (ConnectionError("refused"), 3)])
