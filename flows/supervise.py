@@ -43,6 +43,8 @@ from flows.settings import shared_batch, storage_store, supervision_settings, tr
 from flows.steps import Steps, in_process
 from scanflow import tracking as scanflow_tracking
 from scanflow.config import TrackingConfig
+from scanflow.data import DatasetInfo, default_cache_dir
+from scanflow.errors import ScanflowError
 from scanflow.human import (
     ACTIONS,
     Decision,
@@ -57,7 +59,7 @@ from scanflow.human import (
 from scanflow.orphans import Owner, this_process
 from scanflow.progress import PROGRESS, OwnerRun, RecordedDecision, read_progress, record_decision, record_owner, record_row, registry_key
 from scanflow.storage import absolute_location
-from scanflow.stream import StreamBatch, open_stream
+from scanflow.stream import StreamBatch, image_stream, open_stream, stream_state_dir
 from scanflow.supervision import (
     DecisionRequest,
     SupervisionSettings,
@@ -367,6 +369,27 @@ def respond_flow(
     return {"batch_id": batch.batch_id, "is_drift": True, "p_value": detection["p_value"], "improvement": improvement}
 
 
+@task(cache_policy=NO_CACHE, **IO_RETRIES)
+def image_stream_batches(config: TrackingConfig, stream: str, files_per_batch: int | None, store: Any, human: str) -> tuple[list[StreamBatch], Path]:
+    """The batches of an image stream in the champion's contract, and the folder that keeps them and the progress."""
+    version = current_champion.fn(config)
+    if version is None:
+        raise ScanflowError(f"no champion of {config.classifier_name} to supervise {stream} with: train one "
+                            "(scanflow train) or adopt yours (scanflow adopt MODEL_URI --reference PATH)")
+    contract = scanflow_tracking.ModelContract.from_tags(scanflow_tracking.version_tags(config, version))
+    if contract is None:
+        raise ScanflowError(f"{config.classifier_name} v{version} records no input contract: retrain or adopt it again")
+    info = DatasetInfo(contract.dataset, contract.classes, *contract.input_shape, source=stream)
+    state = stream_state_dir(stream, default_cache_dir())
+    batches, notes = image_stream(stream, info, state, files_per_batch, store)
+    for line in notes:
+        print(line)
+    if human == "oracle" and any(not batch.labels_path.is_file() for batch in batches):
+        raise ScanflowError(f"the oracle answers from true labels, and the batches of {stream} carry none: put each "
+                            "batch's files in class sub-folders, or answer as a person (--human person) or by the policy")
+    return batches, state
+
+
 @flow(name="supervise", log_prints=True, persist_result=True, result_serializer="json")
 def supervise_flow(
     stream_dir: str | None = None,
@@ -388,8 +411,16 @@ def supervise_flow(
     step_deployments: str | None = None,
     seed: int = 0,
     demo: bool = False,
+    stream: str | None = None,
+    files_per_batch: int | None = None,
 ) -> dict:
     """Supervise a production stream batch by batch (see the module docstring).
+
+    `stream`: instead of `stream_dir`, a folder or `s3://bucket/prefix/` that receives image files: each new
+    sub-folder (or, with `files_per_batch`, each group of that many new files) is a batch, read into the champion's
+    input contract. What was read is kept under the data cache (`scanflow.stream.stream_state_dir`), so a run on the
+    same stream later (a schedule: the `supervise-stream` deployment) supervises only the new batches, never one
+    twice. Needs a champion; the oracle needs class sub-folders inside each batch (its true labels).
 
     `stream_dir`: a folder written by `scanflow.stream.make_stream` (stream.json beside the batches). With `demo`,
     a demo stream is written there (default `./stream/`) unless one is there already: `n_batches` batches of
@@ -410,14 +441,22 @@ def supervise_flow(
                                     action_on_timeout=action_on_timeout, promotion_margin=promotion_margin,
                                     ask_known_shifts=ask_known_shifts)
     print(f"supervision policy: {settings}")
-    batches = open_stream(stream_dir, demo, dataset, n_batches, batch_size, drift_at, corruption, seed=seed)
     steps = Steps(step_deployments, tracking, storage)
     config = tracking_config(tracking)
-    if current_champion(config) is None:
-        print(f"no champion of {config.classifier_name} yet: training one on {dataset}")
-        steps.run(train_flow, dataset=dataset, seed=seed)
     store = storage_store(storage)
-    folder, key = Path(batches[0].path).parent, registry_key(config.tracking_uri, config.classifier_name)
+    if stream is not None:
+        batches, folder = image_stream_batches(config, stream, files_per_batch, store, human)
+        if not batches:
+            print(f"{stream}: no batch yet")
+            return {"batches": [], "champion": current_champion(config), "tracking_uri": config.tracking_uri,
+                    "prefect_flow_run_id": str(flow_run.id or "")}
+    else:
+        batches = open_stream(stream_dir, demo, dataset, n_batches, batch_size, drift_at, corruption, seed=seed)
+        folder = Path(batches[0].path).parent
+        if current_champion(config) is None:
+            print(f"no champion of {config.classifier_name} yet: training one on {dataset}")
+            steps.run(train_flow, dataset=dataset, seed=seed)
+    key = registry_key(config.tracking_uri, config.classifier_name)
     progress = read_progress(folder, key)
     given = end_abandoned_run(progress.owner, flow_run.id)
     me = this_process()

@@ -382,6 +382,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     supervise.add_argument("--stream-dir", help="folder of a stream written before (with --demo: where the demo stream goes, default ./stream)")
     supervise.add_argument("--demo", action="store_true", help="write a demo stream to ./stream (or --stream-dir) and supervise it")
+    supervise.add_argument("--stream", help="a folder or s3://bucket/prefix/ receiving image files: each new sub-folder is a "
+                           "batch (or each --files-per-batch new files); run it again, or on a schedule, for the new ones")
+    supervise.add_argument("--files-per-batch", type=positive_int, help="with --stream: batches of this many new files "
+                           "directly under it, instead of sub-folders")
     supervise.add_argument("--dataset", type=dataset_name, default="default")
     supervise.add_argument("--batches", type=positive_int, default=6, help="demo stream: number of batches (default: 6)")
     supervise.add_argument("--batch-size", type=positive_int, default=200, help="demo stream: images per batch (default: 200)")
@@ -634,6 +638,14 @@ def _check_stream_source(args: argparse.Namespace) -> None:
                             f"corrupted batch, 0..{args.batches - 1} (or {args.batches} for a stream without drift)")
     from scanflow.stream import MANIFEST, read_stream
 
+    if args.stream is not None:
+        if args.demo or args.stream_dir:
+            raise ScanflowError("--stream is a folder of image files; --stream-dir and --demo are a stream of .npy batches: give one of them")
+        if not args.stream.startswith("s3://") and not Path(args.stream).is_dir():
+            raise ScanflowError(f"no stream folder {args.stream}: give a folder (or s3://bucket/prefix/) whose sub-folders are batches of images")
+        return
+    if args.files_per_batch is not None:
+        raise ScanflowError("--files-per-batch goes with --stream (a folder of image files)")
     if not args.demo:
         if args.stream_dir is None:
             raise ScanflowError("no stream to supervise: give --stream-dir DIR (a folder with stream.json) or --demo for a demo stream")
@@ -660,6 +672,7 @@ def _supervise(args: argparse.Namespace) -> int:
         drift_at=args.drift_at, corruption=args.corruption, human=human, policy=args.policy, tracking=args.tracking,
         budget=args.budget, alpha=args.alpha, pause_timeout_s=args.timeout, action_on_timeout=args.on_timeout,
         ask_known_shifts=args.ask_known_shifts, step_deployments=args.step_deployments, demo=args.demo,
+        stream=args.stream, files_per_batch=args.files_per_batch,
     )
     print()
     print(summary_markdown(result["batches"]))

@@ -7,10 +7,13 @@ read. Images come from the dataset's test split, seeded, without repetition acro
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -36,8 +39,11 @@ class StreamBatch:
         """The batch's true labels (int64 [N]), kept beside the stream for the oracle and the report."""
         return np.load(self.labels_path, allow_pickle=False)
 
-    def accuracy(self, predicted: Sequence[int] | np.ndarray) -> float:
-        """Share of `predicted` labels (int [N]; -1 = rejected, counted wrong) equal to the true ones."""
+    def accuracy(self, predicted: Sequence[int] | np.ndarray) -> float | None:
+        """Share of `predicted` labels (int [N]; -1 = rejected, counted wrong) equal to the true ones; None for a
+        batch without true labels (image files without class folders)."""
+        if not self.labels_path.is_file():
+            return None
         return float(np.mean(np.asarray(predicted) == self.true_labels()))
 
 
@@ -110,3 +116,56 @@ def open_stream(directory: str | Path | None, demo: bool, dataset: str = "defaul
         raise ScanflowError(f"{folder} holds files but no stream ({MANIFEST} missing): a demo stream is never written over "
                             "them; give an empty or new folder with --stream-dir")
     return make_stream(folder, dataset, n_batches, batch_size, drift_at, corruption, seed=seed)
+
+
+# ------------------------------------------------------------------------------------------ streams of image files
+#: What an image stream's state folder records: batch id -> the files (relative to the stream root) it was made of.
+UNITS = "units.json"
+_BATCH_ID_CHARS = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def stream_state_dir(root: str, cache_dir: str | Path) -> Path:
+    """Where Scanflow keeps what it read from the image stream `root` (a folder or s3:// prefix): the batches in the
+    model's contract, their labels when the files carry them, `units.json` and the supervise progress. Never inside
+    the user's folder."""
+    name = hashlib.sha256(str(root).rstrip("/").encode()).hexdigest()[:16]
+    return Path(cache_dir) / "streams" / name
+
+
+def _batch_id(key: str) -> str:
+    """A batch id (letters, digits, '.', '_', '-'; not starting with a dot) from a unit's folder or first file."""
+    text = _BATCH_ID_CHARS.sub("-", Path(key).stem if "." in key else key).lstrip(".") or "batch"
+    return text[:128]
+
+
+def image_stream(root: str, info: Any, state_dir: str | Path, files_per_batch: int | None = None, store: Any = None,
+                 on_bad: str = "refuse") -> tuple[list[StreamBatch], list[str]]:
+    """The batches of the image stream `root`: each sub-folder (or, with `files_per_batch`, each group of that many
+    files directly under it) is a batch, read into the model's contract `info` and kept in `state_dir` as
+    `<batch_id>.npy` (labels in `labels/` when class sub-folders carry them). Batches made before are returned first,
+    in the order they were made, then the new ones; a file already in a batch is never in another, so a restart
+    neither skips nor repeats one. Returns (batches, what was converted or skipped, one line per batch)."""
+    from scanflow.images import ImageContract, list_batch_units, read_batch_unit
+
+    state = Path(state_dir)
+    state.mkdir(parents=True, exist_ok=True)
+    units_file = state / UNITS
+    made: dict[str, list[str]] = json.loads(units_file.read_text()) if units_file.is_file() else {}
+    done = {name for files in made.values() for name in files}
+    notes: list[str] = []
+    for unit in list_batch_units(root, files_per_batch=files_per_batch, processed=done, store=store):
+        batch_id = _batch_id(unit.key)
+        while batch_id in made:
+            batch_id = f"{batch_id}-{len(made)}"
+        images = read_batch_unit(unit, ImageContract.of(info), classes=info.classes, on_bad=on_bad, store=store)
+        np.save(state / f"{batch_id}.npy", images.images.numpy())
+        if images.labels is not None:
+            (state / "labels").mkdir(exist_ok=True)
+            np.save(state / "labels" / f"{batch_id}.npy", images.labels.numpy())
+        notes += [f"batch {batch_id} ({len(images)} files from {unit.key}): {line}" for line in images.describe()]
+        made[batch_id] = list(unit.files)
+        temporary = units_file.with_suffix(".tmp")
+        temporary.write_text(json.dumps(made, indent=1))
+        temporary.replace(units_file)  # recorded only once its batch file is complete
+    batches = [StreamBatch(batch_id, str(state / f"{batch_id}.npy"), None, None) for batch_id in made]
+    return batches, notes

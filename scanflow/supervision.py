@@ -153,13 +153,17 @@ ACTION_HELP = {
 }
 
 
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
 def batch_row(batch: StreamBatch, prediction: Mapping[str, Any], detection: Mapping[str, Any]) -> dict[str, Any]:
     """The report row of one batch after predict and detect (accuracy from the labels kept beside the stream)."""
     return {
         "batch": batch.batch_id, "corrupted": batch.corruption or "no", "model": f"v{prediction['model_version']}",
         "drift": "yes" if detection["is_drift"] else "no", "p_value": round(detection["p_value"], 4),
         "decision": "-", "decided_by": "-", "labels_used": 0,
-        "accuracy_before": round(batch.accuracy(prediction["labels"]), 4), "accuracy_after": None, "promoted": "-",
+        "accuracy_before": _rounded(batch.accuracy(prediction["labels"])), "accuracy_after": None, "promoted": "-",
     }
 
 
@@ -170,7 +174,7 @@ def with_decision(row: Mapping[str, Any], batch: StreamBatch, improvement: Mappi
         "promoted": "yes" if improvement["promoted"] else (
             "needs labels" if (improvement.get("verdict") or {}).get("outcome") == "not enough labels" else "no"),
         "labels_used": (improvement.get("outcome") or {}).get("n_labels_used", 0),
-        "accuracy_after": round(batch.accuracy(after["labels"]), 4),
+        "accuracy_after": _rounded(batch.accuracy(after["labels"])),
     }
 
 
@@ -183,7 +187,7 @@ def summary_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
     header = "| batch | corrupted | model | drift | p | decision | by | labels | accuracy before | after | promoted |\n|---|---|---|---|---|---|---|---|---|---|---|\n"
     body = "\n".join(
         f"| {r['batch']} | {r['corrupted']} | {r['model']} | {r['drift']} | {r['p_value']} | {r['decision']} | {r['decided_by']} | "
-        f"{r['labels_used']} | {r['accuracy_before']:.3f} | {'-' if r['accuracy_after'] is None else format(r['accuracy_after'], '.3f')} | {r['promoted']} |"
+        f"{r['labels_used']} | {'-' if r['accuracy_before'] is None else format(r['accuracy_before'], '.3f')} | {'-' if r['accuracy_after'] is None else format(r['accuracy_after'], '.3f')} | {r['promoted']} |"
         for r in rows
     )
     return "# Supervised stream\n\n" + header + body

@@ -77,3 +77,15 @@ def test_the_kubernetes_base_job_template_creates_a_work_pool(prefect_server):
     container = pool.base_job_template["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]["containers"][0]
     assert {"secretRef": {"name": "{{ s3_secret_name }}"}} in container["envFrom"]
     assert container["securityContext"]["runAsUser"] == 1000
+
+
+def test_an_image_stream_deploys_on_a_schedule_one_run_at_a_time(prefect_server, tmp_path):
+    """`--name stream`: supervise the new sub-folders of $SCANFLOW_STREAM every 5 minutes, never two runs at once."""
+    run_env = {**os.environ, "PREFECT_API_URL": prefect_server, "SCANFLOW_PROJECT_DIR": str(REPO), "SCANFLOW_STREAM": str(tmp_path)}
+    _prefect("work-pool", "create", "scanflow-process", "--type", "process", "--overwrite", env=run_env)
+    _prefect("--no-prompt", "deploy", "--prefect-file", "infra/prefect.yaml", "--name", "stream", env=run_env)
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name("supervise/stream")
+        assert deployment.parameters == {"stream": str(tmp_path), "human": "person", "step_deployments": "process"}
+        assert [s.schedule.interval.total_seconds() for s in deployment.schedules] == [300.0]
+        assert deployment.global_concurrency_limit is not None and deployment.global_concurrency_limit.limit == 1

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 import os
 import threading
 
@@ -160,3 +162,41 @@ def test_a_person_answers_from_the_command_line(env, tmp_path, prefect_server):
     assert "  #   row  score  model's guess" in accepted.stdout and "critical samples: " in accepted.stdout
     assert "answered flow run" in accepted.stdout and "ignore with 0 of 20 samples labelled" in accepted.stdout
     assert result["batches"][0]["decision"] == "ignore" and result["batches"][0]["decided_by"] == "human"
+
+
+def _png_batch(folder, images, labels, classes) -> None:
+    """One batch folder of PNG files in class sub-folders (ImageFolder layout: the labels the oracle reads)."""
+    from PIL import Image
+
+    for i, (image, label) in enumerate(zip(images, labels)):
+        target = folder / classes[int(label)]
+        target.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image[0]).save(target / f"{i:03d}.png")
+
+
+def test_a_stream_of_image_folders_is_supervised_batch_by_batch_and_a_rerun_takes_only_the_new_ones(env, digits, tmp_path, monkeypatch):
+    """Each new sub-folder is a batch; what was read is kept outside the user's folder, which is never written."""
+    monkeypatch.setenv("SCANFLOW_CACHE_DIR", str(tmp_path / "cache"))
+    _, test = digits
+    order = np.random.default_rng(0).permutation(len(test))
+    classes, images, labels = test.info.classes, test.images.numpy()[order], test.labels.numpy()[order]
+    stream = tmp_path / "photos"
+    for b in range(2):
+        _png_batch(stream / f"day-{b}", images[b * 60:(b + 1) * 60], labels[b * 60:(b + 1) * 60], classes)
+    user_files = sorted(p.relative_to(stream) for p in stream.rglob("*"))
+
+    first = supervise_flow(stream=str(stream), human="oracle", budget=10)["batches"]
+    assert [r["batch"] for r in first] == ["day-0", "day-1"]
+    assert all(r["accuracy_before"] > 0.7 for r in first)
+
+    _png_batch(stream / "day-2", images[120:180], labels[120:180], classes)
+    second = supervise_flow(stream=str(stream), human="oracle", budget=10)["batches"]
+    assert [r["batch"] for r in second] == ["day-0", "day-1", "day-2"]
+    assert second[:2] == first  # the batches supervised before are reported from the record, not supervised again
+    config = TrackingConfig.from_env()
+    client = tracking.mlflow_client(config.tracking_uri)
+    experiment = client.get_experiment_by_name(config.experiment_name).experiment_id
+    detected = [r.data.tags["scanflow.batch_id"] for r in client.search_runs([experiment], "tags.`scanflow.kind` = 'detect'", max_results=1000)]
+    assert sorted(b for b in detected if b.startswith("day-")) == ["day-0", "day-1", "day-2"]  # each batch tested once
+    assert set(user_files) <= {p.relative_to(stream) for p in stream.rglob("*")}
+    assert not any(p.name in ("progress.json", "units.json") for p in stream.rglob("*"))

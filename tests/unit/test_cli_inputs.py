@@ -55,6 +55,10 @@ BAD_COMMAND_LINES = [
      "shot_noise, impulse_noise, glass_blur"),
     (["corrupt", "--output", "{dir}"], ARGPARSE + "--output: {dir} is a directory: give a file name such as corruptions.png"),
     # supervise
+    (["supervise", "--stream", "{missing}"], HANDLER + "no stream folder {missing}: give a folder (or s3://bucket/prefix/) whose sub-folders are batches of images"),
+    (["supervise", "--stream", "{dir}", "--demo"], HANDLER + "--stream is a folder of image files; --stream-dir and --demo are a stream of .npy batches"),
+    (["supervise", "--demo", "--files-per-batch", "3"], HANDLER + "--files-per-batch goes with --stream (a folder of image files)"),
+    (["supervise", "--stream", "{dir}", "--files-per-batch", "0"], ARGPARSE + "--files-per-batch: must be an integer >= 1, got 0"),
     (["supervise", "--demo", "--batches", "0"], ARGPARSE + "--batches: must be an integer >= 1, got 0"),
     (["supervise", "--demo", "--batch-size", "0"], ARGPARSE + "--batch-size: must be an integer >= 1, got 0"),
     (["supervise", "--demo", "--drift-at", "-1"], ARGPARSE + "--drift-at: must be an integer >= 0, got -1"),
