@@ -33,6 +33,7 @@ from scanflow.config import StorageConfig, TrackingConfig
 from scanflow.data import LabeledImages, dataset_info
 from scanflow.errors import ChampionMismatchError, UnusableVersionError
 from scanflow.human import InvalidDecisionError
+from scanflow.local_auth import MlflowAuth
 from scanflow.local import start_mlflow_server
 from scanflow.models import Autoencoder, Classifier
 from scanflow.storage import S3Store
@@ -256,8 +257,10 @@ def servers(s3_server, tmp_path_factory):
     store = S3Store(storage)
     store.ensure_bucket()
     folder = tmp_path_factory.mktemp("catalogue-mlflow")
-    server = start_mlflow_server(folder / "mlflow.db", f"s3://{BUCKET}/mlflow", storage.environment(), log_dir=folder)
-    env = {**storage.environment(), "MLFLOW_TRACKING_URI": server.tracking_uri, "SCANFLOW_CACHE_DIR": str(folder / "cache")}
+    auth = MlflowAuth.generate()
+    server = start_mlflow_server(folder / "mlflow.db", f"s3://{BUCKET}/mlflow", storage.environment(), log_dir=folder, auth=auth)
+    env = {**storage.environment(), **auth.environment(), "MLFLOW_TRACKING_URI": server.tracking_uri,
+           "SCANFLOW_CACHE_DIR": str(folder / "cache")}
     saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)
     try:

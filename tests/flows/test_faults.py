@@ -20,6 +20,7 @@ import pytest
 from mlflow import MlflowClient
 
 from scanflow.config import StorageConfig, TrackingConfig
+from scanflow.local_auth import MlflowAuth
 from scanflow.local import LocalMlflowServer, LocalS3Server, start_mlflow_server, start_seaweedfs
 from scanflow.orphans import ABORTED_TAG
 from scanflow.storage import S3Store
@@ -58,9 +59,13 @@ class Stack:
         self.s3.stop()
 
 
+#: The module's MLflow user: every start of its server (a restart too) and every client use it.
+AUTH = MlflowAuth.generate()
+
+
 def _start_mlflow(folder: Path, storage: StorageConfig, port: int | None = None) -> LocalMlflowServer:
     env = {**storage.environment(), "MLFLOW_S3_ENDPOINT_URL": storage.endpoint_url or ""}
-    return start_mlflow_server(folder / "mlflow.db", f"s3://{BUCKET}/mlflow", env, port=port, log_dir=folder)
+    return start_mlflow_server(folder / "mlflow.db", f"s3://{BUCKET}/mlflow", env, port=port, log_dir=folder, auth=AUTH)
 
 
 @pytest.fixture(scope="module")
@@ -70,9 +75,18 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
     storage = StorageConfig(bucket=BUCKET, endpoint_url=s3.endpoint_url, access_key_id=S3_ACCESS_KEY,
                             secret_access_key=S3_SECRET_KEY, prefix="prod")
     S3Store(storage).ensure_bucket()
+    saved = {name: os.environ.get(name) for name in AUTH.environment()}
+    os.environ.update(AUTH.environment())  # this process's MLflow calls, and the commands it starts
     stack = Stack(folder, s3, _start_mlflow(folder, storage))
-    yield stack
-    stack.stop()
+    try:
+        yield stack
+    finally:
+        stack.stop()
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 @pytest.fixture(scope="module")
@@ -267,15 +281,16 @@ def mlflow_runs_named(env: dict[str, str], name: str, since_ms: int) -> list:
     return [run for run in runs(env) if run.info.run_name == name and run.info.start_time >= since_ms]
 
 
-def paused_decision(batch_id: str, api_url: str | None = None) -> str | None:
-    """The id of the paused decision form of `batch_id` on the Prefect server at `api_url` (default: the session's),
-    once its schema is saved."""
+def paused_decision(batch_id: str, api_url: str | None = None, auth_string: str | None = None) -> str | None:
+    """The id of the paused decision form of `batch_id` on the Prefect server at `api_url` (default: the session's,
+    with its `auth_string`), once its schema is saved."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName, FlowRunFilterState, FlowRunFilterStateType
     from prefect.client.schemas.objects import StateType
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
-    with temporary_settings(updates={PREFECT_API_URL: api_url} if api_url else {}), get_client(sync_client=True) as client:
+    updates = {PREFECT_API_URL: api_url, PREFECT_API_AUTH_STRING: auth_string} if api_url else {}
+    with temporary_settings(updates=updates), get_client(sync_client=True) as client:
         found = client.read_flow_runs(flow_run_filter=FlowRunFilter(
             name=FlowRunFilterName(any_=[f"decide-{batch_id}"]),
             state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED]))))
@@ -399,16 +414,17 @@ def test_supervise_killed_in_a_retrain_carries_out_the_decision_once(champion, t
 # ------------------------------------------------------------------------------------- Prefect restart in a pause
 def test_a_pause_stays_answerable_across_a_restart_of_the_prefect_server(champion, tmp_path):
     from scanflow.local import start_prefect_server
+    from scanflow.local_auth import new_prefect_auth_string
 
-    home = tmp_path / "prefect"
-    server = start_prefect_server(log_dir=tmp_path, home=home)
+    home, auth_string = tmp_path / "prefect", new_prefect_auth_string()
+    server = start_prefect_server(log_dir=tmp_path, home=home, auth_string=auth_string)
     try:
-        env = {**champion, "PREFECT_API_URL": server.api_url}
+        env = {**champion, "PREFECT_API_URL": server.api_url, "PREFECT_API_AUTH_STRING": auth_string}
         stream = new_stream(tmp_path / "stream", "shot_noise")
         process = supervise(env, stream, "--interactive", "--timeout", "900")
-        child = wait_until(lambda: paused_decision("batch-001", server.api_url), "the decision form of batch-001 waited", process)
+        child = wait_until(lambda: paused_decision("batch-001", server.api_url, auth_string), "the decision form of batch-001 waited", process)
         server.stop()
-        server = start_prefect_server(port=server.port, log_dir=tmp_path, home=home)
+        server = start_prefect_server(port=server.port, log_dir=tmp_path, home=home, auth_string=auth_string)
         assert process.poll() is None, f"the paused supervise run did not outlive the restart: {finish(process)}"
         code, out, err = finish(scanflow(env, "answer", child, "--action", "ignore", "--note", "after the restart"))
         assert code == 0 and f"answered flow run {child}: ignore" in out, (out + err)[-3000:]
