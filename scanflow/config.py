@@ -27,7 +27,7 @@ ENVIRONMENT_DEFAULTS: dict[str, str] = {
     # Download progress bars are noise in logs.
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     # Prefect's client: 30 s per request (default 60). Its 5 retries (2 + 4 + 8 + 16 + 32 s) stay: they carry a
-    # paused run across a restart of its server (20-40 s here), and a server that is down at the start of a command
+    # paused run across a restart of its server, and a server that is down at the start of a command
     # is refused at once (Prefect retries connection errors only once it has connected).
     "PREFECT_API_REQUEST_TIMEOUT": "30",
 }
