@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Optional
 
 from prefect.blocks.core import Block
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from scanflow.config import DEFAULT_CLASSIFIER_NAME, DEFAULT_EXPERIMENT, TrackingConfig, default_tracking_uri
 
@@ -35,6 +35,10 @@ class MLflowTracking(Block):
     autoencoder_name: Optional[str] = Field(
         default=None, description="Registered model name of the autoencoder; empty means the classifier's name with -autoencoder."
     )
+    username: Optional[str] = Field(
+        default=None, description="User of an MLflow server that asks for one (its basic-auth app); empty: none or the environment's."
+    )
+    password: Optional[SecretStr] = Field(default=None, description="That user's password (kept secret by Prefect).")
 
     def config(self) -> TrackingConfig:
         """The plain settings the library takes."""
@@ -43,9 +47,17 @@ class MLflowTracking(Block):
                               classifier_name=self.classifier_name, autoencoder_name=autoencoder)
 
     @classmethod
-    def from_config(cls, config: TrackingConfig) -> "MLflowTracking":
+    def from_config(cls, config: TrackingConfig, username: str | None = None, password: str | None = None) -> "MLflowTracking":
         return cls(tracking_uri=config.tracking_uri, experiment_name=config.experiment_name,
-                   classifier_name=config.classifier_name, autoencoder_name=config.autoencoder_name)
+                   classifier_name=config.classifier_name, autoencoder_name=config.autoencoder_name,
+                   username=username, password=SecretStr(password) if password is not None else None)
+
+    def credentials_environment(self) -> dict[str, str]:
+        """MLFLOW_TRACKING_USERNAME/PASSWORD for MLflow's clients in the process that loaded the block; empty without
+        credentials. Never put into job variables or deployments: a step loads the block itself."""
+        if not self.username or self.password is None:
+            return {}
+        return {"MLFLOW_TRACKING_USERNAME": self.username, "MLFLOW_TRACKING_PASSWORD": self.password.get_secret_value()}
 
     def environment(self) -> dict[str, str]:
         """Variables for child processes (a worker's job variables, a container's env)."""

@@ -35,9 +35,13 @@ def tracking_config(tracking: str | None) -> TrackingConfig:
     """The `MLflowTracking` block named `tracking`, or the environment (`TrackingConfig.from_env`) when None."""
     if tracking is None:
         return TrackingConfig.from_env()
+    import os
+
     from blocks import MLflowTracking
 
-    return load_block(MLflowTracking, tracking).config()
+    block = load_block(MLflowTracking, tracking)
+    os.environ.update(block.credentials_environment())  # MLflow's clients read them from the environment
+    return block.config()
 
 
 def supervision_settings(policy: str | None, **overrides: Any) -> SupervisionSettings:

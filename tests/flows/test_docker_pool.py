@@ -65,11 +65,13 @@ def servers(s3_server, tmp_path_factory):
                               aws_secret_access_key=SecretStr(S3_SECRET_KEY), prefix="prod")
     storage.store().ensure_bucket()
     folder = tmp_path_factory.mktemp("mlflow-server")
+    auth = MlflowAuth.generate()
     mlflow_server = start_mlflow_server(folder / "mlflow.db", "s3://docker-pool/mlflow", {**storage.environment()}, log_dir=folder,
-                                        auth=MlflowAuth.generate())
+                                        auth=auth)
     try:
         config = TrackingConfig(mlflow_server.tracking_uri, "docker-pool", "docker-pool-classifier", "docker-pool-autoencoder")
-        MLflowTracking.from_config(config).save("docker-tracking", overwrite=True)
+        # The containers learn the server and its credentials from the block (a SecretStr), not from their environment.
+        MLflowTracking.from_config(config, auth.username, auth.password).save("docker-tracking", overwrite=True)
         storage.save("docker-storage", overwrite=True)
         storage.result_storage().save(RESULTS_DOCUMENT, overwrite=True)
         with pytest.MonkeyPatch.context() as patch:
