@@ -14,6 +14,16 @@ os.environ["SCANFLOW_ALLOW_DOWNLOAD"] = "0"
 import scanflow  # noqa: E402  (applies the telemetry-off environment defaults before mlflow/prefect load)
 
 
+@pytest.fixture(autouse=True)
+def _no_leaked_mlflow_experiment():
+    """A test that makes an experiment active (``mlflow.set_experiment``) does not leave its id to the next test, whose
+    server may not have it."""
+    from mlflow.tracking import fluent
+
+    yield
+    fluent._active_experiment_id = None
+
+
 def require(path: Path, what: str) -> Path:
     """Skip a test whose real data is absent on a developer machine; in CI the data must be there."""
     if path.exists():

@@ -48,6 +48,7 @@ def test_stack_up_tracks_artifacts_into_the_bucket_and_survives_a_restart(tmp_pa
 
         (tmp_path / "model-card.txt").write_text("champion v1")
         mlflow.set_tracking_uri(info.mlflow_tracking_uri)
+        mlflow.set_experiment("stack-restart")  # not an experiment id another test in this process made active
         with mlflow.start_run() as run:
             mlflow.log_artifact(str(tmp_path / "model-card.txt"))
         store = S3Store(StorageConfig(bucket=info.bucket, endpoint_url=info.s3_endpoint_url, access_key_id=info.access_key, secret_access_key=info.secret_key, prefix=""))
