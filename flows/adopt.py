@@ -27,7 +27,9 @@ from scanflow.adopt import (
     ForeignClassifier,
     adoption_epochs,
     InputContract,
+    ReferenceRecord,
     check_outputs,
+    improvable_actions,
     detector_components,
     parse_size,
     reference_splits,
@@ -80,8 +82,8 @@ def fit_models(classifier: ForeignClassifier, reference: ImageSet, info: Any, ep
 
 @task(cache_policy=NO_CACHE)
 def register(run_id: str, config: TrackingConfig, version: Any, contract: InputContract, autoencoder: Autoencoder,
-             detector: AutoencoderDetector, info: Any) -> str:
-    return scanflow_tracking.register_adoption(run_id, config, version, contract, autoencoder, detector, info)
+             detector: AutoencoderDetector, info: Any, reference: ReferenceRecord) -> str:
+    return scanflow_tracking.register_adoption(run_id, config, version, contract, autoencoder, detector, info, reference)
 
 
 @flow(name="adopt", log_prints=True, persist_result=True, result_serializer="json")
@@ -120,11 +122,12 @@ def adopt_flow(
     with scanflow_tracking.tracked_run(config, run_name=f"adopt-{config.classifier_name}", tags=tags) as run_id:
         scanflow_tracking.log_params(run_id, {"model_uri": model_uri, "reference": reference, "n_reference": len(images),
                                               "contract": contract.to_json()[:6000], "evidence": classifier.evidence})
-        supervised = register(run_id, config, version, contract, autoencoder, detector, info)
+        supervised = register(run_id, config, version, contract, autoencoder, detector, info, ReferenceRecord.of(images, on_bad))
+    actions, actions_note = improvable_actions(scanflow_tracking.version_tags(config, supervised))
     summary = {
         "model": config.classifier_name, "version": supervised, "adopted_from": model_uri, "mlflow_run_id": run_id,
         "reference_images": len(images), "conversions": list(images.describe()), "evidence": classifier.evidence,
-        "contract": contract.to_json(), "retrain_possible": contract.flavour == "pytorch",
+        "contract": contract.to_json(), "actions": list(actions), "actions_note": actions_note,
     }
     create_markdown_artifact(
         f"# Adopted {model_uri}\n\n`{config.classifier_name}` v{supervised} is the champion, watched by a detector fitted on "

@@ -37,13 +37,20 @@ from scanflow.detect import (
 )
 from scanflow.drift.autoencoder import AutoencoderDetector
 from scanflow.drift.known import ShiftMatch, match_known_shift
-from scanflow.human import policy_action
+from scanflow.adopt import improvable_actions
+from scanflow.human import ACTIONS, policy_action
 from scanflow.storage import S3Store, absolute_location
 
 
 @task(cache_policy=NO_CACHE, **IO_RETRIES)
 def load_champion_detector(config: TrackingConfig, alias: str) -> tuple[AutoencoderDetector, str]:
     return scanflow_tracking.load_detector(config, alias)
+
+
+@task(cache_policy=NO_CACHE, **IO_RETRIES)
+def improvable(config: TrackingConfig, version: str) -> tuple[tuple[str, ...], str]:
+    """The decisions champion `version` can carry out, and why not the others (`scanflow.adopt.improvable_actions`)."""
+    return improvable_actions(scanflow_tracking.version_tags(config, version))
 
 
 @task(cache_policy=NO_CACHE, **IO_RETRIES)
@@ -170,13 +177,17 @@ def detect_flow(
         announce_drift(detection, config.classifier_name, absolute_location(batch_path), responder)
     if report:
         evidently_report(detector, images, run_id)
+    actions, actions_note = improvable(config, model_version) if detection.result.is_drift else (ACTIONS, "")
+    recommended = policy_action(detection.result)
     return {
         **detection.summary(),
         "mlflow_run_id": run_id,
         "critical_rows": detection.critical_rows(),
         "guesses": [int(detection.predicted_labels[i]) for i in detection.selection.indices],
         "classes": list(detection.classes),
-        "recommended_action": policy_action(detection.result),
+        "recommended_action": recommended if recommended in actions else actions[0],
+        "actions": list(actions),
+        "actions_note": actions_note,
         "known_shift": known.to_dict() if known is not None else None,
         "grid_png_b64": base64.b64encode(grid_png).decode("ascii"),
         # What a person is shown on a drift (the decision form); nothing to show on a clean batch.

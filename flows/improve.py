@@ -25,8 +25,9 @@ from flows.retries import IO_RETRIES
 from flows.settings import read_batch, storage_store, tracking_config
 from scanflow import tracking as scanflow_tracking
 from scanflow.errors import ScanflowError
+from scanflow.adopt import CONTRACT_TAG, REFERENCE_TAG, InputContract, ReferenceRecord, improvable_actions, reference_data
 from scanflow.config import TrackingConfig
-from scanflow.data import LabeledImages, hold_out_calibration, load_train_test
+from scanflow.data import DatasetInfo, LabeledImages, hold_out_calibration, load_train_test
 from scanflow.drift.base import Detector
 from scanflow.drift.known import KnownShift
 from scanflow.human import Decision, check_decision_form, check_shown_rows, known_shift_rows
@@ -51,11 +52,18 @@ def load_champion(config: TrackingConfig) -> tuple[scanflow_tracking.LoadedModel
     return scanflow_tracking.load_models(config), scanflow_tracking.load_detector(config)[0]
 
 
-@task(cache_policy=NO_CACHE)
-def load_clean_data(dataset: str, data_dir: str | None, seed: int) -> tuple[LabeledImages, LabeledImages, LabeledImages]:
+@task(cache_policy=NO_CACHE, **IO_RETRIES)
+def load_clean_data(models: scanflow_tracking.LoadedModels, info: DatasetInfo, data_dir: str | None, seed: int,
+                    storage: str | None) -> tuple[LabeledImages, LabeledImages, LabeledImages]:
     """The champion's clean training images (replay), its calibration hold-out and its test split (clean holdout),
-    rebuilt with the same seed the train flow used."""
-    train, test = load_train_test(dataset, data_dir=data_dir, seed=seed)
+    rebuilt with the same seed the train flow used. An adopted model's come from its adoption's reference, checked
+    against the sha256 recorded then: the fit part is replayed, the calibration part judges and calibrates."""
+    if REFERENCE_TAG in models.tags:
+        contract = InputContract.from_json(models.tags[CONTRACT_TAG])
+        fit, calibration = reference_data(ReferenceRecord.from_json(models.tags[REFERENCE_TAG]), contract, info,
+                                          storage_store(storage), seed)
+        return fit, calibration, calibration
+    train, test = load_train_test(models.dataset, data_dir=data_dir, seed=seed)
     replay, calibration = hold_out_calibration(train, seed=seed)
     return replay, calibration, test
 
@@ -161,7 +169,7 @@ def improve_flow(
     shown_indices = list(check_shown_rows(shown_indices, len(images)))
     decision = Decision.checked(action, labels, len(shown_indices), detector.info.n_classes, note, decided_by)
     check_improvable(models, decision.action, config.classifier_name)
-    clean = load_clean_data(models.dataset, data_dir, seed) if decision.action != "ignore" else None
+    clean = load_clean_data(models, detector.info, data_dir, seed, storage) if decision.action != "ignore" else None
     run_tags = {
         "scanflow.kind": "improve", "scanflow.batch_id": batch_id, "scanflow.action": decision.action,
         "scanflow.decided_by": decision.decided_by, "scanflow.champion_version": models.classifier_version,
@@ -186,15 +194,11 @@ def improve_flow(
 
 
 def check_improvable(models: scanflow_tracking.LoadedModels, action: str, name: str) -> None:
-    """Refuse, before any run, to retrain or filter an adopted model (`scanflow adopt`): neither is built for a
-    model Scanflow did not train yet. Ignoring its drift (a known shift) works."""
-    from scanflow.models import Classifier
-
-    if action != "ignore" and not isinstance(models.classifier, Classifier):
-        raise ScanflowError(
-            f"{name} v{models.classifier_version} is an adopted model: Scanflow cannot {action} it yet; decide 'ignore', "
-            "or retrain it with your own code and adopt the new version (scanflow adopt models:/NAME/VERSION)"
-        )
+    """Refuse, before any run, a decision the champion cannot carry out (`scanflow.adopt.improvable_actions`): an
+    adopted model is retrained only as a pytorch module with a labelled reference, and never filtered yet."""
+    actions, why = improvable_actions(models.tags)
+    if action not in actions:
+        raise ScanflowError(f"{name} v{models.classifier_version} cannot {action}: {why}; decide {' or '.join(actions)}")
 
 
 def _improve(

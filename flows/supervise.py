@@ -75,7 +75,7 @@ def sample_field(position: int) -> str:
     return f"sample_{position + 1:02d}"
 
 
-def decision_form(request: DecisionRequest, actions: tuple[str, ...] = ACTIONS) -> type[RunInput]:
+def decision_form(request: DecisionRequest, actions: tuple[str, ...] | None = None) -> type[RunInput]:
     """The pause form for one batch. The verdict and recommendation head the action field; each critical sample is
     a field of its own whose description shows the image (at least 84 px tall) above a choice of class names that
     starts at the model's guess, marked as a guess (`scanflow.human.sample_choices`). The choices are enums in the
@@ -85,6 +85,7 @@ def decision_form(request: DecisionRequest, actions: tuple[str, ...] = ACTIONS) 
     their constraints (prefect 3.8.8). Per-field descriptions stay visible where the form's own description
     collapses to zero height (the Resume dialog, whenever the fields are taller than the dialog).
     """
+    actions = actions or request.actions
     fields: dict[str, Any] = {
         "action": (Literal[actions], Field(default=request.recommended if request.recommended in actions else actions[0],
                                            title="Action", description=request.heading_markdown())),
@@ -214,6 +215,9 @@ def answer_paused_run(run_id: str, action: str, labels: str | Sequence[Any] | No
     given = validate_labels(labels, len(request.guesses), len(request.classes)) if labels else None
     if action not in ACTIONS:
         raise InvalidDecisionError(f"unknown action {action!r}: choose one of {', '.join(ACTIONS)}")
+    if action not in request.actions:
+        raise InvalidDecisionError(f"model v{request.model_version} cannot {action}: {request.actions_note}; choose "
+                                   f"{' or '.join(request.actions)}")
     grid = request.save_grid(Path(tempfile.gettempdir()) / f"scanflow-{request.batch_id}-critical.png")
     print(f"{request.summary_line()}\ncritical samples: {grid}\n{request.table()}")
     try:
@@ -247,8 +251,10 @@ def respond(batch: StreamBatch, path: str, detection: dict, human: str, settings
         answer = state.result()
         decided_by = "human" if human == "person" else human
     else:
-        print(f"batch {batch.batch_id}: no answer within {settings.pause_timeout_s} s; the policy's default '{settings.action_on_timeout}' runs")
-        answer, decided_by = {"action": settings.action_on_timeout, "labels": None, "note": "pause timed out"}, "timeout"
+        action = settings.action_on_timeout if settings.action_on_timeout in request.actions else "ignore"
+        print(f"batch {batch.batch_id}: no answer within {settings.pause_timeout_s} s; the policy's default '{action}' runs"
+              + (f" (not '{settings.action_on_timeout}': {request.actions_note})" if action != settings.action_on_timeout else ""))
+        answer, decided_by = {"action": action, "labels": None, "note": "pause timed out"}, "timeout"
     decision = RecordedDecision(action=answer["action"], labels=answer["labels"], note=answer["note"], decided_by=decided_by,
                                 shown=list(request.shown), champion_version=str(detection["model_version"]),
                                 drift={k: detection[k] for k in ("statistic", "p_value", "threshold", "n_critical")})

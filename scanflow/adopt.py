@@ -13,9 +13,11 @@ model artifact is never rewritten: a version under another name is a new registr
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -23,6 +25,10 @@ from torch import nn
 
 from scanflow.data import DatasetInfo, LabeledImages
 from scanflow.errors import ScanflowError
+from scanflow.models import ImageSpec, to_float
+
+if TYPE_CHECKING:
+    from scanflow.images import ImageSet
 
 Flavour = Literal["pytorch", "pyfunc"]
 Output = Literal["logits", "probabilities", "labels"]
@@ -30,6 +36,8 @@ OUTPUTS: tuple[str, ...] = ("logits", "probabilities", "labels")
 #: Version tags that mark an adopted model: its flavour and its input contract (JSON).
 ADOPTED_TAG = "scanflow.adopted"
 CONTRACT_TAG = "scanflow.contract"
+#: Version tag with the adoption's reference (`ReferenceRecord` as JSON): what a retrain replays and is judged on.
+REFERENCE_TAG = "scanflow.reference"
 #: Images scored per forward pass of a foreign model.
 FOREIGN_BATCH = 256
 #: Reference images the autoencoder sees during an adoption when no epoch count is given (epochs = this / the
@@ -91,6 +99,62 @@ class InputContract:
         mean = torch.tensor(self.mean, dtype=torch.float32).view(1, -1, 1, 1)
         std = torch.tensor(self.std, dtype=torch.float32).view(1, -1, 1, 1)
         return (images.to(torch.float32) / 255.0 - mean) / std
+
+
+def images_sha256(images: torch.Tensor, labels: torch.Tensor | None) -> str:
+    """sha256 of uint8 images [N, C, H, W] as read into a contract, and of their labels when there are any."""
+    digest = hashlib.sha256(np.ascontiguousarray(images.numpy()).tobytes())
+    if labels is not None:
+        digest.update(np.ascontiguousarray(labels.numpy().astype(np.int64)).tobytes())
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class ReferenceRecord:
+    """Where an adoption's reference images came from and what they were: `source` (a folder, .npy/.npz or s3://
+    prefix), the bad-file policy it was read with, the count, whether class sub-folders labelled it, and the sha256
+    of the images as read into the contract. A retrain re-reads the source and refuses it when the sha256 differs."""
+
+    source: str
+    on_bad: str
+    n: int
+    labelled: bool
+    sha256: str
+
+    @classmethod
+    def of(cls, images: "ImageSet", on_bad: str) -> "ReferenceRecord":
+        return cls(images.source, on_bad, len(images), images.labels is not None, images_sha256(images.images, images.labels))
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "ReferenceRecord":
+        return cls(**json.loads(text))
+
+
+def improvable_actions(tags: Mapping[str, str]) -> tuple[tuple[str, ...], str]:
+    """The decisions a registered version (by its tags) can carry out, and why the others cannot ("" when all can).
+
+    A model Scanflow trained: retrain, filter, ignore. An adopted one: retrain when it is a pytorch module that
+    returns logits or probabilities and its reference was labelled (replay and the clean holdout need labels);
+    the filter is not built for adopted models."""
+    from scanflow.human import ACTIONS
+
+    if ADOPTED_TAG not in tags:
+        return ACTIONS, ""
+    contract = InputContract.from_json(tags[CONTRACT_TAG])
+    no_filter = "the filter is not built for adopted models yet"
+    if contract.flavour != "pytorch" or contract.output == "labels":
+        return ("ignore",), (f"a {contract.flavour} model that answers {contract.output} has no module Scanflow can "
+                             f"fine-tune, and {no_filter}: retrain it with your own code and adopt the new version")
+    reference = ReferenceRecord.from_json(tags[REFERENCE_TAG]) if REFERENCE_TAG in tags else None
+    if reference is None:
+        return ("ignore",), f"it was adopted without a record of its reference, and {no_filter}: adopt it again to retrain it"
+    if not reference.labelled:
+        return ("ignore",), (f"its reference {reference.source} has no labels (class sub-folders), which a retrain "
+                             f"replays and is judged on, and {no_filter}: adopt it again with a labelled reference")
+    return ("retrain", "ignore"), no_filter
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -226,6 +290,42 @@ class ForeignClassifier:
         return self.predict_proba(images, batch_size).argmax(dim=1)
 
 
+class ForeignModule(nn.Module):
+    """An adopted pytorch classifier as Scanflow's fine-tuning trains one (`scanflow.improve.retrain.fine_tune`):
+    float images [N, C, H, W] with values 0..1 in (the contract's normalisation applied inside), logits out; a model that
+    answers probabilities gives their logarithm, which softmax maps back to them. The user's module is trained in
+    place of a copy: `as_classifier` wraps it again for the detector and the flows."""
+
+    def __init__(self, classifier: ForeignClassifier) -> None:
+        super().__init__()
+        contract = classifier.contract
+        if not isinstance(classifier.model, nn.Module) or contract.output == "labels":
+            raise AdoptionError(f"a {contract.flavour} model that answers {contract.output} has no module to fine-tune")
+        self.net = classifier.model
+        self.contract = contract
+        self.spec = ImageSpec(contract.channels, contract.height, contract.width, len(contract.classes))
+        self.register_buffer("mean", torch.tensor(contract.mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(contract.std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raw = self.net((x - self.mean) / self.std)
+        return raw if self.contract.output == "logits" else torch.log(raw.clamp_min(1e-12))
+
+    def predict_proba(self, images: torch.Tensor) -> torch.Tensor:
+        """Class probabilities float32 [N, K] of uint8 images, in eval mode."""
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.inference_mode():
+                return torch.cat([torch.softmax(self(to_float(images[s:s + FOREIGN_BATCH])), dim=1)
+                                  for s in range(0, len(images), FOREIGN_BATCH)])
+        finally:
+            self.train(was_training)
+
+    def as_classifier(self) -> ForeignClassifier:
+        return ForeignClassifier(self.net, self.contract)
+
+
 class AdoptedServing:
     """An adopted model as the predict flow serves it: `predict(uint8 array)` gives int64 labels."""
 
@@ -258,6 +358,27 @@ def reference_splits(images: torch.Tensor, labels: torch.Tensor | None, info: Da
     fit, calibration = order[:cut].sort().values, order[cut:].sort().values
     return (LabeledImages(images[fit], labels[fit], info, "reference[fit]"),
             LabeledImages(images[calibration], labels[calibration], info, "reference[calibration]"))
+
+
+def reference_data(record: ReferenceRecord, contract: InputContract, info: DatasetInfo, store: Any = None,
+                   seed: int = 0) -> tuple[LabeledImages, LabeledImages]:
+    """The adoption's labelled reference again, as (fit, calibration) (`reference_splits`): what a retrain of the
+    adopted model replays and is judged on. Raises AdoptionError when the reference is unlabelled or is no longer
+    the images the model was adopted with (their sha256 differs), before any work."""
+    from scanflow.images import ImageContract, read_images
+
+    if not record.labelled:
+        raise AdoptionError(f"the reference {record.source} has no labels (class sub-folders): a retrain replays labelled "
+                            "reference images and is judged on them; adopt the model again with a labelled reference")
+    images = read_images(record.source, ImageContract(contract.channels, contract.height, contract.width),
+                         classes=contract.classes, on_bad=record.on_bad, store=store)
+    if images_sha256(images.images, images.labels) != record.sha256:
+        raise AdoptionError(
+            f"the reference {record.source} is not what the model was adopted with ({len(images)} images now, {record.n} "
+            "then; their sha256 differs): a retrain replays and is judged on the adoption's reference; restore it, or "
+            "adopt the model again on the new reference"
+        )
+    return reference_splits(images.images, images.labels, info, seed)
 
 
 def detector_components(contract: InputContract) -> tuple[str, ...]:

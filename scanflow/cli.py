@@ -942,8 +942,7 @@ def _adopt(args: argparse.Namespace) -> int:
         f"Evidence:    {summary['evidence']}",
         f"MLflow run:  {summary['mlflow_run_id']}",
     ]
-    if not summary["retrain_possible"]:
-        lines.append("Improve:     a pyfunc has no module to fine-tune: a decision can filter its inputs, not retrain it")
+    lines.append(f"Decisions:   {', '.join(summary['actions'])}" + (f" ({summary['actions_note']})" if summary["actions_note"] else ""))
     lines.append(f"Next:        export SCANFLOW_MODEL_NAME={summary['model']}; scanflow detect --batch BATCH")
     print("\n".join(lines))
     return 0

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict
 from scanflow.detect import DEFAULT_LABEL_BUDGET
 from scanflow.drift.base import DEFAULT_ALPHA
 from scanflow.errors import ScanflowError
+from scanflow.human import ACTIONS
 from scanflow.improve.promotion import DEFAULT_PROMOTION_MARGIN
 from scanflow.stream import StreamBatch
 
@@ -90,6 +91,9 @@ class DecisionRequest(BaseModel):
     thumbnails_b64: tuple[str, ...]
     grid_png_b64: str = ""
     mlflow_run_id: str = ""
+    #: The decisions the champion can carry out, and why not the others ("" when all can).
+    actions: tuple[str, ...] = ACTIONS
+    actions_note: str = ""
 
     @classmethod
     def from_detection(cls, detection: Mapping[str, Any]) -> "DecisionRequest":
@@ -102,7 +106,8 @@ class DecisionRequest(BaseModel):
             classes=tuple(detection["classes"]), shown=tuple(detection["selected_indices"]),
             scores=tuple(row["score"] for row in rows), guesses=tuple(detection["guesses"]),
             thumbnails_b64=tuple(detection["thumbnails_b64"]), grid_png_b64=detection.get("grid_png_b64", ""),
-            mlflow_run_id=detection.get("mlflow_run_id", ""),
+            mlflow_run_id=detection.get("mlflow_run_id", ""), actions=tuple(detection.get("actions", ACTIONS)),
+            actions_note=detection.get("actions_note", ""),
         )
 
     def heading_markdown(self) -> str:
@@ -112,9 +117,10 @@ class DecisionRequest(BaseModel):
             f"Drift statistic **{self.statistic:.2f}** against the threshold {self.threshold:.2f} (p = {self.p_value:.4f}); "
             f"{self.n_critical} of {self.n} images look critical. Recommended: **{self.recommended}** "
             f"({ACTION_HELP[self.recommended]}).\n\n"
-            "Below, each critical sample sits above its label. Its choice starts at the model's guess, which is not a "
-            "label until you pick a class name; \"not sure\" skips a sample. Retrain needs labels, filter does not "
-            "(labels you give judge it too). Then press Submit at the bottom."
+            + (f"Offered: {', '.join(self.actions)}, because {self.actions_note}.\n\n" if self.actions != ACTIONS else "")
+            + ("Below, each critical sample sits above its label. Its choice starts at the model's guess, which is not a "
+               "label until you pick a class name; \"not sure\" skips a sample. Retrain needs labels, filter does not "
+               "(labels you give judge it too). Then press Submit at the bottom.")
         )
 
     def sample_markdown(self, position: int) -> str:

@@ -21,7 +21,7 @@ import urllib.error
 import urllib.request
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -547,6 +547,7 @@ class LoadedModels:
     dataset: str = "default"
     denoiser: Denoiser | None = None
     gate_threshold: float | None = None
+    tags: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def is_filtered(self) -> bool:
@@ -575,7 +576,8 @@ def load_models(config: TrackingConfig, alias: str = CHAMPION_ALIAS) -> LoadedMo
             ae_dir = _download_verified(client, config.autoencoder_name, client.get_model_version(config.autoencoder_name, ae_version), tmp)
             autoencoder = Autoencoder.load(next(Path(ae_dir).rglob(f"{AUTOENCODER_ARTIFACT}.pt")))
         classifier = load_foreign_classifier(config.tracking_uri, version, contract)
-        return LoadedModels(classifier, autoencoder, str(version.version), str(ae_version), version.tags.get("scanflow.dataset", "default"))
+        return LoadedModels(classifier, autoencoder, str(version.version), str(ae_version), version.tags.get("scanflow.dataset", "default"),
+                            tags=dict(version.tags))
     with tempfile.TemporaryDirectory() as tmp:
         clf_dir = _download_verified(client, config.classifier_name, version, os.path.join(tmp, "clf"))
         ae_model = client.get_model_version(config.autoencoder_name, ae_version)
@@ -587,7 +589,7 @@ def load_models(config: TrackingConfig, alias: str = CHAMPION_ALIAS) -> LoadedMo
     gate = version.tags.get(FILTER_GATE_TAG, "none")
     return LoadedModels(
         classifier, autoencoder, str(version.version), str(ae_version), version.tags.get("scanflow.dataset", "default"),
-        denoiser, None if gate == "none" else float(gate),
+        denoiser, None if gate == "none" else float(gate), dict(version.tags),
     )
 
 
@@ -685,12 +687,15 @@ def register_candidate(
     tags: Mapping[str, str] | None = None,
     alias: str = CHALLENGER_ALIAS,
 ) -> str:
-    """Log an improved model (a retrained `Classifier` or a `FilteredClassifier`) as a new version of the
-    classifier, next to the champion's autoencoder, and point `alias` at it. Returns the new version.
+    """Log an improved model (a retrained `Classifier`, a `FilteredClassifier`, or a retrained adopted model: a
+    `ForeignClassifier`) as a new version of the classifier, next to the champion's autoencoder, and point `alias`
+    at it. Returns the new version. A retrained adopted model is logged in its own flavour (pytorch, with the
+    parent's signature and metadata) and keeps the parent's input contract and reference.
 
     A candidate brings its refitted `detector` (a filtered one's watches the cleaned images, fitted on cleaned clean
     images); without one the champion's detector is reused. All or nothing, like `register_models`.
     """
+    from scanflow.adopt import ADOPTED_TAG, CONTRACT_TAG, REFERENCE_TAG, ForeignClassifier
     from scanflow.improve.filter import FilteredClassifier
 
     client = _client(config)
@@ -705,7 +710,7 @@ def register_candidate(
             detector_digest = _required_tag(config, champion, DETECTOR_DIGEST_TAG, "its detector's sha256 was not recorded")
         is_filter = isinstance(candidate, FilteredClassifier)
         version_tags = {
-            **{k: v for k, v in champion.tags.items() if k in (DATASET_TAG, CLASSES_TAG, INPUT_SHAPE_TAG)},
+            **{k: v for k, v in champion.tags.items() if k in (DATASET_TAG, CLASSES_TAG, INPUT_SHAPE_TAG, ADOPTED_TAG, CONTRACT_TAG, REFERENCE_TAG)},
             **(tags or {}),
             KIND_TAG: "filter" if is_filter else "retrain",
             PARENT_TAG: str(champion_version),
@@ -725,6 +730,8 @@ def register_candidate(
                     "filtered-classifier", FilteredClassifierModel(info, candidate.reject_threshold, candidate.gate_threshold), artifacts,
                     classifier_signature(info), config.classifier_name,
                 )
+            elif isinstance(candidate, ForeignClassifier):
+                model_info = _log_foreign_pytorch(config, champion, candidate)
             else:
                 model_info = _log_pyfunc(
                     "classifier", ClassifierModel(info), {CLASSIFIER_ARTIFACT: candidate},
@@ -741,6 +748,21 @@ def register_candidate(
                 client.delete_model_version(config.classifier_name, created)
         raise
     return created
+
+
+def _log_foreign_pytorch(config: TrackingConfig, parent: Any, candidate: Any) -> Any:
+    """Log a retrained adopted module as the pytorch flavour, with its parent version's signature and metadata, and
+    register it under `config.classifier_name` (into the active run)."""
+    from mlflow import pytorch as mlflow_pytorch
+
+    if candidate.contract.flavour != "pytorch":
+        raise ScanflowError(f"only a pytorch module can be retrained and logged, not a {candidate.contract.flavour} model")
+    _, signature, metadata = model_declarations(config.tracking_uri, parent)
+    with _quiet_mlflow():
+        return mlflow_pytorch.log_model(
+            candidate.model, name="classifier", signature=signature, metadata=metadata or None,
+            serialization_format="pickle", pip_requirements=_requirements(), registered_model_name=config.classifier_name,
+        )
 
 
 @_tracking_errors
@@ -1013,13 +1035,13 @@ def _adopted_contract(version: Any) -> Any:
 
 def register_adoption(
     run_id: str, config: TrackingConfig, version: Any, contract: Any, autoencoder: Autoencoder, detector: Detector,
-    info: Any,
+    info: Any, reference: Any,
 ) -> str:
-    """Log the autoencoder and the detector fitted for an adopted `version`, tag the version with them, its contract
-    and its files' sha256, and point `champion` at it; returns the supervised version of `config.classifier_name`
+    """Log the autoencoder and the detector fitted for an adopted `version`, tag the version with them, its contract,
+    its `reference` (a `ReferenceRecord`) and its files' sha256, and point `champion` at it; returns the supervised version of `config.classifier_name`
     (`version` itself, or a new version on its source when the names differ). All or nothing: on failure what this
     call created and tagged is removed again and no alias moves."""
-    from scanflow.adopt import ADOPTED_TAG, CONTRACT_TAG
+    from scanflow.adopt import ADOPTED_TAG, CONTRACT_TAG, REFERENCE_TAG
 
     client = _client(config)
     name = config.classifier_name
@@ -1046,7 +1068,7 @@ def register_adoption(
         created.append((config.autoencoder_name, ae_version))
         _record_digests(client, config.autoencoder_name, ae_version)
         tags = {
-            ADOPTED_TAG: contract.flavour, CONTRACT_TAG: contract.to_json(), AUTOENCODER_VERSION_TAG: ae_version,
+            ADOPTED_TAG: contract.flavour, CONTRACT_TAG: contract.to_json(), REFERENCE_TAG: reference.to_json(), AUTOENCODER_VERSION_TAG: ae_version,
             DETECTOR_TAG: detector_uri, DETECTOR_DIGEST_TAG: detector_digest, **contract_tags(info),
             "scanflow.adoption_run": run_id, VERDICT_TAG: "adopted",
         }

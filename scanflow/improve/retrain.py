@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from scanflow.adopt import ForeignClassifier, ForeignModule
 from scanflow.data import LabeledImages
 from scanflow.drift.base import Detector
 from scanflow.errors import ScanflowError
@@ -59,13 +60,13 @@ class RetrainConfig:
 class RetrainResult:
     """The fine-tuned classifier, how many stream images it learned from by pseudo-label, and the time taken (s)."""
 
-    classifier: Classifier
+    classifier: Classifier | ForeignModule
     n_labelled: int
     n_pseudo_labelled: int
     seconds: float
 
 
-def _check_compatible(classifier: Classifier, *sets: LabeledImages) -> None:
+def _check_compatible(classifier: Classifier | ForeignModule, *sets: LabeledImages) -> None:
     spec = classifier.spec
     for data in sets:
         shape = tuple(data.images.shape[1:])
@@ -82,7 +83,7 @@ def _check_compatible(classifier: Classifier, *sets: LabeledImages) -> None:
 
 
 def _fine_tune_steps(
-    classifier: Classifier,
+    classifier: Classifier | ForeignModule,
     sources: list[tuple[torch.Tensor, torch.Tensor, int, bool]],
     config: RetrainConfig,
     generator: torch.Generator,
@@ -108,13 +109,14 @@ def _fine_tune_steps(
 
 
 def fine_tune(
-    classifier: Classifier,
+    classifier: Classifier | ForeignModule,
     labelled: LabeledImages,
     replay: LabeledImages,
     config: RetrainConfig = RetrainConfig(),
     unlabelled: torch.Tensor | None = None,
 ) -> RetrainResult:
-    """A fine-tuned copy of `classifier` (the original is untouched).
+    """A fine-tuned copy of `classifier` (the original is untouched): a Scanflow `Classifier`, or an adopted pytorch
+    model as a `ForeignModule`.
 
     `labelled`: shifted images with human labels; `replay`: clean training images; `unlabelled`: uint8 production
     images without labels (optional), used through confident pseudo-labels in a second round.
@@ -198,15 +200,17 @@ class RetrainImprover(Improver):
         )
         return description, seconds, {**self.config.as_params(), "retrain_use_unlabelled": self.use_unlabelled}
 
-    def _build(self, context: ImprovementContext, labelled: LabeledImages | None) -> tuple[Classifier, Detector, int, str]:
+    def _build(self, context: ImprovementContext, labelled: LabeledImages | None) -> tuple[Any, Detector, int, str]:
         learned_rows = np.setdiff1d(np.arange(len(context.batch)), np.asarray(self._unseen_rows(context), dtype=np.int64))
+        adopted = isinstance(context.classifier, ForeignClassifier)
         result = fine_tune(
-            context.classifier, labelled, context.replay, self.config,
+            ForeignModule(context.classifier) if adopted else context.classifier, labelled, context.replay, self.config,
             unlabelled=context.batch[torch.from_numpy(learned_rows)] if self.use_unlabelled else None,
         )
-        detector = refit_detector(result.classifier, context)
+        candidate = result.classifier.as_classifier() if adopted else result.classifier
+        detector = refit_detector(candidate, context)
         summary = (
             f"fine-tuned on {result.n_labelled} labelled and {result.n_pseudo_labelled} pseudo-labelled samples "
             f"in {result.seconds:.0f} s"
         )
-        return result.classifier, detector, result.n_pseudo_labelled, summary
+        return candidate, detector, result.n_pseudo_labelled, summary

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -160,9 +161,12 @@ def test_a_model_scanflow_did_not_train_is_adopted_then_detects_and_predicts(out
     from_pngs = json.loads(capsys.readouterr().out)
     assert from_pngs["n"] == 60 and from_pngs["is_drift"] is False
 
-    assert main(["improve", "--batch", str(adopted / "fog.npy"), "--shown", "0,1", "--action", "retrain", "--labels", "0,1"]) == 2
+    versions_before = len(client.search_model_versions("name='outside-shapes'"))
+    assert main(["improve", "--batch", str(adopted / "fog.npy"), "--shown", "0,1", "--action", "filter"]) == 2
     refused = "".join(capsys.readouterr())
-    assert "outside-shapes v1 is an adopted model: Scanflow cannot retrain it yet" in refused and "Traceback" not in refused
+    assert ("outside-shapes v1 cannot filter: the filter is not built for adopted models yet; decide retrain or ignore"
+            in refused and "Traceback" not in refused)
+    assert len(client.search_model_versions("name='outside-shapes'")) == versions_before
 
     assert main(["predict", "--batch", str(adopted / "clean.npy")]) == 0
     predicted = capsys.readouterr().out
@@ -173,7 +177,51 @@ def test_a_model_scanflow_did_not_train_is_adopted_then_detects_and_predicts(out
     predicted_labels = np.loadtxt(rows, delimiter=",", skiprows=1, usecols=1, dtype=int)
     assert float(np.mean(predicted_labels == labels)) > 0.9
 
+    the_adopted_module_is_retrained_on_a_persons_labels(adopted, mlflow_store, labels, capsys)
     a_labels_only_pyfunc_is_adopted_under_another_name(adopted, mlflow_store, capsys, monkeypatch)
+
+
+def the_adopted_module_is_retrained_on_a_persons_labels(adopted, mlflow_store, labels, capsys) -> None:
+    """A person labels 60 foggy samples: the team's own module is fine-tuned (replaying the adoption's labelled
+    reference), logged in its own flavour as v2 with the same contract, judged, and loads with plain MLflow code. A
+    reference changed since the adoption is refused before any run."""
+    client = MlflowClient(mlflow_store)
+    shown = list(range(60))
+    # The clean holdout is the reference's held-out fifth (60 images): one image is 1.7 points, so the margin is wider.
+    code = main(["improve", "--batch", str(adopted / "fog.npy"), "--shown", ",".join(map(str, shown)), "--action", "retrain",
+                 "--labels", ",".join(str(int(labels[i])) for i in shown), "--margin", "0.05"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err[-3000:]
+    assert "Traceback" not in captured.out + captured.err
+    v1, v2 = (client.get_model_version("outside-shapes", v) for v in ("1", "2"))
+    assert v2.tags["scanflow.kind"] == "retrain" and v2.tags["scanflow.parent_version"] == "1"
+    assert v2.tags["scanflow.contract"] == v1.tags["scanflow.contract"] and v2.tags["scanflow.adopted"] == "pytorch"
+    assert v2.tags["scanflow.verdict"] == "promoted" and str(client.get_model_version_by_alias("outside-shapes", "champion").version) == "2"
+    retrained = mlflow.pytorch.load_model("models:/outside-shapes/2")  # the team's own flavour: no Scanflow class
+    foggy = torch.from_numpy(np.load(adopted / "fog.npy")[60:]).float() / 255
+    with torch.no_grad():
+        after = float((retrained((foggy - 0.5) / 0.5).argmax(1).numpy() == labels[60:]).mean())
+        before = float((mlflow.pytorch.load_model("models:/outside-shapes/1")((foggy - 0.5) / 0.5).argmax(1).numpy() == labels[60:]).mean())
+    assert after > before, (before, after)  # on fog images nobody labelled
+    outcome = json.loads(Path(client.download_artifacts(v2.tags["scanflow.run_id"], "outcome.json")).read_text())
+    assert outcome["n_labels_used"] > 0 and outcome["candidate_scores"]["n_clean"] == 60  # judged on the reference's held-out fifth
+    assert main(["detect", "--batch", str(adopted / "clean.npy"), "--json", "--no-report"]) == 0  # v2's refitted detector
+    watched = json.loads(capsys.readouterr().out)
+    assert watched["model_version"] == "2" and watched["is_drift"] is False
+
+    first = sorted((adopted / "reference").rglob("*.png"))[0]
+    original = first.read_bytes()
+    Image.fromarray(np.zeros((SIZE, SIZE, 3), np.uint8)).save(first)
+    try:
+        runs_before = len(client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=1000))
+        code = main(["improve", "--batch", str(adopted / "fog.npy"), "--shown", "0,1", "--action", "retrain", "--labels", "0,1"])
+        refused = "".join(capsys.readouterr())
+        assert code == 2 and "Traceback" not in refused
+        assert f"the reference {adopted / 'reference'} is not what the model was adopted with (300 images now, 300 then" in refused
+        assert len(client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=1000)) == runs_before
+        assert len(client.search_model_versions("name='outside-shapes'")) == 2
+    finally:
+        first.write_bytes(original)
 
 
 def refusals_write_nothing(outside_model, adopted, mlflow_store, capsys) -> None:
@@ -208,7 +256,8 @@ def a_labels_only_pyfunc_is_adopted_under_another_name(adopted, mlflow_store, ca
     assert code == 0, captured.err[-1500:]
     assert "Supervised:  team-labels v1 @champion (from models:/outside-labels/1)" in out
     assert "Evidence:    labels only: the detector works from pixels and the autoencoder" in out
-    assert "Improve:     a pyfunc has no module to fine-tune" in out
+    assert ("Decisions:   ignore (a pyfunc model that answers labels has no module Scanflow can fine-tune, and the filter is "
+            "not built for adopted models yet" in out)
     client = MlflowClient(mlflow_store)
     assert client.get_model_version("team-labels", "1").tags["scanflow.adopted_from"] == "models:/outside-labels/1"
     assert "scanflow.adopted" not in client.get_model_version("outside-labels", "1").tags  # the team's entry untouched
@@ -217,4 +266,6 @@ def a_labels_only_pyfunc_is_adopted_under_another_name(adopted, mlflow_store, ca
     assert json.loads(capfd.readouterr().out)["is_drift"] is True
     assert main(["detect", "--batch", str(adopted / "clean.npy"), "--json", "--no-report"]) == 0
     assert json.loads(capfd.readouterr().out)["is_drift"] is False
-
+    assert main(["improve", "--batch", str(adopted / "fog.npy"), "--shown", "0,1", "--action", "retrain", "--labels", "0,1"]) == 2
+    refused = "".join(capfd.readouterr())
+    assert "team-labels v1 cannot retrain: a pyfunc model that answers labels has no module" in refused and "Traceback" not in refused

@@ -1,0 +1,133 @@
+"""What an adopted model can be improved with, without a server: the decisions it is offered (form, `answer`), its
+module fine-tuned through `ForeignModule` (logits or probabilities), and its reference record."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from pydantic import ValidationError
+from torch import nn
+
+from flows.supervise import decision_form, form_answer
+from scanflow.adopt import (
+    ADOPTED_TAG,
+    CONTRACT_TAG,
+    REFERENCE_TAG,
+    AdoptionError,
+    ForeignClassifier,
+    ForeignModule,
+    InputContract,
+    ReferenceRecord,
+    images_sha256,
+    improvable_actions,
+    reference_data,
+)
+from scanflow.data import DatasetInfo, LabeledImages
+from scanflow.human import ACTIONS
+from scanflow.improve.retrain import RetrainConfig, fine_tune
+from scanflow.supervision import DecisionRequest
+
+CLASSES = ("dark", "bright")
+
+
+def contract(output: str = "logits", flavour: str = "pytorch") -> InputContract:
+    return InputContract(1, 8, 8, CLASSES, (0.5,), (0.5,), output, flavour)
+
+
+def tags(output: str = "logits", flavour: str = "pytorch", labelled: bool | None = True) -> dict[str, str]:
+    found = {ADOPTED_TAG: flavour, CONTRACT_TAG: contract(output, flavour).to_json()}
+    if labelled is not None:
+        found[REFERENCE_TAG] = ReferenceRecord("/data/reference", "refuse", 100, labelled, "0" * 64).to_json()
+    return found
+
+
+def test_a_scanflow_model_is_offered_every_decision_and_an_adopted_one_only_what_it_can_carry_out():
+    assert improvable_actions({"scanflow.dataset": "digits"}) == (ACTIONS, "")
+    actions, why = improvable_actions(tags())
+    assert actions == ("retrain", "ignore") and why == "the filter is not built for adopted models yet"
+    actions, why = improvable_actions(tags("labels", "pyfunc"))
+    assert actions == ("ignore",) and why.startswith("a pyfunc model that answers labels has no module Scanflow can fine-tune")
+    actions, why = improvable_actions(tags(labelled=False))
+    assert actions == ("ignore",) and "its reference /data/reference has no labels (class sub-folders)" in why
+    actions, why = improvable_actions(tags(labelled=None))
+    assert actions == ("ignore",) and "adopted without a record of its reference" in why
+
+
+def test_the_form_and_answer_offer_an_adopted_model_only_its_decisions():
+    request = DecisionRequest(
+        batch_id="b-1", model_version="1", statistic=9.0, threshold=2.0, p_value=0.001, n_critical=10, n=100,
+        recommended="retrain", classes=CLASSES, shown=(3,), scores=(4.0,), guesses=(0,), thumbnails_b64=("",),
+        actions=("retrain", "ignore"), actions_note="the filter is not built for adopted models yet",
+    )
+    schema = decision_form(request).model_json_schema()["properties"]["action"]
+    assert schema["enum"] == ["retrain", "ignore"] and schema["default"] == "retrain"
+    assert "Offered: retrain, ignore, because the filter is not built for adopted models yet." in schema["description"]
+    with pytest.raises(ValidationError):
+        decision_form(request)(**form_answer(request, "filter", None))
+
+
+class Net(nn.Module):
+    def __init__(self, softmax: bool) -> None:
+        super().__init__()
+        self.softmax = softmax
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.body(x)
+        return torch.softmax(out, dim=1) if self.softmax else out
+
+
+def squares(n: int, seed: int, shifted: bool = False) -> LabeledImages:
+    """Dark (0) or bright (1) 8x8 images. Shifted: both brightnesses pulled into the middle, crossed over (dark
+    images at 150, bright ones at 110), so a model that has not seen the shift gets most of them wrong."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, n)
+    levels = (150, 110) if shifted else (50, 200)
+    level = np.where(labels == 1, levels[1], levels[0])[:, None, None, None] + rng.integers(-15, 15, (n, 1, 8, 8))
+    images = np.clip(level, 0, 255).astype(np.uint8)
+    info = DatasetInfo("squares", CLASSES, 1, 8, 8, "generated")
+    return LabeledImages(torch.from_numpy(images), torch.from_numpy(labels), info, "squares")
+
+
+@pytest.mark.parametrize("output", ["logits", "probabilities"])
+def test_an_adopted_module_is_fine_tuned_on_the_persons_labels_and_the_original_is_untouched(output):
+    torch.manual_seed(0)
+    clean, shifted = squares(400, 0), squares(60, 1, shifted=True)
+    trained = fine_tune(ForeignModule(ForeignClassifier(Net(softmax=output == "probabilities"), contract(output))), clean, clean,
+                        RetrainConfig(steps=150, batch_size=32, pseudo_share=0.0))
+    classifier = trained.classifier.as_classifier()  # the team's model: right on clean images, wrong on the shift
+    before = {k: v.clone() for k, v in classifier.model.state_dict().items()}
+    labelled = LabeledImages(shifted.images[:30], shifted.labels[:30], shifted.info, "labelled by a person")
+    result = fine_tune(ForeignModule(classifier), labelled, clean,
+                       RetrainConfig(steps=300, batch_size=32, learning_rate=1e-2, labelled_share=0.5, pseudo_share=0.0))
+    assert all(torch.equal(before[k], v) for k, v in classifier.model.state_dict().items()), "the adopted model was modified"
+    tuned = result.classifier.as_classifier()
+    assert isinstance(tuned, ForeignClassifier) and tuned.contract == classifier.contract
+
+    def accuracy(model: ForeignClassifier, data: LabeledImages) -> float:
+        return float((model.predict(data.images) == data.labels).float().mean())
+
+    unseen, clean_again = squares(200, 2, shifted=True), squares(200, 4)
+    assert accuracy(classifier, unseen) < 0.2 and accuracy(classifier, clean_again) > 0.95
+    assert accuracy(tuned, unseen) > 0.9 and accuracy(tuned, clean_again) > 0.95
+
+
+def test_a_model_that_answers_labels_has_no_module_to_fine_tune():
+    with pytest.raises(AdoptionError, match="a pyfunc model that answers labels has no module to fine-tune"):
+        ForeignModule(ForeignClassifier(object(), contract("labels", "pyfunc")))
+
+
+def test_the_reference_is_read_again_only_as_it_was_at_adoption(tmp_path):
+    data = squares(60, 3)
+    np.savez(tmp_path / "reference.npz", images=data.images.numpy(), labels=data.labels.numpy())
+    record = ReferenceRecord(str(tmp_path / "reference.npz"), "refuse", 60, True, images_sha256(data.images, data.labels))
+    fit, calibration = reference_data(record, contract(), data.info)
+    assert len(fit) == 48 and len(calibration) == 12
+    changed = data.images.clone()
+    changed[0] = 0
+    np.savez(tmp_path / "reference.npz", images=changed.numpy(), labels=data.labels.numpy())
+    with pytest.raises(AdoptionError, match=r"is not what the model was adopted with \(60 images now, 60 then; their sha256 differs\)"):
+        reference_data(record, contract(), data.info)
+    with pytest.raises(AdoptionError, match="has no labels"):
+        reference_data(ReferenceRecord(record.source, "refuse", 60, False, record.sha256), contract(), data.info)
