@@ -11,7 +11,7 @@ REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("SCANFLOW_TEST_MNIST_DIR", str(REPO.parent / "shared" / "data" / "mnist"))
 os.environ["SCANFLOW_ALLOW_DOWNLOAD"] = "0"
 
-import scanflow  # noqa: E402  (applies the telemetry-off environment defaults before mlflow/prefect load)
+import scanflow  # noqa: E402, F401  (applies the telemetry-off environment defaults before mlflow/prefect load)
 
 
 @pytest.fixture(autouse=True)

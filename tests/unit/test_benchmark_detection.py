@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import torch
-
 from benchmarks.detection import Timing, measure_timing
 from scanflow.drift.baselines import BBSDDetector, PixelStatsDetector
 from scanflow.models import Classifier
