@@ -9,6 +9,8 @@ Flows load blocks inside the run, never at import: pass a block's name as the fl
 
 from __future__ import annotations
 
+import os
+
 from prefect.blocks.core import Block
 
 from blocks.policy import SupervisionPolicy
@@ -30,12 +32,14 @@ def register() -> list[str]:
 
 
 def save_defaults(overwrite: bool = False) -> list[str]:
-    """Save a `default` document of each block from the environment (tracking from MLFLOW_TRACKING_URI and
-    SCANFLOW_*; storage only when SCANFLOW_S3_BUCKET is set; the policy's built-in defaults). Existing documents
-    are kept unless `overwrite`. Returns the `slug/name` of each document saved."""
+    """Save a `default` document of each block from the environment (tracking from MLFLOW_TRACKING_URI, SCANFLOW_*
+    and the server's MLFLOW_TRACKING_USERNAME/PASSWORD; storage only when SCANFLOW_S3_BUCKET is set; the policy's
+    built-in defaults). Existing documents are kept unless `overwrite`. Returns the `slug/name` of each document saved."""
     from scanflow.config import StorageConfig, TrackingConfig
 
-    documents: list[tuple[Block, str]] = [(MLflowTracking.from_config(TrackingConfig.from_env()), DEFAULT_DOCUMENT),
+    tracking = MLflowTracking.from_config(TrackingConfig.from_env(), os.environ.get("MLFLOW_TRACKING_USERNAME"),
+                                          os.environ.get("MLFLOW_TRACKING_PASSWORD"))
+    documents: list[tuple[Block, str]] = [(tracking, DEFAULT_DOCUMENT),
                                           (SupervisionPolicy(), DEFAULT_DOCUMENT)]
     storage = StorageConfig.from_env()
     if storage is not None:

@@ -20,7 +20,8 @@ SCANFLOW = str(Path(sys.executable).with_name("scanflow"))
 
 def test_cli_registers_the_types_and_saves_defaults_once(prefect_server, tmp_path):
     env = {**os.environ, "PREFECT_API_URL": prefect_server, "MLFLOW_TRACKING_URI": "sqlite:////tmp/blocks-cli.db",
-           "SCANFLOW_MODEL_NAME": "cli-classifier", "SCANFLOW_S3_BUCKET": "cli-bucket", "AWS_SECRET_ACCESS_KEY": "cli-secret"}
+           "SCANFLOW_MODEL_NAME": "cli-classifier", "SCANFLOW_S3_BUCKET": "cli-bucket", "AWS_SECRET_ACCESS_KEY": "cli-secret",
+           "MLFLOW_TRACKING_USERNAME": "cli-user", "MLFLOW_TRACKING_PASSWORD": "cli-password"}
     first = subprocess.run([SCANFLOW, "blocks", "register", "--save-defaults"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr
     for slug in ("scanflow-storage", "scanflow-mlflow-tracking", "scanflow-supervision-policy"):
@@ -30,6 +31,7 @@ def test_cli_registers_the_types_and_saves_defaults_once(prefect_server, tmp_pat
         assert client.read_block_type_by_slug("scanflow-mlflow-tracking").name == "Scanflow MLflow Tracking"
     assert MLflowTracking.load("default").config().classifier_name == "cli-classifier"
     assert ScanflowStorage.load("default").aws_secret_access_key.get_secret_value() == "cli-secret"
+    assert MLflowTracking.load("default").credentials_environment() == {"MLFLOW_TRACKING_USERNAME": "cli-user", "MLFLOW_TRACKING_PASSWORD": "cli-password"}
 
     env["SCANFLOW_MODEL_NAME"] = "changed-classifier"
     second = subprocess.run([SCANFLOW, "blocks", "register", "--save-defaults"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
