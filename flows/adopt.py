@@ -29,7 +29,7 @@ from scanflow.adopt import (
     InputContract,
     ReferenceRecord,
     check_outputs,
-    improvable_actions,
+    actions_for,
     detector_components,
     parse_size,
     reference_splits,
@@ -122,8 +122,9 @@ def adopt_flow(
     with scanflow_tracking.tracked_run(config, run_name=f"adopt-{config.classifier_name}", tags=tags) as run_id:
         scanflow_tracking.log_params(run_id, {"model_uri": model_uri, "reference": reference, "n_reference": len(images),
                                               "contract": contract.to_json()[:6000], "evidence": classifier.evidence})
-        supervised = register(run_id, config, version, contract, autoencoder, detector, info, ReferenceRecord.of(images, on_bad))
-    actions, actions_note = improvable_actions(scanflow_tracking.version_tags(config, supervised))
+        record = ReferenceRecord.of(images, on_bad)
+        supervised = register(run_id, config, version, contract, autoencoder, detector, info, record)
+    actions, actions_note = actions_for(contract, record)
     summary = {
         "model": config.classifier_name, "version": supervised, "adopted_from": model_uri, "mlflow_run_id": run_id,
         "reference_images": len(images), "conversions": list(images.describe()), "evidence": classifier.evidence,

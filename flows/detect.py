@@ -178,14 +178,13 @@ def detect_flow(
     if report:
         evidently_report(detector, images, run_id)
     actions, actions_note = improvable(config, model_version) if detection.result.is_drift else (ACTIONS, "")
-    recommended = policy_action(detection.result)
     return {
         **detection.summary(),
         "mlflow_run_id": run_id,
         "critical_rows": detection.critical_rows(),
         "guesses": [int(detection.predicted_labels[i]) for i in detection.selection.indices],
         "classes": list(detection.classes),
-        "recommended_action": recommended if recommended in actions else actions[0],
+        "recommended_action": policy_action(detection.result, actions),
         "actions": list(actions),
         "actions_note": actions_note,
         "known_shift": known.to_dict() if known is not None else None,

@@ -25,9 +25,9 @@ from flows.retries import IO_RETRIES
 from flows.settings import read_batch, storage_store, tracking_config
 from scanflow import tracking as scanflow_tracking
 from scanflow.errors import ScanflowError
-from scanflow.adopt import CONTRACT_TAG, REFERENCE_TAG, InputContract, ReferenceRecord, improvable_actions, reference_data
+from scanflow.adopt import improvable_actions
 from scanflow.config import TrackingConfig
-from scanflow.data import DatasetInfo, LabeledImages, hold_out_calibration, load_train_test
+from scanflow.data import DatasetInfo, LabeledImages
 from scanflow.drift.base import Detector
 from scanflow.drift.known import KnownShift
 from scanflow.human import Decision, check_decision_form, check_shown_rows, known_shift_rows
@@ -39,6 +39,7 @@ from scanflow.improve import (
     ImprovementPlan,
     PromotionVerdict,
     check_promotion_margin,
+    clean_data,
     improvement_markdown,
     improver_for,
 )
@@ -55,17 +56,8 @@ def load_champion(config: TrackingConfig) -> tuple[scanflow_tracking.LoadedModel
 @task(cache_policy=NO_CACHE, **IO_RETRIES)
 def load_clean_data(models: scanflow_tracking.LoadedModels, info: DatasetInfo, data_dir: str | None, seed: int,
                     storage: str | None) -> tuple[LabeledImages, LabeledImages, LabeledImages]:
-    """The champion's clean training images (replay), its calibration hold-out and its test split (clean holdout),
-    rebuilt with the same seed the train flow used. An adopted model's come from its adoption's reference, checked
-    against the sha256 recorded then: the fit part is replayed, the calibration part judges and calibrates."""
-    if REFERENCE_TAG in models.tags:
-        contract = InputContract.from_json(models.tags[CONTRACT_TAG])
-        fit, calibration = reference_data(ReferenceRecord.from_json(models.tags[REFERENCE_TAG]), contract, info,
-                                          storage_store(storage), seed)
-        return fit, calibration, calibration
-    train, test = load_train_test(models.dataset, data_dir=data_dir, seed=seed)
-    replay, calibration = hold_out_calibration(train, seed=seed)
-    return replay, calibration, test
+    """The champion's replay, calibration and clean holdout (`scanflow.improve.clean_data`)."""
+    return clean_data(models.dataset, models.tags, info, data_dir, seed, storage_store(storage))
 
 
 @task(cache_policy=NO_CACHE)

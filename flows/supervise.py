@@ -215,9 +215,7 @@ def answer_paused_run(run_id: str, action: str, labels: str | Sequence[Any] | No
     given = validate_labels(labels, len(request.guesses), len(request.classes)) if labels else None
     if action not in ACTIONS:
         raise InvalidDecisionError(f"unknown action {action!r}: choose one of {', '.join(ACTIONS)}")
-    if action not in request.actions:
-        raise InvalidDecisionError(f"model v{request.model_version} cannot {action}: {request.actions_note}; choose "
-                                   f"{' or '.join(request.actions)}")
+    request.check_offered(action)
     grid = request.save_grid(Path(tempfile.gettempdir()) / f"scanflow-{request.batch_id}-critical.png")
     print(f"{request.summary_line()}\ncritical samples: {grid}\n{request.table()}")
     try:
@@ -251,7 +249,7 @@ def respond(batch: StreamBatch, path: str, detection: dict, human: str, settings
         answer = state.result()
         decided_by = "human" if human == "person" else human
     else:
-        action = settings.action_on_timeout if settings.action_on_timeout in request.actions else "ignore"
+        action = request.offered_or_ignore(settings.action_on_timeout)
         print(f"batch {batch.batch_id}: no answer within {settings.pause_timeout_s} s; the policy's default '{action}' runs"
               + (f" (not '{settings.action_on_timeout}': {request.actions_note})" if action != settings.action_on_timeout else ""))
         answer, decided_by = {"action": action, "labels": None, "note": "pause timed out"}, "timeout"

@@ -143,12 +143,16 @@ def improvable_actions(tags: Mapping[str, str]) -> tuple[tuple[str, ...], str]:
 
     if ADOPTED_TAG not in tags:
         return ACTIONS, ""
-    contract = InputContract.from_json(tags[CONTRACT_TAG])
+    reference = ReferenceRecord.from_json(tags[REFERENCE_TAG]) if REFERENCE_TAG in tags else None
+    return actions_for(InputContract.from_json(tags[CONTRACT_TAG]), reference)
+
+
+def actions_for(contract: InputContract, reference: ReferenceRecord | None) -> tuple[tuple[str, ...], str]:
+    """`improvable_actions` of an adopted model with this contract and reference record."""
     no_filter = "the filter is not built for adopted models yet"
     if contract.flavour != "pytorch" or contract.output == "labels":
         return ("ignore",), (f"a {contract.flavour} model that answers {contract.output} has no module Scanflow can "
                              f"fine-tune, and {no_filter}: retrain it with your own code and adopt the new version")
-    reference = ReferenceRecord.from_json(tags[REFERENCE_TAG]) if REFERENCE_TAG in tags else None
     if reference is None:
         return ("ignore",), f"it was adopted without a record of its reference, and {no_filter}: adopt it again to retrain it"
     if not reference.labelled:

@@ -205,8 +205,9 @@ def check_class_names(classes: Sequence[str]) -> tuple[str, ...]:
 PIXEL_LEVEL_VIEWS = ("reconstruction", "pixels")
 
 
-def policy_action(result: DriftResult) -> str:
-    """The action the policy recommends from the detector's evidence.
+def policy_action(result: DriftResult, offered: tuple[str, ...] = ACTIONS) -> str:
+    """The action the policy recommends from the detector's evidence, among the `offered` ones (the first offered
+    when the evidence points to one the model cannot carry out).
 
     When most critical samples are strangest in a pixel-level view (the autoencoder cannot reconstruct them, or
     their pixel statistics moved), the damage is what a denoiser removes: filter. Otherwise (shapes moved, scaled,
@@ -214,6 +215,11 @@ def policy_action(result: DriftResult) -> str:
     """
     if not result.is_drift:
         return "ignore"
+    evidence = _evidence_action(result)
+    return evidence if evidence in offered else offered[0]
+
+
+def _evidence_action(result: DriftResult) -> str:
     share = result.details.get("strongest_component_share", {})
     if share and sum(share.get(view, 0.0) for view in PIXEL_LEVEL_VIEWS) > 0.5:
         return "filter"

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict
 from scanflow.detect import DEFAULT_LABEL_BUDGET
 from scanflow.drift.base import DEFAULT_ALPHA
 from scanflow.errors import ScanflowError
-from scanflow.human import ACTIONS
+from scanflow.human import ACTIONS, InvalidDecisionError
 from scanflow.improve.promotion import DEFAULT_PROMOTION_MARGIN
 from scanflow.stream import StreamBatch
 
@@ -109,6 +109,16 @@ class DecisionRequest(BaseModel):
             mlflow_run_id=detection.get("mlflow_run_id", ""), actions=tuple(detection.get("actions", ACTIONS)),
             actions_note=detection.get("actions_note", ""),
         )
+
+    def check_offered(self, action: str) -> None:
+        """Raise InvalidDecisionError naming why when the champion cannot carry out `action`."""
+        if action not in self.actions:
+            raise InvalidDecisionError(f"model v{self.model_version} cannot {action}: {self.actions_note}; choose "
+                                       f"{' or '.join(self.actions)}")
+
+    def offered_or_ignore(self, action: str) -> str:
+        """`action` when the champion can carry it out, else "ignore" (always offered): what a timeout runs."""
+        return action if action in self.actions else "ignore"
 
     def heading_markdown(self) -> str:
         """The verdict and the recommendation, shown first in the form."""

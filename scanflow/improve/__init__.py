@@ -6,6 +6,7 @@ from scanflow.improve.base import (
     ImprovementOutcome,
     ImprovementPlan,
     Improver,
+    clean_data,
     holdout_scores,
     improvement_markdown,
 )
@@ -26,6 +27,6 @@ def improver_for(action: str) -> Improver:
 __all__ = [
     "ACTIONS", "DEFAULT_HOLDOUT_FRACTION", "DEFAULT_PROMOTION_MARGIN", "DenoiserConfig", "FilterImprover",
     "FilteredClassifier", "HoldoutScores", "ImprovementContext", "ImprovementOutcome", "ImprovementPlan", "Improver",
-    "PromotionVerdict", "RetrainConfig", "check_promotion_margin", "RetrainImprover", "decide", "fine_tune", "holdout_scores", "improvement_markdown", "improver_for",
+    "PromotionVerdict", "RetrainConfig", "check_promotion_margin", "clean_data", "RetrainImprover", "decide", "fine_tune", "holdout_scores", "improvement_markdown", "improver_for",
     "train_denoiser",
 ]

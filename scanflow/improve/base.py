@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 import torch
 
-from scanflow.data import LabeledImages, validate_batch
+from scanflow.data import DatasetInfo, LabeledImages, hold_out_calibration, load_train_test, validate_batch
 from scanflow.drift.autoencoder import AutoencoderDetector
 from scanflow.drift.base import Detector, DriftResult
 from scanflow.errors import ScanflowError
@@ -210,6 +210,23 @@ def refit_detector(
     calibration = view(context.calibration.images) if context.calibration is not None else None
     detector = AutoencoderDetector(classifier, context.autoencoder, seed=context.seed)
     return detector.fit(reference, calibration=calibration, info=context.replay.info)
+
+
+def clean_data(dataset: str, tags: Mapping[str, str], info: DatasetInfo, data_dir: str | None, seed: int,
+               store: Any = None) -> tuple[LabeledImages, LabeledImages, LabeledImages]:
+    """The champion's clean images as (replay, calibration, clean holdout), from its version `tags`: for a model
+    Scanflow trained, its dataset's training split without the calibration hold-out, that hold-out and the test split,
+    rebuilt with the train flow's seed; for an adopted one, its adoption's reference (`scanflow.adopt.reference_data`,
+    sha256-checked): the fit part is replayed, the calibration part calibrates and judges."""
+    from scanflow.adopt import CONTRACT_TAG, REFERENCE_TAG, InputContract, ReferenceRecord, reference_data
+
+    if REFERENCE_TAG in tags:
+        record = ReferenceRecord.from_json(tags[REFERENCE_TAG])
+        fit, calibration = reference_data(record, InputContract.from_json(tags[CONTRACT_TAG]), info, store, seed)
+        return fit, calibration, calibration
+    train, test = load_train_test(dataset, data_dir=data_dir, seed=seed)
+    replay, calibration = hold_out_calibration(train, seed=seed)
+    return replay, calibration, test
 
 
 def seconds_at_area(measured: Mapping[int, float], area: int) -> float:

@@ -24,7 +24,8 @@ from scanflow.adopt import (
     reference_data,
 )
 from scanflow.data import DatasetInfo, LabeledImages
-from scanflow.human import ACTIONS
+from scanflow.drift.base import DriftResult
+from scanflow.human import ACTIONS, PIXEL_LEVEL_VIEWS, InvalidDecisionError, policy_action
 from scanflow.improve.retrain import RetrainConfig, fine_tune
 from scanflow.supervision import DecisionRequest
 
@@ -65,6 +66,17 @@ def test_the_form_and_answer_offer_an_adopted_model_only_its_decisions():
     assert "Offered: retrain, ignore, because the filter is not built for adopted models yet." in schema["description"]
     with pytest.raises(ValidationError):
         decision_form(request)(**form_answer(request, "filter", None))
+    with pytest.raises(InvalidDecisionError, match=r"^model v1 cannot filter: the filter is not built for adopted models yet; choose retrain or ignore$"):
+        request.check_offered("filter")
+    assert request.offered_or_ignore("filter") == "ignore" and request.offered_or_ignore("retrain") == "retrain"
+
+
+def test_the_policy_recommends_only_what_the_model_can_carry_out():
+    pixel_damage = DriftResult("autoencoder", True, 9.0, 0.001, 2.0, 0.05, 100, np.zeros(100), 1.0, (),
+                               details={"strongest_component_share": {PIXEL_LEVEL_VIEWS[0]: 0.9}})
+    assert policy_action(pixel_damage) == "filter"
+    assert policy_action(pixel_damage, ("retrain", "ignore")) == "retrain"
+    assert policy_action(pixel_damage, ("ignore",)) == "ignore"
 
 
 class Net(nn.Module):
