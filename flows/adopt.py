@@ -52,7 +52,8 @@ def read_contract(config: TrackingConfig, version: Any, **flags: Any) -> InputCo
     flavours, signature, metadata = scanflow_tracking.model_declarations(config.tracking_uri, version)
     contract = resolve_contract(flavours, signature, metadata, **flags)
     print(f"input contract: {contract.channels}x{contract.height}x{contract.width}, {len(contract.classes)} classes, "
-          f"mean {list(contract.mean)}, std {list(contract.std)}, output {contract.output} ({contract.flavour})")
+          f"mean {list(contract.mean)}, std {list(contract.std)}, output {contract.output} ({contract.flavour})"
+          + (f", embedding layer {contract.embedding!r}" if contract.embedding else ""))
     return contract
 
 
@@ -102,16 +103,19 @@ def adopt_flow(
     name: str | None = None,
     tracking: str | None = None,
     storage: str | None = None,
+    embedding_layer: str | None = None,
 ) -> dict:
     """Adopt `model_uri` (models:/NAME/VERSION or models:/NAME@ALIAS) under `name` (default: the model's registered
     name; commands then find it with SCANFLOW_MODEL_NAME=name): fit the autoencoder and the detector on the
     `reference` images (a folder, .npy/.npz or s3:// prefix), log them, and make the version the champion.
-    Flags complete what the model's signature and metadata do not declare; a contradiction is refused."""
+    Flags complete what the model's signature and metadata do not declare; a contradiction is refused.
+    `embedding_layer`: a pytorch model's layer (a `named_modules()` name) whose output the detector also watches."""
     config = tracking_config(tracking)
     version = resolve_version(config, model_uri)
     config = config.for_model(name or version.name)
     flags = {"classes": tuple(classes) if classes else None, "input_size": parse_size(input_size) if input_size else None,
-             "channels": channels, "mean": tuple(mean) if mean else None, "std": tuple(std) if std else None, "output": output}
+             "channels": channels, "mean": tuple(mean) if mean else None, "std": tuple(std) if std else None, "output": output,
+             "embedding": embedding_layer}
     contract = read_contract(config, version, **flags)
     images = read_reference(reference, contract, on_bad, storage)
     info = contract.info(config.classifier_name, model_uri)

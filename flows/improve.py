@@ -187,7 +187,7 @@ def improve_flow(
 
 def check_improvable(models: scanflow_tracking.LoadedModels, action: str, name: str) -> None:
     """Refuse, before any run, a decision the champion cannot carry out (`scanflow.adopt.improvable_actions`): an
-    adopted model is retrained only as a pytorch module with a labelled reference, and never filtered yet."""
+    adopted model is improved only with a labelled reference, and retrained only as a pytorch module."""
     actions, why = improvable_actions(models.tags)
     if action not in actions:
         raise ScanflowError(f"{name} v{models.classifier_version} cannot {action}: {why}; decide {' or '.join(actions)}")

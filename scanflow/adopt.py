@@ -68,8 +68,14 @@ class InputContract:
     std: tuple[float, ...]
     output: Output
     flavour: Flavour
+    #: A named layer of a pytorch module whose output is the model's embedding (e.g. its penultimate layer): the
+    #: detector then also scores distances in it (the `embedding` component).
+    embedding: str | None = None
 
     def __post_init__(self) -> None:
+        if self.embedding is not None and self.flavour != "pytorch":
+            raise AdoptionError(f"--embedding-layer names a layer of a pytorch module, and a {self.flavour} model has none "
+                                "Scanflow can read: drop the flag")
         if self.channels not in (1, 3):
             raise AdoptionError(f"a model takes 1 (grey) or 3 (RGB) channels, this one {self.channels}")
         if len(self.classes) < 2 or len(set(self.classes)) != len(self.classes):
@@ -91,7 +97,7 @@ class InputContract:
 
     @classmethod
     def from_json(cls, text: str) -> "InputContract":
-        value = json.loads(text)
+        value = json.loads(text)  # contracts recorded before the embedding layer existed have none
         return cls(**{**value, "classes": tuple(value["classes"]), "mean": tuple(value["mean"]), "std": tuple(value["std"])})
 
     def to_float(self, images: torch.Tensor) -> torch.Tensor:
@@ -99,6 +105,12 @@ class InputContract:
         mean = torch.tensor(self.mean, dtype=torch.float32).view(1, -1, 1, 1)
         std = torch.tensor(self.std, dtype=torch.float32).view(1, -1, 1, 1)
         return (images.to(torch.float32) / 255.0 - mean) / std
+
+    def to_pixels(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's normalised float32 input back to uint8 [N, C, H, W] (rounded to the nearest pixel value)."""
+        mean = torch.tensor(self.mean, dtype=torch.float32).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32).view(1, -1, 1, 1)
+        return ((x.to(torch.float32) * std + mean) * 255.0).round().clamp(0, 255).to(torch.uint8)
 
 
 def images_sha256(images: torch.Tensor, labels: torch.Tensor | None) -> str:
@@ -136,9 +148,9 @@ class ReferenceRecord:
 def improvable_actions(tags: Mapping[str, str]) -> tuple[tuple[str, ...], str]:
     """The decisions a registered version (by its tags) can carry out, and why the others cannot ("" when all can).
 
-    A model Scanflow trained: retrain, filter, ignore. An adopted one: retrain when it is a pytorch module that
-    returns logits or probabilities and its reference was labelled (replay and the clean holdout need labels);
-    the filter is not built for adopted models."""
+    A model Scanflow trained: retrain, filter, ignore. An adopted one needs a labelled reference for either
+    improvement (a retrain replays it; both are judged on its held-out fifth); then the filter works in front of any
+    adopted model, and a retrain needs a pytorch module that returns logits or probabilities."""
     from scanflow.human import ACTIONS
 
     if ADOPTED_TAG not in tags:
@@ -149,16 +161,17 @@ def improvable_actions(tags: Mapping[str, str]) -> tuple[tuple[str, ...], str]:
 
 def actions_for(contract: InputContract, reference: ReferenceRecord | None) -> tuple[tuple[str, ...], str]:
     """`improvable_actions` of an adopted model with this contract and reference record."""
-    no_filter = "the filter is not built for adopted models yet"
-    if contract.flavour != "pytorch" or contract.output == "labels":
-        return ("ignore",), (f"a {contract.flavour} model that answers {contract.output} has no module Scanflow can "
-                             f"fine-tune, and {no_filter}: retrain it with your own code and adopt the new version")
+    from scanflow.human import ACTIONS
+
     if reference is None:
-        return ("ignore",), f"it was adopted without a record of its reference, and {no_filter}: adopt it again to retrain it"
+        return ("ignore",), "it was adopted without a record of its reference images: adopt it again to improve it"
     if not reference.labelled:
         return ("ignore",), (f"its reference {reference.source} has no labels (class sub-folders), which a retrain "
-                             f"replays and is judged on, and {no_filter}: adopt it again with a labelled reference")
-    return ("retrain", "ignore"), no_filter
+                             "replays and both improvements are judged on: adopt it again with a labelled reference")
+    if contract.flavour != "pytorch" or contract.output == "labels":
+        return ("filter", "ignore"), (f"a {contract.flavour} model that answers {contract.output} has no module Scanflow "
+                                      "can fine-tune: retrain it with your own code and adopt the new version")
+    return ACTIONS, ""
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -189,7 +202,7 @@ def _agree(what: str, declared: Any, given: Any, flag: str) -> Any:
 def resolve_contract(
     flavours: set[str], signature: Any, metadata: dict[str, Any] | None, *, classes: tuple[str, ...] | None = None,
     input_size: tuple[int, int] | None = None, channels: int | None = None, mean: tuple[float, ...] | None = None,
-    std: tuple[float, ...] | None = None, output: str | None = None,
+    std: tuple[float, ...] | None = None, output: str | None = None, embedding: str | None = None,
 ) -> InputContract:
     """The input contract from what the model declares (`flavours`, `signature`, `metadata`) and the caller's flags.
     Raises AdoptionError on a contradiction or on what neither says (size, class names)."""
@@ -214,31 +227,43 @@ def resolve_contract(
     resolved_mean = _agree("mean", declared_mean, mean, "--mean")
     resolved_std = _agree("std", declared_std, std, "--std")
     resolved_output = _agree("output", metadata.get("output"), output, "--output") or ("logits" if flavour == "pytorch" else "probabilities")
+    resolved_embedding = _agree("embedding layer", metadata.get("embedding_layer"), embedding, "--embedding-layer")
     c = int(n_channels or 3)
     return InputContract(
         c, size[0], size[1], names, resolved_mean or (0.0,) * c, resolved_std or (1.0,) * c, resolved_output, flavour,
+        resolved_embedding,
     )
 
 
 class ForeignClassifier:
     """A model Scanflow did not train behind the interface Scanflow's detector and flows use: uint8 images
     [N, C, H, W] in; probabilities, hidden features and labels out. For a pytorch module the hidden features are
-    the input of its last linear layer; otherwise (a pyfunc) they are the probabilities themselves."""
+    the output of the contract's embedding layer, else the input of its last linear layer; otherwise (a pyfunc)
+    they are the probabilities themselves. Raises AdoptionError when the embedding layer is not in the module."""
 
     def __init__(self, model: Any, contract: InputContract) -> None:
         self.model = model
         self.contract = contract
         self._last_linear = None
+        self._embedding_layer = None
         if isinstance(model, nn.Module):
             model.eval()
             linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
             self._last_linear = linears[-1] if linears else None
+            layers = dict(model.named_modules())
+            if contract.embedding is not None and contract.embedding not in layers:
+                names = [name for name in layers if name]
+                raise AdoptionError(f"the model has no layer {contract.embedding!r} for --embedding-layer; its layers: "
+                                    f"{', '.join(names[:20])}{', ...' if len(names) > 20 else ''}")
+            self._embedding_layer = layers.get(contract.embedding) if contract.embedding is not None else None
 
     @property
     def evidence(self) -> str:
         """What the detector can use from this model, in words."""
         if self.contract.output == "labels":
             return "labels only: the detector works from pixels and the autoencoder, without the model's confidence"
+        if self._embedding_layer is not None:
+            return f"probabilities and the embedding of layer {self.contract.embedding!r}"
         if self._last_linear is not None:
             return "probabilities and hidden features"
         return "probabilities (no hidden features)"
@@ -246,24 +271,30 @@ class ForeignClassifier:
     def eval(self) -> "ForeignClassifier":
         return self
 
-    def _outputs(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _forward(self, images: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """(the last linear layer's input or None, the model's own output) for uint8 images."""
         x = self.contract.to_float(images)
-        if isinstance(self.model, nn.Module):
-            captured: list[torch.Tensor] = []
-            hook = self._last_linear.register_forward_hook(lambda m, i, o: captured.append(i[0].detach())) if self._last_linear else None
-            try:
-                with torch.inference_mode():
-                    raw = self.model(x)
-            finally:
-                if hook is not None:
-                    hook.remove()
-            raw = torch.as_tensor(raw).detach().float()
+        if not isinstance(self.model, nn.Module):
+            return None, torch.as_tensor(np.asarray(self.model.predict(x.numpy()))).float()
+        captured: list[torch.Tensor] = []
+        if self._embedding_layer is not None:
+            hook = self._embedding_layer.register_forward_hook(lambda m, i, o: captured.append(torch.as_tensor(o).detach()))
+        elif self._last_linear is not None:
+            hook = self._last_linear.register_forward_hook(lambda m, i, o: captured.append(i[0].detach()))
         else:
-            raw = torch.as_tensor(np.asarray(self.model.predict(x.numpy())))
-            captured = []
+            hook = None
+        try:
+            with torch.inference_mode():
+                raw = self.model(x)
+        finally:
+            if hook is not None:
+                hook.remove()
+        return (captured[0].flatten(1).float() if captured else None), torch.as_tensor(raw).detach().float()
+
+    def _outputs(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden, raw = self._forward(images)
         probabilities = self._probabilities(raw, len(images))
-        hidden = captured[0].flatten(1).float() if captured else probabilities
-        return hidden, probabilities
+        return (hidden if hidden is not None else probabilities), probabilities
 
     def _probabilities(self, raw: torch.Tensor, n: int) -> torch.Tensor:
         k = len(self.contract.classes)
@@ -331,16 +362,28 @@ class ForeignModule(nn.Module):
 
 
 class AdoptedServing:
-    """An adopted model as the predict flow serves it: `predict(uint8 array)` gives int64 labels."""
+    """An adopted model as the predict flow serves it: `predict(uint8 array)` gives int64 labels. `predictor` is the
+    `ForeignClassifier`, or a `FilteredClassifier` around it when the version filters its inputs."""
 
-    def __init__(self, classifier: ForeignClassifier) -> None:
-        self.classifier = classifier
+    def __init__(self, predictor: Any) -> None:
+        self.predictor = predictor
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         batch = torch.from_numpy(np.ascontiguousarray(images))
         if batch.dim() == 3:
             batch = batch.unsqueeze(1)
-        return self.classifier.predict(batch).numpy().astype(np.int64)
+        return self.predictor.predict(batch).numpy().astype(np.int64)
+
+
+def load_foreign_model(local: str, contract: InputContract) -> Any:
+    """The user's model from its downloaded MLflow model directory, by its flavour (its own loader: the user's code)."""
+    import mlflow.pyfunc
+
+    if contract.flavour == "pytorch":
+        from mlflow import pytorch as mlflow_pytorch
+
+        return mlflow_pytorch.load_model(local, map_location="cpu")
+    return mlflow.pyfunc.load_model(local)
 
 
 def check_outputs(classifier: ForeignClassifier, images: torch.Tensor) -> None:
@@ -386,8 +429,10 @@ def reference_data(record: ReferenceRecord, contract: InputContract, info: Datas
 
 
 def detector_components(contract: InputContract) -> tuple[str, ...]:
-    """The detector's components for a model: without probabilities, no uncertainty component."""
+    """The detector's components for a model: without probabilities, no uncertainty component; with an embedding
+    layer, the embedding component too."""
     from scanflow.drift.autoencoder import COMPONENTS
 
-    return tuple(c for c in COMPONENTS if not (contract.output == "labels" and c == "uncertainty"))
+    components = tuple(c for c in COMPONENTS if not (contract.output == "labels" and c == "uncertainty"))
+    return components + (("embedding",) if contract.embedding is not None else ())
 

@@ -328,6 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     adopt.add_argument("--std", type=float_list, help="per-channel std of the normalisation (default 1: pixels in 0..1)")
     adopt.add_argument("--output", choices=("logits", "probabilities", "labels"), help="what the model returns (default: logits "
                        "for pytorch, probabilities for pyfunc)")
+    adopt.add_argument("--embedding-layer", metavar="LAYER", help="a pytorch model's layer whose output is its embedding (a name "
+                       "from named_modules(), e.g. its penultimate layer): the detector also scores distances in it")
     adopt.add_argument("--name", type=model_name, help="the registered name to supervise it under (default: the model's own)")
     adopt.add_argument("--on-bad", choices=("refuse", "skip"), default="refuse", help="a bad reference file refuses the "
                        "adoption (default) or is skipped and listed")
@@ -933,7 +935,7 @@ def _adopt(args: argparse.Namespace) -> int:
     summary = adopt_flow(
         model_uri=args.model_uri, reference=args.reference, classes=args.classes, input_size=args.input_size,
         channels=args.channels, mean=args.mean, std=args.std, output=args.output, on_bad=args.on_bad,
-        autoencoder_epochs=args.autoencoder_epochs, name=args.name,
+        autoencoder_epochs=args.autoencoder_epochs, name=args.name, embedding_layer=args.embedding_layer,
     )
     lines = [
         "",

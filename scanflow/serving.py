@@ -146,7 +146,59 @@ class FilteredClassifierModel(_ImageModel):
         return self.filtered.predict(images).numpy().astype(np.int64)
 
 
-WRAPPERS: dict[str, type[_ImageModel]] = {cls.kind: cls for cls in (ClassifierModel, AutoencoderModel, FilteredClassifierModel)}
+#: The artifact of a filtered adopted version holding the adopted model's own MLflow model directory, unchanged.
+FOREIGN_MODEL_ARTIFACT = "adopted_model"
+
+
+class FilteredForeignModel:
+    """A filter in front of an adopted model, as a drop-in for it: the same input (float32 [N, C, H, W], normalised
+    by the model's contract) and the same output (its logits, probabilities or labels). The input is mapped back to
+    uint8 pixels (rounded), cleaned by the denoiser (images it would change less than the gate pass untouched), and
+    given to the adopted model, loaded by its own flavour from `FOREIGN_MODEL_ARTIFACT`."""
+
+    kind = "filtered-foreign"
+
+    def __init__(self, contract: Any, gate_threshold: float | None = None) -> None:
+        self.contract = contract
+        self.gate_threshold = gate_threshold
+        self.filtered: Any = None
+
+    def model_config(self) -> dict[str, Any]:
+        return {"kind": self.kind, "contract": json.loads(self.contract.to_json()), "gate_threshold": self.gate_threshold}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "FilteredForeignModel":
+        from scanflow.adopt import InputContract
+
+        return cls(InputContract.from_json(json.dumps(config["contract"])), config.get("gate_threshold"))
+
+    def load_context(self, context: Any) -> None:
+        from scanflow.adopt import ForeignClassifier, load_foreign_model
+        from scanflow.improve.filter import FilteredClassifier
+
+        model = load_foreign_model(context.artifacts[FOREIGN_MODEL_ARTIFACT], self.contract)
+        denoiser = Denoiser.load(context.artifacts[DENOISER_ARTIFACT])
+        self.filtered = FilteredClassifier(ForeignClassifier(model, self.contract), denoiser, gate_threshold=self.gate_threshold)
+
+    def predict(self, context, model_input, params=None):
+        if self.filtered is None:
+            raise NotFittedError("FilteredForeignModel.predict before load_context: load it with mlflow.pyfunc.load_model")
+        if isinstance(model_input, dict):
+            model_input = next(iter(model_input.values()))
+        x = torch.as_tensor(np.asarray(model_input, dtype=np.float32))
+        c = self.contract
+        if x.dim() != 4 or tuple(x.shape[1:]) != (c.channels, c.height, c.width):
+            raise ValueError(f"expected float32 images [N, {c.channels}, {c.height}, {c.width}] normalised as the model's "
+                             f"input, got shape {list(x.shape)}")
+        cleaned = c.to_float(self.filtered.clean(c.to_pixels(x)))
+        model = self.filtered.classifier.model
+        if isinstance(model, torch.nn.Module):
+            with torch.inference_mode():
+                return model(cleaned).numpy()
+        return model.predict(cleaned.numpy())
+
+
+WRAPPERS: dict[str, Any] = {cls.kind: cls for cls in (ClassifierModel, AutoencoderModel, FilteredClassifierModel, FilteredForeignModel)}
 
 
 class ScanflowPyfunc(mlflow.pyfunc.PythonModel):

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import tempfile
 import time
 import urllib.error
@@ -410,12 +411,14 @@ def _requirements() -> list[str]:
 
 def _log_pyfunc(
     name: str, wrapper: Any, artifacts: Mapping[str, SavableModel | Detector], signature: Any,
-    registered_model_name: str, model_tags: Mapping[str, str] | None = None,
+    registered_model_name: str, model_tags: Mapping[str, str] | None = None, paths: Mapping[str, str] | None = None,
+    metadata: Mapping[str, Any] | None = None,
 ) -> Any:
     """Log `wrapper` (a `scanflow.serving` wrapper) as models-from-code, with each artifact saved by its own `save`
-    (artifact key = file stem), and register it."""
+    (artifact key = file stem) and each of `paths` (a file or folder) copied as it is, and register it."""
     with tempfile.TemporaryDirectory() as tmp, _quiet_mlflow():
         files = {key: str(obj.save(Path(tmp) / f"{key}.pt")) for key, obj in artifacts.items()}
+        files.update(paths or {})
         # The wrapper's config travels as an artifact file: MLflow would also copy a `model_config` into run params.
         files[CONFIG_ARTIFACT] = str(Path(tmp) / f"{CONFIG_ARTIFACT}.json")
         Path(files[CONFIG_ARTIFACT]).write_text(json.dumps(wrapper.model_config()))
@@ -427,6 +430,7 @@ def _log_pyfunc(
             pip_requirements=_requirements(),
             registered_model_name=registered_model_name,
             tags=dict(model_tags or {}),
+            metadata=dict(metadata) if metadata else None,
         )
 
 
@@ -573,11 +577,13 @@ def load_models(config: TrackingConfig, alias: str = CHAMPION_ALIAS) -> LoadedMo
     contract = _adopted_contract(version)
     if contract is not None:
         with tempfile.TemporaryDirectory() as tmp:
-            ae_dir = _download_verified(client, config.autoencoder_name, client.get_model_version(config.autoencoder_name, ae_version), tmp)
+            ae_model = client.get_model_version(config.autoencoder_name, ae_version)
+            ae_dir = _download_verified(client, config.autoencoder_name, ae_model, os.path.join(tmp, "ae"))
             autoencoder = Autoencoder.load(next(Path(ae_dir).rglob(f"{AUTOENCODER_ARTIFACT}.pt")))
-        classifier = load_foreign_classifier(config.tracking_uri, version, contract)
+            local = _download_verified(client, config.classifier_name, version, os.path.join(tmp, "clf"))
+            classifier, denoiser, gate = _adopted_parts(local, version, contract)
         return LoadedModels(classifier, autoencoder, str(version.version), str(ae_version), version.tags.get("scanflow.dataset", "default"),
-                            tags=dict(version.tags))
+                            denoiser, gate, dict(version.tags))
     with tempfile.TemporaryDirectory() as tmp:
         clf_dir = _download_verified(client, config.classifier_name, version, os.path.join(tmp, "clf"))
         ae_model = client.get_model_version(config.autoencoder_name, ae_version)
@@ -723,6 +729,9 @@ def register_candidate(
             if is_filter:
                 version_tags[FILTER_TAG] = "denoiser" + ("+reject" if candidate.scorer is not None else "")
                 version_tags[FILTER_GATE_TAG] = "none" if candidate.gate_threshold is None else repr(float(candidate.gate_threshold))
+            if is_filter and isinstance(candidate.classifier, ForeignClassifier):
+                model_info = _log_filtered_foreign(config, champion, candidate)
+            elif is_filter:
                 artifacts = {CLASSIFIER_ARTIFACT: candidate.classifier, DENOISER_ARTIFACT: candidate.denoiser}
                 if candidate.scorer is not None:
                     artifacts[REJECTION_DETECTOR_ARTIFACT] = candidate.scorer
@@ -763,6 +772,50 @@ def _log_foreign_pytorch(config: TrackingConfig, parent: Any, candidate: Any) ->
             candidate.model, name="classifier", signature=signature, metadata=metadata or None,
             serialization_format="pickle", pip_requirements=_requirements(), registered_model_name=config.classifier_name,
         )
+
+
+def _log_filtered_foreign(config: TrackingConfig, parent: Any, candidate: Any) -> Any:
+    """Log a filter in front of an adopted model (`scanflow.serving.FilteredForeignModel`): the denoiser, and the
+    adopted model's own directory (the parent's, or the one inside a filtered parent) copied unchanged, with the
+    parent's signature and metadata, so the new version takes and gives what the adopted model does."""
+    from scanflow.serving import FOREIGN_MODEL_ARTIFACT, FilteredForeignModel
+
+    if candidate.scorer is not None:
+        raise ScanflowError("a filter in front of an adopted model cannot reject images: its answers keep the model's own form")
+    _, signature, metadata = model_declarations(config.tracking_uri, parent)
+    with tempfile.TemporaryDirectory() as tmp:
+        downloaded = _foreign_model_dir(_download_verified(_client(config), config.classifier_name, parent, os.path.join(tmp, "parent")), parent)
+        # A folder artifact keeps its own name under artifacts/: the name the loader looks for.
+        model_dir = shutil.copytree(downloaded, Path(tmp) / FOREIGN_MODEL_ARTIFACT)
+        return _log_pyfunc(
+            "filtered-classifier", FilteredForeignModel(candidate.classifier.contract, candidate.gate_threshold),
+            {DENOISER_ARTIFACT: candidate.denoiser}, signature, config.classifier_name,
+            paths={FOREIGN_MODEL_ARTIFACT: str(model_dir)}, metadata=metadata,
+        )
+
+
+def _foreign_model_dir(local: str, version: Any) -> Path:
+    """The adopted model's own MLflow model directory inside a downloaded version: the version itself, or for a
+    filtered one the copy it carries."""
+    from scanflow.serving import FOREIGN_MODEL_ARTIFACT
+
+    if FILTER_TAG not in version.tags:
+        return Path(local)
+    return Path(local) / "artifacts" / FOREIGN_MODEL_ARTIFACT
+
+
+def _adopted_parts(local: str, version: Any, contract: Any) -> tuple[Any, Denoiser | None, float | None]:
+    """(the adopted model as a `ForeignClassifier`, the denoiser in front of it or None, the filter's gate) from a
+    downloaded version."""
+    from scanflow.adopt import ForeignClassifier, load_foreign_model
+
+    with _quiet_mlflow():
+        classifier = ForeignClassifier(load_foreign_model(str(_foreign_model_dir(local, version)), contract), contract)
+    if FILTER_TAG not in version.tags:
+        return classifier, None, None
+    denoiser = Denoiser.load(next(Path(local).rglob(f"{DENOISER_ARTIFACT}.pt")))
+    gate = version.tags.get(FILTER_GATE_TAG, "none")
+    return classifier, denoiser, None if gate == "none" else float(gate)
 
 
 @_tracking_errors
@@ -946,10 +999,14 @@ def load_served_model(config: TrackingConfig, alias: str = CHAMPION_ALIAS) -> Se
     contract = _adopted_contract(version)
     if contract is not None:
         from scanflow.adopt import AdoptedServing
+        from scanflow.improve.filter import FilteredClassifier
 
-        classifier = load_foreign_classifier(config.tracking_uri, version, contract)
+        with tempfile.TemporaryDirectory() as tmp:
+            local = _download_verified(_client(config), config.classifier_name, version, tmp)
+            classifier, denoiser, gate = _adopted_parts(local, version, contract)
+        served = FilteredClassifier(classifier, denoiser, gate_threshold=gate) if denoiser is not None else classifier
         info = contract.info(config.classifier_name, f"models:/{config.classifier_name}/{version.version}")
-        return ServedModel(AdoptedServing(classifier), str(version.version), info)
+        return ServedModel(AdoptedServing(served), str(version.version), info)
     with tempfile.TemporaryDirectory() as tmp, _quiet_mlflow():
         local = _download_verified(_client(config), config.classifier_name, version, tmp)
         model = mlflow.pyfunc.load_model(local)
@@ -1002,28 +1059,16 @@ def model_declarations(tracking_uri: str, version: Any) -> tuple[set[str], Any, 
     return set(info.flavors), info.signature, dict(info.metadata or {})
 
 
-def _load_foreign_model(local: str, contract: Any) -> Any:
-    """The user's model from its downloaded directory, by its flavour (its own loader: the user's code)."""
-    with _quiet_mlflow():
-        if contract.flavour == "pytorch":
-            from mlflow import pytorch as mlflow_pytorch
-
-            return mlflow_pytorch.load_model(local, map_location="cpu")
-        return mlflow.pyfunc.load_model(local)
-
-
 def load_foreign_classifier(tracking_uri: str, version: Any, contract: Any, verify: bool = True) -> Any:
-    """A registered foreign model as a `ForeignClassifier`; with `verify`, its files are checked against the sha256
-    recorded at adoption first (TamperedArtifactError)."""
-    from scanflow.adopt import ForeignClassifier
-
+    """A registered adopted model as a `ForeignClassifier` (for a filtered version, the model behind the filter);
+    with `verify`, its files are checked against the sha256 recorded at adoption first (TamperedArtifactError)."""
     client = mlflow_client(tracking_uri)
     with tempfile.TemporaryDirectory() as tmp:
         if verify:
             local = _download_verified(client, version.name, version, tmp)
         else:
             local = mlflow.artifacts.download_artifacts(f"models:/{version.name}/{version.version}", dst_path=tmp)
-        return ForeignClassifier(_load_foreign_model(local, contract), contract)
+        return _adopted_parts(local, version, contract)[0]
 
 
 def _adopted_contract(version: Any) -> Any:

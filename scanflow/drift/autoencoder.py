@@ -8,7 +8,10 @@ clean reference images ("robust standard deviations above clean", comparable acr
 - `pixels`: Mahalanobis distance of the image's pixel statistics (mean, standard deviation, share of bright
   pixels, neighbour difference and its ratio to the standard deviation) to the reference's;
 - `rarity`: the mean surprise (-log p, nats) of the image's least probable pixels under per-position histograms
-  of reference pixel values (`PixelRarity`): small local marks.
+  of reference pixel values (`PixelRarity`): small local marks;
+- `embedding` (optional, `OPTIONAL_COMPONENTS`): squared Mahalanobis distance of the classifier's own hidden
+  features (`embed_and_predict_proba`, e.g. an adopted model's named embedding layer) to the reference's, so a
+  change the model's representation sees counts even when pixels and the autoencoder miss it.
 
 Batch statistic: the largest of three z-scores under clean data, plus a tie-breaker of at most `TIE_BREAK`:
 - mean shift: the batch mean of each image's raw signals (log components, pixel statistics, latent vector)
@@ -36,6 +39,8 @@ from scanflow.drift.base import Detector, Features
 from scanflow.models import Autoencoder, Classifier, native_bfloat16, to_float
 
 COMPONENTS = ("reconstruction", "latent", "uncertainty", "pixels", "rarity")
+#: Components a detector scores only when asked (`components=`): they need more of the classifier than its softmax.
+OPTIONAL_COMPONENTS = ("embedding",)
 #: Components that tell what kind of change an image carries, hence which remedy fits (`_details`' strongest
 #: component share, which `scanflow.human.policy_action` votes with). `rarity` tells only that pixels are unusual
 #: where they sit, as much for marks a filter removes (spatter, lines) as for moved shapes only retraining fixes
@@ -191,9 +196,9 @@ class AutoencoderDetector(Detector):
         calibration on whatever machine loads it; on a CPU without native bfloat16 that pass is emulated and slower
         (not measured here: this machine has it)."""
         super().__init__(**kwargs)
-        unknown = set(components) - set(COMPONENTS)
+        unknown = set(components) - set(COMPONENTS + OPTIONAL_COMPONENTS)
         if unknown or not components:
-            raise ValueError(f"components must be a non-empty subset of {COMPONENTS}, got {components}")
+            raise ValueError(f"components must be a non-empty subset of {COMPONENTS + OPTIONAL_COMPONENTS}, got {components}")
         if reconstruction_precision not in RECONSTRUCTION_PRECISIONS:
             raise ValueError(
                 f"reconstruction_precision must be one of {RECONSTRUCTION_PRECISIONS}, got {reconstruction_precision!r}"
@@ -206,6 +211,8 @@ class AutoencoderDetector(Detector):
         self._latent_precision: np.ndarray | None = None
         self._pixel_mean: np.ndarray | None = None
         self._pixel_precision: np.ndarray | None = None
+        self._embedding_mean: np.ndarray | None = None
+        self._embedding_precision: np.ndarray | None = None
         self._component_location: np.ndarray | None = None
         self._component_scale: np.ndarray | None = None
         self._rarity: PixelRarity | None = None
@@ -224,6 +231,9 @@ class AutoencoderDetector(Detector):
         pixel_covariance = LedoitWolf().fit(_pixel_shape_features(pixel_statistics(reference)))
         self._pixel_mean, self._pixel_precision = pixel_covariance.location_, pixel_covariance.precision_
         self._rarity = PixelRarity.fit(reference)
+        if "embedding" in self.components:
+            embedding = LedoitWolf().fit(self._embedding(reference))
+            self._embedding_mean, self._embedding_precision = embedding.location_, embedding.precision_
         _, raw, _ = self._raw_components(reference, encoded=encoded)
         self._component_location, self._component_scale = _robust_location_scale(raw)
         rows = np.sort(np.random.default_rng(self.seed).permutation(len(reference))[:REPORT_REFERENCE_ROWS])
@@ -328,6 +338,8 @@ class AutoencoderDetector(Detector):
             "component_location": self._component_location,
             "component_scale": self._component_scale,
             "pixel_rarity": None if self._rarity is None else self._rarity.bin_surprise,
+            "embedding_mean": self._embedding_mean,
+            "embedding_precision": self._embedding_precision,
             "decoder_dtype": str(self._decoder_dtype).removeprefix("torch."),
         }
 
@@ -345,6 +357,8 @@ class AutoencoderDetector(Detector):
         self._component_scale = state["component_scale"]
         rarity = state.get("pixel_rarity")  # absent from detectors saved before the component existed
         self._rarity = None if rarity is None else PixelRarity(rarity)
+        self._embedding_mean = state.get("embedding_mean")
+        self._embedding_precision = state.get("embedding_precision")
         # Detectors saved before the choice existed computed their errors in float32.
         self.reconstruction_precision = state.get("decoder_dtype", "float32")
         self._decoder_dtype = getattr(torch, self.reconstruction_precision)
@@ -369,8 +383,13 @@ class AutoencoderDetector(Detector):
             "uncertainty": lambda: np.log(-np.log(np.clip(self._top_probability(images, probabilities), _EPS, 1.0)) + 1e-6),
             "pixels": lambda: np.log(_mahalanobis_squared(_pixel_shape_features(pixels), self._pixel_mean, self._pixel_precision) + 1e-6),
             "rarity": lambda: self._rarity.score(images),
+            "embedding": lambda: np.log(_mahalanobis_squared(self._embedding(images), self._embedding_mean, self._embedding_precision) + _EPS),
         }
         return latent, np.stack([columns[c]() for c in self.components], axis=1), pixels
+
+    def _embedding(self, images: torch.Tensor) -> np.ndarray:
+        """The classifier's hidden features of `images`, float64 [N, D]."""
+        return self.classifier.embed_and_predict_proba(images)[0].numpy().astype(np.float64)
 
     def _top_probability(self, images: torch.Tensor, probabilities: np.ndarray | None) -> np.ndarray:
         if probabilities is None:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from scanflow.data import DatasetInfo, LabeledImages, hold_out_calibration, load_train_test, validate_batch
-from scanflow.drift.autoencoder import AutoencoderDetector
+from scanflow.drift.autoencoder import COMPONENTS, AutoencoderDetector
 from scanflow.drift.base import Detector, DriftResult
 from scanflow.errors import ScanflowError
 from scanflow.human import Decision, InvalidDecisionError, validate_labels
@@ -203,12 +203,14 @@ def refit_detector(
     candidate's view of an image batch, e.g. a filter's cleaning; default as is) and calibrated on clean images it
     was not fitted on. A detector must be fitted on what it will watch: the champion's detector judging filtered
     clean batches, or a reference mixing the drifted batch in, raised false alarms on clean batches. Not on the
-    drifted batch either: a repeat of the shift is recognised as a known shift instead."""
+    drifted batch either: a repeat of the shift is recognised as a known shift instead. It scores the components the
+    champion's detector does (a model that answers labels only has no uncertainty component)."""
     view = seen or (lambda images: images)
     rows = np.sort(np.random.default_rng(context.seed).permutation(len(context.replay))[:DETECTOR_REFERENCE_IMAGES])
     reference = view(context.replay.images[torch.from_numpy(rows)])
     calibration = view(context.calibration.images) if context.calibration is not None else None
-    detector = AutoencoderDetector(classifier, context.autoencoder, seed=context.seed)
+    components = getattr(context.detector, "components", None) or COMPONENTS
+    detector = AutoencoderDetector(classifier, context.autoencoder, components=components, seed=context.seed)
     return detector.fit(reference, calibration=calibration, info=context.replay.info)
 
 

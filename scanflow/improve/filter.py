@@ -16,8 +16,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 from torch.nn import functional as F
 
+from scanflow.adopt import ForeignClassifier, ForeignModule
 from scanflow.corruptions import CORRUPTIONS, FAMILIES, corrupt
 from scanflow.data import LabeledImages, validate_batch
 from scanflow.drift.base import Detector
@@ -94,19 +96,26 @@ def corrupted_pairs(clean: torch.Tensor, config: DenoiserConfig) -> torch.Tensor
     return corrupted
 
 
-def train_denoiser(classifier: Classifier, data: LabeledImages, config: DenoiserConfig = DenoiserConfig()) -> DenoiserResult:
-    """Train a `Denoiser` for `classifier` on (a seeded subset of) its clean training images `data`."""
+def train_denoiser(classifier: nn.Module | None, data: LabeledImages, config: DenoiserConfig = DenoiserConfig()) -> DenoiserResult:
+    """Train a `Denoiser` for `classifier` on (a seeded subset of) its clean training images `data`.
+
+    `classifier`: a module from float images in [0, 1] to logits with `predict_proba(uint8 images)` (a `Classifier`
+    or `scanflow.adopt.ForeignModule`), frozen during training and used for the consistency loss; None for a model
+    without gradients (an adopted pyfunc): the denoiser then learns from pixel error alone."""
     started = time.perf_counter()
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     rows = torch.randperm(len(data), generator=generator)[: config.training_images]
     clean = data.images[rows]
     corrupted = corrupted_pairs(clean, config)
+    if classifier is None:
+        config = replace(config, consistency_weight=0.0)
+        classifier = nn.Identity()
     classifier = classifier.eval()
     for parameter in classifier.parameters():
         parameter.requires_grad_(False)
     with torch.no_grad():
-        targets = classifier.predict_proba(clean)
+        targets = classifier.predict_proba(clean) if config.consistency_weight > 0 else None
     prepared = time.perf_counter()
     info = data.info
     denoiser = Denoiser(info.channels, info.height, info.width, width_multiplier=config.width_multiplier)
@@ -227,18 +236,36 @@ class FilterImprover(Improver):
 
     def _describe(self, context: ImprovementContext, n_training_labels: int) -> tuple[str, float, dict[str, Any]]:
         info = context.replay.info
-        seconds = expected_denoiser_seconds(self.config, len(context.replay), info.height, info.width)
+        config = self._config_for(context)
+        seconds = expected_denoiser_seconds(config, len(context.replay), info.height, info.width)
         description = (
             f"train a denoiser on {min(self.config.training_images, len(context.replay)):,} clean training images "
             f"corrupted by {len(self.config.training_corruptions)} synthetic corruptions and put it in front of "
             f"classifier v{context.champion_version or '?'} (unchanged); no labels needed"
+            + ("; it learns from pixel error alone (the model gives no gradients)" if config.consistency_weight == 0 else "")
             + (f"; reject images still beyond the detector's clean {1 - self.reject_fpr:.1%} quantile" if self.reject_fpr else "")
         )
-        params = {**self.config.as_params(), "filter_reject_fpr": self.reject_fpr or 0.0, "filter_gate_quantile": self.gate_quantile or 0.0}
+        params = {**config.as_params(), "filter_reject_fpr": self.reject_fpr or 0.0, "filter_gate_quantile": self.gate_quantile or 0.0}
         return description, seconds, params
 
+    @staticmethod
+    def _guide(context: ImprovementContext) -> nn.Module | None:
+        """The classifier as the denoiser's consistency loss differentiates it: an adopted pytorch module through
+        `ForeignModule`, nothing for a model without gradients (a pyfunc, or one that answers labels)."""
+        classifier = context.classifier
+        if not isinstance(classifier, ForeignClassifier):
+            return classifier
+        if isinstance(classifier.model, nn.Module) and classifier.contract.output != "labels":
+            return ForeignModule(classifier)
+        return None
+
+    def _config_for(self, context: ImprovementContext) -> DenoiserConfig:
+        return self.config if self._guide(context) is not None else replace(self.config, consistency_weight=0.0)
+
     def _build(self, context: ImprovementContext, labelled: LabeledImages | None) -> tuple[FilteredClassifier, Detector, int, str]:
-        result = train_denoiser(context.classifier, context.replay, self.config)
+        if self.reject_fpr is not None and isinstance(context.classifier, ForeignClassifier):
+            raise ScanflowError("a filter in front of an adopted model cannot reject images (its answers keep the model's own form): drop reject_fpr")
+        result = train_denoiser(self._guide(context), context.replay, self._config_for(context))
         gate = None
         if self.gate_quantile is not None:
             gate_images = context.calibration.images if context.calibration is not None else context.clean_holdout.images

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import mlflow
@@ -161,13 +162,6 @@ def test_a_model_scanflow_did_not_train_is_adopted_then_detects_and_predicts(out
     from_pngs = json.loads(capsys.readouterr().out)
     assert from_pngs["n"] == 60 and from_pngs["is_drift"] is False
 
-    versions_before = len(client.search_model_versions("name='outside-shapes'"))
-    assert main(["improve", "--batch", str(adopted / "fog.npy"), "--shown", "0,1", "--action", "filter"]) == 2
-    refused = "".join(capsys.readouterr())
-    assert ("outside-shapes v1 cannot filter: the filter is not built for adopted models yet; decide retrain or ignore"
-            in refused and "Traceback" not in refused)
-    assert len(client.search_model_versions("name='outside-shapes'")) == versions_before
-
     assert main(["predict", "--batch", str(adopted / "clean.npy")]) == 0
     predicted = capsys.readouterr().out
     assert "Traceback" not in predicted
@@ -178,7 +172,8 @@ def test_a_model_scanflow_did_not_train_is_adopted_then_detects_and_predicts(out
     assert float(np.mean(predicted_labels == labels)) > 0.9
 
     the_adopted_module_is_retrained_on_a_persons_labels(adopted, mlflow_store, labels, capsys)
-    a_labels_only_pyfunc_is_adopted_under_another_name(adopted, mlflow_store, capsys, monkeypatch)
+    a_filter_is_put_in_front_of_the_adopted_module(adopted, mlflow_store, labels, capsys, monkeypatch)
+    a_labels_only_pyfunc_is_adopted_under_another_name(adopted, mlflow_store, labels, capsys, monkeypatch)
 
 
 def the_adopted_module_is_retrained_on_a_persons_labels(adopted, mlflow_store, labels, capsys) -> None:
@@ -224,6 +219,50 @@ def the_adopted_module_is_retrained_on_a_persons_labels(adopted, mlflow_store, l
         first.write_bytes(original)
 
 
+def fog_accuracy(uri: str, adopted, labels: np.ndarray) -> float:
+    """Accuracy of a registered version, loaded as a plain pyfunc, on the fog images nobody labelled (rows 60:)."""
+    model = mlflow.pyfunc.load_model(uri)
+    x = (np.load(adopted / "fog.npy")[60:].astype(np.float32) / 255 - 0.5) / 0.5
+    out = np.asarray(model.predict(x))
+    return float(((out.argmax(1) if out.ndim == 2 else out) == labels[60:]).mean())
+
+
+def a_filter_is_put_in_front_of_the_adopted_module(adopted, mlflow_store, labels, capsys, monkeypatch) -> None:
+    """The team's module adopted again under another name, and a person decides to filter it: v2 is the unchanged
+    module behind a denoiser, a drop-in for it (normalised floats in, logits out, loaded with plain MLflow code),
+    judged on the person's labels and promoted; detect and predict then go through the filter."""
+    client = MlflowClient(mlflow_store)
+    code = main(["adopt", "models:/outside-shapes/1", "--reference", str(adopted / "reference"), "--name", "outside-filtered",
+                 "--autoencoder-epochs", "8", "--embedding-layer", "head.2"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err[-3000:]
+    assert "Decisions:   retrain, filter, ignore\n" in captured.out
+    assert "Evidence:    probabilities and the embedding of layer 'head.2'" in captured.out
+    monkeypatch.setenv("SCANFLOW_MODEL_NAME", "outside-filtered")
+    shown = list(range(60))
+    code = main(["improve", "--batch", str(adopted / "fog.npy"), "--shown", ",".join(map(str, shown)), "--action", "filter",
+                 "--labels", ",".join(str(int(labels[i])) for i in shown), "--margin", "0.05"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err[-3000:]
+    assert "Traceback" not in captured.out + captured.err
+    v2 = client.get_model_version("outside-filtered", "2")
+    assert v2.tags["scanflow.kind"] == "filter" and v2.tags["scanflow.parent_version"] == "1"
+    assert v2.tags["scanflow.contract"] == client.get_model_version("outside-filtered", "1").tags["scanflow.contract"]
+    info = mlflow.models.get_model_info("models:/outside-filtered/2")
+    assert info.signature.inputs.to_dict() == mlflow.models.get_model_info("models:/outside-shapes/1").signature.inputs.to_dict()
+    assert info.metadata["classes"] == list(CLASSES)
+    before, after = fog_accuracy("models:/outside-filtered/1", adopted, labels), fog_accuracy("models:/outside-filtered/2", adopted, labels)
+    print(f"pytorch module, fog accuracy on rows nobody labelled: v1 {before:.3f}, v2 (filtered) {after:.3f}; "
+          f"verdict {v2.tags['scanflow.verdict']}", file=sys.__stderr__)
+    assert after > before + 0.1, (before, after)
+    assert v2.tags["scanflow.verdict"] == "promoted"
+    assert main(["detect", "--batch", str(adopted / "clean.npy"), "--json", "--no-report"]) == 0  # v2's detector watches cleaned images
+    watched = json.loads(capsys.readouterr().out)
+    assert watched["model_version"] == "2" and watched["is_drift"] is False
+    assert main(["predict", "--batch", str(adopted / "fog.npy")]) == 0
+    assert "fog: 120 labels by v2 (0 rejected)" in capsys.readouterr().out
+
+
 def refusals_write_nothing(outside_model, adopted, mlflow_store, capsys) -> None:
     """Contradictions and a URI that names no registered version are refused (exit 2) before anything is written."""
     client = MlflowClient(mlflow_store)
@@ -238,14 +277,18 @@ def refusals_write_nothing(outside_model, adopted, mlflow_store, capsys) -> None
     code = main(["adopt", outside_model, "--reference", str(adopted / "reference"), "--input-size", "64x64"])
     out = capsys.readouterr()
     assert code == 2 and "the model declares input size (32, 32) but --input-size says (64, 64)" in out.err + out.out
+    code = main(["adopt", outside_model, "--reference", str(adopted / "reference"), "--embedding-layer", "head.9"])
+    out = capsys.readouterr()
+    assert code == 2 and "the model has no layer 'head.9' for --embedding-layer; its layers: features, features.0," in out.err + out.out
     assert main(["adopt", "runs:/abc/model", "--reference", str(adopted / "reference")]) == 2
     assert "is not a registered model version: pass models:/NAME/VERSION" in "".join(capsys.readouterr())
     assert len(client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=1000)) == runs_before
     assert len(client.search_model_versions()) == versions_before
 
 
-def a_labels_only_pyfunc_is_adopted_under_another_name(adopted, mlflow_store, capfd, monkeypatch) -> None:
-    """A pyfunc that answers labels only, without metadata: the flags give the contract; the detector works without the model's confidence, and says so."""
+def a_labels_only_pyfunc_is_adopted_under_another_name(adopted, mlflow_store, labels, capfd, monkeypatch) -> None:
+    """A pyfunc that answers labels only, without metadata: the flags give the contract; the detector works without
+    the model's confidence, and says so. It cannot be retrained, and a filter goes in front of it."""
     classes = adopted / "classes.txt"
     classes.write_text("\n".join(CLASSES) + "\n")
     code = main(["adopt", "models:/outside-labels/1", "--reference", str(adopted / "reference"), "--classes", str(classes),
@@ -256,8 +299,8 @@ def a_labels_only_pyfunc_is_adopted_under_another_name(adopted, mlflow_store, ca
     assert code == 0, captured.err[-1500:]
     assert "Supervised:  team-labels v1 @champion (from models:/outside-labels/1)" in out
     assert "Evidence:    labels only: the detector works from pixels and the autoencoder" in out
-    assert ("Decisions:   ignore (a pyfunc model that answers labels has no module Scanflow can fine-tune, and the filter is "
-            "not built for adopted models yet" in out)
+    assert ("Decisions:   filter, ignore (a pyfunc model that answers labels has no module Scanflow can fine-tune: retrain "
+            "it with your own code and adopt the new version)" in out)
     client = MlflowClient(mlflow_store)
     assert client.get_model_version("team-labels", "1").tags["scanflow.adopted_from"] == "models:/outside-labels/1"
     assert "scanflow.adopted" not in client.get_model_version("outside-labels", "1").tags  # the team's entry untouched
@@ -269,3 +312,15 @@ def a_labels_only_pyfunc_is_adopted_under_another_name(adopted, mlflow_store, ca
     assert main(["improve", "--batch", str(adopted / "fog.npy"), "--shown", "0,1", "--action", "retrain", "--labels", "0,1"]) == 2
     refused = "".join(capfd.readouterr())
     assert "team-labels v1 cannot retrain: a pyfunc model that answers labels has no module" in refused and "Traceback" not in refused
+    shown = list(range(60))
+    code = main(["improve", "--batch", str(adopted / "fog.npy"), "--shown", ",".join(map(str, shown)), "--action", "filter",
+                 "--labels", ",".join(str(int(labels[i])) for i in shown), "--margin", "0.05"])
+    captured = capfd.readouterr()
+    assert code == 0, captured.err[-3000:]
+    assert "it learns from pixel error alone (the model gives no gradients)" in captured.out + captured.err
+    v2 = client.get_model_version("team-labels", "2")
+    assert v2.tags["scanflow.kind"] == "filter" and v2.tags["scanflow.adopted"] == "pyfunc"
+    before, after = fog_accuracy("models:/team-labels/1", adopted, labels), fog_accuracy("models:/team-labels/2", adopted, labels)
+    print(f"labels-only pyfunc, fog accuracy on rows nobody labelled: v1 {before:.3f}, v2 (filtered) {after:.3f}; "
+          f"verdict {v2.tags['scanflow.verdict']}", file=sys.__stderr__)
+    assert after > before + 0.1, (before, after)

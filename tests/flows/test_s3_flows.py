@@ -120,3 +120,47 @@ def test_nothing_is_lost_when_the_s3_server_restarts_between_two_batches(env, tm
         assert store.get_json("prod/detections/r1.json")["is_drift"] == verdict["is_drift"] is True
     finally:
         server.stop()
+
+
+def _png_batch_in_s3(store, prefix: str, images: np.ndarray, labels: np.ndarray, classes) -> None:
+    """One batch of PNG files in class sub-folders under s3://BUCKET/PREFIX (ImageFolder layout)."""
+    import io
+
+    from PIL import Image
+
+    for i, (image, label) in enumerate(zip(images, labels)):
+        data = io.BytesIO()
+        Image.fromarray(image[0]).save(data, format="PNG")
+        store.put_bytes(f"{prefix}/{classes[int(label)]}/{i:03d}.png", data.getvalue(), "image/png")
+
+
+def test_a_stream_of_image_folders_in_s3_is_supervised_batch_by_batch_and_a_rerun_takes_only_the_new_ones(env, storage, tmp_path, monkeypatch):
+    """`supervise --stream s3://bucket/prefix/`: each new sub-prefix of PNG files is a batch; a second run (as the
+    schedule makes) takes only the new one; the bucket's objects under the stream are never written."""
+    from scanflow import tracking
+    from scanflow.config import TrackingConfig
+    from scanflow.data import load_train_test
+
+    monkeypatch.setenv("SCANFLOW_CACHE_DIR", str(tmp_path / "cache"))
+    _, test = load_train_test("digits", seed=0)
+    order = np.random.default_rng(1).permutation(len(test))
+    classes, images, labels = test.info.classes, test.images.numpy()[order], test.labels.numpy()[order]
+    for b in range(2):
+        _png_batch_in_s3(storage, f"photos/day-{b}", images[b * 50:(b + 1) * 50], labels[b * 50:(b + 1) * 50], classes)
+    stream = storage.uri("photos/")
+    objects = {key: storage._call("head_object", Bucket=storage.config.bucket, Key=key)["ETag"] for key in storage.keys("photos/")}
+
+    first = supervise_flow(stream=stream, human="oracle", budget=10, storage="s3-flows")["batches"]
+    assert [r["batch"] for r in first] == ["day-0", "day-1"]
+    assert all(r["accuracy_before"] > 0.7 for r in first)
+
+    _png_batch_in_s3(storage, "photos/day-2", images[100:150], labels[100:150], classes)
+    second = supervise_flow(stream=stream, human="oracle", budget=10, storage="s3-flows")["batches"]
+    assert [r["batch"] for r in second] == ["day-0", "day-1", "day-2"] and second[:2] == first
+    config = TrackingConfig.from_env()
+    client = tracking.mlflow_client(config.tracking_uri)
+    experiment = client.get_experiment_by_name(config.experiment_name).experiment_id
+    detected = [r.data.tags["scanflow.batch_id"] for r in client.search_runs([experiment], "tags.`scanflow.kind` = 'detect'", max_results=1000)]
+    assert sorted(b for b in detected if b.startswith("day-")) == ["day-0", "day-1", "day-2"]  # each batch tested once
+    after = {key: storage._call("head_object", Bucket=storage.config.bucket, Key=key)["ETag"] for key in storage.keys("photos/")}
+    assert {k: v for k, v in after.items() if "/day-2/" not in k} == objects  # nothing written where the team's files are

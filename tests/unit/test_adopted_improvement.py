@@ -45,10 +45,12 @@ def tags(output: str = "logits", flavour: str = "pytorch", labelled: bool | None
 
 def test_a_scanflow_model_is_offered_every_decision_and_an_adopted_one_only_what_it_can_carry_out():
     assert improvable_actions({"scanflow.dataset": "digits"}) == (ACTIONS, "")
-    actions, why = improvable_actions(tags())
-    assert actions == ("retrain", "ignore") and why == "the filter is not built for adopted models yet"
+    assert improvable_actions(tags()) == (ACTIONS, "")
+    assert improvable_actions(tags("probabilities")) == (ACTIONS, "")
     actions, why = improvable_actions(tags("labels", "pyfunc"))
-    assert actions == ("ignore",) and why.startswith("a pyfunc model that answers labels has no module Scanflow can fine-tune")
+    assert actions == ("filter", "ignore") and why.startswith("a pyfunc model that answers labels has no module Scanflow can fine-tune")
+    actions, why = improvable_actions(tags("probabilities", "pyfunc"))
+    assert actions == ("filter", "ignore") and why.startswith("a pyfunc model that answers probabilities has no module")
     actions, why = improvable_actions(tags(labelled=False))
     assert actions == ("ignore",) and "its reference /data/reference has no labels (class sub-folders)" in why
     actions, why = improvable_actions(tags(labelled=None))
@@ -143,3 +145,86 @@ def test_the_reference_is_read_again_only_as_it_was_at_adoption(tmp_path):
         reference_data(record, contract(), data.info)
     with pytest.raises(AdoptionError, match="has no labels"):
         reference_data(ReferenceRecord(record.source, "refuse", 60, False, record.sha256), contract(), data.info)
+
+
+class LabelsOnly:
+    """A pyfunc-like model without gradients that answers labels: bright (mean input > 0) or dark."""
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return (x.reshape(len(x), -1).mean(axis=1) > 0).astype(np.int64)
+
+
+@pytest.mark.parametrize("flavour", ["pytorch", "pyfunc"])
+def test_a_filter_in_front_of_an_adopted_model_is_a_drop_in_for_it(tmp_path, flavour):
+    """The filtered version takes and gives what the adopted model does (normalised floats in, its own output out),
+    loads with plain MLflow code, and answers clean images the gate passes exactly as the model alone; a model
+    without gradients gets a denoiser trained on pixel error alone."""
+    import mlflow.pyfunc
+    from mlflow import pytorch as mlflow_pytorch
+
+    from scanflow.improve.filter import DenoiserConfig, FilteredClassifier, calibrate_gate, train_denoiser
+    from scanflow.serving import CONFIG_ARTIFACT, DENOISER_ARTIFACT, FOREIGN_MODEL_ARTIFACT, PYFUNC_CODE, FilteredForeignModel
+
+    torch.manual_seed(0)
+    clean = squares(300, 0)
+    if flavour == "pytorch":
+        model = fine_tune(ForeignModule(ForeignClassifier(Net(softmax=False), contract())), clean, clean,
+                          RetrainConfig(steps=150, batch_size=32, pseudo_share=0.0)).classifier.net.eval()
+        mlflow_pytorch.save_model(model, str(tmp_path / "team-model"), serialization_format="pickle", pip_requirements=["torch"])
+        adopted = ForeignClassifier(model, contract())
+        guide = ForeignModule(adopted)
+    else:
+        adopted = ForeignClassifier(LabelsOnly(), contract("labels", "pyfunc"))
+        guide = None
+
+    result = train_denoiser(guide, clean, DenoiserConfig(training_images=300, steps=30, batch_size=16, width_multiplier=4))
+    gate = calibrate_gate(result.denoiser, clean.images, 0.9)
+    filtered = FilteredClassifier(adopted, result.denoiser, gate_threshold=gate)
+    wrapper = FilteredForeignModel(adopted.contract, gate)
+    (tmp_path / "config.json").write_text(__import__("json").dumps(wrapper.model_config()))
+    result.denoiser.save(tmp_path / "denoiser.pt")
+    if flavour == "pyfunc":  # a plain pyfunc of the team's: LabelsOnly behind mlflow's own wrapper
+        class TeamPyfunc(mlflow.pyfunc.PythonModel):
+            def predict(self, context, model_input, params=None):
+                return LabelsOnly().predict(np.asarray(model_input))
+
+        mlflow.pyfunc.save_model(str(tmp_path / "team-model"), python_model=TeamPyfunc(), pip_requirements=["numpy"])
+    mlflow.pyfunc.save_model(
+        str(tmp_path / "filtered"), python_model=str(PYFUNC_CODE), pip_requirements=["torch"],
+        artifacts={CONFIG_ARTIFACT: str(tmp_path / "config.json"), DENOISER_ARTIFACT: str(tmp_path / "denoiser.pt"),
+                   FOREIGN_MODEL_ARTIFACT: str(tmp_path / "team-model")},
+    )
+    served = mlflow.pyfunc.load_model(str(tmp_path / "filtered"))
+    x = adopted.contract.to_float(clean.images[:50])
+    answer = np.asarray(served.predict(x.numpy()))
+    passed = (filtered.clean(clean.images[:50]) == clean.images[:50]).flatten(1).all(dim=1).numpy()
+    assert passed.mean() >= 0.7  # the gate passes most clean images untouched
+    if flavour == "pytorch":
+        with torch.no_grad():
+            alone = model(x).numpy()
+        assert answer.shape == (50, 2) and answer.dtype == np.float32  # logits, as the team's model gives
+        assert np.allclose(answer[passed], alone[passed], atol=1e-5)
+    else:
+        alone = LabelsOnly().predict(x.numpy())
+        assert answer.shape == (50,) and np.array_equal(answer[passed], alone[passed])
+    assert np.array_equal(np.asarray(served.predict(x.numpy())).argmax(1) if flavour == "pytorch" else answer,
+                          filtered.predict(clean.images[:50]).numpy())
+    with pytest.raises(ValueError, match=r"expected float32 images \[N, 1, 8, 8\] normalised as the model's input, got shape \[50, 64\]"):
+        served.predict(x.flatten(1).numpy())
+
+
+def test_an_embedding_layer_is_the_hidden_features_the_detector_watches():
+    from scanflow.adopt import detector_components
+
+    net = Net(softmax=False)
+    with_layer = InputContract(1, 8, 8, CLASSES, (0.5,), (0.5,), "logits", "pytorch", embedding="body.2")
+    classifier = ForeignClassifier(net, with_layer)
+    hidden, probabilities = classifier.embed_and_predict_proba(squares(5, 0).images)
+    assert hidden.shape == (5, 16) and probabilities.shape == (5, 2) and bool((hidden >= 0).all())  # the ReLU's output
+    assert classifier.evidence == "probabilities and the embedding of layer 'body.2'"
+    assert detector_components(with_layer)[-1] == "embedding" and "embedding" not in detector_components(contract())
+    assert InputContract.from_json(with_layer.to_json()) == with_layer
+    with pytest.raises(AdoptionError, match=r"^the model has no layer 'body.9' for --embedding-layer; its layers: body, body.0, body.1, body.2, body.3$"):
+        ForeignClassifier(net, InputContract(1, 8, 8, CLASSES, (0.5,), (0.5,), "logits", "pytorch", embedding="body.9"))
+    with pytest.raises(AdoptionError, match=r"^--embedding-layer names a layer of a pytorch module, and a pyfunc model has none"):
+        InputContract(1, 8, 8, CLASSES, (0.5,), (0.5,), "probabilities", "pyfunc", embedding="body.2")

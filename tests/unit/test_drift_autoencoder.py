@@ -215,3 +215,24 @@ def test_the_detector_fits_and_tells_clean_from_corrupted_32x32_rgb_batches(rgb_
     assert auroc >= 0.9, auroc
     loaded = AutoencoderDetector.load(detector.save(tmp_path / "rgb.pt"))
     assert np.array_equal(loaded.predict(corrupted).sample_scores, corrupted_result.sample_scores)
+
+
+def test_the_optional_embedding_component_scores_distance_in_the_classifiers_own_features(detector, digits, tmp_path):
+    """Asked for, the embedding component measures how far an image's hidden features (the classifier's view) sit
+    from the reference's; it is fitted state kept by a saved detector, and off by default."""
+    train, test = digits
+    assert "embedding" not in detector.components
+    with_embedding = AutoencoderDetector(detector.classifier, detector.autoencoder, components=COMPONENTS + ("embedding",),
+                                         calibration_windows=100)
+    with_embedding.fit(train.images, calibration=test.images, info=train.info)
+    rotated = corrupt(test.images[:200], "rotate", 4, seed=0)
+    column = with_embedding.components.index("embedding")
+    clean_scores = with_embedding._features(test.images[:200])["components"][:, column]
+    shifted_scores = with_embedding._features(rotated)["components"][:, column]
+    auroc = roc_auc_score(np.r_[np.zeros(200), np.ones(200)], np.r_[clean_scores, shifted_scores])
+    assert auroc > 0.75, auroc
+    assert with_embedding.predict(rotated).is_drift and not with_embedding.predict(test.images[200:300]).is_drift
+    loaded = AutoencoderDetector.load(with_embedding.save(tmp_path / "detector.pt"))
+    assert loaded.predict(rotated).statistic == pytest.approx(with_embedding.predict(rotated).statistic)
+    with pytest.raises(ValueError, match=r"components must be a non-empty subset of \('reconstruction', .*'embedding'\), got \('embeding',\)"):
+        AutoencoderDetector(detector.classifier, detector.autoencoder, components=("embeding",))
