@@ -284,8 +284,9 @@ def test_the_fast_inference_decoder_computes_the_plain_decoder_at_every_size(sha
 
 def test_the_28x28_grey_models_compute_what_they_computed_before_sizes_were_generalised():
     """`models_28x28_reference.pt` holds small trained 28x28 models and the outputs the code before the change
-    computed from them (see make_models_reference.py beside it). Tolerance: float32 rounding on another CPU; on the
-    machine that made the file the outputs are bit-identical."""
+    computed from them (see make_models_reference.py beside it). Tolerance: float32 rounding on another CPU (latents
+    reach 18, where one float32 step is 2e-6: an AMD EPYC differs by 1e-5 there); on the machine that made the file
+    the outputs are bit-identical."""
     from scanflow.artifacts import load_state
 
     state = load_state(REFERENCE)
@@ -305,7 +306,7 @@ def test_the_28x28_grey_models_compute_what_they_computed_before_sizes_were_gene
         "reconstruction_errors": autoencoder.reconstruction_error(images),
     }
     for name, value in got.items():
-        torch.testing.assert_close(value, expected[name], rtol=0, atol=1e-6, msg=name)
+        torch.testing.assert_close(value, expected[name], rtol=2e-6, atol=1e-6, msg=name)
     assert (denoiser.clean(images).int() - expected["cleaned"].int()).abs().max() <= 1
 
 
