@@ -27,12 +27,11 @@ from torch.nn import functional as F
 from scanflow.errors import ScanflowError, UnsupportedImageSizeError
 
 FORMAT_VERSION = 1
+#: The label a filter answers for an image it rejects (`scanflow.improve.filter.FilteredClassifier`); never a class.
+REJECTED_LABEL = -1
 #: Images per forward pass at inference for models with full-resolution feature maps (the classifier, the
-#: denoiser). Small chunks keep every activation (e.g. 32 channels x 28 x 28 floats per image) inside glibc's heap:
-#: with 512-image chunks each layer's output is a fresh ~50 MB mmap whose page faults cost more than the
-#: convolutions in a process that has not yet raised its mmap threshold (Fashion-MNIST, 1,000 images, 2 threads,
-#: best of 10 in a fresh process; classifier: 1,000-chunk 213 ms, 512 167 ms, 256 138 ms, 128 78 ms, 64 98 ms;
-#: denoiser: 267 / 250 / 239 / 168 / 171 ms). Long-running servers and fresh flow containers then run alike.
+#: denoiser). Small chunks keep every activation inside glibc's heap, where larger ones become fresh mmaps whose
+#: page faults cost more than the convolutions (docs/decisions/0005-inference-speed.md).
 INFERENCE_CHUNK = 128
 #: The image area (pixels) the inference chunks are given for; for larger images a chunk holds proportionally fewer
 #: images (`SavableModel.inference_chunk`), so its feature maps take no more memory than at 28x28.
@@ -46,10 +45,9 @@ MIN_IMAGE_SIDE = 8
 #: 224x224 classifier would have 26 M. Larger images go through `scanflow.images.model_contract` first.
 MAX_IMAGE_SIDE = 96
 #: Channels of the autoencoder's first layer. 16 rather than the classifier's 32: the detector runs the autoencoder on
-#: every production batch, and at 32 its pass cost about as much as the classifier's (predict + detect 1.86-1.97x
-#: predict alone in the quick detection benchmark). At 16, trained twice as long (`scanflow.train.
-#: AUTOENCODER_EPOCH_FACTOR`), detection and sample AUROC are as good or better on MNIST and Fashion-MNIST and
-#: predict + detect is 1.40-1.42x (benchmarks/README.md, 2026-12-02).
+#: every production batch, and at 32 its pass cost about as much as the classifier's (predict + detect near 1.9 x
+#: predict alone, over the 1.5 x target). At 16, trained twice as long (`scanflow.train.AUTOENCODER_EPOCH_FACTOR`),
+#: detection and sample AUROC are as good or better on MNIST and Fashion-MNIST (docs/decisions/0005).
 AUTOENCODER_WIDTH = 16
 _ModelT = TypeVar("_ModelT", bound="SavableModel")
 
@@ -101,8 +99,7 @@ class SavableModel(nn.Module):
 
     def _inference_input(self, chunk: torch.Tensor) -> torch.Tensor:
         """`chunk` as float in [0, 1] in channels-last layout, the weights switched to that layout on first use:
-        oneDNN's CPU convolutions run about 1.5x faster in it (Fashion-MNIST, 1,000 images, 2 threads, same process:
-        classifier 436 -> 260 ms, autoencoder 186 -> 114 ms on a loaded machine; outputs equal within 1e-5)."""
+        oneDNN's CPU convolutions run faster in it, with outputs equal within 1e-5 (docs/decisions/0005)."""
         if not getattr(self, "_channels_last", False):
             self.to(memory_format=torch.channels_last)
             self._channels_last = True
@@ -277,8 +274,7 @@ def _subpixel_weights(conv: nn.ConvTranspose2d, dtype: torch.dtype) -> tuple[tor
     """The 3x3 kernel [4 * out, in, 3, 3] and bias of the sub-pixel convolution that computes `conv`, a kernel-4,
     stride-2, padding-1 transposed convolution: one 3x3 convolution into four times the channels (one per output
     phase) and a pixel shuffle make the same sums, in a layout oneDNN runs fast. PyTorch's CPU transposed
-    convolution is slow with few output channels (the autoencoder's last layer on 1,000 Fashion-MNIST images,
-    2 threads: 33 -> 16 ms; its first, 32 -> 16 channels, per 512 MNIST images: 9 -> 5 ms)."""
+    convolution is slow with few output channels (docs/decisions/0005-inference-speed.md)."""
     weight = conv.weight
     channels_in, channels_out = weight.shape[:2]
     kernel = weight.new_zeros(channels_out, 2, 2, channels_in, 3, 3)
@@ -296,8 +292,7 @@ def _subpixel_on_phases(kernel: torch.Tensor, bias: torch.Tensor | None) -> tupl
     before that input's own pixel shuffle: from the four phase maps [4 * in, h, w] of the previous sub-pixel
     convolution to the 16 phases [16 * out, h, w] of its own output, which one pixel shuffle by 4 lays out.
     The sums are the same (each tap of the 3x3 kernel moves to the phase and offset its input pixel sits at); the
-    middle map is never shuffled and the convolution runs on the 4x smaller grid: together with keeping the kernels
-    between calls, the autoencoder's pass on 1,000 Fashion-MNIST images in bfloat16, 2 threads, 12.0 -> 10.0 ms."""
+    middle map is never shuffled and the convolution runs on the 4x smaller grid."""
     channels_out, channels_in = kernel.shape[0] // 4, kernel.shape[1]
     taps = kernel.view(channels_out, 2, 2, channels_in, 3, 3)
     composed = kernel.new_zeros(channels_out, 4, 4, channels_in, 2, 2, 3, 3)
@@ -319,8 +314,7 @@ class _InferenceDecoder:
     """The decoder's weights laid out for inference (`Autoencoder._inference_decoder`): the linear layer's rows
     permuted so its output is the grid in channels-last order (float32), the first transposed convolution as a
     sub-pixel kernel and the second composed onto its phases (`_subpixel_on_phases`), both channels-last in the
-    decoder's precision. Channels-last throughout saved another 0.5 ms per 1,000 Fashion-MNIST images (bfloat16,
-    2 threads, 10.0 -> 9.4 ms)."""
+    decoder's precision."""
 
     grid_weight: torch.Tensor
     grid_bias: torch.Tensor
@@ -347,8 +341,7 @@ class Autoencoder(SavableModel):
     """
 
     kind = "scanflow-autoencoder"
-    #: Its feature maps are a quarter of the input's area or less, so large chunks stay cheap: width 16 on 1,000
-    #: Fashion-MNIST images in a fresh process, `embed_with_error` 25 ms in 1,000- or 256-image chunks, 34 ms in 128.
+    #: Its feature maps are a quarter of the input's area or less, so large chunks stay cheap.
     base_inference_chunk = 512
 
     def __init__(
@@ -461,8 +454,8 @@ class Autoencoder(SavableModel):
         """Latent vectors [N, latent_dim] and reconstruction errors [N] from one encoder pass.
 
         `decoder_dtype=torch.bfloat16` runs the decoder's convolutions in bfloat16 (the encoder, hence the latent
-        vectors, stays float32): on a CPU with native bfloat16 (`native_bfloat16`) the pass takes about 10 instead
-        of 13 ms per 1,000 MNIST images (2 threads), and the errors move by 0.2 % on average, at most about 1 %."""
+        vectors, stays float32): faster on a CPU with native bfloat16 (`native_bfloat16`); the errors move by 0.2 %
+        on average, at most about 1 % (docs/decisions/0005-inference-speed.md)."""
         self.eval()
         decoder = self._inference_decoder(decoder_dtype)
         latents, errors = [], []

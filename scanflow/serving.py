@@ -33,7 +33,6 @@ DENOISER_ARTIFACT = "denoiser"
 REJECTION_DETECTOR_ARTIFACT = "rejection_detector"
 #: The artifact holding a wrapper's `model_config()` as JSON.
 CONFIG_ARTIFACT = "scanflow_config"
-REJECTED_LABEL = -1
 #: The code file MLflow stores with every Scanflow pyfunc and runs to load it.
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
 

@@ -121,9 +121,9 @@ def _pixel_shape_features(pixels: np.ndarray) -> np.ndarray:
 
 
 def _mahalanobis_squared(points: np.ndarray, mean: np.ndarray, precision: np.ndarray) -> np.ndarray:
-    """Computed by torch, not numpy: numpy's matmul hands even these small products to OpenBLAS threads, which then
-    contend with torch's threads for the cores for the rest of the process (2 cores: detect 20 -> 44 ms per 1,000
-    MNIST images, and predict alone slower too); numpy's einsum avoids that but costs 0.3-0.9 ms here."""
+    """Squared Mahalanobis distances [N] of `points` [N, D]. Computed by torch, not numpy: numpy's matmul hands even
+    these small products to OpenBLAS threads, which then contend with torch's for the cores for the rest of the
+    process (docs/decisions/0005-inference-speed.md)."""
     centred = torch.from_numpy(np.ascontiguousarray(points - mean, dtype=np.float64))
     return ((centred @ torch.from_numpy(np.asarray(precision, dtype=np.float64))) * centred).sum(dim=1).numpy()
 
@@ -190,11 +190,10 @@ class AutoencoderDetector(Detector):
         **kwargs: Any,
     ) -> None:
         """`reconstruction_precision`: the decoder's precision for the reconstruction errors (see
-        `RECONSTRUCTION_PRECISIONS`). bfloat16 takes the autoencoder's pass from about 13 to 10 ms per 1,000 images
-        on a CPU with native bfloat16 and moves the errors by 0.2 % on average; the latent vectors stay float32.
-        The fitted detector keeps the precision it was fitted with, so its scores stay comparable with its
-        calibration on whatever machine loads it; on a CPU without native bfloat16 that pass is emulated and slower
-        (not measured here: this machine has it)."""
+        `RECONSTRUCTION_PRECISIONS`). bfloat16 is faster on a CPU with native bfloat16 and moves the errors by
+        0.2 % on average; the latent vectors stay float32. The fitted detector keeps the precision it was fitted
+        with, so its scores stay comparable with its calibration on whatever machine loads it; on a CPU without
+        native bfloat16 that pass is emulated and slower (docs/decisions/0005-inference-speed.md)."""
         super().__init__(**kwargs)
         unknown = set(components) - set(COMPONENTS + OPTIONAL_COMPONENTS)
         if unknown or not components:

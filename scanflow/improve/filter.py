@@ -26,8 +26,7 @@ from scanflow.drift.base import Detector
 from scanflow.errors import ScanflowError, UnknownCorruptionError
 from scanflow.improve.base import ImprovementContext, Improver, refit_detector, seconds_at_area
 from scanflow.improve.promotion import DriftEvidence
-from scanflow.models import Classifier, Denoiser, to_float
-from scanflow.serving import REJECTED_LABEL
+from scanflow.models import REJECTED_LABEL, Classifier, Denoiser, to_float
 
 
 @dataclass(frozen=True)

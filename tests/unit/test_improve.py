@@ -36,7 +36,7 @@ from scanflow.improve.filter import (
 )
 from scanflow.improve.retrain import FINE_TUNE_STEP_SECONDS, expected_fine_tune_seconds
 from scanflow.models import Denoiser
-from scanflow.serving import REJECTED_LABEL
+from scanflow.models import REJECTED_LABEL
 from scanflow.train import TrainConfig, train_autoencoder, train_classifier
 
 FAST_RETRAIN = RetrainConfig(steps=150, batch_size=64)
