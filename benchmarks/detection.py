@@ -169,7 +169,7 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchmarkConfig:
     """The CLI; options left out take the `--quick` or full defaults."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.detection", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="the ~10-minute configuration (QUICK_DEFAULTS)")
-    parser.add_argument("--datasets", nargs="+", choices=("mnist", "fashion-mnist", "fashion-rgb"))
+    parser.add_argument("--datasets", nargs="+", choices=("mnist", "fashion-mnist", "fashion-rgb", "fashion-rgb-64"))
     parser.add_argument("--corruptions", nargs="+", choices=corruption_names(), help="default: all 15")
     parser.add_argument("--severities", nargs="+", type=int, choices=(1, 2, 3, 4, 5))
     parser.add_argument("--sizes", nargs="+", type=int, help="window sizes n")

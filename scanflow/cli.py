@@ -301,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Runs the Prefect train flow. MLflow store: $MLFLOW_TRACKING_URI (default ./mlflow.db). "
         "Prefect: $PREFECT_API_URL, else the server of `scanflow server start` (or of `scanflow stack`), else a temporary one.",
     )
-    train.add_argument("--dataset", type=dataset_name, default="default", help="fashion-mnist, mnist, digits, cifar10, fashion-rgb (32x32 RGB, made offline) or 'default' (first of fashion-mnist/digits present)")
+    train.add_argument("--dataset", type=dataset_name, default="default", help="fashion-mnist, mnist, digits, cifar10, fashion-rgb (32x32 RGB, made offline), fashion-rgb-64 (the same at 64x64) or 'default' (first of fashion-mnist/digits present)")
     train.add_argument("--epochs", type=positive_int, help="classifier epochs (default: about 150k images, 3 epochs of Fashion-MNIST)")
     train.add_argument("--autoencoder-epochs", type=positive_int, help="autoencoder epochs (default: twice the classifier's default, about 300k images)")
     train.add_argument("--seed", type=non_negative_int, default=0)

@@ -21,8 +21,8 @@ in order, per split:
 
 ``digits`` is scikit-learn's bundled 8x8 digits and is always available.
 
-``fashion-rgb`` is Fashion-MNIST rendered as 32x32 RGB (:func:`render_rgb`): found
-wherever Fashion-MNIST is, derived from it on each load (nothing is written to disk).
+``fashion-rgb`` is Fashion-MNIST rendered as 32x32 RGB (:func:`render_rgb`), and ``fashion-rgb-64`` the same
+images at 64x64: found wherever Fashion-MNIST is, derived from it on each load (nothing is written to disk).
 
 Parsed files are cached in memory per (path, mtime, size); every returned tensor is a
 fresh copy that the caller may mutate.
@@ -88,7 +88,7 @@ __all__ = [
     "validate_batch",
 ]
 
-DATASET_NAMES: tuple[str, ...] = ("fashion-mnist", "mnist", "digits", "cifar10", "fashion-rgb")
+DATASET_NAMES: tuple[str, ...] = ("fashion-mnist", "mnist", "digits", "cifar10", "fashion-rgb", "fashion-rgb-64")
 SPLITS: tuple[str, ...] = ("train", "test")
 DEFAULT_NAME = "default"
 
@@ -131,6 +131,7 @@ _ALIASES: Mapping[str, str] = {
     "digits": "digits",
     "cifar10": "cifar10",
     "fashionrgb": "fashion-rgb",
+    "fashionrgb64": "fashion-rgb-64",
     "default": DEFAULT_NAME,
 }
 
@@ -182,9 +183,10 @@ _INFOS: Mapping[str, DatasetInfo] = {
     "digits": DatasetInfo("digits", _DIGIT_CLASSES, 1, 8, 8, DIGITS_SOURCE),
     "cifar10": DatasetInfo("cifar10", CIFAR10_CLASSES, 3, 32, 32, ""),
     "fashion-rgb": DatasetInfo("fashion-rgb", FASHION_MNIST_CLASSES, 3, 32, 32, ""),
+    "fashion-rgb-64": DatasetInfo("fashion-rgb-64", FASHION_MNIST_CLASSES, 3, 64, 64, ""),
 }
 #: Datasets rendered from another one's files (`render_rgb`): the one whose files they are found with.
-_RENDERED_FROM: Mapping[str, str] = types.MappingProxyType({"fashion-rgb": "fashion-mnist"})
+_RENDERED_FROM: Mapping[str, str] = types.MappingProxyType({"fashion-rgb": "fashion-mnist", "fashion-rgb-64": "fashion-mnist"})
 
 
 @dataclass(frozen=True, eq=False)

@@ -406,7 +406,7 @@ def test_missing_mnist_train_points_at_load_train_test(mnist_dir: Path) -> None:
 def test_unknown_dataset_name() -> None:
     with pytest.raises(
         UnknownDatasetError,
-        match=r"^unknown dataset 'imagenet'; known datasets: fashion-mnist, mnist, digits, cifar10, fashion-rgb \(or 'default'",
+        match=r"^unknown dataset 'imagenet'; known datasets: fashion-mnist, mnist, digits, cifar10, fashion-rgb, fashion-rgb-64 \(or 'default'",
     ):
         load_dataset("imagenet")
 
@@ -419,7 +419,7 @@ def test_bad_split() -> None:
 @pytest.mark.parametrize(
     ("typed", "canonical"),
     [("fashion_mnist", "fashion-mnist"), ("FashionMNIST", "fashion-mnist"), ("MNIST", "mnist"),
-     ("cifar-10", "cifar10"), ("Digits", "digits"), ("Fashion_RGB", "fashion-rgb"), ("fashionrgb", "fashion-rgb")],
+     ("cifar-10", "cifar10"), ("Digits", "digits"), ("Fashion_RGB", "fashion-rgb"), ("fashionrgb", "fashion-rgb"), ("Fashion-RGB-64", "fashion-rgb-64")],
 )
 def test_names_are_case_and_separator_insensitive(typed: str, canonical: str) -> None:
     assert canonical_dataset_name(typed) == canonical
@@ -589,3 +589,14 @@ def test_render_rgb_gives_a_slice_the_colours_it_has_in_its_split_at_any_size(fa
     assert torch.equal(render_rgb(grey[:4], "test", size=64), large)
     with pytest.raises(ValueError, match=r"render_rgb takes Fashion-MNIST's uint8 \[N, 1, 28, 28\] images, got torch.uint8 \[4, 3, 32, 32\]"):
         render_rgb(test.images[:4], "test")
+
+
+def test_fashion_rgb_64_is_the_same_pictures_at_64x64(fashion_rgb, fashion_dir: Path) -> None:
+    """The same colours and labels as fashion-rgb, resized: its images shrunk back to 32x32 are close to fashion-rgb's."""
+    _, test = fashion_rgb
+    big = load_dataset("fashion-rgb-64", "test")
+    assert big.images.shape == (10000, 3, 64, 64) and torch.equal(big.labels, test.labels)
+    assert big.info == DatasetInfo("fashion-rgb-64", test.info.classes, 3, 64, 64, str(fashion_dir))
+    assert torch.equal(big.images[:50, :, 0, 0], test.images[:50, :, 0, 0])  # the same background colour per image
+    shrunk = torch.nn.functional.avg_pool2d(big.images[:50].float(), 2)
+    assert float((shrunk - test.images[:50].float()).abs().mean()) < 12
