@@ -142,6 +142,7 @@ def detect_flow(
     recognise_known: bool = True,
     tracking: str | None = None,
     storage: str | None = None,
+    model: str | None = None,
 ) -> dict:
     """Test one production batch (a .npy of uint8 images) against the champion's detector (on the cleaned batch
     when the champion is a filter-wrapped classifier: the drift it was built for is then acknowledged).
@@ -152,9 +153,11 @@ def detect_flow(
     (default: the one it was fitted with). A drift that is a known shift of the champion (decided about before, see
     the improve flow) is reported with `known_shift` set and announces nothing; `recognise_known=False` treats every
     drift as new. `tracking` names an MLflowTracking block, `storage` a ScanflowStorage block (default: the environment); with storage the verdict is
-    also written to the bucket as `detections/<batch_id>.json` and `batch_path` may be s3://bucket/key.
+    also written to the bucket as `detections/<batch_id>.json` and `batch_path` may be s3://bucket/key. `model`: the
+    registered classifier's name (default: the tracking settings').
     """
     config = tracking_config(tracking)
+    config = config.for_model(model) if model else config
     store = storage_store(storage)
     batch_id = batch_id or Path(batch_path).stem
     detector, model_version = load_champion_detector(config, alias)

@@ -20,6 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from scanflow.config import CHAMPION_ALIAS
 from scanflow.errors import ScanflowError, ServiceUnavailableError
 
 if TYPE_CHECKING:
@@ -354,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("--batch", type=batch_file, required=True, help="a .npy of uint8 images, a folder of PNG/JPEG images, or s3://bucket/key or prefix/")
     predict.add_argument("--batch-id", type=batch_id, help="identifier recorded with the predictions (default: the file name)")
-    predict.add_argument("--alias", default="champion", help="registry alias to serve (default: champion)")
+    predict.add_argument("--alias", default=CHAMPION_ALIAS, help=f"registry alias to serve (default: {CHAMPION_ALIAS})")
     predict.add_argument("--json", action="store_true", help="print the summary and labels as JSON")
     predict.set_defaults(handler=_predict)
 
@@ -551,17 +552,16 @@ def _corrupt(args: argparse.Namespace) -> int:
 def _detect(args: argparse.Namespace) -> int:
     _default_batch_id(args)
     check_batch(args.batch)
+    name, alias = None, CHAMPION_ALIAS
     if args.model:
         name, _, alias = args.model.partition("@")
         if not name or not alias:
             raise ScanflowError(f"--model must look like NAME@ALIAS (e.g. scanflow-classifier@champion), got {args.model!r}")
-        os.environ["SCANFLOW_MODEL_NAME"] = name
-    else:
-        alias = "champion"
     use_prefect_server(fallback=True)
     from flows.detect import detect_flow
 
-    summary = detect_flow(batch_path=args.batch, batch_id=args.batch_id, alias=alias, budget=args.budget, report=not args.no_report)
+    summary = detect_flow(batch_path=args.batch, batch_id=args.batch_id, alias=alias, budget=args.budget, report=not args.no_report,
+                          model=name)
     summary.pop("grid_png_b64")
     summary.pop("thumbnails_b64")
     if args.json:
