@@ -40,6 +40,7 @@ from scanflow.drift.autoencoder import AutoencoderDetector
 from scanflow.images import ImageContract, ImageSet, read_images
 from scanflow.models import Autoencoder
 from scanflow.train import TrainConfig, train_autoencoder
+from scanflow.tags import ADOPTED_FROM_TAG, KIND_TAG
 
 
 @task(cache_policy=NO_CACHE, **IO_RETRIES)
@@ -122,7 +123,7 @@ def adopt_flow(
     classifier = load_model(config, version, contract)
     check_outputs(classifier, images.images)
     autoencoder, detector = fit_models(classifier, images, info, autoencoder_epochs, seed)
-    tags = {"prefect.flow_run_id": str(flow_run.id or ""), "scanflow.kind": "adopt", "scanflow.adopted_from": model_uri}
+    tags = {"prefect.flow_run_id": str(flow_run.id or ""), KIND_TAG: "adopt", ADOPTED_FROM_TAG: model_uri}
     with scanflow_tracking.tracked_run(config, run_name=f"adopt-{config.classifier_name}", tags=tags) as run_id:
         scanflow_tracking.log_params(run_id, {"model_uri": model_uri, "reference": reference, "n_reference": len(images),
                                               "contract": contract.to_json()[:6000], "evidence": classifier.evidence})

@@ -40,6 +40,7 @@ from scanflow.drift.known import ShiftMatch, match_known_shift
 from scanflow.adopt import improvable_actions
 from scanflow.human import ACTIONS, policy_action
 from scanflow.storage import S3Store, absolute_location
+from scanflow.tags import KNOWN_SHIFT_OF_TAG
 
 
 @task(cache_policy=NO_CACHE, **IO_RETRIES)
@@ -171,7 +172,7 @@ def detect_flow(
     detection = detect(detector, images, batch_id, model_version, budget)
     grid_png = critical_samples_png(images, detection)
     known = recognise_known_shift(config, detector, detection) if detection.result.is_drift and recognise_known else None
-    tags = {"scanflow.known_shift_of": known.shift.batch_id} if known is not None else {}
+    tags = {KNOWN_SHIFT_OF_TAG: known.shift.batch_id} if known is not None else {}
     run_id = log_detection(config, detection, grid_png, tags)
     publish(detection, grid_png, run_id, known)
     if store is not None:

@@ -43,6 +43,9 @@ from scanflow.improve import (
     improvement_markdown,
     improver_for,
 )
+from scanflow.tags import (
+    ACTION_TAG, BATCH_ID_TAG, CHAMPION_VERSION_TAG, DECIDED_BY_TAG, KIND_TAG, PROMOTED_TAG, VERDICT_EVIDENCE_TAG, VERDICT_TAG,
+)
 
 PROMOTED_EVENT = "scanflow.model.promoted"
 REJECTED_EVENT = "scanflow.model.rejected"
@@ -78,7 +81,7 @@ def apply_improvement(plan: ImprovementPlan, decision: Decision) -> ImprovementO
 
 @task(cache_policy=NO_CACHE, **IO_RETRIES)
 def register_challenger(config: TrackingConfig, run_id: str, outcome: ImprovementOutcome, context: ImprovementContext) -> str:
-    tags = {"scanflow.batch_id": context.batch_id, "scanflow.decided_by": outcome.decided_by}
+    tags = {BATCH_ID_TAG: context.batch_id, DECIDED_BY_TAG: outcome.decided_by}
     return scanflow_tracking.register_candidate(
         run_id, config, outcome.candidate, context.replay.info, context.champion_version, outcome.detector, tags
     )
@@ -163,8 +166,8 @@ def improve_flow(
     check_improvable(models, decision.action, config.classifier_name)
     clean = load_clean_data(models, detector.info, data_dir, seed, storage) if decision.action != "ignore" else None
     run_tags = {
-        "scanflow.kind": "improve", "scanflow.batch_id": batch_id, "scanflow.action": decision.action,
-        "scanflow.decided_by": decision.decided_by, "scanflow.champion_version": models.classifier_version,
+        KIND_TAG: "improve", BATCH_ID_TAG: batch_id, ACTION_TAG: decision.action,
+        DECIDED_BY_TAG: decision.decided_by, CHAMPION_VERSION_TAG: models.classifier_version,
         "prefect.flow_run_id": str(flow_run.id or ""),
     }
     with scanflow_tracking.tracked_run(config, f"improve-{batch_id}", run_tags) as run_id:
@@ -180,7 +183,7 @@ def improve_flow(
         rows = known_shift_rows(decision, summary["promoted"], summary.get("outcome", {}).get("unseen_rows", ()), len(images))
         if remember_shift and rows:
             summary["known_shift_of"] = remember_known_shift(config, run_id, batch_id, decision.action, images[rows])
-        scanflow_tracking.set_tags(run_id, {"scanflow.promoted": str(summary["promoted"]).lower()})
+        scanflow_tracking.set_tags(run_id, {PROMOTED_TAG: str(summary["promoted"]).lower()})
     create_markdown_artifact(improvement_markdown(summary), key="improvement", description=f"decision on batch {batch_id}")
     return summary
 
@@ -215,7 +218,7 @@ def _improve(
     previous = promote_or_keep(config, version, verdict)
     scanflow_tracking.log_json(run_id, {**outcome.to_dict(), "challenger_version": version, "verdict": verdict.to_dict()}, "outcome.json")
     scanflow_tracking.log_metrics(run_id, outcome.as_metrics())
-    scanflow_tracking.set_tags(run_id, {"scanflow.verdict": verdict.outcome, "scanflow.verdict_evidence": verdict.evidence})
+    scanflow_tracking.set_tags(run_id, {VERDICT_TAG: verdict.outcome, VERDICT_EVIDENCE_TAG: verdict.evidence})
     result = {"challenger_version": version, "promoted": verdict.promote, "reason": verdict.reason,
               "verdict": verdict.to_dict(), "previous_champion": previous, "outcome": outcome.to_dict()}
     _announce(config, verdict.promote, {"batch_id": batch_id, "version": version, "action": decision.action,

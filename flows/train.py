@@ -26,6 +26,7 @@ from scanflow.drift.autoencoder import AutoencoderDetector, fit_detector
 from scanflow.evaluate import Evaluation, evaluate_classifier
 from scanflow.models import Autoencoder, Classifier
 from scanflow.train import EpochMetrics, TrainConfig, train_autoencoder, train_classifier
+from scanflow.tags import DATASET_TAG, RUN_ID_TAG, TEST_ACCURACY_TAG
 
 
 @task(cache_policy=NO_CACHE)
@@ -97,7 +98,7 @@ def register_step(
     run_id: str, config: TrackingConfig, classifier: Classifier, autoencoder: Autoencoder,
     detector: AutoencoderDetector, train: LabeledImages, evaluation: Evaluation,
 ) -> scanflow_tracking.RegisteredVersions:
-    tags = {"scanflow.test_accuracy": f"{evaluation.accuracy:.4f}", "scanflow.run_id": run_id}
+    tags = {TEST_ACCURACY_TAG: f"{evaluation.accuracy:.4f}", RUN_ID_TAG: run_id}
     return scanflow_tracking.register_models(run_id, config, classifier, autoencoder, train, tags=tags, detector=detector)
 
 
@@ -127,7 +128,7 @@ def train_flow(
     train, calibration, test = load_data(dataset, data_dir, allow_download, seed)
     if register_models:
         check_champion_step(config, train.info, force)
-    prefect_tags = {"prefect.flow_run_id": str(flow_run.id or ""), "scanflow.dataset": train.info.name}
+    prefect_tags = {"prefect.flow_run_id": str(flow_run.id or ""), DATASET_TAG: train.info.name}
     with scanflow_tracking.tracked_run(config, run_name=f"train-{train.info.name}", tags=prefect_tags) as run_id:
         scanflow_tracking.log_dataset(run_id, train, context="training")
         scanflow_tracking.log_dataset(run_id, calibration, context="calibration")

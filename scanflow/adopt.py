@@ -26,6 +26,7 @@ from torch import nn
 from scanflow.data import DatasetInfo, LabeledImages
 from scanflow.errors import ScanflowError
 from scanflow.models import ImageSpec, to_float
+from scanflow.tags import ADOPTED_TAG, CONTRACT_TAG, REFERENCE_TAG
 
 if TYPE_CHECKING:
     from scanflow.images import ImageSet
@@ -33,11 +34,6 @@ if TYPE_CHECKING:
 Flavour = Literal["pytorch", "pyfunc"]
 Output = Literal["logits", "probabilities", "labels"]
 OUTPUTS: tuple[str, ...] = ("logits", "probabilities", "labels")
-#: Version tags that mark an adopted model: its flavour and its input contract (JSON).
-ADOPTED_TAG = "scanflow.adopted"
-CONTRACT_TAG = "scanflow.contract"
-#: Version tag with the adoption's reference (`ReferenceRecord` as JSON): what a retrain replays and is judged on.
-REFERENCE_TAG = "scanflow.reference"
 #: Images scored per forward pass of a foreign model.
 FOREIGN_BATCH = 256
 #: Reference images the autoencoder sees during an adoption when no epoch count is given (epochs = this / the

@@ -20,14 +20,8 @@ from mlflow import MlflowClient
 from mlflow.entities import RunStatus
 
 from scanflow.local import process_identity
+from scanflow.tags import ABORTED_TAG, OWNER_HOST_TAG, OWNER_PID_TAG, OWNER_START_TAG
 
-OWNER_HOST_TAG = "scanflow.owner.host"
-OWNER_PID_TAG = "scanflow.owner.pid"
-#: The owner's start time in clock ticks after boot (field 22 of /proc/PID/stat): tells it from a later process
-#: that was given the same pid.
-OWNER_START_TAG = "scanflow.owner.start_time"
-#: Set on a run `mark_orphans` ended: why it was ended.
-ABORTED_TAG = "scanflow.aborted"
 
 _lock = threading.Lock()
 _unended: set[str] = set()

@@ -63,22 +63,37 @@ from scanflow.serving import (
     autoencoder_signature,
     classifier_signature,
 )
+from scanflow.tags import (
+    ABORTED_REASON_TAG,
+    ABORTED_TAG,
+    ADOPTED_TAG,
+    ADOPTED_FROM_TAG,
+    ADOPTION_RUN_TAG,
+    AUTOENCODER_VERSION_TAG,
+    BATCH_ID_TAG,
+    CLASSES_TAG,
+    CONTRACT_TAG,
+    DATASET_TAG,
+    DETECTOR_DIGEST_TAG,
+    DETECTOR_NAME_TAG,
+    DETECTOR_TAG,
+    DIGESTS_TAG,
+    FILTER_GATE_TAG,
+    FILTER_TAG,
+    INPUT_SHAPE_TAG,
+    IS_DRIFT_TAG,
+    KIND_TAG,
+    KNOWN_SHIFT_TAG_PREFIX,
+    MODEL_VERSION_TAG,
+    PARENT_TAG,
+    PREVIOUS_CHAMPION_TAG,
+    PROMOTION_REASON_TAG,
+    REFERENCE_TAG,
+    ROLLED_BACK_TAG,
+    RUN_ID_TAG,
+    VERDICT_TAG,
+)
 
-AUTOENCODER_VERSION_TAG = "scanflow.autoencoder_version"
-DETECTOR_TAG = "scanflow.detector_uri"
-#: The sha256 of every file of a registered version's model, recorded when it was logged and checked on load.
-DIGESTS_TAG = "scanflow.sha256"
-#: The sha256 of the detector file logged beside a classifier version.
-DETECTOR_DIGEST_TAG = "scanflow.detector_sha256"
-#: What a registered classifier version was trained for (besides `scanflow.dataset`): its class names (a JSON list,
-#: in label order) and its input shape (`CxHxW`, pixels).
-DATASET_TAG = "scanflow.dataset"
-CLASSES_TAG = "scanflow.classes"
-INPUT_SHAPE_TAG = "scanflow.input_shape"
-#: The promotion verdict of a challenger version (`PromotionVerdict.outcome`), set by the improve flow.
-VERDICT_TAG = "scanflow.verdict"
-#: On a run that failed on bad input after it was opened: "true", with the message in `scanflow.aborted_reason`.
-ABORTED_TAG = "scanflow.aborted"
 DETECTOR_ARTIFACT_PATH = "detector"
 DETECTOR_FILE = "detector.pt"
 
@@ -233,7 +248,7 @@ def tracked_run(
                 # Bad input found only after the run was opened: the run says so, and is never mistaken for a result.
                 with contextlib.suppress(Exception):
                     client.set_tag(run_id, ABORTED_TAG, "true")
-                    client.set_tag(run_id, "scanflow.aborted_reason", str(error)[:4000])
+                    client.set_tag(run_id, ABORTED_REASON_TAG, str(error)[:4000])
             try:
                 client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
             except (MlflowException, requests.exceptions.RequestException) as ending:
@@ -582,7 +597,7 @@ def load_models(config: TrackingConfig, alias: str = CHAMPION_ALIAS) -> LoadedMo
             autoencoder = Autoencoder.load(next(Path(ae_dir).rglob(f"{AUTOENCODER_ARTIFACT}.pt")))
             local = _download_verified(client, config.classifier_name, version, os.path.join(tmp, "clf"))
             classifier, denoiser, gate = _adopted_parts(local, version, contract)
-        return LoadedModels(classifier, autoencoder, str(version.version), str(ae_version), version.tags.get("scanflow.dataset", "default"),
+        return LoadedModels(classifier, autoencoder, str(version.version), str(ae_version), version.tags.get(DATASET_TAG, "default"),
                             denoiser, gate, dict(version.tags))
     with tempfile.TemporaryDirectory() as tmp:
         clf_dir = _download_verified(client, config.classifier_name, version, os.path.join(tmp, "clf"))
@@ -594,7 +609,7 @@ def load_models(config: TrackingConfig, alias: str = CHAMPION_ALIAS) -> LoadedMo
         denoiser = Denoiser.load(denoiser_file) if denoiser_file is not None else None
     gate = version.tags.get(FILTER_GATE_TAG, "none")
     return LoadedModels(
-        classifier, autoencoder, str(version.version), str(ae_version), version.tags.get("scanflow.dataset", "default"),
+        classifier, autoencoder, str(version.version), str(ae_version), version.tags.get(DATASET_TAG, "default"),
         denoiser, None if gate == "none" else float(gate), dict(version.tags),
     )
 
@@ -649,11 +664,11 @@ def log_detection(config: TrackingConfig, summary: Mapping[str, Any], grid_png: 
     later with `log_artifact_file`)."""
     tags = {
         **(extra_tags or {}),
-        "scanflow.kind": "detect",
-        "scanflow.batch_id": str(summary["batch_id"]),
-        "scanflow.model_version": str(summary["model_version"]),
-        "scanflow.is_drift": str(bool(summary["is_drift"])).lower(),
-        "scanflow.detector": str(summary["detector"]),
+        KIND_TAG: "detect",
+        BATCH_ID_TAG: str(summary["batch_id"]),
+        MODEL_VERSION_TAG: str(summary["model_version"]),
+        IS_DRIFT_TAG: str(bool(summary["is_drift"])).lower(),
+        DETECTOR_NAME_TAG: str(summary["detector"]),
     }
     with tracked_run(config, f"detect-{summary['batch_id']}", tags) as run_id:
         client = _client(config)
@@ -674,12 +689,6 @@ def log_artifact_file(run_id: str, path: str | Path, artifact_path: str | None =
 
 
 # ------------------------------------------------------------------------------------- improvement and promotion
-KIND_TAG = "scanflow.kind"
-PARENT_TAG = "scanflow.parent_version"
-PREVIOUS_CHAMPION_TAG = "scanflow.previous_champion"
-PROMOTION_REASON_TAG = "scanflow.promotion_reason"
-FILTER_TAG = "scanflow.filter"
-FILTER_GATE_TAG = "scanflow.filter_gate"
 
 
 @_tracking_errors
@@ -701,7 +710,7 @@ def register_candidate(
     A candidate brings its refitted `detector` (a filtered one's watches the cleaned images, fitted on cleaned clean
     images); without one the champion's detector is reused. All or nothing, like `register_models`.
     """
-    from scanflow.adopt import ADOPTED_TAG, CONTRACT_TAG, REFERENCE_TAG, ForeignClassifier
+    from scanflow.adopt import ForeignClassifier
     from scanflow.improve.filter import FilteredClassifier
 
     client = _client(config)
@@ -723,7 +732,7 @@ def register_candidate(
             AUTOENCODER_VERSION_TAG: str(ae_version),
             DETECTOR_TAG: detector_uri,
             DETECTOR_DIGEST_TAG: detector_digest,
-            "scanflow.run_id": run_id,
+            RUN_ID_TAG: run_id,
         }
         with _active_run(run_id):
             if is_filter:
@@ -935,13 +944,12 @@ def rollback(config: TrackingConfig, to_version: str | None = None) -> tuple[str
     if str(target.version) == str(current.version):
         raise ModelNotFoundError(f"{config.classifier_name} v{to_version} already is the champion")
     _check_restorable(client, config, target)
-    client.set_model_version_tag(config.classifier_name, str(current.version), "scanflow.rolled_back", "true")
+    client.set_model_version_tag(config.classifier_name, str(current.version), ROLLED_BACK_TAG, "true")
     client.set_registered_model_alias(config.autoencoder_name, CHAMPION_ALIAS, ae_version)
     client.set_registered_model_alias(config.classifier_name, CHAMPION_ALIAS, str(target.version))
     return str(current.version), str(target.version)
 
 
-KNOWN_SHIFT_TAG_PREFIX = "scanflow.known_shift."
 KNOWN_SHIFT_ARTIFACT = "known-shift.npz"
 
 
@@ -1010,7 +1018,7 @@ def load_served_model(config: TrackingConfig, alias: str = CHAMPION_ALIAS) -> Se
     with tempfile.TemporaryDirectory() as tmp, _quiet_mlflow():
         local = _download_verified(_client(config), config.classifier_name, version, tmp)
         model = mlflow.pyfunc.load_model(local)
-    return ServedModel(model, str(version.version), dataset_info(version.tags.get("scanflow.dataset", "default")))
+    return ServedModel(model, str(version.version), dataset_info(version.tags.get(DATASET_TAG, "default")))
 
 
 @_tracking_errors
@@ -1019,7 +1027,7 @@ def log_predictions(
     tags: Mapping[str, str] | None = None,
 ) -> str:
     """One MLflow run per predicted batch: the labels (CSV: batch index, label, class name) and their lineage."""
-    run_tags = {"scanflow.kind": "predict", "scanflow.batch_id": batch_id, "scanflow.model_version": model_version, **(tags or {})}
+    run_tags = {KIND_TAG: "predict", BATCH_ID_TAG: batch_id, MODEL_VERSION_TAG: model_version, **(tags or {})}
     with tracked_run(config, f"predict-{batch_id}", run_tags) as run_id:
         log_metrics(run_id, {"n": float(len(labels)), "n_rejected": float(np.sum(labels < 0))})
         rows = ["batch_index,label,class"] + [
@@ -1074,7 +1082,7 @@ def load_foreign_classifier(tracking_uri: str, version: Any, contract: Any, veri
 def _adopted_contract(version: Any) -> Any:
     from scanflow.adopt import InputContract
 
-    text = version.tags.get("scanflow.contract")
+    text = version.tags.get(CONTRACT_TAG)
     return None if text is None else InputContract.from_json(text)
 
 
@@ -1086,8 +1094,6 @@ def register_adoption(
     its `reference` (a `ReferenceRecord`) and its files' sha256, and point `champion` at it; returns the supervised version of `config.classifier_name`
     (`version` itself, or a new version on its source when the names differ). All or nothing: on failure what this
     call created and tagged is removed again and no alias moves."""
-    from scanflow.adopt import ADOPTED_TAG, CONTRACT_TAG, REFERENCE_TAG
-
     client = _client(config)
     name = config.classifier_name
     created: list[tuple[str, str]] = []
@@ -1100,14 +1106,14 @@ def register_adoption(
             except MlflowException:
                 client.create_registered_model(name)
                 new_model = True
-            version = client.create_model_version(name, version.source, run_id=version.run_id, tags={"scanflow.adopted_from": f"models:/{version.name}/{version.version}"})
+            version = client.create_model_version(name, version.source, run_id=version.run_id, tags={ADOPTED_FROM_TAG: f"models:/{version.name}/{version.version}"})
             created.append((name, str(version.version)))
         number = str(version.version)
         detector_uri, detector_digest = log_detector(run_id, detector)
         with _active_run(run_id):
             ae_info = _log_pyfunc(
                 "autoencoder", AutoencoderModel(info), {AUTOENCODER_ARTIFACT: autoencoder},
-                autoencoder_signature(info, autoencoder.latent_dim), config.autoencoder_name, {"scanflow.dataset": info.name},
+                autoencoder_signature(info, autoencoder.latent_dim), config.autoencoder_name, {DATASET_TAG: info.name},
             )
         ae_version = str(ae_info.registered_model_version)
         created.append((config.autoencoder_name, ae_version))
@@ -1115,7 +1121,7 @@ def register_adoption(
         tags = {
             ADOPTED_TAG: contract.flavour, CONTRACT_TAG: contract.to_json(), REFERENCE_TAG: reference.to_json(), AUTOENCODER_VERSION_TAG: ae_version,
             DETECTOR_TAG: detector_uri, DETECTOR_DIGEST_TAG: detector_digest, **contract_tags(info),
-            "scanflow.adoption_run": run_id, VERDICT_TAG: "adopted",
+            ADOPTION_RUN_TAG: run_id, VERDICT_TAG: "adopted",
         }
         for key, value in tags.items():
             client.set_model_version_tag(name, number, key, value)

@@ -11,7 +11,8 @@ clean reference images ("robust standard deviations above clean", comparable acr
   of reference pixel values (`PixelRarity`): small local marks;
 - `embedding` (optional, `OPTIONAL_COMPONENTS`): squared Mahalanobis distance of the classifier's own hidden
   features (`embed_and_predict_proba`, e.g. an adopted model's named embedding layer) to the reference's, so a
-  change the model's representation sees counts even when pixels and the autoencoder miss it.
+  change the model's representation sees counts even when pixels and the autoencoder miss it. It is two-sided
+  (`TWO_SIDED_COMPONENTS`): blur and fog pull embeddings toward the reference's centre, closer than clean images sit.
 
 Batch statistic: the largest of three z-scores under clean data, plus a tie-breaker of at most `TIE_BREAK`:
 - mean shift: the batch mean of each image's raw signals (log components, pixel statistics, latent vector)
@@ -41,6 +42,9 @@ from scanflow.models import Autoencoder, Classifier, native_bfloat16, to_float
 COMPONENTS = ("reconstruction", "latent", "uncertainty", "pixels", "rarity")
 #: Components a detector scores only when asked (`components=`): they need more of the classifier than its softmax.
 OPTIONAL_COMPONENTS = ("embedding",)
+#: Components scored by their distance from clean in either direction (the absolute standardised value): an image
+#: that is too typical is as strange as one too far out.
+TWO_SIDED_COMPONENTS = ("embedding",)
 #: Components that tell what kind of change an image carries, hence which remedy fits (`_details`' strongest
 #: component share, which `scanflow.human.policy_action` votes with). `rarity` tells only that pixels are unusual
 #: where they sit, as much for marks a filter removes (spatter, lines) as for moved shapes only retraining fixes
@@ -241,6 +245,8 @@ class AutoencoderDetector(Detector):
     def _features(self, images: torch.Tensor, probabilities: np.ndarray | None = None) -> Features:
         latent, raw, pixels = self._raw_components(images, probabilities)
         standardised = (raw - self._component_location) / self._component_scale
+        two_sided = [i for i, c in enumerate(self.components) if c in TWO_SIDED_COMPONENTS]
+        standardised[:, two_sided] = np.abs(standardised[:, two_sided])
         return {
             "latent": latent,
             "components": standardised,

@@ -317,9 +317,11 @@ def a_labels_only_pyfunc_is_adopted_under_another_name(adopted, mlflow_store, la
                  "--labels", ",".join(str(int(labels[i])) for i in shown), "--margin", "0.05"])
     captured = capfd.readouterr()
     assert code == 0, captured.err[-3000:]
-    assert "it learns from pixel error alone (the model gives no gradients)" in captured.out + captured.err
     v2 = client.get_model_version("team-labels", "2")
     assert v2.tags["scanflow.kind"] == "filter" and v2.tags["scanflow.adopted"] == "pyfunc"
+    plan = json.loads(Path(client.download_artifacts(v2.tags["scanflow.run_id"], "plan.json")).read_text())
+    assert "it learns from pixel error alone (the model gives no gradients)" in plan["description"]
+    assert float(client.get_run(v2.tags["scanflow.run_id"]).data.params["denoiser_consistency_weight"]) == 0.0
     before, after = fog_accuracy("models:/team-labels/1", adopted, labels), fog_accuracy("models:/team-labels/2", adopted, labels)
     print(f"labels-only pyfunc, fog accuracy on rows nobody labelled: v1 {before:.3f}, v2 (filtered) {after:.3f}; "
           f"verdict {v2.tags['scanflow.verdict']}", file=sys.__stderr__)
