@@ -266,14 +266,24 @@ def stop_persistent_server(home: Path | None = None, timeout_s: float = 20) -> s
         group = record.pid if os.getpgid(record.pid) == record.pid else None
     _signal(record.pid, group, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
-    while record.is_ours() and time.monotonic() < deadline:
+    while _alive(record) and time.monotonic() < deadline:
         _reap(record.pid)
         time.sleep(0.2)
-    if record.is_ours():
+    if _alive(record):
         _signal(record.pid, group, signal.SIGKILL)
-        _reap(record.pid)
+        deadline = time.monotonic() + 5.0
+        while _alive(record) and time.monotonic() < deadline:
+            _reap(record.pid)
+            time.sleep(0.1)
     _remove_server_record(home)
     return f"stopped the Prefect server on {record.ui_url} (pid {record.pid})"
+
+
+def _alive(record: ServerRecord) -> bool:
+    """Whether the recorded process has not yet exited. Compares the start time only: an exiting process has
+    already released its memory, so its cmdline reads empty before it is gone."""
+    identity = process_identity(record.pid)
+    return identity is not None and identity[0] == record.start_time
 
 
 def _signal(pid: int, group: int | None, signum: int) -> None:

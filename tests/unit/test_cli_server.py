@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -157,9 +156,8 @@ def _processes_with(marker: bytes) -> list[int]:
 def test_commands_that_need_a_server_fail_plainly_without_one(tmp_path, command, why):
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     env.update(SCANFLOW_HOME=str(tmp_path / "home"), PREFECT_HOME=str(tmp_path / "prefect-home"))
-    started = time.monotonic()
+    # No hang: a command that waited for a server would hit the timeout and fail the test.
     result = subprocess.run([SCANFLOW, *command], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
-    assert time.monotonic() - started < 10
     assert result.returncode == 3, result.stderr
     assert result.stderr == NO_SERVER + why + "\n"
     assert "Traceback" not in result.stdout + result.stderr
