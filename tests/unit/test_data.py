@@ -183,7 +183,7 @@ def test_default_dataset_is_fashion_mnist_here(fashion_dir: Path) -> None:
 def test_default_falls_back_to_digits_without_fashion_mnist(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "absent")
+    monkeypatch.setattr(data.datasets, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "absent")
 
     assert default_dataset_name() == "digits"
     assert load_dataset("Default", "train").info.name == "digits"
@@ -358,7 +358,7 @@ def test_download_goes_to_cache_only_when_allowed(
     tmp_path: Path, isolated_env: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _FakeTorchvisionMNIST.calls = []
-    monkeypatch.setattr(data, "_torchvision_dataset_class", lambda name: _FakeTorchvisionMNIST)
+    monkeypatch.setattr(data.datasets, "_torchvision_dataset_class", lambda name: _FakeTorchvisionMNIST)
     with pytest.raises(DatasetNotFoundError):
         load_dataset("mnist", "test", data_dir=tmp_path)
     assert _FakeTorchvisionMNIST.calls == []
@@ -379,7 +379,7 @@ def test_explicit_no_download_overrides_env(tmp_path: Path, monkeypatch: pytest.
 
 
 def test_missing_fashion_mnist_suggests_the_debian_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "absent")
+    monkeypatch.setattr(data.datasets, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "absent")
     with pytest.raises(DatasetNotFoundError) as caught:
         load_dataset("fashion-mnist", "test")
     message = str(caught.value)
@@ -388,7 +388,7 @@ def test_missing_fashion_mnist_suggests_the_debian_package(tmp_path: Path, monke
 
 
 def test_missing_fashion_rgb_names_itself_and_the_fashion_mnist_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "absent")
+    monkeypatch.setattr(data.datasets, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "absent")
     with pytest.raises(DatasetNotFoundError) as caught:
         load_train_test("fashion-rgb")
     message = str(caught.value)

@@ -31,15 +31,9 @@ fresh copy that the caller may mutate.
 from __future__ import annotations
 
 import functools
-import gzip
-import importlib
-import math
 import os
-import pickle
 import re
-import struct
 import types
-import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -48,9 +42,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from scanflow.data.batches import DatasetInfo
+from scanflow.data.formats import _field, _file_key, _read_cifar_batch_cached, _read_idx_cached, _unpickle
 from scanflow.errors import (
     DatasetNotFoundError,
-    InvalidBatchError,
     ScanflowError,
     UnknownDatasetError,
 )
@@ -63,7 +58,6 @@ __all__ = [
     "DIGITS_SPLIT_SEED",
     "DIGITS_TEST_FRACTION",
     "DatasetAvailability",
-    "DatasetInfo",
     "ENV_ALLOW_DOWNLOAD",
     "ENV_CACHE_DIR",
     "ENV_DATA_DIR",
@@ -79,13 +73,10 @@ __all__ = [
     "default_dataset_name",
     "derive_train_test",
     "hold_out_calibration",
-    "load_batch_file",
     "load_dataset",
     "load_train_test",
-    "read_idx",
     "render_rgb",
     "stratified_split",
-    "validate_batch",
 ]
 
 DATASET_NAMES: tuple[str, ...] = ("fashion-mnist", "mnist", "digits", "cifar10", "fashion-rgb", "fashion-rgb-64")
@@ -154,27 +145,6 @@ _CACHE_SUBDIRS: Mapping[str, tuple[str, ...]] = {
     "cifar10": (_CIFAR_DIRNAME,),
 }
 
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    """What a dataset is: class names in label order, image geometry and origin."""
-
-    name: str
-    classes: tuple[str, ...]
-    channels: int
-    height: int
-    width: int
-    source: str
-
-    @property
-    def n_classes(self) -> int:
-        """Number of classes; labels run from 0 to ``n_classes - 1``."""
-        return len(self.classes)
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        """One image's shape as ``(C, H, W)`` in pixels."""
-        return (self.channels, self.height, self.width)
 
 
 _INFOS: Mapping[str, DatasetInfo] = {
@@ -449,78 +419,8 @@ def _download(name: str, split: str, data_dir: str | Path | None) -> None:
         raise _not_found(name, split, data_dir, reason=f"Downloading into {cache} failed: {exc}") from exc
 
 
-# ---------------------------------------------------------------- IDX parsing
 
-_IDX_DTYPES: Mapping[int, np.dtype] = {
-    0x08: np.dtype(np.uint8),
-    0x09: np.dtype(np.int8),
-    0x0B: np.dtype(">i2"),
-    0x0C: np.dtype(">i4"),
-    0x0D: np.dtype(">f4"),
-    0x0E: np.dtype(">f8"),
-}
-
-
-def _file_key(path: Path) -> tuple[str, int, int]:
-    """(path, mtime_ns, size): the in-memory cache key, so edited files are re-read."""
-    try:
-        stat = path.stat()
-    except FileNotFoundError as exc:
-        raise DatasetNotFoundError(f"file not found: {path}") from exc
-    return str(path.resolve()), stat.st_mtime_ns, stat.st_size
-
-
-def _read_bytes(path: Path) -> bytes:
-    """The file's content, gunzipped when it starts with the gzip magic (whatever its name)."""
-    raw = path.read_bytes()
-    if raw[:2] != b"\x1f\x8b":
-        return raw
-    try:
-        return gzip.decompress(raw)
-    except (OSError, EOFError, zlib.error) as exc:
-        raise ScanflowError(
-            f"{path} is a corrupt gzip file ({exc}); delete it and fetch the dataset again"
-        ) from exc
-
-
-def _parse_idx(raw: bytes, path: str) -> np.ndarray:
-    """Decode IDX bytes: magic ``00 00 <dtype code> <ndim>``, big-endian uint32 dims, data."""
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES or raw[3] == 0:
-        raise ScanflowError(
-            f"{path} is not a valid IDX file: magic bytes {raw[:4].hex(' ') or '(empty file)'}, "
-            "expected 00 00 <type code 08/09/0b/0c/0d/0e> <ndim>; the file is corrupt or in "
-            "another format, fetch it again"
-        )
-    dtype, ndim = _IDX_DTYPES[raw[2]], raw[3]
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise ScanflowError(f"{path} is truncated inside its IDX header; fetch it again")
-    dims = struct.unpack(f">{ndim}I", raw[4:header])
-    count = math.prod(dims)
-    if len(raw) - header != count * dtype.itemsize:
-        raise ScanflowError(
-            f"{path} is truncated or corrupt: its IDX header declares shape {list(dims)} "
-            f"({count * dtype.itemsize} data bytes) but it holds {len(raw) - header}; fetch it again"
-        )
-    array = np.frombuffer(raw, dtype=dtype, count=count, offset=header).reshape(dims)
-    if not dtype.isnative:
-        array = array.astype(dtype.newbyteorder("="))
-    array.flags.writeable = False
-    return array
-
-
-@functools.lru_cache(maxsize=8)
-def _read_idx_cached(path: str, mtime_ns: int, size: int) -> np.ndarray:
-    return _parse_idx(_read_bytes(Path(path)), path)
-
-
-def read_idx(path: str | Path) -> np.ndarray:
-    """Read an IDX file (the MNIST format), gzipped or not, into a new writable array.
-
-    Multi-byte values are converted from big-endian to native order. Raises
-    :class:`~scanflow.errors.ScanflowError` naming the file when it is corrupt.
-    """
-    return np.array(_read_idx_cached(*_file_key(Path(path))))
+# ---------------------------------------------------------------- IDX and CIFAR-10 splits
 
 
 def _load_idx_split(name: str, directory: Path, split: str) -> LabeledImages:
@@ -563,71 +463,6 @@ def _check_idx_arrays(
         )
 
 
-# ---------------------------------------------------------------- CIFAR-10 batches
-
-_NUMPY_PICKLE_GLOBALS: Mapping[tuple[str, str], tuple[str, str]] = {
-    ("numpy.core.multiarray", "_reconstruct"): ("multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"): ("multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"): ("multiarray", "scalar"),
-    ("numpy._core.multiarray", "scalar"): ("multiarray", "scalar"),
-    ("numpy.core.numeric", "_frombuffer"): ("numeric", "_frombuffer"),
-    ("numpy._core.numeric", "_frombuffer"): ("numeric", "_frombuffer"),
-    ("numpy", "ndarray"): ("", "ndarray"),
-    ("numpy", "dtype"): ("", "dtype"),
-}
-
-
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Unpickles the CIFAR-10 batch format but refuses any global other than numpy's
-    array constructors, so a planted batch file cannot run code."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        target = _NUMPY_PICKLE_GLOBALS.get((module, name))
-        if target is None:
-            raise pickle.UnpicklingError(f"refusing to load global {module}.{name}")
-        submodule, attribute = target
-        if not submodule:
-            return getattr(np, attribute)
-        core = "numpy._core" if hasattr(np, "_core") else "numpy.core"
-        return getattr(importlib.import_module(f"{core}.{submodule}"), attribute)
-
-
-def _unpickle(path: Path) -> dict[Any, Any]:
-    try:
-        with path.open("rb") as handle:
-            loaded = _NumpyOnlyUnpickler(handle, encoding="bytes").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as exc:
-        raise ScanflowError(
-            f"{path} is not a CIFAR-10 python batch ({exc}); fetch cifar-10-python.tar.gz again"
-        ) from exc
-    if not isinstance(loaded, dict):
-        raise ScanflowError(f"{path} holds a {type(loaded).__name__}, expected a pickled dict (CIFAR-10 batch)")
-    return loaded
-
-
-def _field(batch: Mapping[Any, Any], key: str, path: Path) -> Any:
-    for candidate in (key.encode(), key):
-        if candidate in batch:
-            return batch[candidate]
-    raise ScanflowError(f"{path} has no {key!r} entry; it is not a CIFAR-10 python batch")
-
-
-@functools.lru_cache(maxsize=8)
-def _read_cifar_batch_cached(path: str, mtime_ns: int, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """One batch as read-only ``uint8 [N, 3, 32, 32]`` images (rows stored R, G, B planes) and labels."""
-    file = Path(path)
-    batch = _unpickle(file)
-    data = np.asarray(_field(batch, "data", file))
-    labels = np.asarray(_field(batch, "labels", file), dtype=np.int64).reshape(-1)
-    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-        raise ScanflowError(f"{file}: 'data' is {data.dtype} {list(data.shape)}, expected uint8 [N, 3072]")
-    if len(data) != len(labels):
-        raise ScanflowError(f"{file} has {len(data)} images but {len(labels)} labels")
-    images = data.reshape(-1, 3, 32, 32)
-    images.flags.writeable = False
-    labels.flags.writeable = False
-    return images, labels
-
 
 def _cifar_classes(directory: Path) -> tuple[str, ...]:
     meta_path = directory / "batches.meta"
@@ -647,6 +482,7 @@ def _load_cifar_split(directory: Path, split: str) -> LabeledImages:
     if len(labels) and (labels.min() < 0 or labels.max() >= info.n_classes):
         raise ScanflowError(f"{directory}: CIFAR-10 labels must be 0..{info.n_classes - 1}")
     return LabeledImages(torch.from_numpy(images), torch.from_numpy(labels), info, split)
+
 
 
 # ---------------------------------------------------------------- digits
@@ -886,91 +722,7 @@ def dataset_availability(data_dir: str | Path | None = None) -> list[DatasetAvai
     return report
 
 
-# ---------------------------------------------------------------- batch validation
-
-
-def _format_shape(dims: Sequence[int]) -> str:
-    return "[N, " + ", ".join(str(d) for d in dims) + "]"
-
-
-def _dtype_message(dtype_name: str, is_float: bool, is_torch: bool) -> str:
-    if is_float:
-        fix = "(x * 255).round().to(torch.uint8)" if is_torch else "(x * 255).round().astype('uint8')"
-        return f"expected uint8 pixel values 0..255, got {dtype_name}; convert with {fix} if your values are in [0, 1]"
-    fix = "x.to(torch.uint8)" if is_torch else "x.astype('uint8')"
-    return f"expected uint8 pixel values 0..255, got {dtype_name}; convert with {fix} once values are within 0..255"
-
-
-def _shape_message(shape: tuple[int, ...], original_rank: int, info: DatasetInfo) -> str:
-    message = (
-        f"this model expects images of shape {_format_shape(info.image_shape)} ({info.name}), "
-        f"got {_format_shape(shape[1:])}"
-    )
-    c, h, w = info.image_shape
-    if original_rank == 4 and shape[1:] == (h, w, c):
-        return message + (
-            "; the batch looks channels-last, transpose it with x.permute(0, 3, 1, 2) / x.transpose(0, 3, 1, 2)"
-        )
-    if original_rank == 3:
-        message += " (an [N, H, W] batch is read as 1 channel)"
-    return message + f"; send {c}-channel {h}x{w} images like the data the model was trained on"
-
-
-def validate_batch(images: np.ndarray | torch.Tensor, info: DatasetInfo | None = None) -> torch.Tensor:
-    """Check a production batch and return it as a uint8 ``[N, C, H, W]`` tensor.
-
-    ``[N, H, W]`` input is given one channel. The result shares memory with a torch input
-    or a writable numpy input. Raises :class:`~scanflow.errors.InvalidBatchError` whose
-    message names the problem and the fix: not an array, wrong rank, empty, NaN, not
-    uint8, or (with ``info``) an image shape other than ``info.image_shape``.
-    """
-    if isinstance(images, np.ndarray):
-        is_torch, dtype_name = False, images.dtype.name
-        is_float = images.dtype.kind in "fc"
-    elif isinstance(images, torch.Tensor):
-        is_torch, dtype_name = True, str(images.dtype).removeprefix("torch.")
-        is_float = images.is_floating_point() or images.is_complex()
-    else:
-        raise InvalidBatchError(
-            f"expected a numpy array or torch tensor of images, got {type(images).__name__}; "
-            "convert with numpy.asarray(x, dtype='uint8')"
-        )
-    shape = tuple(int(d) for d in images.shape)
-    if len(shape) not in (3, 4):
-        raise InvalidBatchError(
-            f"expected a batch shaped [N, C, H, W] or [N, H, W], got shape {list(shape)} (rank {len(shape)}); "
-            "for a single image add a batch axis with x[None]"
-        )
-    if shape[0] == 0:
-        raise InvalidBatchError(f"the batch is empty (N = 0, shape {list(shape)}); send at least one image")
-    if is_float:
-        nan_images = _count_nan_images(images)
-        if nan_images:
-            raise InvalidBatchError(
-                f"the batch contains NaN pixel values ({nan_images} of {shape[0]} images); "
-                "drop or repair those images and send uint8 pixel values 0..255"
-            )
-    if dtype_name != "uint8":
-        raise InvalidBatchError(_dtype_message(dtype_name, is_float, is_torch))
-    tensor = _to_tensor(images)
-    if tensor.dim() == 3:
-        tensor = tensor.unsqueeze(1)
-    if info is not None and tuple(tensor.shape[1:]) != info.image_shape:
-        raise InvalidBatchError(_shape_message(tuple(tensor.shape), len(shape), info))
-    return tensor.contiguous()
-
-
-def _count_nan_images(images: np.ndarray | torch.Tensor) -> int:
-    if isinstance(images, torch.Tensor):
-        return int(torch.isnan(images).reshape(images.shape[0], -1).any(dim=1).sum())
-    return int(np.isnan(images).reshape(images.shape[0], -1).any(axis=1).sum())
-
-
-def _to_tensor(images: np.ndarray | torch.Tensor) -> torch.Tensor:
-    if isinstance(images, torch.Tensor):
-        return images
-    array = images if images.flags.writeable else images.copy()
-    return torch.from_numpy(np.ascontiguousarray(array))
+# ---------------------------------------------------------------- calibration hold-out
 
 
 #: Clean images held out of training to calibrate the drift detector's thresholds (at most this many, and at
@@ -988,34 +740,3 @@ def hold_out_calibration(train: LabeledImages, seed: int = 0, size: int = CALIBR
         train.subset(fit_index, split=f"{train.split}[fit]"),
         train.subset(calibration_index, split=f"{train.split}[calibration]"),
     )
-
-
-def load_batch_file(path: str | Path, info: DatasetInfo | None = None) -> torch.Tensor:
-    """Read a production batch saved with `numpy.save`: uint8 `[N, H, W]` or `[N, C, H, W]`, validated.
-
-    Pickled object arrays are refused (loading them would run code from the file).
-    """
-    path = Path(path)
-    if path.is_dir():
-        raise InvalidBatchError(f"batch file {path} is a directory: pass one .npy file written with numpy.save")
-    if not path.is_file():
-        raise InvalidBatchError(f"batch file {path} does not exist: pass a .npy file written with numpy.save")
-    with path.open("rb") as handle:
-        header = handle.read(6)
-    if header.startswith(b"PK\x03\x04"):
-        raise InvalidBatchError(f"batch file {path} is a .npz archive, not one array: save the images with numpy.save, not savez")
-    if header != b"\x93NUMPY":
-        raise InvalidBatchError(f"batch file {path} is not a .npy file (no numpy header): save the images with "
-                                "numpy.save(path, uint8_array)")
-    try:
-        array = np.load(path, allow_pickle=False)
-    except ValueError as error:
-        reason = "it holds Python objects, which are never loaded" if "allow_pickle" in str(error) else str(error)
-        raise InvalidBatchError(
-            f"batch file {path} is not a plain numpy array ({reason}); save it with numpy.save(path, uint8_array)"
-        ) from error
-    except OSError as error:
-        raise InvalidBatchError(f"batch file {path} is not a .npy file ({error}); save it with numpy.save") from error
-    if not isinstance(array, np.ndarray):
-        raise InvalidBatchError(f"batch file {path} holds {type(array).__name__}, not one array: use numpy.save, not savez")
-    return validate_batch(array, info)
