@@ -16,7 +16,6 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from mlflow import MlflowClient
 from mlflow.entities import RunStatus
 
 from scanflow.local import process_identity
@@ -104,7 +103,10 @@ def mark_orphans(tracking_uri: str, experiment_id: str) -> list[str]:
     """End as FAILED, with tag `scanflow.aborted` = the reason, every RUNNING run of `experiment_id` opened on this
     host whose owner is gone (see `orphan_reason`); returns their ids. One search for RUNNING runs of this host.
     Raises what the MLflow client raises when the store does not answer."""
-    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
+    # Imported here: scanflow.tracking imports this module (a module-level import would be a circle).
+    from scanflow.tracking.client import mlflow_client
+
+    client = mlflow_client(tracking_uri)
     runs = client.search_runs(
         [experiment_id], filter_string=f"attributes.status = 'RUNNING' and tags.`{OWNER_HOST_TAG}` = '{this_host()}'",
         max_results=1000,

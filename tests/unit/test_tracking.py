@@ -97,14 +97,14 @@ def test_register_sets_champion_and_serves_uint8_in_int64_out(tracking_config, d
 def test_a_failed_registration_leaves_nothing_half_registered(tracking_config, digits, small_models, monkeypatch):
     train, _ = digits
     classifier, autoencoder = small_models
-    real_log = tracking._log_pyfunc
+    real_log = tracking.registry._log_pyfunc
 
     def fail_on_classifier(name, *args, **kwargs):
         if name == "classifier":
             raise OSError("disk full")
         return real_log(name, *args, **kwargs)
 
-    monkeypatch.setattr(tracking, "_log_pyfunc", fail_on_classifier)
+    monkeypatch.setattr(tracking.registry, "_log_pyfunc", fail_on_classifier)  # where register_models looks it up
     with tracking.tracked_run(tracking_config) as run_id, pytest.raises(OSError, match="disk full"):
         tracking.register_models(run_id, tracking_config, classifier, autoencoder, train)
     client = mlflow_client(tracking_config.tracking_uri)

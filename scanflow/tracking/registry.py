@@ -1,54 +1,42 @@
-"""Every MLflow call Scanflow makes: connection, runs, metrics, dataset lineage, logged models, registry aliases.
+"""The model registry: what a version was trained for (`ModelContract`), registering a training's models and an
+improvement's candidate, aliases and the champion, promotion, verdicts and rollback, and loading a version back
+(Scanflow models, its detector, the served pyfunc, its input filter).
 
 Models are logged as MLflow pyfuncs from code (`scanflow/pyfunc_model.py`) over Scanflow's own weight files,
 with explicit pip requirements (no requirement inference, no `torch.export`); a version loads wherever Scanflow is
 installed. The sha256 of every stored file is recorded in the registry at logging and checked before loading
-(`TamperedArtifactError`); see docs/decisions/0003-no-code-from-storage.md. Functions take a `run_id` rather than relying on MLflow's thread-local active run, so Prefect tasks may log into
-a run their flow opened.
+(`TamperedArtifactError`); see docs/decisions/0003-no-code-from-storage.md. Adopted models (registered elsewhere,
+then supervised) are in `scanflow.tracking.adopted`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
-import logging
 import os
-import re
-import shutil
 import tempfile
-import time
-import urllib.error
-import urllib.request
-import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
 import mlflow
 import numpy as np
-import requests
 import torch
 from mlflow import MlflowClient
-from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
 
-from scanflow.artifacts import digests_tag, file_digests, sha256_file, verify_digests
+from scanflow.artifacts import digests_tag, file_digests, verify_digests
 from scanflow.config import CHALLENGER_ALIAS, CHAMPION_ALIAS, TrackingConfig
 from scanflow.data import DatasetInfo, LabeledImages, dataset_info
 from scanflow.drift.base import Detector
-from scanflow.drift.known import KnownShift
 from scanflow.errors import (
     ChampionMismatchError,
     ModelNotFoundError,
-    ScanflowError,
-    ServiceUnavailableError,
     TrackingUnavailableError,
     UnknownDatasetError,
     UnusableVersionError,
 )
-from scanflow.orphans import could_not_end, mark_orphans, owner_tags
 from scanflow.models import Autoencoder, Classifier, Denoiser, SavableModel
 from scanflow.serving import (
     AUTOENCODER_ARTIFACT,
@@ -64,27 +52,18 @@ from scanflow.serving import (
     classifier_signature,
 )
 from scanflow.tags import (
-    ABORTED_REASON_TAG,
-    ABORTED_TAG,
     ADOPTED_TAG,
-    ADOPTED_FROM_TAG,
-    ADOPTION_RUN_TAG,
     AUTOENCODER_VERSION_TAG,
-    BATCH_ID_TAG,
     CLASSES_TAG,
     CONTRACT_TAG,
     DATASET_TAG,
     DETECTOR_DIGEST_TAG,
-    DETECTOR_NAME_TAG,
     DETECTOR_TAG,
     DIGESTS_TAG,
     FILTER_GATE_TAG,
     FILTER_TAG,
     INPUT_SHAPE_TAG,
-    IS_DRIFT_TAG,
     KIND_TAG,
-    KNOWN_SHIFT_TAG_PREFIX,
-    MODEL_VERSION_TAG,
     PARENT_TAG,
     PREVIOUS_CHAMPION_TAG,
     PROMOTION_REASON_TAG,
@@ -93,248 +72,8 @@ from scanflow.tags import (
     RUN_ID_TAG,
     VERDICT_TAG,
 )
-
-DETECTOR_ARTIFACT_PATH = "detector"
-DETECTOR_FILE = "detector.pt"
-
-P = ParamSpec("P")
-R = TypeVar("R")
-
-
-#: Seconds between the health checks of `check_reachable` (after the first): a server restarting is waited for.
-REACHABLE_BACKOFF_S = (1.0, 2.0, 4.0)
-
-
-def _health_problem(url: str, timeout_s: float) -> str | None:
-    """None when `url` answers 200 within `timeout_s`, else what went wrong."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response:
-            return None if response.status == 200 else f"HTTP {response.status}"
-    except (urllib.error.URLError, OSError) as error:
-        return str(getattr(error, "reason", error))
-
-
-def check_reachable(tracking_uri: str, timeout_s: float = 5.0, backoff_s: Sequence[float] = REACHABLE_BACKOFF_S) -> None:
-    """Fail fast, with the fix, when the tracking store cannot be used (MLflow's own retries would take minutes): an
-    HTTP server's /health is asked up to 1 + len(`backoff_s`) times, `backoff_s` seconds apart, `timeout_s` each."""
-    if tracking_uri.startswith(("http://", "https://")):
-        url = tracking_uri.rstrip("/") + "/health"
-        problem = _health_problem(url, timeout_s)
-        for pause in backoff_s:
-            if problem is None:
-                return
-            time.sleep(pause)
-            problem = _health_problem(url, timeout_s)
-        if problem is None:
-            return
-        raise TrackingUnavailableError(
-            f"MLflow tracking server at {tracking_uri} is unreachable ({problem}). Start it, e.g. "
-            "`mlflow server --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000`, "
-            "or unset MLFLOW_TRACKING_URI to use the local store ./mlflow.db"
-        )
-    if tracking_uri.startswith("sqlite:///"):
-        folder = Path(tracking_uri.removeprefix("sqlite:///")).parent
-        if not folder.is_dir():
-            raise TrackingUnavailableError(
-                f"MLflow tracking store {tracking_uri}: folder {folder} does not exist; create it or point "
-                "MLFLOW_TRACKING_URI at an existing folder"
-            )
-
-
-def mlflow_client(tracking_uri: str) -> MlflowClient:
-    """A client of the store at `tracking_uri`, model registry included: without an explicit registry MLflow takes
-    the process-wide one, which a connect to another store leaves behind (a champion then seems to have vanished)."""
-    return MlflowClient(tracking_uri, registry_uri=tracking_uri)
-
-
-def _client(config: TrackingConfig) -> MlflowClient:
-    return mlflow_client(config.tracking_uri)
-
-
-#: Transport failures as the MLflow client reports them once its own retries are spent (see rest_utils.http_request).
-_TRANSPORT_FAILURES = ("API request to", "Max retries exceeded", "timeout exception", "Connection refused", "Read timed out")
-
-
-def _transport_failure(error: BaseException) -> bool:
-    """Whether `error` (from the MLflow client) says the server did not answer, rather than answering no."""
-    if isinstance(error, (requests.exceptions.ConnectionError, requests.exceptions.Timeout, requests.exceptions.RetryError)):
-        return True
-    if isinstance(error, requests.exceptions.HTTPError):
-        return error.response is None or error.response.status_code >= 500
-    return isinstance(error, MlflowException) and any(text in error.message for text in _TRANSPORT_FAILURES)
-
-
-def unavailable(error: BaseException) -> TrackingUnavailableError:
-    """The TrackingUnavailableError for a transport failure of the MLflow client: it names the server, the cause
-    (shortened) and the settings that bound the wait."""
-    text = str(getattr(error, "message", error)).splitlines()[0]
-    request = re.search(r"API request to (https?://[^/\s]+)(/[^?\s]*)\S* failed", text)
-    cause = text.split("Caused by ", 1)[1].removesuffix(")") if "Caused by " in text else text
-    cause = cause if len(cause) <= 200 else cause[:200] + "..."
-    return TrackingUnavailableError(
-        f"MLflow tracking server at {request.group(1) if request else mlflow.get_tracking_uri()} did not answer"
-        f"{' ' + request.group(2) if request else ''} after {os.environ.get('MLFLOW_HTTP_REQUEST_MAX_RETRIES', '7')} "
-        f"retries ({cause}). Check that it runs, and that its artifact store (S3) answers: the server proxies every "
-        "artifact. Settings: MLFLOW_TRACKING_URI; MLFLOW_HTTP_REQUEST_TIMEOUT and MLFLOW_HTTP_REQUEST_MAX_RETRIES bound the wait"
-    )
-
-
-def _tracking_errors(function: Callable[P, R]) -> Callable[P, R]:
-    """`function` with transport failures of the MLflow client turned into TrackingUnavailableError (the message
-    names the server and the settings; no traceback in the CLI). Other errors pass unchanged."""
-    @functools.wraps(function)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return function(*args, **kwargs)
-        except (MlflowException, requests.exceptions.RequestException) as error:
-            if _transport_failure(error):
-                raise unavailable(error) from error
-            raise
-
-    return wrapper
-
-
-@_tracking_errors
-def connect(config: TrackingConfig) -> str:
-    """Point MLflow at `config.tracking_uri`, check it answers, end the runs left RUNNING by dead processes of this
-    host (`scanflow.orphans.mark_orphans`), and return the experiment id (created if new)."""
-    check_reachable(config.tracking_uri)
-    mlflow.set_tracking_uri(config.tracking_uri)
-    mlflow.set_registry_uri(config.tracking_uri)
-    client = _client(config)
-    experiment = client.get_experiment_by_name(config.experiment_name)
-    if experiment is None:
-        return client.create_experiment(config.experiment_name, artifact_location=config.artifact_root)
-    mark_orphans(config.tracking_uri, experiment.experiment_id)
-    return experiment.experiment_id
-
-
-@contextlib.contextmanager
-def _quiet_mlflow() -> Iterator[None]:
-    """Silence MLflow's advice that does not apply here: the pyfunc code is Scanflow's own, its schema is the explicit
-    tensor signature, and a dataset path is a local file."""
-    logger = logging.getLogger("mlflow.pyfunc")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            yield
-    finally:
-        logger.setLevel(level)
-
-
-@contextlib.contextmanager
-def tracked_run(
-    config: TrackingConfig, run_name: str | None = None, tags: Mapping[str, str] | None = None
-) -> Iterator[str]:
-    """Open an MLflow run (a training, a detected batch, a decision...) tagged with its owner process
-    (`scanflow.orphans`); yields its run id; ends it FINISHED, or FAILED if the body raises (tagged
-    `scanflow.aborted=true` with the message when a ScanflowError, bad input, ended it).
-
-    When the server does not answer at the end, the run is left to `mark_orphans` (the next connect, here or in a
-    later process, ends it FAILED) and the body's own error is raised, not the failed ending's."""
-    experiment_id = connect(config)
-    client = _client(config)
-    run = _tracking_errors(client.create_run)(experiment_id, run_name=run_name, tags={**owner_tags(), **(tags or {})})
-    run_id = run.info.run_id
-    try:
-        yield run_id
-    except BaseException as error:
-        if isinstance(error, TrackingUnavailableError):
-            could_not_end(run_id)  # the server just failed to answer: no further minute spent on it
-        else:
-            if isinstance(error, ScanflowError) and not isinstance(error, ServiceUnavailableError):
-                # Bad input found only after the run was opened: the run says so, and is never mistaken for a result.
-                with contextlib.suppress(Exception):
-                    client.set_tag(run_id, ABORTED_TAG, "true")
-                    client.set_tag(run_id, ABORTED_REASON_TAG, str(error)[:4000])
-            try:
-                client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
-            except (MlflowException, requests.exceptions.RequestException) as ending:
-                if not _transport_failure(ending):
-                    raise
-                could_not_end(run_id)
-        raise
-    try:
-        client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
-    except (MlflowException, requests.exceptions.RequestException) as error:
-        if _transport_failure(error):
-            could_not_end(run_id)
-            raise unavailable(error) from error
-        raise
-
-
-@contextlib.contextmanager
-def _active_run(run_id: str) -> Iterator[None]:
-    """Make `run_id` MLflow's active run in this thread for fluent calls (log_model, log_input).
-
-    Leaving re-marks the run RUNNING: its final status is set once, by `tracked_run`.
-    """
-    active = mlflow.active_run()
-    if active is not None and active.info.run_id == run_id:
-        yield
-        return
-    # A caller's own `mlflow.set_experiment` (a script that also logs its models) would make MLflow refuse a run of
-    # Scanflow's experiment: the caller's choice is set aside for this block and restored after it.
-    from mlflow.tracking import fluent
-
-    saved_experiment, saved_env = fluent._active_experiment_id, os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
-    fluent._active_experiment_id = None
-    try:
-        mlflow.start_run(run_id=run_id)
-        try:
-            yield
-        finally:
-            mlflow.end_run(status=RunStatus.to_string(RunStatus.RUNNING))
-    finally:
-        fluent._active_experiment_id = saved_experiment
-        if saved_env is not None:
-            os.environ["MLFLOW_EXPERIMENT_ID"] = saved_env
-
-
-@_tracking_errors
-def log_params(run_id: str, params: Mapping[str, Any]) -> None:
-    MlflowClient().log_batch(run_id, params=[mlflow.entities.Param(k, str(v)) for k, v in params.items()])
-
-
-@_tracking_errors
-def log_metrics(run_id: str, metrics: Mapping[str, float], step: int | None = None) -> None:
-    MlflowClient().log_batch(
-        run_id,
-        metrics=[
-            mlflow.entities.Metric(key, float(value), int(mlflow.utils.time.get_current_time_millis()), step or 0)
-            for key, value in metrics.items()
-        ],
-    )
-
-
-@_tracking_errors
-def set_tags(run_id: str, tags: Mapping[str, str]) -> None:
-    MlflowClient().log_batch(run_id, tags=[mlflow.entities.RunTag(k, str(v)) for k, v in tags.items()])
-
-
-@_tracking_errors
-def log_dataset(run_id: str, data: LabeledImages, context: str) -> None:
-    """Record which images a run used (`mlflow.log_input`): name, split, source and a content digest."""
-    with _quiet_mlflow():
-        dataset = mlflow.data.from_numpy(
-            features=data.images.numpy(),
-            targets=data.labels.numpy(),
-            source=_dataset_source(data),
-            name=f"{data.info.name}:{data.split}",
-        )
-    with _active_run(run_id):
-        mlflow.log_input(dataset, context=context, tags={"source": data.info.source})
-
-
-def _dataset_source(data: LabeledImages) -> Any:
-    from mlflow.data.code_dataset_source import CodeDatasetSource
-
-    if Path(data.info.source).exists():
-        return data.info.source
-    # Bundled data (scikit-learn's digits) has no file to point at: record where it comes from instead.
-    return CodeDatasetSource(tags={"origin": data.info.source})
+from scanflow.tracking.client import _client, _quiet_mlflow, _tracking_errors, _transport_failure, check_reachable, unavailable
+from scanflow.tracking.runs import _active_run, download_run_artifact, log_detector
 
 
 @dataclass(frozen=True)
@@ -586,6 +325,8 @@ class LoadedModels:
 @_tracking_errors
 def load_models(config: TrackingConfig, alias: str = CHAMPION_ALIAS) -> LoadedModels:
     """Load the classifier at `alias` and the autoencoder version recorded beside it, as Scanflow models."""
+    from scanflow.tracking.adopted import _adopted_contract, _adopted_parts
+
     version = _version_by_alias(config, alias)
     ae_version = _required_tag(config, version, AUTOENCODER_VERSION_TAG, "it was not registered by Scanflow")
     client = _client(config)
@@ -615,36 +356,11 @@ def load_models(config: TrackingConfig, alias: str = CHAMPION_ALIAS) -> LoadedMo
 
 
 @_tracking_errors
-def download_run_artifact(tracking_uri: str, uri: str, dst: str) -> str:
-    """Download `runs:/RUN_ID/PATH` into `dst` from the run's own artifact store; returns the local path.
-
-    MLflow's `runs:/` resolver also looks for a logged model of that name, and when both fail it says only that the
-    path may be wrong: a store that did not answer looked like a missing file. Here its error comes through."""
-    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-
-    run_id, _, path = uri.removeprefix("runs:/").partition("/")
-    if not uri.startswith("runs:/") or not run_id or not path:
-        raise ModelNotFoundError(f"{uri!r} is not a runs:/RUN_ID/PATH artifact URI: retrain with `scanflow train`")
-    artifact_uri = mlflow_client(tracking_uri).get_run(run_id).info.artifact_uri
-    folder, _, name = path.rpartition("/")
-    # The repository of the artifact's folder: the file lands as dst/NAME, as with the runs:/ resolver.
-    repository = get_artifact_repository(f"{artifact_uri}/{folder}" if folder else artifact_uri, tracking_uri=tracking_uri)
-    return repository.download_artifacts(name, dst)
-
-
-def log_detector(run_id: str, detector: Detector) -> tuple[str, str]:
-    """Save a fitted detector into the run's artifacts; returns its `runs:/` URI and its sha256 (a `digests_tag`)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = detector.save(Path(tmp) / DETECTOR_FILE)
-        digest = digests_tag({DETECTOR_FILE: sha256_file(path)})
-        MlflowClient().log_artifact(run_id, str(path), artifact_path=DETECTOR_ARTIFACT_PATH)
-    return f"runs:/{run_id}/{DETECTOR_ARTIFACT_PATH}/{DETECTOR_FILE}", digest
-
-
-@_tracking_errors
 def load_detector(config: TrackingConfig, alias: str = CHAMPION_ALIAS) -> tuple[Detector, str]:
     """The detector logged beside the classifier version at `alias`, and that version; its file is checked against
     the sha256 recorded at logging (TamperedArtifactError when it differs)."""
+    from scanflow.tracking.adopted import _adopted_contract, load_foreign_classifier
+
     version = _version_by_alias(config, alias)
     uri = _required_tag(config, version, DETECTOR_TAG, "no drift detector was logged beside it")
     with tempfile.TemporaryDirectory() as tmp:
@@ -655,37 +371,6 @@ def load_detector(config: TrackingConfig, alias: str = CHAMPION_ALIAS) -> tuple[
     if contract is not None:  # an adopted model's detector is stored without it: its own loader brings it
         detector.classifier = load_foreign_classifier(config.tracking_uri, version, contract)
     return detector, str(version.version)
-
-
-@_tracking_errors
-def log_detection(config: TrackingConfig, summary: Mapping[str, Any], grid_png: bytes | None = None, extra_tags: Mapping[str, str] | None = None) -> str:
-    """One MLflow run per detected batch: verdict as metrics and tags (plus `extra_tags`, e.g. the Prefect flow run),
-    the JSON summary and the critical-sample grid as artifacts. Returns the run id (the Evidently report is added
-    later with `log_artifact_file`)."""
-    tags = {
-        **(extra_tags or {}),
-        KIND_TAG: "detect",
-        BATCH_ID_TAG: str(summary["batch_id"]),
-        MODEL_VERSION_TAG: str(summary["model_version"]),
-        IS_DRIFT_TAG: str(bool(summary["is_drift"])).lower(),
-        DETECTOR_NAME_TAG: str(summary["detector"]),
-    }
-    with tracked_run(config, f"detect-{summary['batch_id']}", tags) as run_id:
-        client = _client(config)
-        log_metrics(run_id, {k: float(summary[k]) for k in ("statistic", "p_value", "threshold", "n_critical", "n")})
-        client.log_dict(run_id, dict(summary), "drift_result.json")
-        if grid_png is not None:
-            with tempfile.TemporaryDirectory() as tmp:
-                path = Path(tmp) / "critical_samples.png"
-                path.write_bytes(grid_png)
-                client.log_artifact(run_id, str(path))
-    return run_id
-
-
-@_tracking_errors
-def log_artifact_file(run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
-    MlflowClient().log_artifact(run_id, str(path), artifact_path=artifact_path)
-
 
 
 # ------------------------------------------------------------------------------------- improvement and promotion
@@ -712,6 +397,7 @@ def register_candidate(
     """
     from scanflow.adopt import ForeignClassifier
     from scanflow.improve.filter import FilteredClassifier
+    from scanflow.tracking.adopted import _log_filtered_foreign, _log_foreign_pytorch
 
     client = _client(config)
     champion = client.get_model_version(config.classifier_name, champion_version)
@@ -766,65 +452,6 @@ def register_candidate(
                 client.delete_model_version(config.classifier_name, created)
         raise
     return created
-
-
-def _log_foreign_pytorch(config: TrackingConfig, parent: Any, candidate: Any) -> Any:
-    """Log a retrained adopted module as the pytorch flavour, with its parent version's signature and metadata, and
-    register it under `config.classifier_name` (into the active run)."""
-    from mlflow import pytorch as mlflow_pytorch
-
-    if candidate.contract.flavour != "pytorch":
-        raise ScanflowError(f"only a pytorch module can be retrained and logged, not a {candidate.contract.flavour} model")
-    _, signature, metadata = model_declarations(config.tracking_uri, parent)
-    with _quiet_mlflow():
-        return mlflow_pytorch.log_model(
-            candidate.model, name="classifier", signature=signature, metadata=metadata or None,
-            serialization_format="pickle", pip_requirements=_requirements(), registered_model_name=config.classifier_name,
-        )
-
-
-def _log_filtered_foreign(config: TrackingConfig, parent: Any, candidate: Any) -> Any:
-    """Log a filter in front of an adopted model (`scanflow.serving.FilteredForeignModel`): the denoiser, and the
-    adopted model's own directory (the parent's, or the one inside a filtered parent) copied unchanged, with the
-    parent's signature and metadata, so the new version takes and gives what the adopted model does."""
-    from scanflow.serving import FOREIGN_MODEL_ARTIFACT, FilteredForeignModel
-
-    if candidate.scorer is not None:
-        raise ScanflowError("a filter in front of an adopted model cannot reject images: its answers keep the model's own form")
-    _, signature, metadata = model_declarations(config.tracking_uri, parent)
-    with tempfile.TemporaryDirectory() as tmp:
-        downloaded = _foreign_model_dir(_download_verified(_client(config), config.classifier_name, parent, os.path.join(tmp, "parent")), parent)
-        # A folder artifact keeps its own name under artifacts/: the name the loader looks for.
-        model_dir = shutil.copytree(downloaded, Path(tmp) / FOREIGN_MODEL_ARTIFACT)
-        return _log_pyfunc(
-            "filtered-classifier", FilteredForeignModel(candidate.classifier.contract, candidate.gate_threshold),
-            {DENOISER_ARTIFACT: candidate.denoiser}, signature, config.classifier_name,
-            paths={FOREIGN_MODEL_ARTIFACT: str(model_dir)}, metadata=metadata,
-        )
-
-
-def _foreign_model_dir(local: str, version: Any) -> Path:
-    """The adopted model's own MLflow model directory inside a downloaded version: the version itself, or for a
-    filtered one the copy it carries."""
-    from scanflow.serving import FOREIGN_MODEL_ARTIFACT
-
-    if FILTER_TAG not in version.tags:
-        return Path(local)
-    return Path(local) / "artifacts" / FOREIGN_MODEL_ARTIFACT
-
-
-def _adopted_parts(local: str, version: Any, contract: Any) -> tuple[Any, Denoiser | None, float | None]:
-    """(the adopted model as a `ForeignClassifier`, the denoiser in front of it or None, the filter's gate) from a
-    downloaded version."""
-    from scanflow.adopt import ForeignClassifier, load_foreign_model
-
-    with _quiet_mlflow():
-        classifier = ForeignClassifier(load_foreign_model(str(_foreign_model_dir(local, version)), contract), contract)
-    if FILTER_TAG not in version.tags:
-        return classifier, None, None
-    denoiser = Denoiser.load(next(Path(local).rglob(f"{DENOISER_ARTIFACT}.pt")))
-    gate = version.tags.get(FILTER_GATE_TAG, "none")
-    return classifier, denoiser, None if gate == "none" else float(gate)
 
 
 @_tracking_errors
@@ -950,45 +577,6 @@ def rollback(config: TrackingConfig, to_version: str | None = None) -> tuple[str
     return str(current.version), str(target.version)
 
 
-KNOWN_SHIFT_ARTIFACT = "known-shift.npz"
-
-
-@_tracking_errors
-def log_known_shift(config: TrackingConfig, shift: KnownShift) -> None:
-    """Keep `shift` as `known-shift.npz` in its decision's run and list that run on the classifier version it
-    applies to (tag `scanflow.known_shift.<batch_id>` = run id): the version's detector will not ask about it again."""
-    client = _client(config)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / KNOWN_SHIFT_ARTIFACT
-        path.write_bytes(shift.to_bytes())
-        client.log_artifact(shift.mlflow_run_id, str(path))
-    key = KNOWN_SHIFT_TAG_PREFIX + "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in shift.batch_id)
-    client.set_model_version_tag(config.classifier_name, shift.model_version, key, shift.mlflow_run_id)
-
-
-@_tracking_errors
-def known_shifts(config: TrackingConfig, version: str) -> list[KnownShift]:
-    """The shifts decided about for classifier `version` (see `log_known_shift`), in batch id order."""
-    run_ids = [run_id for key, run_id in sorted(version_tags(config, version).items()) if key.startswith(KNOWN_SHIFT_TAG_PREFIX)]
-    return [_known_shift_record(config.tracking_uri, run_id) for run_id in run_ids]
-
-
-@functools.lru_cache(maxsize=256)
-def _known_shift_record(tracking_uri: str, run_id: str) -> KnownShift:
-    """One run's known-shift record, downloaded once per process: a record never changes after it is logged (the
-    version's tags, read every time, say which records exist)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = download_run_artifact(tracking_uri, f"runs:/{run_id}/{KNOWN_SHIFT_ARTIFACT}", tmp)
-        shift = KnownShift.from_bytes(Path(path).read_bytes())
-    shift.signature.flags.writeable = False
-    return shift
-
-
-@_tracking_errors
-def log_json(run_id: str, data: Mapping[str, Any], artifact_file: str) -> None:
-    MlflowClient().log_dict(run_id, dict(data), artifact_file)
-
-
 @dataclass(frozen=True)
 class ServedModel:
     """A registered classifier version loaded as its MLflow pyfunc (what a serving endpoint runs)."""
@@ -1002,6 +590,7 @@ class ServedModel:
 def load_served_model(config: TrackingConfig, alias: str = CHAMPION_ALIAS) -> ServedModel:
     """The pyfunc of the classifier at `alias`, with the dataset description it was trained for."""
     from scanflow.data import dataset_info
+    from scanflow.tracking.adopted import _adopted_contract, _adopted_parts
 
     version = _version_by_alias(config, alias)
     contract = _adopted_contract(version)
@@ -1019,130 +608,3 @@ def load_served_model(config: TrackingConfig, alias: str = CHAMPION_ALIAS) -> Se
         local = _download_verified(_client(config), config.classifier_name, version, tmp)
         model = mlflow.pyfunc.load_model(local)
     return ServedModel(model, str(version.version), dataset_info(version.tags.get(DATASET_TAG, "default")))
-
-
-@_tracking_errors
-def log_predictions(
-    config: TrackingConfig, batch_id: str, model_version: str, labels: np.ndarray, classes: Sequence[str],
-    tags: Mapping[str, str] | None = None,
-) -> str:
-    """One MLflow run per predicted batch: the labels (CSV: batch index, label, class name) and their lineage."""
-    run_tags = {KIND_TAG: "predict", BATCH_ID_TAG: batch_id, MODEL_VERSION_TAG: model_version, **(tags or {})}
-    with tracked_run(config, f"predict-{batch_id}", run_tags) as run_id:
-        log_metrics(run_id, {"n": float(len(labels)), "n_rejected": float(np.sum(labels < 0))})
-        rows = ["batch_index,label,class"] + [
-            f"{i},{int(label)},{classes[int(label)] if label >= 0 else 'rejected'}" for i, label in enumerate(labels)
-        ]
-        _client(config).log_text(run_id, "\n".join(rows) + "\n", "predictions.csv")
-    return run_id
-
-
-# ------------------------------------------------------------------------------------------ adopted models
-def resolve_model_uri(tracking_uri: str, model_uri: str) -> Any:
-    """The registered version a `models:/NAME/VERSION` or `models:/NAME@ALIAS` URI names (ModelNotFoundError
-    otherwise: adoption supervises registered versions only)."""
-    from scanflow.adopt import AdoptionError
-
-    match = re.fullmatch(r"models:/([^/@]+)(?:/(\d+)|@([A-Za-z0-9_-]+))", model_uri)
-    if match is None:
-        raise AdoptionError(
-            f"{model_uri!r} is not a registered model version: pass models:/NAME/VERSION or models:/NAME@ALIAS "
-            "(register a run's model first with mlflow.register_model)"
-        )
-    check_reachable(tracking_uri)
-    client = mlflow_client(tracking_uri)
-    name, version, alias = match.groups()
-    try:
-        return client.get_model_version(name, version) if version else client.get_model_version_by_alias(name, alias)
-    except MlflowException as error:
-        raise ModelNotFoundError(f"{model_uri} is not in the registry at {tracking_uri}: check the name and version") from error
-
-
-def model_declarations(tracking_uri: str, version: Any) -> tuple[set[str], Any, dict[str, Any]]:
-    """What a registered version's MLmodel declares: its flavours, signature and metadata."""
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
-    with _quiet_mlflow():
-        info = mlflow.models.get_model_info(f"models:/{version.name}/{version.version}")
-    return set(info.flavors), info.signature, dict(info.metadata or {})
-
-
-def load_foreign_classifier(tracking_uri: str, version: Any, contract: Any, verify: bool = True) -> Any:
-    """A registered adopted model as a `ForeignClassifier` (for a filtered version, the model behind the filter);
-    with `verify`, its files are checked against the sha256 recorded at adoption first (TamperedArtifactError)."""
-    client = mlflow_client(tracking_uri)
-    with tempfile.TemporaryDirectory() as tmp:
-        if verify:
-            local = _download_verified(client, version.name, version, tmp)
-        else:
-            local = mlflow.artifacts.download_artifacts(f"models:/{version.name}/{version.version}", dst_path=tmp)
-        return _adopted_parts(local, version, contract)[0]
-
-
-def _adopted_contract(version: Any) -> Any:
-    from scanflow.adopt import InputContract
-
-    text = version.tags.get(CONTRACT_TAG)
-    return None if text is None else InputContract.from_json(text)
-
-
-def register_adoption(
-    run_id: str, config: TrackingConfig, version: Any, contract: Any, autoencoder: Autoencoder, detector: Detector,
-    info: Any, reference: Any,
-) -> str:
-    """Log the autoencoder and the detector fitted for an adopted `version`, tag the version with them, its contract,
-    its `reference` (a `ReferenceRecord`) and its files' sha256, and point `champion` at it; returns the supervised version of `config.classifier_name`
-    (`version` itself, or a new version on its source when the names differ). All or nothing: on failure what this
-    call created and tagged is removed again and no alias moves."""
-    client = _client(config)
-    name = config.classifier_name
-    created: list[tuple[str, str]] = []
-    tagged: list[str] = []
-    new_model = False
-    try:
-        if version.name != name:  # supervised under another name: a new entry on the same source, nothing copied
-            try:
-                client.get_registered_model(name)
-            except MlflowException:
-                client.create_registered_model(name)
-                new_model = True
-            version = client.create_model_version(name, version.source, run_id=version.run_id, tags={ADOPTED_FROM_TAG: f"models:/{version.name}/{version.version}"})
-            created.append((name, str(version.version)))
-        number = str(version.version)
-        detector_uri, detector_digest = log_detector(run_id, detector)
-        with _active_run(run_id):
-            ae_info = _log_pyfunc(
-                "autoencoder", AutoencoderModel(info), {AUTOENCODER_ARTIFACT: autoencoder},
-                autoencoder_signature(info, autoencoder.latent_dim), config.autoencoder_name, {DATASET_TAG: info.name},
-            )
-        ae_version = str(ae_info.registered_model_version)
-        created.append((config.autoencoder_name, ae_version))
-        _record_digests(client, config.autoencoder_name, ae_version)
-        tags = {
-            ADOPTED_TAG: contract.flavour, CONTRACT_TAG: contract.to_json(), REFERENCE_TAG: reference.to_json(), AUTOENCODER_VERSION_TAG: ae_version,
-            DETECTOR_TAG: detector_uri, DETECTOR_DIGEST_TAG: detector_digest, **contract_tags(info),
-            ADOPTION_RUN_TAG: run_id, VERDICT_TAG: "adopted",
-        }
-        for key, value in tags.items():
-            client.set_model_version_tag(name, number, key, value)
-            tagged.append(key)
-        _record_digests(client, name, number)
-        tagged.append(DIGESTS_TAG)
-        previous = champion_version_or_none(config)
-        if previous is not None and previous != number:
-            client.set_model_version_tag(name, number, PREVIOUS_CHAMPION_TAG, previous)
-            tagged.append(PREVIOUS_CHAMPION_TAG)
-        client.set_registered_model_alias(config.autoencoder_name, CHAMPION_ALIAS, ae_version)
-        client.set_registered_model_alias(name, CHAMPION_ALIAS, number)
-    except BaseException:
-        for key in tagged:
-            with contextlib.suppress(MlflowException):
-                client.delete_model_version_tag(name, number, key)
-        for model, created_version in created:
-            with contextlib.suppress(MlflowException):
-                client.delete_model_version(model, created_version)
-        if new_model:
-            with contextlib.suppress(MlflowException):
-                client.delete_registered_model(name)
-        raise
-    return number
