@@ -29,22 +29,23 @@ from scanflow.detect import (
     DEFAULT_LABEL_BUDGET,
     DRIFT_EVENT,
     Detection,
+    DetectionReport,
     critical_samples_png,
     detect_batch,
     sample_thumbnails,
     save_evidently_report,
     summary_markdown,
 )
-from scanflow.drift.autoencoder import AutoencoderDetector
+from scanflow.drift.base import Detector
 from scanflow.drift.known import ShiftMatch, match_known_shift
 from scanflow.adopt import improvable_actions
-from scanflow.human import ACTIONS, policy_action
+from scanflow.human import ACTIONS
 from scanflow.storage import S3Store, absolute_location
 from scanflow.tags import KNOWN_SHIFT_OF_TAG
 
 
 @task(cache_policy=NO_CACHE, **IO_RETRIES)
-def load_champion_detector(config: TrackingConfig, alias: str) -> tuple[AutoencoderDetector, str]:
+def load_champion_detector(config: TrackingConfig, alias: str) -> tuple[Detector, str]:
     return scanflow_tracking.load_detector(config, alias)
 
 
@@ -60,19 +61,19 @@ def load_input_filter(config: TrackingConfig, alias: str):
 
 
 @task(cache_policy=NO_CACHE)
-def load_batch(path: str, detector: AutoencoderDetector, store: S3Store | None) -> torch.Tensor:
+def load_batch(path: str, detector: Detector, store: S3Store | None) -> torch.Tensor:
     return read_batch(path, detector.info, store)
 
 
 @task(cache_policy=NO_CACHE)
-def detect(detector: AutoencoderDetector, images: torch.Tensor, batch_id: str, model_version: str, budget: int) -> Detection:
+def detect(detector: Detector, images: torch.Tensor, batch_id: str, model_version: str, budget: int) -> Detection:
     detection = detect_batch(detector, images, batch_id, model_version, budget, classes=detector.info.classes if detector.info else None)
     print(f"batch {batch_id}: drift={detection.result.is_drift} statistic={detection.result.statistic:.3f} p={detection.result.p_value:.4f}")
     return detection
 
 
 @task(cache_policy=NO_CACHE, **IO_RETRIES)
-def recognise_known_shift(config: TrackingConfig, detector: AutoencoderDetector, detection: Detection) -> ShiftMatch | None:
+def recognise_known_shift(config: TrackingConfig, detector: Detector, detection: Detection) -> ShiftMatch | None:
     """The shift a person already decided about for this champion that the drifted batch cannot be told apart from
     (energy two-sample test at the detector's alpha), or None: a new drift."""
     model_version = detection.model_version
@@ -125,7 +126,7 @@ def announce_drift(detection: Detection, model_name: str, batch_path: str, respo
 
 
 @task(cache_policy=NO_CACHE, retries=1)
-def evidently_report(detector: AutoencoderDetector, images: torch.Tensor, mlflow_run_id: str) -> None:
+def evidently_report(detector: Detector, images: torch.Tensor, mlflow_run_id: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = save_evidently_report(detector, images, Path(tmp) / "evidently_report.html")
         scanflow_tracking.log_artifact_file(mlflow_run_id, path)
@@ -144,7 +145,7 @@ def detect_flow(
     tracking: str | None = None,
     storage: str | None = None,
     model: str | None = None,
-) -> dict:
+) -> DetectionReport:
     """Test one production batch (a .npy of uint8 images) against the champion's detector (on the cleaned batch
     when the champion is a filter-wrapped classifier: the drift it was built for is then acknowledged).
 
@@ -182,21 +183,10 @@ def detect_flow(
     if report:
         evidently_report(detector, images, run_id)
     actions, actions_note = improvable(config, model_version) if detection.result.is_drift else (ACTIONS, "")
-    return {
-        **detection.summary(),
-        "mlflow_run_id": run_id,
-        "critical_rows": detection.critical_rows(),
-        "guesses": [int(detection.predicted_labels[i]) for i in detection.selection.indices],
-        "classes": list(detection.classes),
-        "recommended_action": policy_action(detection.result, actions),
-        "actions": list(actions),
-        "actions_note": actions_note,
-        "known_shift": known.to_dict() if known is not None else None,
-        "grid_png_b64": base64.b64encode(grid_png).decode("ascii"),
-        # What a person is shown on a drift (the decision form); nothing to show on a clean batch.
-        "thumbnails_b64": [base64.b64encode(png).decode("ascii") for png in sample_thumbnails(images, detection)]
-        if detection.result.is_drift else [],
-    }
+    # What a person is shown on a drift (the decision form); nothing to show on a clean batch.
+    thumbnails = sample_thumbnails(images, detection) if detection.result.is_drift else []
+    return DetectionReport.of(detection, run_id, actions=actions, actions_note=actions_note, known=known, grid_png=grid_png,
+                              thumbnails=thumbnails)
 
 
 @flow(name="drift-report", log_prints=True, persist_result=True, result_serializer="json")
@@ -215,4 +205,4 @@ def report_flow(batch_path: str, mlflow_run_id: str, alias: str = CHAMPION_ALIAS
 
 
 if __name__ == "__main__":
-    print({k: v for k, v in detect_flow(batch_path=sys.argv[1]).items() if k != "grid_png_b64"})
+    print(detect_flow(batch_path=sys.argv[1]).brief())

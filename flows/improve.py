@@ -40,6 +40,7 @@ from scanflow.improve import (
     PromotionVerdict,
     check_promotion_margin,
     clean_data,
+    ImprovementReport,
     improvement_markdown,
     improver_for,
 )
@@ -137,7 +138,7 @@ def improve_flow(
     remember_shift: bool = True,
     tracking: str | None = None,
     storage: str | None = None,
-) -> dict:
+) -> ImprovementReport:
     """Carry out a person's decision on a drifted batch (a .npy of uint8 images).
 
     `shown_indices`: the batch rows the person was shown, in order; `labels`: their classes in that order, None
@@ -184,8 +185,9 @@ def improve_flow(
         if remember_shift and rows:
             summary["known_shift_of"] = remember_known_shift(config, run_id, batch_id, decision.action, images[rows])
         scanflow_tracking.set_tags(run_id, {PROMOTED_TAG: str(summary["promoted"]).lower()})
-    create_markdown_artifact(improvement_markdown(summary), key="improvement", description=f"decision on batch {batch_id}")
-    return summary
+    report = ImprovementReport(**summary)
+    create_markdown_artifact(improvement_markdown(report), key="improvement", description=f"decision on batch {batch_id}")
+    return report
 
 
 def check_improvable(models: scanflow_tracking.LoadedModels, action: str, name: str) -> None:

@@ -43,6 +43,8 @@ from flows.settings import shared_batch, storage_store, supervision_settings, tr
 from flows.steps import Steps, in_process
 from scanflow import tracking as scanflow_tracking
 from scanflow.config import TrackingConfig
+from scanflow.detect import DetectionReport
+from scanflow.improve import ImprovementReport
 from scanflow.data import DatasetInfo, default_cache_dir
 from scanflow.errors import ScanflowError
 from scanflow.human import (
@@ -226,8 +228,8 @@ def answer_paused_run(run_id: str, action: str, labels: str | Sequence[Any] | No
     return f"answered flow run {target}: {action} with {n_given} of {len(request.guesses)} samples labelled"
 
 
-def respond(batch: StreamBatch, path: str, detection: dict, human: str, settings: SupervisionSettings, steps: Steps, seed: int = 0,
-            recorded: RecordedDecision | None = None, on_decision: Callable[[RecordedDecision], None] | None = None) -> dict:
+def respond(batch: StreamBatch, path: str, detection: DetectionReport, human: str, settings: SupervisionSettings, steps: Steps, seed: int = 0,
+            recorded: RecordedDecision | None = None, on_decision: Callable[[RecordedDecision], None] | None = None) -> ImprovementReport:
     """On a drifted batch: pause for a decision (answered by a person, or by the simulated `human` through the
     same form), run the timeout action when nobody answers, then improve (the steps read the batch at `path`).
     Only labels a person (or the oracle standing in for one) gave reach the improve flow. Returns its outcome.
@@ -243,7 +245,7 @@ def respond(batch: StreamBatch, path: str, detection: dict, human: str, settings
         answer_when_paused(flow_run.id, decider.decide(request.recommended, request.shown), request)
     else:
         announce_waiting(flow_run.id, batch.batch_id)
-    report = evidently_report_beside.submit(steps, path, detection["mlflow_run_id"], flow_run.id if human == "person" else None)
+    report = evidently_report_beside.submit(steps, path, detection.mlflow_run_id, flow_run.id if human == "person" else None)
     state = in_process(ask_human.with_options(flow_run_name=f"decide-{batch.batch_id}"), request, settings.pause_timeout_s, return_state=True)
     if state.is_completed():
         answer = state.result()
@@ -254,8 +256,8 @@ def respond(batch: StreamBatch, path: str, detection: dict, human: str, settings
               + (f" (not '{settings.action_on_timeout}': {request.actions_note})" if action != settings.action_on_timeout else ""))
         answer, decided_by = {"action": action, "labels": None, "note": "pause timed out"}, "timeout"
     decision = RecordedDecision(action=answer["action"], labels=answer["labels"], note=answer["note"], decided_by=decided_by,
-                                shown=list(request.shown), champion_version=str(detection["model_version"]),
-                                drift={k: detection[k] for k in ("statistic", "p_value", "threshold", "n_critical")})
+                                shown=list(request.shown), champion_version=detection.model_version,
+                                drift=detection.model_dump(include={"statistic", "p_value", "threshold", "n_critical"}))
     if on_decision is not None:
         on_decision(decision)
     improvement = carry_out(batch, path, decision, settings, steps, seed, check_champion=False)
@@ -266,7 +268,7 @@ def respond(batch: StreamBatch, path: str, detection: dict, human: str, settings
 
 
 def carry_out(batch: StreamBatch, path: str, decision: RecordedDecision, settings: SupervisionSettings, steps: Steps, seed: int,
-              check_champion: bool = True) -> dict:
+              check_champion: bool = True) -> ImprovementReport:
     """Run the improve flow on `decision`; with `check_champion`, first make sure it was not carried out already
     (the champion it was given against is still the champion), else report it as done."""
     if check_champion:
@@ -274,9 +276,9 @@ def carry_out(batch: StreamBatch, path: str, decision: RecordedDecision, setting
         if champion != decision.champion_version:
             print(f"batch {batch.batch_id}: the decision given before a restart ({decision.action}) was carried out already: "
                   f"v{champion} replaced v{decision.champion_version}")
-            return {"batch_id": batch.batch_id, "action": decision.action, "decided_by": decision.decided_by, "promoted": True,
-                    "champion_version": decision.champion_version, "challenger_version": champion,
-                    "reason": "carried out before the supervise run restarted"}
+            return ImprovementReport(batch_id=batch.batch_id, action=decision.action, decided_by=decision.decided_by, promoted=True,
+                                     champion_version=decision.champion_version, challenger_version=champion,
+                                     reason="carried out before the supervise run restarted")
         print(f"batch {batch.batch_id}: carrying out the decision given before a restart ({decision.action}, by {decision.decided_by})")
     return steps.run(improve_flow, batch_path=path, shown_indices=list(decision.shown), action=decision.action,
                      labels=decision.labels, note=decision.note, decided_by=decision.decided_by, batch_id=batch.batch_id,
@@ -362,15 +364,15 @@ def respond_flow(
     batch = StreamBatch(batch_id=batch_id or Path(batch_path).stem, path=absolute_location(batch_path), corruption=None, severity=None)
     detection = steps.run(detect_flow, batch_path=batch.path, batch_id=batch.batch_id, budget=settings.budget,
                           alpha=settings.alpha, recognise_known=not settings.ask_known_shifts, report=False, responder="none")
-    if not detection["is_drift"]:
-        print(f"batch {batch.batch_id}: no drift against the current champion (p = {detection['p_value']:.4f}); nothing to do")
-        return {"batch_id": batch.batch_id, "is_drift": False, "p_value": detection["p_value"], "improvement": None}
-    if detection.get("known_shift"):
-        print(f"batch {batch.batch_id}: the known shift of batch {detection['known_shift']['batch_id']}; nothing to ask")
-        return {"batch_id": batch.batch_id, "is_drift": True, "p_value": detection["p_value"], "improvement": None,
-                "known_shift": detection["known_shift"]}
+    if not detection.is_drift:
+        print(f"batch {batch.batch_id}: no drift against the current champion (p = {detection.p_value:.4f}); nothing to do")
+        return {"batch_id": batch.batch_id, "is_drift": False, "p_value": detection.p_value, "improvement": None}
+    if detection.known_shift is not None:
+        print(f"batch {batch.batch_id}: the known shift of batch {detection.known_shift.batch_id}; nothing to ask")
+        return {"batch_id": batch.batch_id, "is_drift": True, "p_value": detection.p_value, "improvement": None,
+                "known_shift": detection.known_shift.model_dump()}
     improvement = respond(batch, batch.path, detection, human, settings, steps, seed)
-    return {"batch_id": batch.batch_id, "is_drift": True, "p_value": detection["p_value"], "improvement": improvement}
+    return {"batch_id": batch.batch_id, "is_drift": True, "p_value": detection.p_value, "improvement": improvement}
 
 
 @task(cache_policy=NO_CACHE, **IO_RETRIES)
@@ -482,12 +484,12 @@ def supervise_flow(
             recorded = given[batch.batch_id]
             print(f"batch {batch.batch_id}: answered ({recorded.action}) after the previous supervise run was gone; carrying it out")
             record_decision(folder, key, batch.batch_id, recorded)
-        if recorded is None and detection["is_drift"] and detection.get("known_shift"):
-            row = with_known_shift(row, detection["known_shift"])
-        elif recorded is not None or detection["is_drift"]:
+        if recorded is None and detection.is_drift and detection.known_shift is not None:
+            row = with_known_shift(row, detection.known_shift)
+        elif recorded is not None or detection.is_drift:
             improvement = respond(batch, path, detection, human, settings, steps, seed, recorded=recorded,
                                   on_decision=lambda decision: record_decision(folder, key, batch.batch_id, decision))
-            after = steps.run(predict_flow, batch_path=path, batch_id=f"{batch.batch_id}-after") if improvement["promoted"] else prediction
+            after = steps.run(predict_flow, batch_path=path, batch_id=f"{batch.batch_id}-after") if improvement.promoted else prediction
             row = with_decision(row, batch, improvement, after)
         record_row(folder, key, batch.batch_id, row)
         rows.append(row)

@@ -560,17 +560,15 @@ def _detect(args: argparse.Namespace) -> int:
     use_prefect_server(fallback=True)
     from flows.detect import detect_flow
 
-    summary = detect_flow(batch_path=args.batch, batch_id=args.batch_id, alias=alias, budget=args.budget, report=not args.no_report,
-                          model=name)
-    summary.pop("grid_png_b64")
-    summary.pop("thumbnails_b64")
+    report = detect_flow(batch_path=args.batch, batch_id=args.batch_id, alias=alias, budget=args.budget, report=not args.no_report,
+                         model=name)
     if args.json:
-        print(json.dumps(summary, indent=2))
+        print(json.dumps(report.brief(), indent=2))
     else:
-        verdict = "DRIFT" if summary["is_drift"] else "no drift"
+        verdict = "DRIFT" if report.is_drift else "no drift"
         print(
-            f"{summary['batch_id']}: {verdict} (statistic {summary['statistic']:.3f}, threshold {summary['threshold']:.3f}, "
-            f"p = {summary['p_value']:.4f}); {summary['n_critical']} critical of {summary['n']}; MLflow run {summary['mlflow_run_id']}"
+            f"{report.batch_id}: {verdict} (statistic {report.statistic:.3f}, threshold {report.threshold:.3f}, "
+            f"p = {report.p_value:.4f}); {report.n_critical} critical of {report.n}; MLflow run {report.mlflow_run_id}"
         )
     return 0
 
@@ -619,17 +617,17 @@ def _improve(args: argparse.Namespace) -> int:
     use_prefect_server(fallback=True)
     from flows.improve import improve_flow
 
-    summary = improve_flow(
+    report = improve_flow(
         batch_path=args.batch, shown_indices=args.shown, action=args.action, labels=labels, note=args.note,
         batch_id=args.batch_id, promotion_margin=args.margin, data_dir=args.data_dir,
     )
     if args.json:
-        print(json.dumps(summary, indent=2))
-    elif summary["challenger_version"] is None:
-        print(f"{summary['batch_id']}: {summary['reason']}; MLflow run {summary['mlflow_run_id']}")
+        print(json.dumps(report.model_dump(mode="json"), indent=2))
+    elif report.challenger_version is None:
+        print(f"{report.batch_id}: {report.reason}; MLflow run {report.mlflow_run_id}")
     else:
-        verdict = "promoted to champion" if summary["promoted"] else "registered as challenger, champion kept"
-        print(f"{summary['batch_id']}: v{summary['challenger_version']} {verdict}: {summary['reason']}")
+        verdict = "promoted to champion" if report.promoted else "registered as challenger, champion kept"
+        print(f"{report.batch_id}: v{report.challenger_version} {verdict}: {report.reason}")
     return 0
 
 

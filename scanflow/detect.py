@@ -5,6 +5,7 @@ Everything here is plain Python so the flow (flows/detect.py) stays a list of na
 
 from __future__ import annotations
 
+import base64
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,8 +13,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict
 
 from scanflow.drift.base import Detector, DriftResult
+from scanflow.drift.known import ShiftMatch
+from scanflow.human import ACTIONS, policy_action
 from scanflow.drift.selection import Selection, select_critical, select_typical
 from scanflow.gallery import image_grid
 
@@ -64,6 +68,88 @@ class Detection:
             "selected_indices": list(self.selection.indices),
             "recommendation": recommendation(self.result),
         }
+
+
+class CriticalRow(BaseModel):
+    """One sample chosen for a person, in the order shown: its position, batch row, sample score (higher = stranger),
+    whether the score is above the detector's sample threshold, and the model's guess (a class name)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    position: int
+    batch_index: int
+    score: float
+    above_threshold: bool
+    predicted: str
+
+
+class KnownShiftMatch(BaseModel):
+    """The shift a person already decided about that a drifted batch cannot be told apart from: its batch, the
+    decision, the champion version it applies to, the improve run that holds it, and the energy test's p-value."""
+
+    model_config = ConfigDict(frozen=True)
+
+    batch_id: str
+    decision: str
+    model_version: str
+    mlflow_run_id: str
+    p_value: float
+
+
+class DetectionReport(BaseModel):
+    """What the detect step returns: the verdict on one batch (as `DriftResult`, without per-sample scores), the
+    samples chosen for a person with the model's guesses and thumbnails (PNG, base64; empty on a clean batch), the
+    decision recommended among those the champion can carry out (`actions`, and why not the others in
+    `actions_note`), the known shift it matches (None: a new drift, or no drift), and the MLflow run that logs it.
+    It is what a deployment's result holds (Prefect's JSON serializer round-trips it) and what `--json` prints."""
+
+    model_config = ConfigDict(frozen=True)
+
+    batch_id: str
+    model_version: str
+    detector: str
+    is_drift: bool
+    statistic: float
+    p_value: float
+    threshold: float
+    alpha: float
+    n: int
+    sample_threshold: float
+    critical_indices: tuple[int, ...]
+    n_critical: int
+    details: dict[str, Any]
+    selected_indices: tuple[int, ...]
+    recommendation: str
+    mlflow_run_id: str
+    critical_rows: tuple[CriticalRow, ...]
+    guesses: tuple[int, ...]
+    classes: tuple[str, ...]
+    recommended_action: str
+    actions: tuple[str, ...] = ACTIONS
+    actions_note: str = ""
+    known_shift: KnownShiftMatch | None = None
+    grid_png_b64: str = ""
+    thumbnails_b64: tuple[str, ...] = ()
+
+    @classmethod
+    def of(
+        cls, detection: "Detection", mlflow_run_id: str, *, actions: tuple[str, ...] = ACTIONS, actions_note: str = "",
+        known: ShiftMatch | None = None, grid_png: bytes = b"", thumbnails: list[bytes] | None = None,
+    ) -> "DetectionReport":
+        """The report of `detection`, logged as `mlflow_run_id`; `actions`: what the champion can carry out."""
+        return cls(
+            **detection.summary(), mlflow_run_id=mlflow_run_id,
+            critical_rows=tuple(CriticalRow(**row) for row in detection.critical_rows()),
+            guesses=tuple(int(detection.predicted_labels[i]) for i in detection.selection.indices),
+            classes=detection.classes, recommended_action=policy_action(detection.result, actions), actions=tuple(actions),
+            actions_note=actions_note, known_shift=KnownShiftMatch(**known.to_dict()) if known is not None else None,
+            grid_png_b64=base64.b64encode(grid_png).decode("ascii"),
+            thumbnails_b64=tuple(base64.b64encode(png).decode("ascii") for png in thumbnails or ()),
+        )
+
+    def brief(self) -> dict[str, Any]:
+        """The report without images (grid and thumbnails), JSON-able: what `scanflow detect --json` prints."""
+        return self.model_dump(mode="json", exclude={"grid_png_b64", "thumbnails_b64"})
 
 
 def recommendation(result: DriftResult) -> str:

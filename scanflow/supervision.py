@@ -11,10 +11,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from scanflow.detect import DEFAULT_LABEL_BUDGET
+from scanflow.detect import DEFAULT_LABEL_BUDGET, DetectionReport, KnownShiftMatch
 from scanflow.drift.base import DEFAULT_ALPHA
 from scanflow.errors import ScanflowError
 from scanflow.human import ACTIONS, InvalidDecisionError
+from scanflow.improve.base import ImprovementReport
 from scanflow.improve.promotion import DEFAULT_PROMOTION_MARGIN
 from scanflow.stream import StreamBatch
 
@@ -96,18 +97,15 @@ class DecisionRequest(BaseModel):
     actions_note: str = ""
 
     @classmethod
-    def from_detection(cls, detection: Mapping[str, Any]) -> "DecisionRequest":
-        """The request for a drifted batch, from the detect flow's result."""
-        rows = detection["critical_rows"]
+    def from_detection(cls, detection: DetectionReport) -> "DecisionRequest":
+        """The request for a drifted batch, from the detect step's report."""
         return cls(
-            batch_id=detection["batch_id"], model_version=str(detection["model_version"]),
-            statistic=detection["statistic"], threshold=detection["threshold"], p_value=detection["p_value"],
-            n_critical=detection["n_critical"], n=detection["n"], recommended=detection["recommended_action"],
-            classes=tuple(detection["classes"]), shown=tuple(detection["selected_indices"]),
-            scores=tuple(row["score"] for row in rows), guesses=tuple(detection["guesses"]),
-            thumbnails_b64=tuple(detection["thumbnails_b64"]), grid_png_b64=detection.get("grid_png_b64", ""),
-            mlflow_run_id=detection.get("mlflow_run_id", ""), actions=tuple(detection.get("actions", ACTIONS)),
-            actions_note=detection.get("actions_note", ""),
+            batch_id=detection.batch_id, model_version=detection.model_version, statistic=detection.statistic,
+            threshold=detection.threshold, p_value=detection.p_value, n_critical=detection.n_critical, n=detection.n,
+            recommended=detection.recommended_action, classes=detection.classes, shown=detection.selected_indices,
+            scores=tuple(row.score for row in detection.critical_rows), guesses=detection.guesses,
+            thumbnails_b64=detection.thumbnails_b64, grid_png_b64=detection.grid_png_b64,
+            mlflow_run_id=detection.mlflow_run_id, actions=detection.actions, actions_note=detection.actions_note,
         )
 
     def check_offered(self, action: str) -> None:
@@ -173,30 +171,29 @@ def _rounded(value: float | None) -> float | None:
     return None if value is None else round(value, 4)
 
 
-def batch_row(batch: StreamBatch, prediction: Mapping[str, Any], detection: Mapping[str, Any]) -> dict[str, Any]:
+def batch_row(batch: StreamBatch, prediction: Mapping[str, Any], detection: DetectionReport) -> dict[str, Any]:
     """The report row of one batch after predict and detect (accuracy from the labels kept beside the stream)."""
     return {
         "batch": batch.batch_id, "corrupted": batch.corruption or "no", "model": f"v{prediction['model_version']}",
-        "drift": "yes" if detection["is_drift"] else "no", "p_value": round(detection["p_value"], 4),
+        "drift": "yes" if detection.is_drift else "no", "p_value": round(detection.p_value, 4),
         "decision": "-", "decided_by": "-", "labels_used": 0,
         "accuracy_before": _rounded(batch.accuracy(prediction["labels"])), "accuracy_after": None, "promoted": "-",
     }
 
 
-def with_decision(row: Mapping[str, Any], batch: StreamBatch, improvement: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, Any]:
-    """`row` completed with the improve flow's summary and the predictions of the champion after it."""
+def with_decision(row: Mapping[str, Any], batch: StreamBatch, improvement: ImprovementReport, after: Mapping[str, Any]) -> dict[str, Any]:
+    """`row` completed with the improve step's report and the predictions of the champion after it."""
     return {
-        **row, "decision": improvement["action"], "decided_by": improvement["decided_by"],
-        "promoted": "yes" if improvement["promoted"] else (
-            "needs labels" if (improvement.get("verdict") or {}).get("outcome") == "not enough labels" else "no"),
-        "labels_used": (improvement.get("outcome") or {}).get("n_labels_used", 0),
+        **row, "decision": improvement.action, "decided_by": improvement.decided_by,
+        "promoted": "yes" if improvement.promoted else ("needs labels" if improvement.verdict_outcome == "not enough labels" else "no"),
+        "labels_used": improvement.n_labels_used,
         "accuracy_after": _rounded(batch.accuracy(after["labels"])),
     }
 
 
-def with_known_shift(row: Mapping[str, Any], known_shift: Mapping[str, Any]) -> dict[str, Any]:
+def with_known_shift(row: Mapping[str, Any], known_shift: KnownShiftMatch) -> dict[str, Any]:
     """`row` of a drifted batch recognised as a shift already decided about (no question asked)."""
-    return {**row, "drift": "known", "decision": f"as {known_shift['batch_id']} ({known_shift['decision']})", "decided_by": "known shift"}
+    return {**row, "drift": "known", "decision": f"as {known_shift.batch_id} ({known_shift.decision})", "decided_by": "known shift"}
 
 
 def summary_markdown(rows: Sequence[Mapping[str, Any]]) -> str:

@@ -5,6 +5,7 @@ from scanflow.improve.base import (
     ImprovementContext,
     ImprovementOutcome,
     ImprovementPlan,
+    ImprovementReport,
     Improver,
     clean_data,
     holdout_scores,
@@ -26,7 +27,7 @@ def improver_for(action: str) -> Improver:
 
 __all__ = [
     "ACTIONS", "DEFAULT_HOLDOUT_FRACTION", "DEFAULT_PROMOTION_MARGIN", "DenoiserConfig", "FilterImprover",
-    "FilteredClassifier", "HoldoutScores", "ImprovementContext", "ImprovementOutcome", "ImprovementPlan", "Improver",
+    "FilteredClassifier", "HoldoutScores", "ImprovementContext", "ImprovementOutcome", "ImprovementPlan", "ImprovementReport", "Improver",
     "PromotionVerdict", "RetrainConfig", "check_promotion_margin", "clean_data", "RetrainImprover", "decide", "fine_tune", "holdout_scores", "improvement_markdown", "improver_for",
     "train_denoiser",
 ]

@@ -18,6 +18,7 @@ from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict
 
 from scanflow.data import DatasetInfo, LabeledImages, hold_out_calibration, load_train_test, validate_batch
 from scanflow.drift.autoencoder import COMPONENTS, AutoencoderDetector
@@ -361,14 +362,47 @@ class Improver(ABC):
         """The candidate model, its refitted detector (or None), how many stream images it pseudo-labelled, a summary."""
 
 
-def improvement_markdown(summary: Mapping[str, Any]) -> str:
-    """The improve flow's summary (decision, holdout scores of champion and challenger, the drift evidence, the
+class ImprovementReport(BaseModel):
+    """What the improve step returns: the decision carried out on one batch, the challenger it registered (None
+    when the drift was ignored) and whether it was promoted, and why. `verdict` and `outcome` are
+    `PromotionVerdict.to_dict()` and `ImprovementOutcome.to_dict()` (None when nothing was built);
+    `previous_champion`: the version a promotion replaced; `known_shift_of`: the champion version the batch became
+    a known shift of (None: not remembered). Prefect's JSON result storage round-trips it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    batch_id: str
+    action: str
+    decided_by: str
+    champion_version: str
+    mlflow_run_id: str = ""
+    challenger_version: str | None = None
+    promoted: bool = False
+    reason: str = ""
+    verdict: dict[str, Any] | None = None
+    previous_champion: str | None = None
+    outcome: dict[str, Any] | None = None
+    known_shift_of: str | None = None
+
+    @property
+    def verdict_outcome(self) -> str:
+        """The verdict's outcome ("promoted", "kept", "not enough labels", ...), "" when nothing was judged."""
+        return str((self.verdict or {}).get("outcome", ""))
+
+    @property
+    def n_labels_used(self) -> int:
+        """The person's labels the challenger trained on (0 for a filter or an ignored drift)."""
+        return int((self.outcome or {}).get("n_labels_used", 0))
+
+
+def improvement_markdown(report: ImprovementReport) -> str:
+    """The improve step's report (decision, holdout scores of champion and challenger, the drift evidence, the
     verdict with what decided it) as Markdown."""
-    lines = [f"# Decision on batch {summary['batch_id']}: {summary['action']} ({summary['decided_by']})", ""]
-    outcome = summary.get("outcome")
+    lines = [f"# Decision on batch {report.batch_id}: {report.action} ({report.decided_by})", ""]
+    outcome = report.outcome
     if outcome:
         lines += ["| model | clean holdout | shifted holdout (labelled by a person) |", "|---|---|---|"]
-        for who, key in (("champion v" + summary["champion_version"], "champion_scores"), (f"challenger v{summary['challenger_version']}", "candidate_scores")):
+        for who, key in ((f"champion v{report.champion_version}", "champion_scores"), (f"challenger v{report.challenger_version}", "candidate_scores")):
             scores = outcome[key]
             shifted = "no labels" if scores["shifted_accuracy"] is None else f"{scores['shifted_accuracy']:.4f} (n={scores['n_shifted']})"
             lines.append(f"| {who} | {scores['clean_accuracy']:.4f} (n={scores['n_clean']}) | {shifted} |")
@@ -377,11 +411,11 @@ def improvement_markdown(summary: Mapping[str, Any]) -> str:
             lines += ["", f"Drift statistic of the batch as the champion sees it {drift['raw_statistic']:.2f}, through the "
                           f"filter {drift['filtered_statistic']:.2f} (threshold {drift['threshold']:.2f})."]
         lines.append("")
-    verdict = summary.get("verdict") or {}
+    verdict = report.verdict or {}
     headline = {"promoted": "Promoted", "not enough labels": "Not enough labels: champion kept"}.get(verdict.get("outcome"), "Champion kept")
     if not verdict:
-        headline = "Promoted" if summary["promoted"] else "Champion kept"
+        headline = "Promoted" if report.promoted else "Champion kept"
     evidence = f" (decided by: {verdict['evidence']})" if verdict.get("evidence", "none") != "none" else ""
-    lines.append(f"**{headline}**{evidence}: {summary['reason']}")
-    lines.append(f"\nMLflow run: `{summary['mlflow_run_id']}`")
+    lines.append(f"**{headline}**{evidence}: {report.reason}")
+    lines.append(f"\nMLflow run: `{report.mlflow_run_id}`")
     return "\n".join(lines)

@@ -208,7 +208,7 @@ def check_detects(batches: Sequence[LoadBatch], records: Sequence[RunRecord]) ->
         if (lost := _lost(record, states)) is not None:
             check.lost.append(lost)
             continue
-        result = record.result
+        result = record.result.model_dump()  # a DetectionReport
         if not _same_verdict(result, expected[record.key]):
             got = {key: result.get(key) for key in VERDICT_KEYS}
             check.mixed.append(f"{record.name}: result {got} is not the verdict on {record.key} {expected[record.key]}")

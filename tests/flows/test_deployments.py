@@ -85,7 +85,7 @@ def test_drift_found_by_a_detect_deployment_starts_respond_to_drift_through_the_
     clean, drifted = _stream(tmp_path / "stream")
     detect = run_deployment(f"detect/{NAME}", parameters={"batch_path": str(drifted), "batch_id": drifted.stem, "report": False}, timeout=300, poll_interval=1)
     assert detect.state.is_completed(), detect.state
-    assert detect.state.result()["is_drift"]
+    assert detect.state.result().is_drift
 
     deadline, respond = time.monotonic() + 420, None
     while time.monotonic() < deadline:
@@ -98,8 +98,8 @@ def test_drift_found_by_a_detect_deployment_starts_respond_to_drift_through_the_
     assert respond.state.is_completed(), respond.state
     assert respond.parameters["batch_path"] == str(drifted) and respond.parameters["batch_id"] == drifted.stem
     result = respond.state.result()
-    assert result["is_drift"] and result["improvement"]["decided_by"] == "oracle"
-    run = mlflow_client(tracking_block[1].tracking_uri).get_run(result["improvement"]["mlflow_run_id"])
+    assert result["is_drift"] and result["improvement"].decided_by == "oracle"
+    run = mlflow_client(tracking_block[1].tracking_uri).get_run(result["improvement"].mlflow_run_id)
     assert run.info.status == "FINISHED" and run.info.experiment_id == mlflow_client(tracking_block[1].tracking_uri).get_experiment_by_name(tracking_block[1].experiment_name).experiment_id
 
 

@@ -47,10 +47,10 @@ def test_corrupted_batch_is_drift_logged_published_and_announced(env, digits, tm
     batch = corrupt(test.images[:100], "impulse_noise", severity=5, seed=0).numpy()
     summary = detect_flow(batch_path=_save(tmp_path, "noisy", batch), budget=10)
 
-    assert summary["is_drift"] and summary["p_value"] <= 0.05 and summary["batch_id"] == "noisy"
-    assert 0 < len(summary["selected_indices"]) <= 10
-    run = mlflow_client(env["MLFLOW_TRACKING_URI"]).get_run(summary["mlflow_run_id"])
-    assert run.data.tags["scanflow.is_drift"] == "true" and run.data.metrics["p_value"] == pytest.approx(summary["p_value"])
+    assert summary.is_drift and summary.p_value <= 0.05 and summary.batch_id == "noisy"
+    assert 0 < len(summary.selected_indices) <= 10
+    run = mlflow_client(env["MLFLOW_TRACKING_URI"]).get_run(summary.mlflow_run_id)
+    assert run.data.tags["scanflow.is_drift"] == "true" and run.data.metrics["p_value"] == pytest.approx(summary.p_value)
     artifacts = {a.path for a in mlflow_client(env["MLFLOW_TRACKING_URI"]).list_artifacts(run.info.run_id)}
     assert {"drift_result.json", "critical_samples.png", "evidently_report.html"} <= artifacts
 
@@ -62,13 +62,13 @@ def test_corrupted_batch_is_drift_logged_published_and_announced(env, digits, tm
         time.sleep(1)
     event = _drift_events("noisy")[0]
     assert event.resource.id == "scanflow.model.detect-flow-classifier"
-    assert event.payload["model_version"] == summary["model_version"]
+    assert event.payload["model_version"] == summary.model_version
 
 
 def test_clean_batch_is_not_drift_and_not_announced(env, digits, tmp_path):
     _, test = digits
     summary = detect_flow(batch_path=_save(tmp_path, "clean", test.images[100:200].numpy()), report=False)
-    assert not summary["is_drift"]
+    assert not summary.is_drift
     time.sleep(2)
     assert _drift_events("clean") == []
 
@@ -106,17 +106,17 @@ def test_a_drift_decided_about_is_not_asked_about_again_but_a_new_one_is(env, di
     again = _save(tmp_path, "shot-b", corrupt(test.images[150:300], "shot_noise", 4, seed=1).numpy())
     other = _save(tmp_path, "fog-b", corrupt(test.images[150:300], "fog", 4, seed=1).numpy())
     found = detect_flow(batch_path=first, report=False, responder="none")
-    assert found["is_drift"] and found["known_shift"] is None
-    decided = improve_flow(batch_path=first, shown_indices=found["selected_indices"], action="ignore", note="scanner noise, accepted")
-    assert decided["known_shift_of"] == found["model_version"]
+    assert found.is_drift and found.known_shift is None
+    decided = improve_flow(batch_path=first, shown_indices=list(found.selected_indices), action="ignore", note="scanner noise, accepted")
+    assert decided.known_shift_of == found.model_version
 
     repeated = detect_flow(batch_path=again, report=False)
-    assert repeated["is_drift"] and repeated["known_shift"]["batch_id"] == "shot-a" and repeated["known_shift"]["decision"] == "ignore"
-    assert repeated["known_shift"]["p_value"] > 0.05
-    run = mlflow_client(env["MLFLOW_TRACKING_URI"]).get_run(repeated["mlflow_run_id"])
+    assert repeated.is_drift and repeated.known_shift.batch_id == "shot-a" and repeated.known_shift.decision == "ignore"
+    assert repeated.known_shift.p_value > 0.05
+    run = mlflow_client(env["MLFLOW_TRACKING_URI"]).get_run(repeated.mlflow_run_id)
     assert run.data.tags["scanflow.known_shift_of"] == "shot-a"
     new = detect_flow(batch_path=other, report=False)
-    assert new["is_drift"] and new["known_shift"] is None
+    assert new.is_drift and new.known_shift is None
 
     deadline = time.time() + 30
     while not _drift_events("fog-b") and time.time() < deadline:
@@ -134,18 +134,18 @@ def test_after_a_promoted_retrain_clean_batches_pass_and_a_repeat_of_the_shift_i
     first = _save(tmp_path, "bright-a", corrupt(test.images[:150], "brightness", 4, seed=0).numpy())
     again = _save(tmp_path, "bright-b", corrupt(test.images[150:300], "brightness", 4, seed=1).numpy())
     found = detect_flow(batch_path=first, report=False, responder="none", budget=40)
-    assert found["is_drift"] and found["known_shift"] is None
-    labels = [int(test.labels[i]) for i in found["selected_indices"]]
-    decided = improve_flow(batch_path=first, shown_indices=found["selected_indices"], action="retrain", labels=labels, decided_by="oracle")
-    assert decided["promoted"], decided["reason"]
-    assert len(decided["outcome"]["unseen_rows"]) == (150 - len(labels)) // 2
-    assert decided["known_shift_of"] == decided["challenger_version"]
+    assert found.is_drift and found.known_shift is None
+    labels = [int(test.labels[i]) for i in found.selected_indices]
+    decided = improve_flow(batch_path=first, shown_indices=list(found.selected_indices), action="retrain", labels=labels, decided_by="oracle")
+    assert decided.promoted, decided.reason
+    assert len(decided.outcome["unseen_rows"]) == (150 - len(labels)) // 2
+    assert decided.known_shift_of == decided.challenger_version
 
     # Three clean batches (the two brightened batches' clean originals and the rest): at alpha 0.05 one alarm among
     # them happens by chance (~14 %), two would mean the refitted detector is miscalibrated (< 1 % by chance).
     clean_batches = {"clean-a": test.images[:150], "clean-b": test.images[150:300], "clean-rest": test.images[300:]}
     clean = [detect_flow(batch_path=_save(tmp_path, name, images.numpy()), report=False) for name, images in clean_batches.items()]
-    assert {c["model_version"] for c in clean} == {decided["challenger_version"]}
-    assert sum(c["is_drift"] for c in clean) <= 1, [c["p_value"] for c in clean]
+    assert {c.model_version for c in clean} == {decided.challenger_version}
+    assert sum(c.is_drift for c in clean) <= 1, [c.p_value for c in clean]
     repeated = detect_flow(batch_path=again, report=False)
-    assert repeated["is_drift"] and repeated["known_shift"]["batch_id"] == "bright-a" and repeated["known_shift"]["decision"] == "retrain"
+    assert repeated.is_drift and repeated.known_shift.batch_id == "bright-a" and repeated.known_shift.decision == "retrain"

@@ -71,27 +71,27 @@ def test_retrain_decision_is_audited_registered_and_judged(env, rotated_batch):
     shown = list(range(0, 120, 3))
     summary = improve_flow(batch_path=path, shown_indices=shown, action="retrain", labels=[int(true_labels[i]) for i in shown],
                            note="rotated scans", decided_by="oracle")
-    assert summary["challenger_version"] not in (None, champion_before)
-    outcome = summary["outcome"]
+    assert summary.challenger_version not in (None, champion_before)
+    outcome = summary.outcome
     assert outcome["candidate_scores"]["n_shifted"] == 12 and outcome["n_labels_used"] == 28
-    if summary["promoted"]:
-        assert tracking.champion_version(config) == summary["challenger_version"]
-        assert summary["previous_champion"] == champion_before
+    if summary.promoted:
+        assert tracking.champion_version(config) == summary.challenger_version
+        assert summary.previous_champion == champion_before
     else:
         assert tracking.champion_version(config) == champion_before
-    run = mlflow_client(config.tracking_uri).get_run(summary["mlflow_run_id"])
+    run = mlflow_client(config.tracking_uri).get_run(summary.mlflow_run_id)
     assert run.info.status == "FINISHED" and run.data.tags["scanflow.decided_by"] == "oracle"
-    assert run.data.tags["scanflow.promoted"] == str(summary["promoted"]).lower()
+    assert run.data.tags["scanflow.promoted"] == str(summary.promoted).lower()
     assert {"champion_shifted_accuracy", "challenger_shifted_accuracy", "challenger_clean_accuracy"} <= set(run.data.metrics)
     files = {f.path for f in mlflow_client(config.tracking_uri).list_artifacts(run.info.run_id)}
     assert {"decision.json", "plan.json", "outcome.json"} <= files
     decision = mlflow_client(config.tracking_uri).download_artifacts(run.info.run_id, "decision.json")
     with open(decision) as handle:
         assert json.load(handle)["labels"] == [int(true_labels[i]) for i in shown]
-    event_name = "scanflow.model.promoted" if summary["promoted"] else "scanflow.model.rejected"
-    [event] = _events(event_name, summary["challenger_version"], config.classifier_name)
+    event_name = "scanflow.model.promoted" if summary.promoted else "scanflow.model.rejected"
+    [event] = _events(event_name, summary.challenger_version, config.classifier_name)
     assert event.resource.id == "scanflow.model.improve-flow-classifier"
-    assert event.payload["previous_champion"] == summary["previous_champion"]
+    assert event.payload["previous_champion"] == summary.previous_champion
 
 
 def test_invalid_labels_leave_nothing_written(env, rotated_batch):
@@ -114,9 +114,9 @@ def test_ignore_is_recorded_and_changes_nothing(env, rotated_batch):
     path, _ = rotated_batch
     versions, champion = _versions(config), tracking.champion_version(config)
     summary = improve_flow(batch_path=path, shown_indices=[0, 1], action="ignore", note="known seasonal effect")
-    assert summary["challenger_version"] is None and not summary["promoted"]
+    assert summary.challenger_version is None and not summary.promoted
     assert _versions(config) == versions and tracking.champion_version(config) == champion
-    run = mlflow_client(config.tracking_uri).get_run(summary["mlflow_run_id"])
+    run = mlflow_client(config.tracking_uri).get_run(summary.mlflow_run_id)
     assert run.data.tags["scanflow.action"] == "ignore"
 
 
@@ -171,13 +171,13 @@ def test_a_filter_without_labels_is_promoted_when_it_removes_the_drift(env, tmp_
     np.save(path, images.numpy())
     served_before = tracking.load_served_model(config).model
     summary = improve_flow(batch_path=str(path), shown_indices=list(range(20)), action="filter", labels=None, decided_by="human")
-    verdict, drift = summary["verdict"], summary["outcome"]["drift_evidence"]
-    assert (verdict["outcome"], verdict["evidence"]) == ("promoted", "drift statistic"), summary["reason"]
-    assert drift["filtered_statistic"] < drift["raw_statistic"] and summary["outcome"]["candidate_scores"]["n_shifted"] == 0
-    assert tracking.champion_version(config) == summary["challenger_version"]
+    verdict, drift = summary.verdict, summary.outcome["drift_evidence"]
+    assert (verdict["outcome"], verdict["evidence"]) == ("promoted", "drift statistic"), summary.reason
+    assert drift["filtered_statistic"] < drift["raw_statistic"] and summary.outcome["candidate_scores"]["n_shifted"] == 0
+    assert tracking.champion_version(config) == summary.challenger_version
     truth = test.labels[200:350].numpy()
     before = float((np.asarray(served_before.predict(images.numpy())).ravel() == truth).mean())
     after = float((np.asarray(tracking.load_served_model(config).model.predict(images.numpy())).ravel() == truth).mean())
     assert after > before + 0.1, (before, after)
-    tags = mlflow_client(config.tracking_uri).get_run(summary["mlflow_run_id"]).data.tags
+    tags = mlflow_client(config.tracking_uri).get_run(summary.mlflow_run_id).data.tags
     assert (tags["scanflow.verdict"], tags["scanflow.verdict_evidence"]) == ("promoted", "drift statistic")

@@ -55,7 +55,7 @@ def test_prefect_yaml_deploys_every_step_and_a_process_worker_runs_one(env, pref
     with get_client(sync_client=True) as client:
         done = client.read_flow_run(queued.id)
         assert done.state.is_completed(), done.state
-        assert done.state.result()["is_drift"]
+        assert done.state.result().is_drift
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             triggered = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[respond_id])))

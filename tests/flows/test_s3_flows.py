@@ -51,8 +51,8 @@ def test_a_batch_in_s3_is_served_and_tested_with_both_records_in_the_bucket(env,
 
     verdict = detect_flow(batch_path=uri, batch_id="b-s3", storage="s3-flows", report=False, responder="none")
     stored = storage.get_json("prod/detections/b-s3.json")
-    assert verdict["is_drift"] and stored["is_drift"] and stored["p_value"] == verdict["p_value"]
-    assert [row["batch_index"] for row in stored["critical_rows"]] == [row["batch_index"] for row in verdict["critical_rows"]]
+    assert verdict.is_drift and stored["is_drift"] and stored["p_value"] == verdict.p_value
+    assert [row["batch_index"] for row in stored["critical_rows"]] == [row.batch_index for row in verdict.critical_rows]
 
 
 def test_an_s3_batch_without_storage_settings_says_how_to_configure_it(env, monkeypatch):
@@ -117,7 +117,7 @@ def test_nothing_is_lost_when_the_s3_server_restarts_between_two_batches(env, tm
         assert sorted(store.keys("prod/predictions/")) == ["prod/predictions/r0.json", "prod/predictions/r1.json"]
         assert sorted(store.keys("prod/detections/")) == ["prod/detections/r0.json", "prod/detections/r1.json"]
         assert store.get_json("prod/predictions/r0.json")["labels"] == first["labels"]
-        assert store.get_json("prod/detections/r1.json")["is_drift"] == verdict["is_drift"] is True
+        assert store.get_json("prod/detections/r1.json")["is_drift"] == verdict.is_drift is True
     finally:
         server.stop()
 

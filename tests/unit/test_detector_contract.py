@@ -4,6 +4,7 @@ clear errors, save/load. A new detector is covered by adding its factory to DETE
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -177,5 +178,16 @@ def test_what_the_flows_use_works_for_every_detector(fitted, window, tmp_path):
     assert len(detection.selection.indices) <= 5
     assert [row["batch_index"] for row in detection.critical_rows()] == list(detection.selection.indices)
     assert detection.signature.shape[0] == len(window)
+    # What the detect step returns survives a deployment's JSON result storage as the same typed report.
+    from prefect.serializers import JSONSerializer
+
+    from scanflow.detect import DetectionReport
+
+    step_report = DetectionReport.of(detection, "run-1", grid_png=b"png", thumbnails=[b"a", b"b"])
+    serializer = JSONSerializer()
+    assert serializer.loads(serializer.dumps(step_report)) == step_report
+    assert step_report.selected_indices == detection.selection.indices and step_report.n == len(window)
+    assert step_report.recommended_action in step_report.actions and step_report.thumbnails_b64 == ("YQ==", "Yg==")
+    assert "thumbnails_b64" not in step_report.brief() and json.loads(json.dumps(step_report.brief()))["batch_id"] == "b-1"
     report = save_drift_report(fitted.report_features(window), fitted.reference_report_features(), tmp_path / "r.html")
     assert report.stat().st_size > 10_000

@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from scanflow.detect import CriticalRow, DetectionReport, KnownShiftMatch
+from scanflow.improve import ImprovementReport
 from scanflow.errors import ScanflowError, UnknownCorruptionError
 from scanflow.stream import make_stream, read_stream
 from scanflow.supervision import DecisionRequest, batch_row, summary_markdown, with_decision, with_known_shift
@@ -31,26 +33,30 @@ def test_rows_and_summary_from_the_flow_results(tmp_path):
     [batch] = make_stream(tmp_path, "digits", n_batches=1, batch_size=10, drift_at=0, corruption="fog")
     truth = batch.true_labels().tolist()
     wrong = [(t + 1) % 10 for t in truth]
-    detection = {"is_drift": True, "p_value": 0.00123, "batch_id": batch.batch_id, "model_version": "1", "statistic": 9.0,
-                 "threshold": 2.0, "n_critical": 7, "n": 10, "recommended_action": "filter", "grid_png_b64": "AAAA", "mlflow_run_id": "r123",
-                 "critical_rows": [{"position": 0, "batch_index": 4, "score": 3.14159, "predicted": "7"}]}
+    detection = DetectionReport(
+        is_drift=True, p_value=0.00123, batch_id=batch.batch_id, model_version="1", detector="scanflow-autoencoder", statistic=9.0,
+        threshold=2.0, alpha=0.05, n=10, sample_threshold=1.0, critical_indices=(4, 1, 2, 3, 5, 6, 7), n_critical=7, details={},
+        selected_indices=(4,), recommendation="", mlflow_run_id="r123", guesses=(7,), classes=tuple(str(k) for k in range(10)),
+        critical_rows=(CriticalRow(position=0, batch_index=4, score=3.14159, above_threshold=True, predicted="7"),),
+        recommended_action="filter", grid_png_b64="AAAA", thumbnails_b64=("BBBB",))
     row = batch_row(batch, {"model_version": "1", "labels": wrong}, detection)
     assert row["accuracy_before"] == 0.0 and row["drift"] == "yes" and row["p_value"] == 0.0012 and row["corrupted"] == "fog"
-    improvement = {"action": "filter", "decided_by": "oracle", "promoted": True, "outcome": {"n_labels_used": 0}}
+    improvement = ImprovementReport(batch_id=batch.batch_id, action="filter", decided_by="oracle", champion_version="1",
+                                    promoted=True, outcome={"n_labels_used": 0})
     done = with_decision(row, batch, improvement, {"labels": truth})
     assert done["accuracy_after"] == 1.0 and done["promoted"] == "yes" and row["promoted"] == "-"
     table = summary_markdown([done])
     assert f"| {batch.batch_id} | fog | v1 | yes | 0.0012 | filter | oracle | 0 | 0.000 | 1.000 | yes |" in table
-    request = DecisionRequest.from_detection({**detection, "selected_indices": [4], "guesses": [7], "classes": [str(k) for k in range(10)],
-                                               "thumbnails_b64": ["BBBB"]})
+    request = DecisionRequest.from_detection(detection)
     assert "Drift statistic **9.00** against the threshold 2.00 (p = 0.0012)" in request.heading_markdown()
     assert "Recommended: **filter** (clean the inputs with a denoiser; needs no labels)" in request.heading_markdown()
     assert request.sample_markdown(0) == "![sample #1](data:image/png;base64,BBBB)\n\n**#1** · batch row 4 · score 3.14 · model's guess: 7"
     assert request.table().splitlines()[1] == "  1     4   3.14  7"
-    rejected = with_decision(row, batch, {**improvement, "promoted": False, "verdict": {"outcome": "not enough labels"}}, {"labels": wrong})
+    rejected = with_decision(row, batch, improvement.model_copy(update={"promoted": False, "verdict": {"outcome": "not enough labels"}}),
+                             {"labels": wrong})
     assert rejected["promoted"] == "needs labels"
 
-    known = with_known_shift(row, {"batch_id": "batch-003", "decision": "filter", "p_value": 0.4})
+    known = with_known_shift(row, KnownShiftMatch(batch_id="batch-003", decision="filter", model_version="1", mlflow_run_id="r0", p_value=0.4))
     assert f"| {batch.batch_id} | fog | v1 | known | 0.0012 | as batch-003 (filter) | known shift | 0 | 0.000 | - | - |" in summary_markdown([known])
 
 
