@@ -15,7 +15,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 if __package__ in (None, ""):
@@ -62,10 +62,12 @@ from scanflow.orphans import Owner, this_process
 from scanflow.progress import PROGRESS, OwnerRun, RecordedDecision, read_progress, record_decision, record_owner, record_row, registry_key
 from scanflow.storage import absolute_location
 from scanflow.stream import StreamBatch, image_stream, open_stream, stream_state_dir
+from scanflow.tags import KIND_TAG
 from scanflow.supervision import (
     DecisionRequest,
     SupervisionSettings,
     batch_row,
+    stream_metrics,
     summary_markdown,
     with_decision,
     with_known_shift,
@@ -396,6 +398,21 @@ def image_stream_batches(config: TrackingConfig, stream: str, files_per_batch: i
     return batches, state
 
 
+class StreamRun:
+    """The supervise run's own MLflow run (`supervise-<flow run name>`, kind `supervise`): one step per batch of
+    `stream_metrics`, so MLflow charts the stream's p-value, drift and accuracy. Opened at the first batch
+    reported, so a loop refused before any batch writes nothing; ended with the loop (FAILED if it raises)."""
+
+    def __init__(self, config: TrackingConfig, held: contextlib.ExitStack) -> None:
+        self.config, self.held, self.run_id = config, held, None
+
+    def log(self, index: int, row: Mapping[str, Any], detection: DetectionReport | None = None) -> None:
+        if self.run_id is None:
+            tags = {KIND_TAG: "supervise", "prefect.flow_run_id": str(flow_run.id or "")}
+            self.run_id = self.held.enter_context(scanflow_tracking.tracked_run(self.config, f"supervise-{flow_run.name or 'local'}", tags))
+        scanflow_tracking.log_metrics(self.run_id, stream_metrics(row, detection), step=index)
+
+
 @flow(name="supervise", log_prints=True, persist_result=True, result_serializer="json")
 def supervise_flow(
     stream_dir: str | None = None,
@@ -468,36 +485,41 @@ def supervise_flow(
     me = this_process()
     record_owner(folder, key, OwnerRun(str(flow_run.id or ""), me.host, me.pid, me.start_time))
     rows = []
-    for batch in batches:
-        if batch.batch_id in progress.rows:
-            print(f"batch {batch.batch_id}: supervised already (recorded in {folder / PROGRESS}; delete that file to "
-                  "supervise the stream afresh)")
-            rows.append(progress.rows[batch.batch_id])
-            continue
-        path = shared_batch(absolute_location(batch.path), batch.batch_id, store)
-        prediction = steps.run(predict_flow, batch_path=path, batch_id=batch.batch_id)
-        detection = steps.run(detect_flow, batch_path=path, batch_id=batch.batch_id, budget=settings.budget, alpha=settings.alpha,
-                              recognise_known=not settings.ask_known_shifts, report=False, responder="supervise")
-        row = batch_row(batch, prediction, detection)
-        recorded = progress.decisions.get(batch.batch_id)
-        if recorded is None and batch.batch_id in given:
-            recorded = given[batch.batch_id]
-            print(f"batch {batch.batch_id}: answered ({recorded.action}) after the previous supervise run was gone; carrying it out")
-            record_decision(folder, key, batch.batch_id, recorded)
-        if recorded is None and detection.is_drift and detection.known_shift is not None:
-            row = with_known_shift(row, detection.known_shift)
-        elif recorded is not None or detection.is_drift:
-            improvement = respond(batch, path, detection, human, settings, steps, seed, recorded=recorded,
-                                  on_decision=lambda decision: record_decision(folder, key, batch.batch_id, decision))
-            after = steps.run(predict_flow, batch_path=path, batch_id=f"{batch.batch_id}-after") if improvement.promoted else prediction
-            row = with_decision(row, batch, improvement, after)
-        record_row(folder, key, batch.batch_id, row)
-        rows.append(row)
-        print(" | ".join(f"{k}={v}" for k, v in row.items()))
+    with contextlib.ExitStack() as held:
+        stream_run = StreamRun(config, held)
+        for index, batch in enumerate(batches):
+            if batch.batch_id in progress.rows:
+                print(f"batch {batch.batch_id}: supervised already (recorded in {folder / PROGRESS}; delete that file to "
+                      "supervise the stream afresh)")
+                rows.append(progress.rows[batch.batch_id])
+                stream_run.log(index, rows[-1])
+                continue
+            path = shared_batch(absolute_location(batch.path), batch.batch_id, store)
+            prediction = steps.run(predict_flow, batch_path=path, batch_id=batch.batch_id)
+            detection = steps.run(detect_flow, batch_path=path, batch_id=batch.batch_id, budget=settings.budget, alpha=settings.alpha,
+                                  recognise_known=not settings.ask_known_shifts, report=False, responder="supervise")
+            row = batch_row(batch, prediction, detection)
+            recorded = progress.decisions.get(batch.batch_id)
+            if recorded is None and batch.batch_id in given:
+                recorded = given[batch.batch_id]
+                print(f"batch {batch.batch_id}: answered ({recorded.action}) after the previous supervise run was gone; carrying it out")
+                record_decision(folder, key, batch.batch_id, recorded)
+            if recorded is None and detection.is_drift and detection.known_shift is not None:
+                row = with_known_shift(row, detection.known_shift)
+            elif recorded is not None or detection.is_drift:
+                improvement = respond(batch, path, detection, human, settings, steps, seed, recorded=recorded,
+                                      on_decision=lambda decision: record_decision(folder, key, batch.batch_id, decision))
+                after = steps.run(predict_flow, batch_path=path, batch_id=f"{batch.batch_id}-after") if improvement.promoted else prediction
+                row = with_decision(row, batch, improvement, after)
+            record_row(folder, key, batch.batch_id, row)
+            rows.append(row)
+            stream_run.log(index, row, detection)
+            print(" | ".join(f"{k}={v}" for k, v in row.items()))
     create_table_artifact(rows, key="supervision-summary", description="per batch: drift, decision, accuracy before/after")
     create_markdown_artifact(summary_markdown(rows), key="supervision-report", description="the supervised stream at a glance")
     return {"batches": rows, "champion": current_champion(config), "tracking_uri": config.tracking_uri,
             "prefect_flow_run_id": str(flow_run.id or "")}
+
 
 if __name__ == "__main__":
     print(summary_markdown(supervise_flow(demo=True)["batches"]))

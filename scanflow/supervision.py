@@ -196,6 +196,19 @@ def with_known_shift(row: Mapping[str, Any], known_shift: KnownShiftMatch) -> di
     return {**row, "drift": "known", "decision": f"as {known_shift.batch_id} ({known_shift.decision})", "decided_by": "known shift"}
 
 
+def stream_metrics(row: Mapping[str, Any], detection: DetectionReport | None = None) -> dict[str, float]:
+    """One report row as MLflow metrics of the supervise run, logged with step = the batch's index so that MLflow
+    charts the stream: `p_value`, `drift` (1 for a new or a known drift, else 0), `labels_used`, `promoted` (1 or
+    0), `accuracy_before`/`accuracy_after` (fractions, where the stream's labels give them), and, for a batch
+    detected in this run, the detector's `statistic` and `threshold`."""
+    metrics = {"p_value": float(row["p_value"]), "drift": float(row["drift"] in ("yes", "known")),
+               "labels_used": float(row["labels_used"]), "promoted": float(row["promoted"] == "yes")}
+    metrics.update({key: float(row[key]) for key in ("accuracy_before", "accuracy_after") if row.get(key) is not None})
+    if detection is not None:
+        metrics.update(statistic=float(detection.statistic), threshold=float(detection.threshold))
+    return metrics
+
+
 def summary_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
     header = "| batch | corrupted | model | drift | p | decision | by | labels | accuracy before | after | promoted |\n|---|---|---|---|---|---|---|---|---|---|---|\n"
     body = "\n".join(

@@ -71,6 +71,16 @@ def test_oracle_loop_decides_improves_and_reports(env, tmp_path):
     assert improve_run.data.tags[PROMOTED_TAG] == ("true" if rows[1]["promoted"] == "yes" else "false")
     if rows[1]["promoted"] == "yes":
         assert result["champion"] != rows[0]["model"].removeprefix("v")
+    # The loop's own MLflow run charts the stream: one step per batch.
+    [stream_run] = client.search_runs([experiment], filter_string=f"tags.`{KIND_TAG}` = 'supervise' and "
+                                      f"tags.`prefect.flow_run_id` = '{result['prefect_flow_run_id']}'")
+    assert stream_run.info.status == "FINISHED"
+    history = {key: [(m.step, m.value) for m in sorted(client.get_metric_history(stream_run.info.run_id, key), key=lambda m: m.step)]
+               for key in ("drift", "p_value", "statistic", "accuracy_before")}
+    assert history["drift"] == [(i, float(row["drift"] in ("yes", "known"))) for i, row in enumerate(rows)]
+    assert [value for _, value in history["p_value"]] == [row["p_value"] for row in rows]
+    assert [step for step, _ in history["statistic"]] == [0, 1, 2]
+    assert [value for _, value in history["accuracy_before"]] == [row["accuracy_before"] for row in rows]
 
 
 def test_a_drift_a_person_decided_about_is_not_asked_about_again_in_the_stream(env, tmp_path):

@@ -10,7 +10,7 @@ from scanflow.detect import CriticalRow, DetectionReport, KnownShiftMatch
 from scanflow.improve import ImprovementReport
 from scanflow.errors import ScanflowError, UnknownCorruptionError
 from scanflow.stream import make_stream, read_stream
-from scanflow.supervision import DecisionRequest, batch_row, summary_markdown, with_decision, with_known_shift
+from scanflow.supervision import DecisionRequest, batch_row, stream_metrics, summary_markdown, with_decision, with_known_shift
 
 
 def test_a_stream_turns_corrupted_and_keeps_labels_beside_it(tmp_path):
@@ -58,6 +58,12 @@ def test_rows_and_summary_from_the_flow_results(tmp_path):
 
     known = with_known_shift(row, KnownShiftMatch(batch_id="batch-003", decision="filter", model_version="1", mlflow_run_id="r0", p_value=0.4))
     assert f"| {batch.batch_id} | fog | v1 | known | 0.0012 | as batch-003 (filter) | known shift | 0 | 0.000 | - | - |" in summary_markdown([known])
+
+    # What the supervise run charts per batch: the detected batch with its statistic, a row read back without it.
+    assert stream_metrics(done, detection) == {"p_value": 0.0012, "drift": 1.0, "labels_used": 0.0, "promoted": 1.0,
+                                               "accuracy_before": 0.0, "accuracy_after": 1.0, "statistic": 9.0, "threshold": 2.0}
+    assert stream_metrics(known) == {"p_value": 0.0012, "drift": 1.0, "labels_used": 0.0, "promoted": 0.0, "accuracy_before": 0.0}
+    assert stream_metrics({**row, "drift": "no"})["drift"] == 0.0
 
 
 def _snapshot(folder) -> dict[str, bytes]:
