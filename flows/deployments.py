@@ -13,6 +13,7 @@ from flows.improve import improve_flow
 from flows.predict import predict_flow
 from flows.supervise import respond_flow, supervise_flow
 from flows.train import train_flow
+from scanflow.config import SERVE_POLL_S
 from scanflow.detect import DRIFT_EVENT
 
 STEP_FLOWS = (train_flow, predict_flow, detect_flow, report_flow, improve_flow)
@@ -42,6 +43,8 @@ def deployments(name: str = "process", human: str = "person", tracking: str | No
     ]
 
 
-def serve_all(name: str = "process", human: str = "person", tracking: str | None = None, policy: str | None = None, limit: int | None = None) -> None:
-    """Serve every deployment from this process until interrupted (runs execute in subprocesses)."""
-    serve(*deployments(name, human, tracking, policy), limit=limit)
+def serve_all(name: str = "process", human: str = "person", tracking: str | None = None, policy: str | None = None,
+              limit: int | None = None, poll_s: int = SERVE_POLL_S) -> None:
+    """Serve every deployment from this process until interrupted (runs execute in subprocesses), asking the
+    server for scheduled runs every `poll_s` seconds."""
+    serve(*deployments(name, human, tracking, policy), limit=limit, query_seconds=poll_s)

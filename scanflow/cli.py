@@ -20,7 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from scanflow.config import CHAMPION_ALIAS
+from scanflow.config import CHAMPION_ALIAS, SERVE_POLL_S
 from scanflow.errors import ScanflowError, ServiceUnavailableError
 
 if TYPE_CHECKING:
@@ -475,6 +475,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve_parser.add_argument("--tracking", help="MLflowTracking block the deployments use (default: the environment of this process)")
     serve_parser.add_argument("--policy", help="SupervisionPolicy block of the supervise and respond deployments")
     serve_parser.add_argument("--limit", type=positive_int, help="at most this many runs at once")
+    serve_parser.add_argument("--poll-seconds", type=positive_int, default=SERVE_POLL_S,
+                              help=f"seconds between asks to the server for runs to start (default: {SERVE_POLL_S})")
     serve_parser.set_defaults(handler=_serve)
 
     stack = commands.add_parser(
@@ -881,7 +883,7 @@ def _serve(args: argparse.Namespace) -> int:
     _require_prefect_server("scanflow serve")
     from flows.deployments import serve_all
 
-    serve_all(args.name, human=args.human, tracking=args.tracking, policy=args.policy, limit=args.limit)
+    serve_all(args.name, human=args.human, tracking=args.tracking, policy=args.policy, limit=args.limit, poll_s=args.poll_seconds)
     return 0
 
 

@@ -42,6 +42,9 @@ DEFAULT_CLASSIFIER_NAME = "scanflow-classifier"
 DEFAULT_AUTOENCODER_NAME = "scanflow-autoencoder"
 CHAMPION_ALIAS = "champion"
 CHALLENGER_ALIAS = "challenger"
+#: How often `scanflow serve` asks the Prefect server for runs to start, in seconds. Prefect's default (10 s) would
+#: leave each step of a supervise loop run as deployments waiting 5 s on average before it starts.
+SERVE_POLL_S = 2
 
 
 def apply_environment_defaults() -> None:

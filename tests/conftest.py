@@ -95,6 +95,20 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+def pytest_collection_finish(session):
+    """Start building the step image now when a container test will run: the tests before it run meanwhile."""
+    if any("docker" in item.keywords and item.get_closest_marker("skip") is None for item in session.items):
+        from tests import step_image
+
+        step_image.start()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    from tests import step_image
+
+    step_image.stop()
+
+
 @pytest.fixture(scope="session")
 def local_stack(tmp_path_factory):
     """The local stack as `scanflow stack up` starts it (`scanflow.stack.up`, free ports), once for the session:

@@ -50,7 +50,8 @@ def served(tracking_block, prefect_server, tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "SCANFLOW_MODEL", "SCANFLOW_EXPERIMENT"))}
     env["PREFECT_API_URL"] = prefect_server
     with open(folder / "serve.log", "wb") as log:
-        process = subprocess.Popen([SCANFLOW, "serve", "--name", NAME, "--human", "oracle", "--tracking", tracking_block[0]],
+        process = subprocess.Popen([SCANFLOW, "serve", "--name", NAME, "--human", "oracle", "--tracking", tracking_block[0],
+                                    "--poll-seconds", "1"],
                                    cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 180

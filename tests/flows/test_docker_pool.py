@@ -23,29 +23,24 @@ from scanflow.config import TrackingConfig
 from scanflow.local import start_mlflow_server, stop_process_group
 from scanflow.local_auth import MlflowAuth
 from scanflow.tracking import mlflow_client
+from tests import step_image as image_build
 from tests.conftest import S3_ACCESS_KEY, S3_SECRET_KEY
+from tests.step_image import IMAGE
 
-# The image build (5-6 min on an idle 2-core machine, more on a busy one) runs inside the first test's timeout.
+# Waiting for the image build (started with the session) runs inside the first test's timeout.
 pytestmark = [pytest.mark.slow, pytest.mark.docker, pytest.mark.timeout(2400)]
 
 REPO = Path(__file__).resolve().parents[2]
 PREFECT = str(Path(sys.executable).with_name("prefect"))
-IMAGE = "scanflow-step:test"
-BASE_IMAGE = "scanflow-base:bookworm"
 
 
 @pytest.fixture(scope="module")
 def step_image():
-    """The daemon, the local base image and the step image (rebuilt only when its build context changed). Step
-    containers still running afterwards are removed; in CI the stopped ones and the image (2.6 GiB) go too: CI
-    machines' free disk varies, and the tests after this module write to the same disk."""
-    for script in ("dockerd.sh", "base-image.sh"):
-        result = subprocess.run(["bash", str(REPO / "infra" / script), *([BASE_IMAGE] if script == "base-image.sh" else [])],
-                                capture_output=True, text=True, timeout=600)
-        assert result.returncode == 0, result.stderr
-    from scanflow.image import build_image
-
-    build_image(IMAGE, BASE_IMAGE, progress=lambda line: None)
+    """The daemon, the local base image and the step image (`tests.step_image`: built in the background from the
+    session's start, rebuilt only when its build context changed). Step containers still running afterwards are
+    removed; in CI the stopped ones and the image (2.6 GiB) go too: CI machines' free disk varies, and the tests
+    after this module write to the same disk."""
+    image_build.wait()
     yield IMAGE
     # A step container still running now belongs to a test that failed or timed out; left alone it keeps retrying
     # servers this session has stopped.
@@ -98,7 +93,8 @@ def test_supervise_runs_its_steps_in_containers_and_reads_their_results_from_the
     steps' return values come back through Prefect result storage in the bucket, records and models land in MLflow
     and the bucket."""
     config, store, mlflow_log = servers
-    run_env = {**os.environ, "PREFECT_API_URL": prefect_server, "SCANFLOW_STEP_IMAGE": step_image, "SCANFLOW_PROJECT_DIR": str(REPO)}
+    run_env = {**os.environ, "PREFECT_API_URL": prefect_server, "SCANFLOW_STEP_IMAGE": step_image, "SCANFLOW_PROJECT_DIR": str(REPO),
+               "PREFECT_WORKER_QUERY_SECONDS": "1"}  # each step starts within a second, not within Prefect's default 10
     _prefect("work-pool", "create", "scanflow-docker", "--type", "docker", "--overwrite", env=run_env)
     _prefect("--no-prompt", "deploy", "--prefect-file", "infra/prefect.yaml", "--name", "docker", env=run_env)
 

@@ -98,6 +98,7 @@ BAD_COMMAND_LINES = [
     (["server", "start", "--port", "0"], ARGPARSE + "--port: must be an integer >= 1, got 0"),
     (["stack", "up", "--prefect-port", "70000"], ARGPARSE + "--prefect-port: must be a TCP port 1..65535, got 70000"),
     (["serve", "--limit", "0"], ARGPARSE + "--limit: must be an integer >= 1, got 0"),
+    (["serve", "--poll-seconds", "0"], ARGPARSE + "--poll-seconds: must be an integer >= 1, got 0"),
     (["rollback", "--to", "0"], ARGPARSE + "--to: must be an integer >= 1, got 0"),
     (["answer", "some-run-id", "--action", "filter", "--labels", "x"], HANDLER + "label 0 is 'x'"),
 ]
