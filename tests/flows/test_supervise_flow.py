@@ -14,6 +14,7 @@ import threading
 import pytest
 from prefect import resume_flow_run
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterParentFlowRunId
 
 from flows.supervise import paused_child, supervise_flow
 from scanflow import tracking
@@ -81,6 +82,39 @@ def test_oracle_loop_decides_improves_and_reports(env, tmp_path):
     assert [value for _, value in history["p_value"]] == [row["p_value"] for row in rows]
     assert [step for step, _ in history["statistic"]] == [0, 1, 2]
     assert [value for _, value in history["accuracy_before"]] == [row["accuracy_before"] for row in rows]
+
+
+def test_a_clean_batch_leaves_every_record_the_loop_keeps(env, tmp_path):
+    """The records of a clean batch, counted: a predict and a detect MLflow run (finished, linked to their Prefect
+    flow runs, with their metrics and artifacts), the predict and detect sub-flows (completed, with their Prefect
+    artifacts), and one step of the supervise run. A faster loop has to keep every one of them."""
+    result = supervise_flow(stream_dir=_stream(tmp_path, n_batches=2, drift_at=2), human="oracle")
+    assert [row["drift"] for row in result["batches"]] == ["no", "no"]
+    parent = result["prefect_flow_run_id"]
+    with get_client(sync_client=True) as prefect:
+        children = prefect.read_flow_runs(flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent])))
+        flows = {flow.id: flow.name for flow in prefect.read_flows()}
+        artifacts = prefect.read_artifacts(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id for run in children])))
+    assert sorted(flows[run.flow_id] for run in children) == ["detect", "detect", "predict", "predict"]
+    assert all(run.state.is_completed() for run in children)
+    published = sorted(f"{artifact.type}:{artifact.key}" for artifact in artifacts if artifact.key is not None)
+    assert published == ["markdown:drift-summary"] * 2 + ["table:critical-samples"] * 2 + ["table:predictions"] * 2
+
+    client = mlflow_client(env["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name(env["SCANFLOW_EXPERIMENT"]).experiment_id
+    mine = {str(run.id) for run in children}
+    runs = [run for run in client.search_runs([experiment], max_results=1000) if run.data.tags.get("prefect.flow_run_id") in mine]
+    records = sorted((run.data.tags[BATCH_ID_TAG], run.data.tags[KIND_TAG], run.info.status, sorted(run.data.metrics),
+                      sorted(artifact.path for artifact in client.list_artifacts(run.info.run_id))) for run in runs)
+    detect_metrics = ["n", "n_critical", "p_value", "statistic", "threshold"]
+    assert records == [
+        (batch, kind, "FINISHED", metrics, files)
+        for batch in ("batch-000", "batch-001")
+        for kind, metrics, files in (("detect", detect_metrics, ["critical_samples.png", "drift_result.json"]),
+                                     ("predict", ["n", "n_rejected"], ["predictions.csv"]))
+    ]
+    [stream_run] = client.search_runs([experiment], filter_string=f"tags.`prefect.flow_run_id` = '{parent}'")
+    assert len(client.get_metric_history(stream_run.info.run_id, "p_value")) == 2
 
 
 def test_a_drift_a_person_decided_about_is_not_asked_about_again_in_the_stream(env, tmp_path):
