@@ -9,6 +9,7 @@ same pause from a helper thread, so unattended runs take the path a person takes
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import sys
 import tempfile
@@ -60,6 +61,7 @@ from scanflow.human import (
 )
 from scanflow.orphans import Owner, this_process
 from scanflow.progress import PROGRESS, OwnerRun, RecordedDecision, read_progress, record_decision, record_owner, record_row, registry_key
+from scanflow.plots import figure_bytes, stream_figure
 from scanflow.storage import absolute_location
 from scanflow.stream import StreamBatch, image_stream, open_stream, stream_state_dir
 from scanflow.tags import KIND_TAG
@@ -412,6 +414,19 @@ class StreamRun:
             self.run_id = self.held.enter_context(scanflow_tracking.tracked_run(self.config, f"supervise-{flow_run.name or 'local'}", tags))
         scanflow_tracking.log_metrics(self.run_id, stream_metrics(row, detection), step=index)
 
+    def draw(self, rows: Sequence[Mapping[str, Any]], alpha: float) -> bytes | None:
+        """The stream's figure (`scanflow.plots.stream_figure`) logged to the run as stream.png and stream.svg;
+        returns the PNG (None when no batch was reported)."""
+        if self.run_id is None or not rows:
+            return None
+        figure = stream_figure(rows, alpha)
+        png = figure_bytes(figure, "png")
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, data in (("stream.png", png), ("stream.svg", figure_bytes(figure, "svg"))):
+                (Path(tmp) / name).write_bytes(data)
+                scanflow_tracking.log_artifact_file(self.run_id, Path(tmp) / name)
+        return png
+
 
 @flow(name="supervise", log_prints=True, persist_result=True, result_serializer="json")
 def supervise_flow(
@@ -515,8 +530,10 @@ def supervise_flow(
             rows.append(row)
             stream_run.log(index, row, detection)
             print(" | ".join(f"{k}={v}" for k, v in row.items()))
+        png = stream_run.draw(rows, settings.alpha)
     create_table_artifact(rows, key="supervision-summary", description="per batch: drift, decision, accuracy before/after")
-    create_markdown_artifact(summary_markdown(rows), key="supervision-report", description="the supervised stream at a glance")
+    picture = f"\n\n![the stream](data:image/png;base64,{base64.b64encode(png).decode('ascii')})" if png else ""
+    create_markdown_artifact(summary_markdown(rows) + picture, key="supervision-report", description="the supervised stream at a glance")
     return {"batches": rows, "champion": current_champion(config), "tracking_uri": config.tracking_uri,
             "prefect_flow_run_id": str(flow_run.id or "")}
 

@@ -10,11 +10,12 @@ import numpy as np
 
 import os
 import threading
+from pathlib import Path
 
 import pytest
 from prefect import resume_flow_run
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterParentFlowRunId
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId, FlowRunFilterParentFlowRunId
 
 from flows.supervise import paused_child, supervise_flow
 from scanflow import tracking
@@ -82,6 +83,12 @@ def test_oracle_loop_decides_improves_and_reports(env, tmp_path):
     assert [value for _, value in history["p_value"]] == [row["p_value"] for row in rows]
     assert [step for step, _ in history["statistic"]] == [0, 1, 2]
     assert [value for _, value in history["accuracy_before"]] == [row["accuracy_before"] for row in rows]
+    png = Path(client.download_artifacts(stream_run.info.run_id, "stream.png", str(tmp_path)))
+    assert png.read_bytes().startswith(b"\x89PNG") and png.stat().st_size > 10_000
+    with get_client(sync_client=True) as prefect:
+        [report] = prefect.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["supervision-report"])),
+                                          flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[result["prefect_flow_run_id"]])))
+    assert "![the stream](data:image/png;base64," in report.data
 
 
 def test_a_clean_batch_leaves_every_record_the_loop_keeps(env, tmp_path):
@@ -115,6 +122,7 @@ def test_a_clean_batch_leaves_every_record_the_loop_keeps(env, tmp_path):
     ]
     [stream_run] = client.search_runs([experiment], filter_string=f"tags.`prefect.flow_run_id` = '{parent}'")
     assert len(client.get_metric_history(stream_run.info.run_id, "p_value")) == 2
+    assert sorted(artifact.path for artifact in client.list_artifacts(stream_run.info.run_id)) == ["stream.png", "stream.svg"]
 
 
 def test_a_drift_a_person_decided_about_is_not_asked_about_again_in_the_stream(env, tmp_path):
