@@ -51,6 +51,21 @@ def _reporting(person, failures: list[str]):
     return run
 
 
+def _paused_child_of(run_name: str):
+    """(the supervise run named `run_name`, its child paused for a decision) once both exist (300 s at most each)."""
+    import time
+
+    from prefect.client.schemas.filters import FlowRunFilterName
+
+    deadline, parent = time.monotonic() + 300, None
+    with get_client(sync_client=True) as client:
+        while parent is None and time.monotonic() < deadline:
+            runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[run_name])))
+            parent = runs[0].id if runs else None
+            time.sleep(0.5)
+    return parent, paused_child(parent, timeout_s=300)
+
+
 def _stream(tmp_path, n_batches=3, drift_at=1, corruption="impulse_noise"):
     """A digits stream; each test drifts with a corruption of its own, because a decision that stands makes its
     shift known to the champion (the module's tests share it) and a known shift is not asked about again."""
@@ -132,17 +147,7 @@ def test_a_drift_a_person_decided_about_is_not_asked_about_again_in_the_stream(e
     answered: list[str] = []
 
     def person() -> None:
-        import time
-
-        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
-
-        deadline, parent = time.monotonic() + 300, None
-        with get_client(sync_client=True) as client:
-            while parent is None and time.monotonic() < deadline:
-                runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[run_name])))
-                parent = runs[0].id if runs else None
-                time.sleep(0.5)
-        child = paused_child(parent, timeout_s=300)
+        _, child = _paused_child_of(run_name)
         resume_flow_run(child, run_input={"action": "ignore", "note": "scanner noise, accepted"})
         answered.append(str(child))
 
@@ -174,19 +179,7 @@ def test_a_person_answer_is_validated_by_the_server_and_the_run_stays_paused(env
     states: list[str] = []
 
     def person() -> None:
-        from flows.supervise import paused_child
-        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
-
-        with get_client(sync_client=True) as client:
-            import time
-
-            deadline = time.monotonic() + 300
-            parent = None
-            while parent is None and time.monotonic() < deadline:
-                runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[run_name])))
-                parent = runs[0].id if runs else None
-                time.sleep(0.5)
-        child = paused_child(parent, timeout_s=300)
+        _, child = _paused_child_of(run_name)
         with get_client(sync_client=True) as client:
             keyset = client.read_flow_run(child).state.state_details.run_input_keyset
             fields = json.loads(client.read_flow_run_input(child, keyset["schema"]))["properties"]
@@ -225,22 +218,13 @@ def test_a_timeout_runs_the_default_and_says_so(env, tmp_path):
 def test_a_person_answers_from_the_command_line(env, tmp_path, prefect_server):
     import subprocess
     import sys
-    import time
 
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
 
     run_name = "supervise-cli-answer-test"
     outputs: list[subprocess.CompletedProcess] = []
 
     def person() -> None:
-        deadline = time.monotonic() + 300
-        parent = None
-        with get_client(sync_client=True) as client:
-            while parent is None and time.monotonic() < deadline:
-                runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[run_name])))
-                parent = runs[0].id if runs else None
-                time.sleep(0.5)
-        paused_child(parent, timeout_s=300)
+        parent, _ = _paused_child_of(run_name)
         command = [sys.executable, "-m", "scanflow.cli", "answer", str(parent), "--action"]
         environment = {**os.environ, "PREFECT_API_URL": prefect_server}
         outputs.append(subprocess.run(command + ["retrain", "--labels", "1,2"], capture_output=True, text=True, env=environment, timeout=300))
