@@ -37,7 +37,7 @@ from scanflow.detect import (
     summary_markdown,
 )
 from scanflow.drift.base import Detector
-from scanflow.drift.known import ShiftMatch, match_known_shift
+from scanflow.drift.known import ShiftMatch, closest_known_shift
 from scanflow.adopt import improvable_actions
 from scanflow.human import ACTIONS
 from scanflow.storage import S3Store, absolute_location
@@ -78,12 +78,14 @@ def recognise_known_shift(config: TrackingConfig, detector: Detector, detection:
     (energy two-sample test at the detector's alpha), or None: a new drift."""
     model_version = detection.model_version
     known = scanflow_tracking.known_shifts(config, model_version)
-    match = match_known_shift(detection.signature, known, detector.alpha, seed=detector.seed) if known else None
+    closest = closest_known_shift(detection.signature, known, seed=detector.seed) if known else None
+    match = closest if closest is not None and closest.p_value > detector.alpha else None
     if match is not None:
         print(f"the drift is the known shift of batch {match.shift.batch_id} (decided: {match.shift.decision}; "
               f"p = {match.p_value:.3f} that they differ); no new question")
     elif known:
-        print(f"the drift differs from all {len(known)} known shift(s) of v{model_version}: a new question")
+        nearest = f" (closest: batch {closest.shift.batch_id}, p = {closest.p_value:.3f} <= alpha {detector.alpha})" if closest else ""
+        print(f"the drift differs from all {len(known)} known shift(s) of v{model_version}{nearest}: a new question")
     return match
 
 

@@ -26,7 +26,7 @@ from torch import nn
 from scanflow.data import DatasetInfo, LabeledImages
 from scanflow.errors import ScanflowError
 from scanflow.models import ImageSpec, to_float
-from scanflow.tags import ADOPTED_TAG, CONTRACT_TAG, REFERENCE_TAG
+from scanflow.tags import ADOPTED_TAG, CONTRACT_TAG, KIND_TAG, REFERENCE_TAG
 
 if TYPE_CHECKING:
     from scanflow.images import ImageSet
@@ -146,13 +146,25 @@ def improvable_actions(tags: Mapping[str, str]) -> tuple[tuple[str, ...], str]:
 
     A model Scanflow trained: retrain, filter, ignore. An adopted one needs a labelled reference for either
     improvement (a retrain replays it; both are judged on its held-out fifth); then the filter works in front of any
-    adopted model, and a retrain needs a pytorch module that returns logits or probabilities."""
+    adopted model, and a retrain needs a pytorch module that returns logits or probabilities. A version that is
+    itself a filter (kind `filter`) is not offered another: it would be the same denoiser (`ALREADY_FILTERED`)."""
     from scanflow.human import ACTIONS
 
-    if ADOPTED_TAG not in tags:
-        return ACTIONS, ""
-    reference = ReferenceRecord.from_json(tags[REFERENCE_TAG]) if REFERENCE_TAG in tags else None
-    return actions_for(InputContract.from_json(tags[CONTRACT_TAG]), reference)
+    if ADOPTED_TAG in tags:
+        reference = ReferenceRecord.from_json(tags[REFERENCE_TAG]) if REFERENCE_TAG in tags else None
+        actions, note = actions_for(InputContract.from_json(tags[CONTRACT_TAG]), reference)
+    else:
+        actions, note = ACTIONS, ""
+    if tags.get(KIND_TAG) == "filter" and "filter" in actions:
+        actions = tuple(action for action in actions if action != "filter")
+        note = "; ".join(part for part in (note, ALREADY_FILTERED) if part)
+    return actions, note
+
+
+#: Why a filter version is not offered another filter: the denoiser is trained, seeded, on the same clean images
+#: and synthetic corruptions in front of the same classifier, so a new one would be the same model.
+ALREADY_FILTERED = ("it is already a denoiser in front of its classifier, and a new filter would be trained on the same "
+                    "clean images and synthetic corruptions, the same model: retrain it with the labels, or ignore")
 
 
 def actions_for(contract: InputContract, reference: ReferenceRecord | None) -> tuple[tuple[str, ...], str]:

@@ -105,6 +105,21 @@ def _energy_statistics(distances: np.ndarray, in_first: np.ndarray, n: int, m: i
     return 2.0 * between / (n * m) - within_first / (n * n) - within_second / (m * m)
 
 
+def closest_known_shift(
+    signature: np.ndarray, known: list[KnownShift], permutations: int = DEFAULT_PERMUTATIONS, seed: int = 0
+) -> ShiftMatch | None:
+    """The known shift `signature` (a drifted batch, [N, F]) is least distinguishable from (largest energy-test
+    p-value), whatever that p-value; None when no known shift has the signature's width."""
+    best: ShiftMatch | None = None
+    for shift in known:
+        if shift.signature.shape[1] != np.shape(signature)[1]:
+            continue
+        p_value = energy_test(signature, shift.signature, permutations, seed)
+        if best is None or p_value > best.p_value:
+            best = ShiftMatch(shift, p_value)
+    return best
+
+
 def match_known_shift(
     signature: np.ndarray, known: list[KnownShift], alpha: float, permutations: int = DEFAULT_PERMUTATIONS, seed: int = 0
 ) -> ShiftMatch | None:
@@ -112,11 +127,5 @@ def match_known_shift(
     with the largest p-value; None when it differs from all of them (or there are none): a new drift."""
     if not 0 < alpha < 1:
         raise ScanflowError(f"alpha must be in (0, 1), got {alpha}")
-    best: ShiftMatch | None = None
-    for shift in known:
-        if shift.signature.shape[1] != np.shape(signature)[1]:
-            continue
-        p_value = energy_test(signature, shift.signature, permutations, seed)
-        if p_value > alpha and (best is None or p_value > best.p_value):
-            best = ShiftMatch(shift, p_value)
-    return best
+    best = closest_known_shift(signature, known, permutations, seed)
+    return best if best is not None and best.p_value > alpha else None

@@ -149,8 +149,8 @@ def fine_tune(
 
 
 #: Share of the batch rows nobody was shown that the retrain leaves alone (no pseudo-label, no detector reference):
-#: the retrained champion sees them as it will see a fresh batch of the same shift, so they can make the batch a
-#: known shift of the new champion.
+#: the retrained champion sees them, with the labelled rows held out to judge it, as it will see a fresh batch of
+#: the same shift, so they can make the batch a known shift of the new champion.
 UNSEEN_SHARE = 0.5
 #: Seconds per fine-tuning step of batch 128 on 2 idle cores, by image area (8x8 and 28x28 pixels), measured with
 #: `python -m benchmarks.improve_cost` (benchmarks/README.md); other sizes by `seconds_at_area`.
@@ -166,7 +166,8 @@ def expected_fine_tune_seconds(config: RetrainConfig, height: int, width: int, r
 class RetrainImprover(Improver):
     """Fine-tune the champion on the person's labels, clean replay and confident pseudo-labels of part of the
     batch; refit the drift detector for the new classifier on clean replay. The rest of the batch (`UNSEEN_SHARE` of
-    the rows nobody was shown) stays unseen, so a promoted retrain can remember the shift as known."""
+    the rows nobody was shown, and the labelled rows that judge the candidate) stays unseen, so a promoted retrain
+    can remember the shift as known."""
 
     action = "retrain"
     needs_labels = True
@@ -182,9 +183,13 @@ class RetrainImprover(Improver):
         return context.holdout_fraction
 
     def _unseen_rows(self, context: ImprovementContext) -> tuple[int, ...]:
+        """`UNSEEN_SHARE` of the rows nobody was shown, and the labelled rows held out to judge the candidate: no
+        pseudo-label of a judging row enters training (the candidate would be judged on images it learned its own
+        guesses for), and with them the record of the shift is not only the batch's least typical rows."""
         unshown = np.setdiff1d(np.arange(len(context.batch)), np.asarray(context.shown_indices, dtype=np.int64))
         chosen = np.random.default_rng(context.seed).permutation(unshown)[: int(len(unshown) * UNSEEN_SHARE)]
-        return tuple(sorted(int(row) for row in chosen))
+        judging = (context.shown_indices[position] for position in self._positions(context)[1])
+        return tuple(sorted({int(row) for row in chosen} | {int(row) for row in judging}))
 
     def _describe(self, context: ImprovementContext, n_training_labels: int) -> tuple[str, float, dict[str, Any]]:
         rounds = 2 if self.use_unlabelled else 1

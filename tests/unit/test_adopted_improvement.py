@@ -12,6 +12,7 @@ from torch import nn
 from flows.supervise import decision_form, form_answer
 from scanflow.adopt import (
     ADOPTED_TAG,
+    ALREADY_FILTERED,
     CONTRACT_TAG,
     REFERENCE_TAG,
     AdoptionError,
@@ -55,6 +56,22 @@ def test_a_scanflow_model_is_offered_every_decision_and_an_adopted_one_only_what
     assert actions == ("ignore",) and "its reference /data/reference has no labels (class sub-folders)" in why
     actions, why = improvable_actions(tags(labelled=None))
     assert actions == ("ignore",) and "adopted without a record of its reference" in why
+
+
+def test_a_filter_version_is_not_offered_the_same_filter_again():
+    actions, why = improvable_actions({"scanflow.dataset": "digits", "scanflow.kind": "filter"})
+    assert actions == ("retrain", "ignore") and why == ALREADY_FILTERED
+    assert "a new filter would be trained on the same clean images and synthetic corruptions" in why
+    assert improvable_actions({"scanflow.dataset": "digits", "scanflow.kind": "retrain"}) == (ACTIONS, "")
+    actions, why = improvable_actions({**tags("labels", "pyfunc"), "scanflow.kind": "filter"})
+    assert actions == ("ignore",) and why.startswith("a pyfunc model that answers labels has no module") and why.endswith(ALREADY_FILTERED)
+    request = DecisionRequest(
+        batch_id="b-2", model_version="2", statistic=9.0, threshold=2.0, p_value=0.001, n_critical=10, n=100,
+        recommended="retrain", classes=CLASSES, shown=(3,), scores=(4.0,), guesses=(0,), thumbnails_b64=("",),
+        actions=actions, actions_note=why,
+    )
+    with pytest.raises(InvalidDecisionError, match="model v2 cannot filter: a pyfunc model"):
+        request.check_offered("filter")
 
 
 def test_the_form_and_answer_offer_an_adopted_model_only_its_decisions():

@@ -8,7 +8,7 @@ import pytest
 
 from scanflow.corruptions import corrupt
 from scanflow.drift.autoencoder import AutoencoderDetector
-from scanflow.drift.known import KnownShift, energy_test, match_known_shift
+from scanflow.drift.known import KnownShift, closest_known_shift, energy_test, match_known_shift
 from scanflow.errors import ScanflowError
 from scanflow.train import TrainConfig, train_autoencoder, train_classifier
 
@@ -58,6 +58,9 @@ def test_the_same_corruption_is_recognised_and_another_is_a_new_question(detecto
     assert match_known_shift(detector.shift_signature(corrupt(second, "shot_noise", 5, seed=1)), known, alpha=0.05) is None
     assert match_known_shift(detector.shift_signature(second), known, alpha=0.05) is None
     assert match_known_shift(detector.shift_signature(second), [], alpha=0.05) is None
+    closest = closest_known_shift(detector.shift_signature(corrupt(second, "fog", 3, seed=1)), known)
+    assert closest is not None and closest.shift.batch_id == "batch-003" and closest.p_value <= 0.05  # what the log names
+    assert closest_known_shift(detector.shift_signature(second), []) is None
 
 
 def test_the_signature_from_detect_features_equals_a_fresh_one(detector, digits):
