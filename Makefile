@@ -14,7 +14,9 @@ TEST_DEB_PACKAGES ?= chromium postgresql
 ifneq ($(filter true,$(CI))$(filter 1,$(SCANFLOW_DOCKER_TESTS)),)
 TEST_DEB_PACKAGES += docker.io docker-compose debootstrap
 endif
-PYTEST_ARGS ?=
+# Two workers, a test module each at a time: the suite waits on its servers (start-ups, polls, restarts) about a
+# third of its time, and the other worker fills it. `make test PYTEST_ARGS=` runs it in one process.
+PYTEST_ARGS ?= -n 2 --dist loadfile
 
 # torch is pinned to the wheels this project is developed with (CUDA builds that run on the CPU, served from the
 # local wheel cache here); elsewhere override, e.g. `make demo TORCH_SPEC="torch torchvision"`.

@@ -103,10 +103,22 @@ def pytest_collection_finish(session):
         step_image.start()
 
 
-def pytest_sessionfinish(session, exitstatus):
-    from tests import step_image
+def pytest_configure(config):
+    """The run's id, for what its processes share (the step image build); pytest-xdist's workers inherit it."""
+    if not hasattr(config, "workerinput"):
+        import uuid
 
-    step_image.stop()
+        from tests import step_image
+
+        os.environ[step_image.RUN_VARIABLE] = uuid.uuid4().hex
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The run's own process (not an xdist worker, which may finish before another needs the image) ends the build."""
+    if not hasattr(session.config, "workerinput"):
+        from tests import step_image
+
+        step_image.stop()
 
 
 @pytest.fixture(scope="session")
