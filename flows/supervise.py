@@ -246,7 +246,9 @@ def respond(batch: StreamBatch, path: str, detection: DetectionReport, human: st
     request = DecisionRequest.from_detection(detection)
     if human != "person":
         decider = OracleHuman(batch.true_labels()) if human == "oracle" else PolicyHuman()
-        answer_when_paused(flow_run.id, decider.decide(request.recommended, request.shown), request)
+        decision = decider.decide(request.recommended, request.shown, request.actions)
+        request.check_offered(decision.action)  # the form would refuse it, and the pause wait until its timeout
+        answer_when_paused(flow_run.id, decision, request)
     else:
         announce_waiting(flow_run.id, batch.batch_id)
     report = evidently_report_beside.submit(steps, path, detection.mlflow_run_id, flow_run.id if human == "person" else None)

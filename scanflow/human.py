@@ -233,9 +233,9 @@ class OracleHuman:
     true_labels: np.ndarray
     action: str | None = None
 
-    def decide(self, recommended_action: str, shown_indices: Sequence[int]) -> Decision:
+    def decide(self, recommended_action: str, shown_indices: Sequence[int], offered: Sequence[str] = ACTIONS) -> Decision:
         """The recommended action (`policy_action` of the drift result, or the fixed `action`) with the true labels
-        of the shown samples."""
+        of the shown samples. (`offered`: the decisions the champion can carry out; the recommendation is one.)"""
         labels = tuple(int(self.true_labels[i]) for i in shown_indices)
         return Decision(self.action or recommended_action, labels, note="simulated: true labels", decided_by="oracle")
 
@@ -243,10 +243,12 @@ class OracleHuman:
 @dataclass(frozen=True)
 class PolicyHuman:
     """A simulated decider without labels: follows the recommended action; retraining falls back to filtering,
-    since it cannot label anything."""
+    since it cannot label anything, and to ignoring when the champion cannot be filtered (`offered`)."""
 
-    def decide(self, recommended_action: str, shown_indices: Sequence[int]) -> Decision:
-        action = "filter" if recommended_action == "retrain" else recommended_action
+    def decide(self, recommended_action: str, shown_indices: Sequence[int], offered: Sequence[str] = ACTIONS) -> Decision:
+        action = recommended_action
+        if action == "retrain":
+            action = "filter" if "filter" in offered else "ignore"
         return Decision(action, (), note="simulated: policy without labels", decided_by="policy")
 
 

@@ -113,7 +113,14 @@ def scanflow(env: dict[str, str], *args: str) -> subprocess.Popen:
 
 
 def finish(process: subprocess.Popen, timeout_s: float = 600) -> tuple[int, str, str]:
-    out, err = process.communicate(timeout=timeout_s)
+    """Exit code, stdout and stderr of `process`; a process still running after `timeout_s` is killed (so a hang
+    does not outlive its test) and fails the test with the end of its output."""
+    try:
+        out, err = process.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        out, err = process.communicate(timeout=30)
+        raise AssertionError(f"the command did not end within {timeout_s} s: {(out + err)[-4000:]}") from None
     return process.returncode, out, err
 
 

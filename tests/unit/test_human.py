@@ -63,6 +63,7 @@ def test_simulated_humans_answer_through_the_decision_schema():
     assert OracleHuman(true_labels).decide(policy_action(_result(True, {"pixels": 0.9})), [1]).action == "filter"
     policy = PolicyHuman().decide(policy_action(_result(True, {"latent": 1.0})), [3, 0])
     assert policy.action == "filter" and policy.labels == () and policy.decided_by == "policy"
+    assert PolicyHuman().decide("retrain", [3, 0], offered=("retrain", "ignore")).action == "ignore"  # a filter champion
 
 
 def test_only_a_standing_decision_makes_a_known_shift():
