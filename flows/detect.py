@@ -37,7 +37,7 @@ from scanflow.detect import (
     summary_markdown,
 )
 from scanflow.drift.base import Detector
-from scanflow.drift.known import ShiftMatch, closest_known_shift
+from scanflow.drift.known import ShiftMatch, recognise
 from scanflow.adopt import improvable_actions
 from scanflow.human import ACTIONS
 from scanflow.storage import S3Store, absolute_location
@@ -76,16 +76,10 @@ def detect(detector: Detector, images: torch.Tensor, batch_id: str, model_versio
 def recognise_known_shift(config: TrackingConfig, detector: Detector, detection: Detection) -> ShiftMatch | None:
     """The shift a person already decided about for this champion that the drifted batch cannot be told apart from
     (energy two-sample test at the detector's alpha), or None: a new drift."""
-    model_version = detection.model_version
-    known = scanflow_tracking.known_shifts(config, model_version)
-    closest = closest_known_shift(detection.signature, known, seed=detector.seed) if known else None
-    match = closest if closest is not None and closest.p_value > detector.alpha else None
-    if match is not None:
-        print(f"the drift is the known shift of batch {match.shift.batch_id} (decided: {match.shift.decision}; "
-              f"p = {match.p_value:.3f} that they differ); no new question")
-    elif known:
-        nearest = f" (closest: batch {closest.shift.batch_id}, p = {closest.p_value:.3f} <= alpha {detector.alpha})" if closest else ""
-        print(f"the drift differs from all {len(known)} known shift(s) of v{model_version}{nearest}: a new question")
+    known = scanflow_tracking.known_shifts(config, detection.model_version)
+    match, message = recognise(detection.signature, known, detector.alpha, detection.model_version, seed=detector.seed)
+    if message:
+        print(message)
     return match
 
 

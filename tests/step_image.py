@@ -9,6 +9,7 @@ Run as a script (`python -m tests.step_image RC_FILE`) it is that build, and wri
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -69,8 +70,6 @@ def stop() -> None:
     """End a build still running (the run ends early); only the process that owns the run calls it."""
     pid = _builder_pid()
     if pid is not None and _builder_alive():
-        import signal
-
         os.killpg(pid, signal.SIGKILL)
 
 

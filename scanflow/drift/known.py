@@ -129,3 +129,21 @@ def match_known_shift(
         raise ScanflowError(f"alpha must be in (0, 1), got {alpha}")
     best = closest_known_shift(signature, known, permutations, seed)
     return best if best is not None and best.p_value > alpha else None
+
+
+def recognise(
+    signature: np.ndarray, known: list[KnownShift], alpha: float, model_version: str, seed: int = 0
+) -> tuple[ShiftMatch | None, str]:
+    """`match_known_shift` of a drifted batch against champion `model_version`'s `known` shifts, with the sentence a
+    person reads in the log: the shift it is, or that it differs from all of them and how close the nearest came
+    ("" when there are none)."""
+    if not 0 < alpha < 1:
+        raise ScanflowError(f"alpha must be in (0, 1), got {alpha}")
+    closest = closest_known_shift(signature, known, seed=seed) if known else None
+    if closest is not None and closest.p_value > alpha:
+        return closest, (f"the drift is the known shift of batch {closest.shift.batch_id} (decided: {closest.shift.decision}; "
+                         f"p = {closest.p_value:.3f} that they differ); no new question")
+    if not known:
+        return None, ""
+    nearest = f" (closest: batch {closest.shift.batch_id}, p = {closest.p_value:.3f} <= alpha {alpha})" if closest else ""
+    return None, f"the drift differs from all {len(known)} known shift(s) of v{model_version}{nearest}: a new question"

@@ -94,3 +94,22 @@ def env(champion, monkeypatch):
     for key, value in champion.items():
         monkeypatch.setenv(key, value)
     return champion
+
+
+def paused_child_of(run_name: str):
+    """(the flow run named `run_name`, its child paused for a decision) once both exist (300 s at most each), on the
+    Prefect API this process is pointed at."""
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+    from flows.supervise import paused_child
+
+    deadline, parent = time.monotonic() + 300, None
+    with get_client(sync_client=True) as client:
+        while parent is None and time.monotonic() < deadline:
+            runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[run_name])))
+            parent = runs[0].id if runs else None
+            time.sleep(0.5)
+    return parent, paused_child(parent, timeout_s=300)

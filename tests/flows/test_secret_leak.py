@@ -14,14 +14,13 @@ import re
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
 
-from tests.flows.conftest import digits_champion
+from tests.flows.conftest import digits_champion, paused_child_of
 
 pytestmark = pytest.mark.slow
 
@@ -93,18 +92,7 @@ def pages(read: Callable[..., list], limit: int = 200) -> Iterator:
 def answer_from_the_command_line(run_name: str, outputs: list, failures: list) -> None:
     """A person: waits for the supervise run's pause, then `scanflow answer RUN --action retrain --labels ...`."""
     try:
-        from prefect.client.orchestration import get_client
-        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
-
-        from flows.supervise import paused_child
-
-        deadline, parent = time.monotonic() + 300, None
-        with get_client(sync_client=True) as client:
-            while parent is None and time.monotonic() < deadline:
-                runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[run_name])))
-                parent = runs[0].id if runs else None
-                time.sleep(0.5)
-        paused_child(parent, timeout_s=300)
+        parent, _ = paused_child_of(run_name)
         command = [sys.executable, "-m", "scanflow.cli", "answer", str(parent), "--action", "retrain",
                    "--labels", ",".join(["1"] * BUDGET), "--note", "retrain on the noisy digits"]
         outputs.append(subprocess.run(command, capture_output=True, text=True, timeout=300))

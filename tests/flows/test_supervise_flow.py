@@ -17,13 +17,13 @@ from prefect import resume_flow_run
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId, FlowRunFilterParentFlowRunId
 
-from flows.supervise import paused_child, supervise_flow
+from flows.supervise import supervise_flow
 from scanflow import tracking
 from scanflow.config import TrackingConfig
 from scanflow.stream import make_stream
 from scanflow.tags import ACTION_TAG, BATCH_ID_TAG, DECIDED_BY_TAG, KIND_TAG, KNOWN_SHIFT_TAG_PREFIX, PROMOTED_TAG
 from scanflow.tracking import mlflow_client
-from tests.flows.conftest import digits_champion
+from tests.flows.conftest import digits_champion, paused_child_of
 
 pytestmark = pytest.mark.slow
 
@@ -49,21 +49,6 @@ def _reporting(person, failures: list[str]):
             failures.append(f"the person thread failed: {type(error).__name__}: {error}")
 
     return run
-
-
-def _paused_child_of(run_name: str):
-    """(the supervise run named `run_name`, its child paused for a decision) once both exist (300 s at most each)."""
-    import time
-
-    from prefect.client.schemas.filters import FlowRunFilterName
-
-    deadline, parent = time.monotonic() + 300, None
-    with get_client(sync_client=True) as client:
-        while parent is None and time.monotonic() < deadline:
-            runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[run_name])))
-            parent = runs[0].id if runs else None
-            time.sleep(0.5)
-    return parent, paused_child(parent, timeout_s=300)
 
 
 def _stream(tmp_path, n_batches=3, drift_at=1, corruption="impulse_noise"):
@@ -147,7 +132,7 @@ def test_a_drift_a_person_decided_about_is_not_asked_about_again_in_the_stream(e
     answered: list[str] = []
 
     def person() -> None:
-        _, child = _paused_child_of(run_name)
+        _, child = paused_child_of(run_name)
         resume_flow_run(child, run_input={"action": "ignore", "note": "scanner noise, accepted"})
         answered.append(str(child))
 
@@ -179,7 +164,7 @@ def test_a_person_answer_is_validated_by_the_server_and_the_run_stays_paused(env
     states: list[str] = []
 
     def person() -> None:
-        _, child = _paused_child_of(run_name)
+        _, child = paused_child_of(run_name)
         with get_client(sync_client=True) as client:
             keyset = client.read_flow_run(child).state.state_details.run_input_keyset
             fields = json.loads(client.read_flow_run_input(child, keyset["schema"]))["properties"]
@@ -219,12 +204,11 @@ def test_a_person_answers_from_the_command_line(env, tmp_path, prefect_server):
     import subprocess
     import sys
 
-
     run_name = "supervise-cli-answer-test"
     outputs: list[subprocess.CompletedProcess] = []
 
     def person() -> None:
-        parent, _ = _paused_child_of(run_name)
+        parent, _ = paused_child_of(run_name)
         command = [sys.executable, "-m", "scanflow.cli", "answer", str(parent), "--action"]
         environment = {**os.environ, "PREFECT_API_URL": prefect_server}
         outputs.append(subprocess.run(command + ["retrain", "--labels", "1,2"], capture_output=True, text=True, env=environment, timeout=300))

@@ -8,7 +8,7 @@ import pytest
 
 from scanflow.corruptions import corrupt
 from scanflow.drift.autoencoder import AutoencoderDetector
-from scanflow.drift.known import KnownShift, closest_known_shift, energy_test, match_known_shift
+from scanflow.drift.known import KnownShift, closest_known_shift, energy_test, match_known_shift, recognise
 from scanflow.errors import ScanflowError
 from scanflow.train import TrainConfig, train_autoencoder, train_classifier
 
@@ -59,8 +59,25 @@ def test_the_same_corruption_is_recognised_and_another_is_a_new_question(detecto
     assert match_known_shift(detector.shift_signature(second), known, alpha=0.05) is None
     assert match_known_shift(detector.shift_signature(second), [], alpha=0.05) is None
     closest = closest_known_shift(detector.shift_signature(corrupt(second, "fog", 3, seed=1)), known)
-    assert closest is not None and closest.shift.batch_id == "batch-003" and closest.p_value <= 0.05  # what the log names
+    assert closest is not None and closest.shift.batch_id == "batch-003" and closest.p_value <= 0.05
     assert closest_known_shift(detector.shift_signature(second), []) is None
+
+
+def test_the_log_says_which_known_shift_a_batch_is_or_how_close_the_nearest_came(detector, digits):
+    _, test = digits
+    first, second = test.images[180:269], test.images[269:358]
+    known = [KnownShift("batch-003", "1", "filter", "run-1", detector.shift_signature(corrupt(first, "shot_noise", 3, seed=0)))]
+    match, message = recognise(detector.shift_signature(corrupt(second, "shot_noise", 3, seed=1)), known, 0.05, "1")
+    assert match is not None and message == (f"the drift is the known shift of batch batch-003 (decided: filter; "
+                                             f"p = {match.p_value:.3f} that they differ); no new question")
+    fog = detector.shift_signature(corrupt(second, "fog", 3, seed=1))
+    match, message = recognise(fog, known, 0.05, "1")
+    p_value = closest_known_shift(fog, known).p_value
+    assert match is None and message == (f"the drift differs from all 1 known shift(s) of v1 (closest: batch batch-003, "
+                                         f"p = {p_value:.3f} <= alpha 0.05): a new question")
+    assert recognise(fog, [], 0.05, "1") == (None, "")
+    with pytest.raises(ScanflowError, match=r"^alpha must be in \(0, 1\), got 1.5$"):
+        recognise(fog, known, 1.5, "1")
 
 
 def test_the_signature_from_detect_features_equals_a_fresh_one(detector, digits):
