@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -62,7 +63,13 @@ def _write(home: Path, record: local.ServerRecord) -> None:
 
 @pytest.fixture()
 def sleeper() -> Iterator[subprocess.Popen]:
+    """`sleep 60` in a session of its own, once its exec has finished: until then /proc shows the forked parent's
+    cmdline (or none), and a record made from it would not describe the process a moment later."""
     process = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    deadline = time.monotonic() + 5
+    while (local.process_identity(process.pid) or (0, []))[1] != ["sleep", "60"]:
+        assert time.monotonic() < deadline, "sleep 60 did not show its cmdline within 5 s"
+        time.sleep(0.01)
     yield process
     process.kill()
     process.wait()
