@@ -138,6 +138,7 @@ def improve_flow(
     remember_shift: bool = True,
     tracking: str | None = None,
     storage: str | None = None,
+    model: str | None = None,
 ) -> ImprovementReport:
     """Carry out a person's decision on a drifted batch (a .npy of uint8 images).
 
@@ -149,7 +150,7 @@ def improve_flow(
     see `scanflow.human.known_shift_rows`) and `remember_shift`, the batch becomes a known shift of the champion:
     the detect flow recognises batches like it and does not ask again (one drift, one question).
     `tracking` names an MLflowTracking block, `storage` a ScanflowStorage block (default: the environment; needed
-    when `batch_path` is s3://bucket/key).
+    when `batch_path` is s3://bucket/key). `model`: the registered classifier's name (default: the tracking settings').
 
     Checked first, before the champion is loaded or any run opened (InvalidMarginError, InvalidDecisionError,
     InvalidBatchError naming the fix): the margin, the action and the label count; the batch (in the champion's
@@ -159,6 +160,7 @@ def improve_flow(
     check_promotion_margin(promotion_margin)
     check_decision_form(action, labels or None, len(shown_indices))
     config = tracking_config(tracking)
+    config = config.for_model(model) if model else config
     batch_id = batch_id or Path(batch_path).stem
     models, detector = load_champion(config)
     images = read_batch(batch_path, detector.info, storage_store(storage))

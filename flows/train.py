@@ -114,6 +114,7 @@ def train_flow(
     register_models: bool = True,
     tracking: str | None = None,
     force: bool = False,
+    model: str | None = None,
 ) -> dict:
     """Train the classifier and its autoencoder on `dataset`, fit their drift detector, track the run in MLflow and
     register both models as champion (the detector is logged beside them).
@@ -122,9 +123,11 @@ def train_flow(
     long. `tracking` names an MLflowTracking block (default: the environment). Returns a JSON-able summary.
 
     Before the training's run is created, a registering training refuses (ChampionMismatchError) to replace a
-    champion trained on another dataset, class set or input shape; `force=True` replaces it.
+    champion trained on another dataset, class set or input shape; `force=True` replaces it. `model`: the registered
+    classifier's name (default: the tracking settings'; its autoencoder is named after it).
     """
     config = tracking_config(tracking)
+    config = config.for_model(model) if model else config
     train, calibration, test = load_data(dataset, data_dir, allow_download, seed)
     if register_models:
         check_champion_step(config, train.info, force)

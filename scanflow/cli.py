@@ -18,7 +18,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from scanflow.config import CHAMPION_ALIAS, SERVE_POLL_S
 from scanflow.errors import ScanflowError, ServiceUnavailableError
@@ -519,7 +519,66 @@ def build_parser() -> argparse.ArgumentParser:
     corrupt.add_argument("--scale", type=positive_int, default=3, help="pixel enlargement (default: 3)")
     _add_data_arguments(corrupt)
     corrupt.set_defaults(handler=_corrupt)
+
+    study = commands.add_parser(
+        "study", help="the seed study: streams turning corrupted, the oracle's decisions, every remedy measured, with plots",
+        description="Per seed a champion is trained (as the registered model scanflow-study-<dataset>-classifier, never "
+        "your champion); per corruption and severity a stream of clean then corrupted batches goes through the detect "
+        "flow, the oracle decides through the improve flow, and retrain with the person's, random or pseudo labels, the "
+        "filter and the all-labelled ceiling are measured on one holdout. Tables and plots go to --out and to one MLflow run.",
+    )
+    study.add_argument("--dataset", type=dataset_name, default="default")
+    study.add_argument("--quick", action="store_true", help="one corruption per family, severities 1,3,5, one seed (the default set); "
+                       "without it: every corruption and severity, three seeds")
+    study.add_argument("--corruptions", type=corruption_list, help="comma-separated names (override the set)")
+    study.add_argument("--severities", type=severity_list, help="comma-separated severities 1..5 (override the set)")
+    study.add_argument("--budgets", type=budget_list, help="comma-separated label budgets, increasing (quick: 20,50,100)")
+    study.add_argument("--seeds", type=positive_int, help="how many seeds (0, 1, ...); intervals over seeds when more than one")
+    study.add_argument("--batch-size", type=positive_int, help="images per stream batch (default: 200)")
+    study.add_argument("--holdout-size", type=positive_int, help="held-out test images every remedy is judged on (default: 1000)")
+    study.add_argument("--retrain-steps", type=positive_int, help="fine-tuning steps of each measured retrain (quick: 200)")
+    study.add_argument("--denoiser-steps", type=positive_int, help="training steps of the measured filters' denoisers (quick: 600)")
+    study.add_argument("--epochs", type=positive_int, help="the champion's training epochs (default: the train flow's)")
+    study.add_argument("--autoencoder-epochs", type=positive_int, help="its autoencoder's epochs (default: the train flow's)")
+    study.add_argument("--out", default="study-results", help="folder for study.md, cells.csv and the plots (default: ./study-results)")
+    study.add_argument("--tracking", help="name of an MLflowTracking block (default: $MLFLOW_TRACKING_URI and $SCANFLOW_*)")
+    _add_data_arguments(study)
+    study.set_defaults(handler=_study)
     return parser
+
+
+def budget_list(text: str) -> list[int]:
+    """Comma-separated label budgets, each >= 1."""
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if not parts:
+        raise argparse.ArgumentTypeError(f"give comma-separated label budgets (e.g. 20,50,100), got {text!r}")
+    return [positive_int(part) for part in parts]
+
+
+def _study_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    values = {"corruptions": args.corruptions, "severities": args.severities, "budgets": args.budgets,
+              "seeds": list(range(args.seeds)) if args.seeds else None, "batch_size": args.batch_size,
+              "holdout_size": args.holdout_size, "retrain_steps": args.retrain_steps, "denoiser_steps": args.denoiser_steps}
+    return {key: value for key, value in values.items() if value is not None}
+
+
+def _study(args: argparse.Namespace) -> int:
+    from scanflow import study
+
+    overrides = _study_overrides(args)
+    config = (study.quick_config if args.quick else study.full_config)(
+        args.dataset, **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
+    study.check_fits(config, args.data_dir)  # before a server, a flow run or a training
+    use_prefect_server(fallback=True)
+    from flows.study import study_flow
+
+    result = study_flow(dataset=args.dataset, quick=args.quick, out_dir=args.out, data_dir=args.data_dir, tracking=args.tracking,
+                        epochs=args.epochs, autoencoder_epochs=args.autoencoder_epochs, **overrides)
+    print(f"study of {result['cells']} cells written to {result['out_dir']}: {', '.join(result['files'])}")
+    print("\n".join(study.Headline(**result["headline"]).lines()))
+    print(f"MLflow run: {result['mlflow_run_id']}")
+    print(f"Prefect UI: {prefect_ui_hint(result['prefect_flow_run_id'])}")
+    return 0
 
 
 def _datasets(args: argparse.Namespace) -> int:
