@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import base64
 import tempfile
-from dataclasses import asdict, replace
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,8 @@ from scanflow import study
 from scanflow import tracking as scanflow_tracking
 from scanflow.config import TrackingConfig
 from scanflow.corruptions import corrupt
-from scanflow.data import hold_out_calibration, load_train_test
+from scanflow.data import LabeledImages, hold_out_calibration, load_train_test
+from scanflow.drift.base import Detector
 from scanflow.plots import budget_figure, detection_heatmap, figure_bytes, remedy_figure, stream_figure, study_stream_rows
 from scanflow.tags import KIND_TAG
 
@@ -48,12 +50,29 @@ def restore_champion(config: TrackingConfig, version: str) -> None:
         scanflow_tracking.rollback(config, to_version=version)
 
 
-def run_cell(config: study.StudyConfig, seed: int, corruption: str, severity: int, context: dict[str, Any],
+@dataclass(frozen=True)
+class SeedContext:
+    """What every cell of one seed shares: the champion (its classifier, detector and registered version), its
+    replay images, the seed's stream source and holdout, the fitted baselines, the fold filters, and where the
+    dataset's files are (`None`: the usual places)."""
+
+    classifier: Any
+    detector: Detector
+    replay: LabeledImages
+    split: study.StudySplit
+    baselines: Mapping[str, Detector]
+    filters: Mapping[int, Any]
+    tracking_config: TrackingConfig
+    champion_version: str
+    data_dir: str | None
+
+
+def run_cell(config: study.StudyConfig, seed: int, corruption: str, severity: int, context: SeedContext,
              tracking: str | None, model: str, work: Path) -> study.CellResult:
     """One cell: the stream's batches through the detect flow, the oracle's decision on the first drifted corrupted
     batch through the improve flow, then the remedies and the baselines measured on the holdout."""
     seconds: dict[str, float] = {}
-    stream = study.cell_stream(context["split"], corruption, severity, config, seed)
+    stream = study.cell_stream(context.split, corruption, severity, config, seed)
     verdicts, reports, paths = [], [], []
     for i, batch in enumerate(stream.batches):
         batch_id = f"study-s{seed}-{corruption}-{severity}-{i}"
@@ -61,7 +80,7 @@ def run_cell(config: study.StudyConfig, seed: int, corruption: str, severity: in
         np.save(path, batch.numpy())
         report = study.timed(seconds, "detect", lambda: detect_flow(
             batch_path=str(path), batch_id=batch_id, report=False, responder="none", recognise_known=False, tracking=tracking, model=model))
-        accuracy = float((context["classifier"].predict(batch) == stream.labels[i]).float().mean())
+        accuracy = float((context.classifier.predict(batch) == stream.labels[i]).float().mean())
         verdicts.append(study.BatchVerdict(batch_id, stream.corrupted[i], report.is_drift, report.p_value, report.statistic, accuracy))
         reports.append(report)
         paths.append(path)
@@ -74,19 +93,19 @@ def run_cell(config: study.StudyConfig, seed: int, corruption: str, severity: in
         improvement = study.timed(seconds, "improve", lambda: improve_flow(
             batch_path=str(paths[i]), shown_indices=shown, action=report.recommended_action, labels=labels,
             note="study: simulated person (true labels)", decided_by="oracle", batch_id=verdicts[i].batch_id,
-            seed=seed, remember_shift=False, tracking=tracking, model=model))
+            seed=seed, remember_shift=False, data_dir=context.data_dir, tracking=tracking, model=model))
         decision = study.DecisionRecord(verdicts[i].batch_id, report.recommended_action, len(labels),
                                         improvement.challenger_version, improvement.promoted, improvement.reason)
-        restore_champion(context["tracking_config"], context["champion_version"])
+        restore_champion(context.tracking_config, context.champion_version)
     else:
         decision = study.DecisionRecord("", "none", 0, None, False, "no corrupted batch was flagged: nobody was asked")
-    holdout = context["split"].holdout
+    holdout = context.split.holdout
     corrupted_holdout = corrupt(holdout.images, corruption, severity, seed=seed * 1000 + 999)
     accuracy = study.measure_remedies(
-        context["classifier"], context["detector"], context["replay"], stream.corrupted_part(holdout.info), holdout,
-        corrupted_holdout, study.filter_for(context["filters"], corruption), config, seed, seconds)
-    auroc = study.timed(seconds, "sample auroc", lambda: study.sample_auroc(context["detector"], holdout.images, corrupted_holdout))
-    rates, alarms = study.timed(seconds, "baselines", lambda: study.baseline_rates(context["baselines"], stream))
+        context.classifier, context.detector, context.replay, stream.corrupted_part(holdout.info), holdout,
+        corrupted_holdout, study.filter_for(context.filters, corruption), config, seed, seconds)
+    auroc = study.timed(seconds, "sample auroc", lambda: study.sample_auroc(context.detector, holdout.images, corrupted_holdout))
+    rates, alarms = study.timed(seconds, "baselines", lambda: study.baseline_rates(context.baselines, stream))
     rate, alarm = study.detection_rates(verdicts)
     cell = study.CellResult(config.dataset, seed, corruption, severity, tuple(verdicts), decision, auroc, accuracy,
                             {study.SCANFLOW: rate, **rates}, {study.SCANFLOW: alarm, **alarms}, seconds)
@@ -97,7 +116,7 @@ def run_cell(config: study.StudyConfig, seed: int, corruption: str, severity: in
 
 
 def prepare_seed(config: study.StudyConfig, seed: int, tracking: str | None, model: str, data_dir: str | None,
-                 epochs: int | None, autoencoder_epochs: int | None) -> dict[str, Any]:
+                 epochs: int | None, autoencoder_epochs: int | None) -> SeedContext:
     """The seed's champion (trained now by the train flow), its data splits, baselines and fold filters."""
     summary = train_flow(dataset=config.dataset, epochs=epochs, autoencoder_epochs=autoencoder_epochs, seed=seed, data_dir=data_dir,
                          tracking=tracking, force=True, model=model)
@@ -111,8 +130,8 @@ def prepare_seed(config: study.StudyConfig, seed: int, tracking: str | None, mod
           f"stream source {len(split.stream)}, holdout {len(split.holdout)} test images")
     baselines = study.fit_baselines(config.baselines, models.classifier, models.autoencoder, replay, calibration, seed)
     filters = study.fold_filters(models.classifier, replay, calibration, config.corruptions, config.denoiser_steps, seed)
-    return {"classifier": models.classifier, "detector": detector, "replay": replay, "split": split, "baselines": baselines,
-            "filters": filters, "tracking_config": tracking_settings, "champion_version": models.classifier_version}
+    return SeedContext(models.classifier, detector, replay, split, baselines, filters, tracking_settings, models.classifier_version,
+                       data_dir)
 
 
 def figures_of(cells: list[study.CellResult], config: study.StudyConfig, alpha: float) -> dict[str, bytes]:
@@ -156,31 +175,32 @@ def study_flow(
     out_dir: str = "study-results",
     data_dir: str | None = None,
     tracking: str | None = None,
-) -> dict:
+) -> study.StudyOutcome:
     """Run the study (see the module docstring) and publish it; the options override the quick (or full) set, and
-    `epochs`/`autoencoder_epochs` the train flow's. `dataset` is any dataset `scanflow datasets` lists (the RGB
-    one when CIFAR-10's files are absent). Returns where the results went and the headline. Raises ScanflowError
-    for a configuration that cannot run, before any training."""
+    `epochs`/`autoencoder_epochs` the train flow's. `dataset` is any dataset `scanflow datasets` lists, or `rgb`:
+    CIFAR-10 when its files are here, else the offline RGB set (the run says which). Returns where the results went
+    and the headline (`StudyOutcome`). Raises ScanflowError for a configuration that cannot run, before any training."""
     overrides = {key: tuple(value) if isinstance(value, list) else value for key, value in {
         "corruptions": corruptions, "severities": severities, "budgets": budgets, "seeds": seeds, "batch_size": batch_size,
         "holdout_size": holdout_size, "retrain_steps": retrain_steps, "denoiser_steps": denoiser_steps, "baselines": baselines,
     }.items() if value is not None}
     config = (study.quick_config if quick else study.full_config)(dataset, **overrides)
+    choice = study.dataset_choice(dataset, data_dir)[1]
     config = replace(config, dataset=study.check_fits(config, data_dir))
     dataset = config.dataset
     model = study_model_name(dataset)
-    print(f"study: {config.describe()}; registered model {model}")
+    print(f"study: {config.describe()}; registered model {model}. {choice}".rstrip())
     cells: list[study.CellResult] = []
     alpha = 0.05
     with tempfile.TemporaryDirectory(prefix="scanflow-study-") as work:
         for seed in config.seeds:
             context = prepare_seed(config, seed, tracking, model, data_dir, epochs, autoencoder_epochs)
-            alpha = context["detector"].alpha
+            alpha = context.detector.alpha
             for corruption in config.corruptions:
                 for severity in config.severities:
                     cells.append(run_cell(config, seed, corruption, severity, context, tracking, model, Path(work)))
     figures = figures_of(cells, config, alpha)
-    provenance = f"Champion: `{model}` trained by the train flow per seed; the person is simulated (true labels)."
+    provenance = f"{choice} Champion: `{model}` trained by the train flow per seed; the person is simulated (true labels).".lstrip()
     report = study.markdown_report(cells, config, provenance, study.command_line(config, quick),
                                    figures=[name for name in figures if name.endswith(".png")])
     paths = study.write_outputs(Path(out_dir), report, study.cells_csv(cells, config), figures)
@@ -191,8 +211,8 @@ def study_flow(
                              key="study", description=f"the study on {dataset}")
     create_table_artifact(_table_rows(cells), key="study-cells", description="one row per cell and seed")
     print(f"study written to {Path(out_dir).resolve()} and logged to MLflow run {run_id}")
-    return {"out_dir": str(Path(out_dir).resolve()), "mlflow_run_id": run_id, "cells": len(cells), "headline": asdict(headline),
-            "files": [path.name for path in paths], "prefect_flow_run_id": str(flow_run.id or "")}
+    return study.StudyOutcome(str(Path(out_dir).resolve()), run_id, len(cells), headline, tuple(path.name for path in paths),
+                              str(flow_run.id or ""))
 
 
 def _table_rows(cells: list[study.CellResult]) -> list[dict[str, Any]]:

@@ -527,8 +527,9 @@ def build_parser() -> argparse.ArgumentParser:
         "flow, the oracle decides through the improve flow, and retrain with the person's, random or pseudo labels, the "
         "filter and the all-labelled ceiling are measured on one holdout. Tables and plots go to --out and to one MLflow run.",
     )
-    study.add_argument("--dataset", type=dataset_name, default="default")
-    study.add_argument("--quick", action="store_true", help="one corruption per family, severities 1,3,5, one seed (the default set); "
+    study.add_argument("--dataset", type=study_dataset, default="default",
+                       help="a dataset `scanflow datasets` lists, or rgb: CIFAR-10 when its files are here, else fashion-rgb")
+    study.add_argument("--quick", action="store_true", help="one corruption per family at severity 3, one seed (the default set); "
                        "without it: every corruption and severity, three seeds")
     study.add_argument("--corruptions", type=corruption_list, help="comma-separated names (override the set)")
     study.add_argument("--severities", type=severity_list, help="comma-separated severities 1..5 (override the set)")
@@ -536,7 +537,7 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--seeds", type=positive_int, help="how many seeds (0, 1, ...); intervals over seeds when more than one")
     study.add_argument("--batch-size", type=positive_int, help="images per stream batch (default: 200)")
     study.add_argument("--holdout-size", type=positive_int, help="held-out test images every remedy is judged on (default: 1000)")
-    study.add_argument("--retrain-steps", type=positive_int, help="fine-tuning steps of each measured retrain (quick: 200)")
+    study.add_argument("--retrain-steps", type=positive_int, help="fine-tuning steps of each measured retrain (quick: 100)")
     study.add_argument("--denoiser-steps", type=positive_int, help="training steps of the measured filters' denoisers (quick: 600)")
     study.add_argument("--epochs", type=positive_int, help="the champion's training epochs (default: the train flow's)")
     study.add_argument("--autoencoder-epochs", type=positive_int, help="its autoencoder's epochs (default: the train flow's)")
@@ -545,6 +546,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_arguments(study)
     study.set_defaults(handler=_study)
     return parser
+
+
+def study_dataset(text: str) -> str:
+    """A dataset name for `scanflow study`: any `dataset_name`, or `rgb` (the RGB set available here)."""
+    return "rgb" if text.strip().lower() == "rgb" else dataset_name(text)
 
 
 def budget_list(text: str) -> list[int]:
@@ -574,10 +580,10 @@ def _study(args: argparse.Namespace) -> int:
 
     result = study_flow(dataset=args.dataset, quick=args.quick, out_dir=args.out, data_dir=args.data_dir, tracking=args.tracking,
                         epochs=args.epochs, autoencoder_epochs=args.autoencoder_epochs, **overrides)
-    print(f"study of {result['cells']} cells written to {result['out_dir']}: {', '.join(result['files'])}")
-    print("\n".join(study.Headline(**result["headline"]).lines()))
-    print(f"MLflow run: {result['mlflow_run_id']}")
-    print(f"Prefect UI: {prefect_ui_hint(result['prefect_flow_run_id'])}")
+    print(f"study of {result.cells} cells written to {result.out_dir}: {', '.join(result.files)}")
+    print("\n".join(result.headline.lines()))
+    print(f"MLflow run: {result.mlflow_run_id}")
+    print(f"Prefect UI: {prefect_ui_hint(result.prefect_flow_run_id)}")
     return 0
 
 

@@ -97,6 +97,7 @@ def budget_figure(cells: Sequence[Any], budgets: Sequence[int]) -> Figure:
             axis.axhline(mean(key), color=colour, linestyle=":" if key != "ceiling" else "-", linewidth=1.2, label=label)
         axis.set_xscale("log")
         axis.set_xticks(list(budgets), [str(b) for b in budgets])
+        axis.set_xticks([], minor=True)  # a log axis labels its minor ticks otherwise (3x10^1 ...)
         axis.set_title(f"{family} ({len({c.corruption for c in members})} corruption(s))", fontsize=9)
         axis.set_xlabel("labels given")
     axes[0].set_ylabel("accuracy on corrupted holdout (%)")

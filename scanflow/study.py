@@ -45,6 +45,8 @@ METHOD_TITLES = {NONE: "nothing done", PERSON: "retrain, person's labels", RANDO
 #: Baseline detectors measured beside Scanflow's on the same batches (`scanflow.drift.baselines`).
 BASELINES = ("quota", "bbsd", "mmd", "pixel_stats")
 SCANFLOW = "scanflow"
+#: `--dataset rgb`: CIFAR-10 where its files are present, else the offline RGB set (`dataset_choice`).
+RGB = "rgb"
 #: Two-sided 95 % Student t quantiles by degrees of freedom (seeds - 1), for the intervals over seeds.
 _T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
@@ -55,14 +57,14 @@ class StudyConfig:
 
     dataset: str
     corruptions: tuple[str, ...] = ONE_PER_FAMILY
-    severities: tuple[int, ...] = (1, 3, 5)
+    severities: tuple[int, ...] = (3,)
     budgets: tuple[int, ...] = (20, 50, 100)
     seeds: tuple[int, ...] = (0,)
     batch_size: int = 200
     clean_batches: int = 1
     corrupted_batches: int = 2
     holdout_size: int = 1000
-    retrain_steps: int = 200
+    retrain_steps: int = 100
     denoiser_steps: int = 600
     baselines: tuple[str, ...] = BASELINES
 
@@ -100,7 +102,8 @@ class StudyConfig:
 
 
 def quick_config(dataset: str, **overrides: Any) -> StudyConfig:
-    """`scanflow study --quick`: one corruption per family at severities 1, 3 and 5, one seed."""
+    """`scanflow study --quick`: one corruption per family at severity 3, one seed, 100 retraining steps. Most of a
+    cell's time is its retrains: two per budget (the person's in two rounds), pseudo-labels and the ceiling."""
     return StudyConfig(dataset, **overrides)
 
 
@@ -137,9 +140,23 @@ def check_fits(config: StudyConfig, data_dir: str | Path | None = None) -> str:
     files are missing) naming the fix."""
     from scanflow.data import load_train_test
 
-    _, test = load_train_test(config.dataset, data_dir=data_dir, seed=config.seeds[0])
+    _, test = load_train_test(dataset_choice(config.dataset, data_dir)[0], data_dir=data_dir, seed=config.seeds[0])
     split_test_images(test, config, config.seeds[0])
     return test.info.name
+
+
+def dataset_choice(name: str, data_dir: str | Path | None = None) -> tuple[str, str]:
+    """The dataset a study of `name` runs on, and a sentence saying which. `rgb` (`RGB`) is CIFAR-10 (CIFAR-10-C)
+    when both its splits are on disk, else `fashion-rgb`: CIFAR-10 needs a download, the rendered set does not."""
+    from scanflow.data.datasets import canonical_dataset_name, dataset_availability
+
+    if name.lower() != RGB:
+        return canonical_dataset_name(name), ""
+    cifar = next(a for a in dataset_availability(data_dir) if a.name == "cifar10")
+    if len(cifar.splits) == 2:
+        return "cifar10", f"RGB set: CIFAR-10 from {cifar.location} (CIFAR-10-C corruptions)."
+    return "fashion-rgb", ("RGB set: fashion-rgb (Fashion-MNIST rendered 32x32 RGB with seeded colours), because CIFAR-10's "
+                           f"files are not here ({cifar.how_to_get}).")
 
 
 @dataclass(frozen=True)
@@ -209,7 +226,9 @@ def measure_remedies(classifier: Any, detector: Detector, replay: LabeledImages,
                      seconds: dict[str, float]) -> dict[str, tuple[float, float]]:
     """(corrupted, clean) holdout accuracy of every method of `method_keys` (fractions). `stream`: the cell's
     corrupted stream images with their true labels, which the simulated person gives for the samples it is asked
-    about (the person's and random columns), all of them for the ceiling, none for the pseudo-labels."""
+    about (the person's and random columns), all of them for the ceiling, none for the pseudo-labels. Every retrain
+    takes `config.retrain_steps` optimisation steps in all: Scanflow's retrain (the person's column) runs its two
+    rounds (labels, then labels with confident pseudo-labels) at half of them each."""
     from scanflow.drift.selection import select_typical
     from scanflow.improve import RetrainConfig, fine_tune
 
@@ -222,6 +241,7 @@ def measure_remedies(classifier: Any, detector: Detector, replay: LabeledImages,
         return LabeledImages(stream.images[index], stream.labels[index] if labels is None else labels, stream.info, stream.split)
 
     plain = RetrainConfig(steps=config.retrain_steps, seed=seed, pseudo_share=0.0)
+    person = RetrainConfig(steps=max(1, config.retrain_steps // 2), seed=seed)
     accuracy = {NONE: score(classifier)}
     embeddings, probabilities = (t.numpy() for t in classifier.embed_and_predict_proba(stream.images))
     result = detector.predict(stream.images, probabilities=probabilities)
@@ -229,7 +249,7 @@ def measure_remedies(classifier: Any, detector: Detector, replay: LabeledImages,
         selection = select_typical(result.sample_scores, result.critical_indices, budget, embeddings, seed=seed,
                                    clean_median=detector.clean_score_quantile(0.5))
         tuned = timed(seconds, f"retrain person B={budget}", lambda: fine_tune(
-            classifier, labelled(np.asarray(selection.indices)), replay, RetrainConfig(steps=config.retrain_steps, seed=seed),
+            classifier, labelled(np.asarray(selection.indices)), replay, person,
             unlabelled=stream.images))
         accuracy[f"{PERSON}-{budget}"] = score(tuned.classifier)
         rows = np.random.default_rng([seed, budget]).permutation(len(stream))[:budget]
@@ -390,7 +410,21 @@ class Headline:
         ]
 
 
+@dataclass(frozen=True)
+class StudyOutcome:
+    """Where a study went: the output folder (absolute), the MLflow run, the number of cells, the headline, the
+    files written there (names) and the Prefect flow run ("" outside a flow)."""
+
+    out_dir: str
+    mlflow_run_id: str
+    cells: int
+    headline: Headline
+    files: tuple[str, ...]
+    prefect_flow_run_id: str
+
+
 def headline(cells: Sequence[CellResult], budgets: Sequence[int]) -> Headline:
+    """The headline over `cells`: gaps at the largest of `budgets`; NaN where no cell has a gap to recover."""
     top = f"{PERSON}-{max(budgets)}"
     gaps = [g for c in cells if (g := recovered_gap(c, top)) is not None]
     costs = [100 * (c.accuracy[NONE][1] - c.accuracy[FILTER][1]) for c in cells]

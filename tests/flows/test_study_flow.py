@@ -60,7 +60,7 @@ def test_the_study_writes_its_tables_and_every_plot(study_run):
             assert int(row["labels_given"]) > 0 and row["challenger_version"]
     report = (out / "study.md").read_text()
     assert report.startswith("# Study: digits") and "## Headline" in report and "![budget.png](budget.png)" in report
-    assert "Command: `scanflow study --dataset digits --quick --corruptions shot_noise,rotate --severities 3 --budgets 10,20" in report
+    assert "Command: `scanflow study --dataset digits --quick --corruptions shot_noise,rotate --budgets 10,20 --batch-size 50" in report
 
 
 def test_the_study_is_one_mlflow_run_and_leaves_the_champions_as_they_were(study_run, mlflow_store):

@@ -45,6 +45,7 @@ def test_the_budget_figure_draws_each_family_with_every_method():
     assert len(noise.get_lines()) == 6
     person = noise.get_lines()[0]
     assert list(person.get_xdata()) == list(BUDGETS) and list(person.get_ydata()) == pytest.approx([75.0, 80.0])
+    assert [t.get_text() for t in noise.get_xticklabels()] == ["10", "20"] and noise.get_xticklabels(minor=True) == []
     assert [t.get_text() for t in figure.axes[-1].get_legend().get_texts()] == [
         "person's labels", "random labels", "pseudo-labels", "filter", "all labelled", "nothing done"]
 
@@ -139,3 +140,17 @@ def test_the_stream_is_clean_then_corrupted_and_disjoint_from_the_holdout():
     assert torch.equal(stream.corrupted_part(info).labels, split.stream.labels[50:])
     with pytest.raises(ScanflowError, match="digits has 180 test images: a stream of 150 and a holdout of at least 50 do not fit"):
         study.split_test_images(test.subset(range(180)), config, seed=1)
+
+
+def test_the_rgb_study_uses_cifar10_where_its_files_are_and_says_which(tmp_path, monkeypatch):
+    monkeypatch.delenv("SCANFLOW_DATA_DIR", raising=False)
+    name, note = study.dataset_choice("rgb", tmp_path)
+    assert name == "fashion-rgb" and note.startswith("RGB set: fashion-rgb (Fashion-MNIST rendered 32x32 RGB with seeded colours), "
+                                                     "because CIFAR-10's files are not here (")
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for stem in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]:
+        (folder / stem).write_bytes(b"x")
+    name, note = study.dataset_choice("RGB", tmp_path)
+    assert name == "cifar10" and note == f"RGB set: CIFAR-10 from {folder.resolve()} (CIFAR-10-C corruptions)."
+    assert study.dataset_choice("Fashion_MNIST", tmp_path) == ("fashion-mnist", "")
