@@ -34,7 +34,6 @@ from scanflow.config import TrackingConfig
 from scanflow.corruptions import corrupt
 from scanflow.data import LabeledImages, hold_out_calibration, load_train_test
 from scanflow.drift.base import Detector
-from scanflow.plots import budget_figure, detection_heatmap, figure_bytes, remedy_figure, stream_figure, study_stream_rows
 from scanflow.tags import KIND_TAG
 
 
@@ -134,18 +133,6 @@ def prepare_seed(config: study.StudyConfig, seed: int, tracking: str | None, mod
                        data_dir)
 
 
-def figures_of(cells: list[study.CellResult], config: study.StudyConfig, alpha: float) -> dict[str, bytes]:
-    """Every study figure as PNG and SVG, by file name."""
-    first = [c for c in cells if c.seed == config.seeds[0]]
-    drawn = {
-        "budget": budget_figure(cells, config.budgets),
-        "stream": stream_figure(study_stream_rows(first), alpha),
-        "detection": detection_heatmap(cells, [study.SCANFLOW, *config.baselines]),
-        "remedies": remedy_figure(cells, max(config.budgets)),
-    }
-    return {f"{name}.{fmt}": figure_bytes(figure, fmt) for name, figure in drawn.items() for fmt in ("png", "svg")}
-
-
 @task(cache_policy=NO_CACHE, **IO_RETRIES)
 def log_study_run(tracking_settings: TrackingConfig, paths: list[Path], headline: study.Headline, dataset: str) -> str:
     """One MLflow run of kind `study` holding the report, the table, the figures and the headline metrics."""
@@ -199,7 +186,7 @@ def study_flow(
             for corruption in config.corruptions:
                 for severity in config.severities:
                     cells.append(run_cell(config, seed, corruption, severity, context, tracking, model, Path(work)))
-    figures = figures_of(cells, config, alpha)
+    figures = study.study_figures(cells, config, alpha)
     provenance = f"{choice} Champion: `{model}` trained by the train flow per seed; the person is simulated (true labels).".lstrip()
     report = study.markdown_report(cells, config, provenance, study.command_line(config, quick),
                                    figures=[name for name in figures if name.endswith(".png")])
@@ -209,13 +196,8 @@ def study_flow(
     picture = base64.b64encode(figures["budget.png"]).decode("ascii")
     create_markdown_artifact(report.split("## Detection")[0] + f"\n![accuracy against labels](data:image/png;base64,{picture})\n",
                              key="study", description=f"the study on {dataset}")
-    create_table_artifact(_table_rows(cells), key="study-cells", description="one row per cell and seed")
+    create_table_artifact(study.table_rows(cells), key="study-cells", description="one row per cell and seed")
     print(f"study written to {Path(out_dir).resolve()} and logged to MLflow run {run_id}")
     return study.StudyOutcome(str(Path(out_dir).resolve()), run_id, len(cells), headline, tuple(path.name for path in paths),
                               str(flow_run.id or ""))
 
-
-def _table_rows(cells: list[study.CellResult]) -> list[dict[str, Any]]:
-    return [{"seed": c.seed, "corruption": c.corruption, "severity": c.severity, "flagged": round(c.detection_rate[study.SCANFLOW], 3),
-             "decision": c.decision.action, "promoted": c.decision.promoted, "auroc": round(c.sample_auroc, 3),
-             **{f"acc {k}": round(v[0], 3) for k, v in c.accuracy.items()}} for c in cells]

@@ -45,6 +45,8 @@ METHOD_TITLES = {NONE: "nothing done", PERSON: "retrain, person's labels", RANDO
 #: Baseline detectors measured beside Scanflow's on the same batches (`scanflow.drift.baselines`).
 BASELINES = ("quota", "bbsd", "mmd", "pixel_stats")
 SCANFLOW = "scanflow"
+#: The study's figures, each written as PNG and SVG.
+FIGURES = ("budget", "stream", "detection", "remedies")
 #: `--dataset rgb`: CIFAR-10 where its files are present, else the offline RGB set (`dataset_choice`).
 RGB = "rgb"
 #: Two-sided 95 % Student t quantiles by degrees of freedom (seeds - 1), for the intervals over seeds.
@@ -519,6 +521,27 @@ def cells_csv(cells: Sequence[CellResult], config: StudyConfig) -> str:
                          *(f"{c.accuracy[k][0]:.4f}" for k in keys), *(f"{c.accuracy[k][1]:.4f}" for k in keys),
                          *(f"{c.seconds.get(s, 0.0):.2f}" for s in steps)])
     return buffer.getvalue()
+
+
+def study_figures(cells: Sequence[CellResult], config: StudyConfig, alpha: float) -> dict[str, bytes]:
+    """Every study figure (`FIGURES`) as PNG and SVG bytes, by file name; the stream is the first seed's."""
+    from scanflow.plots import budget_figure, detection_heatmap, figure_bytes, remedy_figure, stream_figure, study_stream_rows
+
+    first = [c for c in cells if c.seed == config.seeds[0]]
+    drawn = {
+        "budget": budget_figure(cells, config.budgets),
+        "stream": stream_figure(study_stream_rows(first), alpha),
+        "detection": detection_heatmap(cells, [SCANFLOW, *config.baselines]),
+        "remedies": remedy_figure(cells, max(config.budgets)),
+    }
+    return {f"{name}.{fmt}": figure_bytes(drawn[name], fmt) for name in FIGURES for fmt in ("png", "svg")}
+
+
+def table_rows(cells: Sequence[CellResult]) -> list[dict[str, Any]]:
+    """One row per cell and seed for a Prefect table artifact: detection, decision, corrupted accuracy (fractions)."""
+    return [{"seed": c.seed, "corruption": c.corruption, "severity": c.severity, "flagged": round(c.detection_rate[SCANFLOW], 3),
+             "decision": c.decision.action, "promoted": c.decision.promoted, "auroc": round(c.sample_auroc, 3),
+             **{f"acc {k}": round(v[0], 3) for k, v in c.accuracy.items()}} for c in cells]
 
 
 def write_outputs(out_dir: Path, report: str, csv_text: str, figures: Mapping[str, bytes]) -> list[Path]:

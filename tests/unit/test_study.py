@@ -154,3 +154,18 @@ def test_the_rgb_study_uses_cifar10_where_its_files_are_and_says_which(tmp_path,
     name, note = study.dataset_choice("RGB", tmp_path)
     assert name == "cifar10" and note == f"RGB set: CIFAR-10 from {folder.resolve()} (CIFAR-10-C corruptions)."
     assert study.dataset_choice("Fashion_MNIST", tmp_path) == ("fashion-mnist", "")
+
+
+def test_every_study_figure_is_written_as_a_valid_png_and_svg():
+    figures = study.study_figures(CELLS, CONFIG, alpha=0.05)
+    assert list(figures) == [f"{name}.{fmt}" for name in study.FIGURES for fmt in ("png", "svg")]
+    for name, data in figures.items():
+        assert len(data) > 10_000, name
+        assert data.startswith(b"\x89PNG\r\n\x1a\n") if name.endswith(".png") else b"<svg" in data[:2000], name
+
+
+def test_the_table_artifact_has_a_row_per_cell_with_its_decision_and_accuracy():
+    rows = study.table_rows(CELLS)
+    assert [(r["corruption"], r["severity"], r["decision"], r["flagged"]) for r in rows] == [
+        ("shot_noise", 1, "none", 0.0), ("shot_noise", 3, "retrain", 1.0), ("rotate", 3, "retrain", 1.0)]
+    assert rows[2]["acc person-20"] == 0.85 and rows[2]["acc filter"] == 0.5 and rows[0]["acc none"] == 0.5
