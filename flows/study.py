@@ -167,11 +167,9 @@ def study_flow(
     `epochs`/`autoencoder_epochs` the train flow's. `dataset` is any dataset `scanflow datasets` lists, or `rgb`:
     CIFAR-10 when its files are here, else the offline RGB set (the run says which). Returns where the results went
     and the headline (`StudyOutcome`). Raises ScanflowError for a configuration that cannot run, before any training."""
-    overrides = {key: tuple(value) if isinstance(value, list) else value for key, value in {
-        "corruptions": corruptions, "severities": severities, "budgets": budgets, "seeds": seeds, "batch_size": batch_size,
-        "holdout_size": holdout_size, "retrain_steps": retrain_steps, "denoiser_steps": denoiser_steps, "baselines": baselines,
-    }.items() if value is not None}
-    config = (study.quick_config if quick else study.full_config)(dataset, **overrides)
+    config = study.config_for(dataset, quick, corruptions=corruptions, severities=severities, budgets=budgets, seeds=seeds,
+                              batch_size=batch_size, holdout_size=holdout_size, retrain_steps=retrain_steps,
+                              denoiser_steps=denoiser_steps, baselines=baselines)
     choice = study.dataset_choice(dataset, data_dir)[1]
     config = replace(config, dataset=study.check_fits(config, data_dir))
     dataset = config.dataset

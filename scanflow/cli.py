@@ -562,18 +562,17 @@ def budget_list(text: str) -> list[int]:
 
 
 def _study_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    values = {"corruptions": args.corruptions, "severities": args.severities, "budgets": args.budgets,
-              "seeds": list(range(args.seeds)) if args.seeds else None, "batch_size": args.batch_size,
-              "holdout_size": args.holdout_size, "retrain_steps": args.retrain_steps, "denoiser_steps": args.denoiser_steps}
-    return {key: value for key, value in values.items() if value is not None}
+    """The options that override the study's set; `None` where not given."""
+    return {"corruptions": args.corruptions, "severities": args.severities, "budgets": args.budgets,
+            "seeds": list(range(args.seeds)) if args.seeds else None, "batch_size": args.batch_size,
+            "holdout_size": args.holdout_size, "retrain_steps": args.retrain_steps, "denoiser_steps": args.denoiser_steps}
 
 
 def _study(args: argparse.Namespace) -> int:
     from scanflow import study
 
     overrides = _study_overrides(args)
-    config = (study.quick_config if args.quick else study.full_config)(
-        args.dataset, **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
+    config = study.config_for(args.dataset, args.quick, **overrides)
     study.check_fits(config, args.data_dir)  # before a server, a flow run or a training
     use_prefect_server(fallback=True)
     from flows.study import study_flow

@@ -116,6 +116,13 @@ def full_config(dataset: str, **overrides: Any) -> StudyConfig:
     return StudyConfig(dataset, **{**values, **overrides})
 
 
+def config_for(dataset: str, quick: bool, **overrides: Any) -> StudyConfig:
+    """The quick or full set for `dataset` with `overrides` (`None` values ignored, lists taken as tuples), as the
+    CLI and the flow both receive them. Raises ScanflowError for a configuration that cannot run."""
+    given = {key: tuple(value) if isinstance(value, list) else value for key, value in overrides.items() if value is not None}
+    return (quick_config if quick else full_config)(dataset, **given)
+
+
 # ------------------------------------------------------------------------------------------------- the data
 @dataclass(frozen=True)
 class StudySplit:

@@ -169,3 +169,10 @@ def test_the_table_artifact_has_a_row_per_cell_with_its_decision_and_accuracy():
     assert [(r["corruption"], r["severity"], r["decision"], r["flagged"]) for r in rows] == [
         ("shot_noise", 1, "none", 0.0), ("shot_noise", 3, "retrain", 1.0), ("rotate", 3, "retrain", 1.0)]
     assert rows[2]["acc person-20"] == 0.85 and rows[2]["acc filter"] == 0.5 and rows[0]["acc none"] == 0.5
+
+
+def test_the_cli_and_the_flow_build_one_config_from_their_options():
+    quick = study.config_for("digits", True, budgets=[10, 20], seeds=None, batch_size=50)
+    assert quick == study.StudyConfig("digits", budgets=(10, 20), batch_size=50)
+    full = study.config_for("mnist", False, severities=[2])
+    assert full.severities == (2,) and full.seeds == (0, 1, 2) and len(full.corruptions) == 15
