@@ -28,7 +28,7 @@ from typing import Any, ClassVar, Self
 import numpy as np
 import torch
 
-from scanflow.artifacts import load_state, save_state
+from scanflow.artifacts import load_state, save_state, sha256_file
 from scanflow.data import DatasetInfo, validate_batch
 from scanflow.errors import InvalidBatchError, NotFittedError, ScanflowError
 
@@ -38,6 +38,10 @@ DEFAULT_CALIBRATION_WINDOWS = 500
 MIN_CALIBRATION_IMAGES = 20
 #: Version of what `save` writes; `load` refuses other versions (3: the pickle-free state format).
 FORMAT_VERSION = 3
+#: Null distributions (per window size) of the detectors loaded in this process, one dict per detector file
+#: (its sha256). A null depends only on what the file holds, so every load of the same fitted detector (each batch of
+#: a supervise loop loads its champion's) reuses the nulls any of them computed instead of drawing them again.
+_LOADED_NULLS: dict[str, dict[int, np.ndarray]] = {}
 
 Features = dict[str, np.ndarray]
 
@@ -287,7 +291,9 @@ class Detector(ABC):
     @classmethod
     def load(cls, path: str | Path) -> "Detector":
         """Read a detector written by `save`. Nothing in the file can run code: the class must be a `Detector`
-        subclass in `scanflow.drift`, and the state holds only numbers, arrays and Scanflow model weights."""
+        subclass in `scanflow.drift`, and the state holds only numbers, arrays and Scanflow model weights. Detectors
+        loaded from identical files in one process share their null distributions (`_LOADED_NULLS`); `fit` gives a
+        detector nulls of its own again."""
         import importlib
 
         path = Path(path)
@@ -314,7 +320,8 @@ class Detector(ABC):
         detector.info = payload["info"]
         detector.sample_threshold = payload["sample_threshold"]
         detector._calibration = payload["calibration"]
-        detector._null = payload["null"]
+        detector._null = _LOADED_NULLS.setdefault(sha256_file(path), {})
+        detector._null.update(payload["null"])
         return detector
 
     def _state(self) -> dict[str, Any]:

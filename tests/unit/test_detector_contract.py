@@ -119,6 +119,22 @@ def test_save_and_load_round_trip(fitted, window, tmp_path):
     assert (before.statistic, before.p_value, before.critical_indices) == (after.statistic, after.p_value, after.critical_indices)
 
 
+def test_loads_of_one_file_share_their_nulls_and_a_refit_does_not(fitted, window, digits, tmp_path):
+    """What makes a loop fast that loads its champion's detector for every batch: the second load of the same file
+    finds the null for this batch size already drawn, and answers exactly what the first load did."""
+    train, test = digits
+    path = fitted.save(tmp_path / "detector.pt")
+    first, second = Detector.load(path), Detector.load(path)
+    batch = torch.cat([window, window[:3]])  # a window size no other test draws a null for
+    assert len(batch) not in first._null
+    verdict = first.predict(batch)
+    assert second._null[len(batch)] is first._null[len(batch)]
+    again = second.predict(batch)
+    assert (again.statistic, again.p_value, again.threshold) == (verdict.statistic, verdict.p_value, verdict.threshold)
+    refit = Detector.load(path).fit(train.images, calibration=test.images[:180], info=train.info)
+    assert len(batch) not in refit._null and len(batch) in first._null
+
+
 class _Planted:
     """What an attacker plants: unpickling it runs code (here, writes a marker file)."""
 
