@@ -38,6 +38,7 @@ from scanflow.improve import (
     ImprovementOutcome,
     ImprovementPlan,
     PromotionVerdict,
+    check_improve_steps,
     check_promotion_margin,
     clean_data,
     ImprovementReport,
@@ -65,8 +66,8 @@ def load_clean_data(models: scanflow_tracking.LoadedModels, info: DatasetInfo, d
 
 
 @task(cache_policy=NO_CACHE)
-def plan_improvement(action: str, context: ImprovementContext, drift: dict | None) -> ImprovementPlan:
-    plan = improver_for(action).plan(None, context)
+def plan_improvement(action: str, context: ImprovementContext, drift: dict | None, steps: int | None) -> ImprovementPlan:
+    plan = improver_for(action, steps).plan(None, context)
     if drift:
         plan = plan.with_drift(drift)
     print(f"plan: {plan.description} (training about {plan.expected_seconds:.0f} s on 2 idle cores)")
@@ -74,8 +75,8 @@ def plan_improvement(action: str, context: ImprovementContext, drift: dict | Non
 
 
 @task(cache_policy=NO_CACHE)
-def apply_improvement(plan: ImprovementPlan, decision: Decision) -> ImprovementOutcome:
-    outcome = improver_for(plan.action).apply(plan, decision)
+def apply_improvement(plan: ImprovementPlan, decision: Decision, steps: int | None) -> ImprovementOutcome:
+    outcome = improver_for(plan.action, steps).apply(plan, decision)
     print(f"{plan.action}: {outcome.summary}")
     return outcome
 
@@ -139,6 +140,7 @@ def improve_flow(
     tracking: str | None = None,
     storage: str | None = None,
     model: str | None = None,
+    steps: int | None = None,
 ) -> ImprovementReport:
     """Carry out a person's decision on a drifted batch (a .npy of uint8 images).
 
@@ -151,6 +153,8 @@ def improve_flow(
     the detect flow recognises batches like it and does not ask again (one drift, one question).
     `tracking` names an MLflowTracking block, `storage` a ScanflowStorage block (default: the environment; needed
     when `batch_path` is s3://bucket/key). `model`: the registered classifier's name (default: the tracking settings').
+    `steps`: optimisation steps per retraining round, or of the filter's denoiser (default: the improver's own,
+    `scanflow.improve.improver_for`); fewer train faster and fit the shift less.
 
     Checked first, before the champion is loaded or any run opened (InvalidMarginError, InvalidDecisionError,
     InvalidBatchError naming the fix): the margin, the action and the label count; the batch (in the champion's
@@ -159,6 +163,7 @@ def improve_flow(
     """
     check_promotion_margin(promotion_margin)
     check_decision_form(action, labels or None, len(shown_indices))
+    check_improve_steps(steps)
     config = tracking_config(tracking)
     config = config.for_model(model) if model else config
     batch_id = batch_id or Path(batch_path).stem
@@ -182,7 +187,7 @@ def improve_flow(
             summary["reason"] = "the decision was to ignore this drift"
         else:
             summary.update(_improve(config, run_id, decision, models, detector, images, shown_indices, batch_id,
-                                    drift, promotion_margin, holdout_fraction, clean, seed))
+                                    drift, promotion_margin, holdout_fraction, clean, seed, steps))
         rows = known_shift_rows(decision, summary["promoted"], summary.get("outcome", {}).get("unseen_rows", ()), len(images))
         if remember_shift and rows:
             summary["known_shift_of"] = remember_known_shift(config, run_id, batch_id, decision.action, images[rows])
@@ -204,6 +209,7 @@ def _improve(
     config: TrackingConfig, run_id: str, decision: Decision, models: scanflow_tracking.LoadedModels, detector: Detector,
     images: torch.Tensor, shown_indices: list[int], batch_id: str, drift: dict | None,
     promotion_margin: float, holdout_fraction: float, clean: tuple[LabeledImages, LabeledImages, LabeledImages], seed: int,
+    steps: int | None,
 ) -> dict:
     replay, calibration, clean_holdout = clean
     context = ImprovementContext(
@@ -213,10 +219,10 @@ def _improve(
         champion_version=models.classifier_version, batch_id=batch_id, holdout_fraction=holdout_fraction, seed=seed,
         labelled_positions=decision.labelled_positions,
     )
-    plan = plan_improvement(decision.action, context, drift)
+    plan = plan_improvement(decision.action, context, drift, steps)
     scanflow_tracking.log_json(run_id, plan.to_dict(), "plan.json")
     scanflow_tracking.log_params(run_id, plan.params)
-    outcome = apply_improvement(plan, decision)
+    outcome = apply_improvement(plan, decision, steps)
     version = register_challenger(config, run_id, outcome, context)
     verdict = outcome.verdict(promotion_margin)
     previous = promote_or_keep(config, version, verdict)

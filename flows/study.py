@@ -92,7 +92,8 @@ def run_cell(config: study.StudyConfig, seed: int, corruption: str, severity: in
         improvement = study.timed(seconds, "improve", lambda: improve_flow(
             batch_path=str(paths[i]), shown_indices=shown, action=report.recommended_action, labels=labels,
             note="study: simulated person (true labels)", decided_by="oracle", batch_id=verdicts[i].batch_id,
-            seed=seed, remember_shift=False, data_dir=context.data_dir, tracking=tracking, model=model))
+            seed=seed, remember_shift=False, data_dir=context.data_dir, tracking=tracking, model=model,
+            steps=study.decision_steps(config, report.recommended_action)))
         decision = study.DecisionRecord(verdicts[i].batch_id, report.recommended_action, len(labels),
                                         improvement.challenger_version, improvement.promoted, improvement.reason)
         restore_champion(context.tracking_config, context.champion_version)

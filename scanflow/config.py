@@ -45,6 +45,10 @@ CHALLENGER_ALIAS = "challenger"
 #: How often `scanflow serve` asks the Prefect server for runs to start, in seconds. Prefect's default (10 s) would
 #: leave each step of a supervise loop run as deployments waiting 5 s on average before it starts.
 SERVE_POLL_S = 2
+#: Optimisation steps of one retraining round, and of a filter's denoiser, unless a decision says otherwise
+#: (`scanflow improve --steps`).
+RETRAIN_STEPS = 300
+DENOISER_STEPS = 500
 
 
 def apply_environment_defaults() -> None:

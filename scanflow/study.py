@@ -230,6 +230,13 @@ def filter_for(filters: Mapping[int, Any], corruption: str) -> Any:
     return filters[next(k for k, members in enumerate(FOLDS) if corruption in members)]
 
 
+def decision_steps(config: StudyConfig, action: str) -> int:
+    """The optimisation steps the oracle's decision runs with in the improve flow, the study's own budget: half of
+    `retrain_steps` per round of a retrain (as the person's column in `measure_remedies`), `denoiser_steps` for a
+    filter."""
+    return max(1, config.retrain_steps // 2) if action == "retrain" else config.denoiser_steps
+
+
 def measure_remedies(classifier: Any, detector: Detector, replay: LabeledImages, stream: LabeledImages, holdout: LabeledImages,
                      corrupted_holdout: torch.Tensor, filtered: Any, config: StudyConfig, seed: int,
                      seconds: dict[str, float]) -> dict[str, tuple[float, float]]:
@@ -250,7 +257,7 @@ def measure_remedies(classifier: Any, detector: Detector, replay: LabeledImages,
         return LabeledImages(stream.images[index], stream.labels[index] if labels is None else labels, stream.info, stream.split)
 
     plain = RetrainConfig(steps=config.retrain_steps, seed=seed, pseudo_share=0.0)
-    person = RetrainConfig(steps=max(1, config.retrain_steps // 2), seed=seed)
+    person = RetrainConfig(steps=decision_steps(config, "retrain"), seed=seed)
     accuracy = {NONE: score(classifier)}
     embeddings, probabilities = (t.numpy() for t in classifier.embed_and_predict_proba(stream.images))
     result = detector.predict(stream.images, probabilities=probabilities)

@@ -21,6 +21,7 @@ from torch.nn import functional as F
 
 from scanflow.adopt import ForeignClassifier, ForeignModule
 from scanflow.corruptions import CORRUPTIONS, FAMILIES, corrupt
+from scanflow.config import DENOISER_STEPS
 from scanflow.data import LabeledImages, validate_batch
 from scanflow.drift.base import Detector
 from scanflow.errors import ScanflowError, UnknownCorruptionError
@@ -37,7 +38,7 @@ class DenoiserConfig:
     training_images: int = 12_000
     clean_share: float = 0.25
     severities: tuple[int, ...] = (1, 2, 3, 4, 5)
-    steps: int = 500
+    steps: int = DENOISER_STEPS
     batch_size: int = 64
     learning_rate: float = 2e-3
     consistency_weight: float = 0.1

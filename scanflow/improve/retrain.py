@@ -19,6 +19,7 @@ import torch
 from torch.nn import functional as F
 
 from scanflow.adopt import ForeignClassifier, ForeignModule
+from scanflow.config import RETRAIN_STEPS
 from scanflow.data import LabeledImages
 from scanflow.drift.base import Detector
 from scanflow.errors import ScanflowError
@@ -31,7 +32,7 @@ from scanflow.train import _random_shift
 class RetrainConfig:
     """How a champion is fine-tuned. Shares are fractions of each optimisation batch (the rest is clean replay)."""
 
-    steps: int = 300
+    steps: int = RETRAIN_STEPS
     batch_size: int = 128
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4

@@ -79,6 +79,13 @@ def test_the_study_is_one_mlflow_run_and_leaves_the_champions_as_they_were(study
     challengers = [v for v in client.search_model_versions(f"name = '{model}'") if str(v.version) != "1"]
     decided = [r for r in csv.DictReader((out / "cells.csv").open()) if r["decision"] in ("filter", "retrain")]
     assert len(challengers) == len(decided)
+    # The oracle's decisions ran at the study's own budget (--retrain-steps 50: 25 per round; --denoiser-steps 100).
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    improve_runs = client.search_runs([experiment.experiment_id], "tags.`scanflow.kind` = 'improve'")
+    assert sorted(r.data.tags["scanflow.action"] for r in improve_runs) == sorted(r["decision"] for r in decided)
+    for improve in improve_runs:
+        key, steps = ("retrain_steps", "25") if improve.data.tags["scanflow.action"] == "retrain" else ("denoiser_steps", "100")
+        assert improve.data.params[key] == steps, improve.data.params
 
 
 def test_a_study_that_cannot_run_is_refused_with_its_fix_and_nothing_written(mlflow_store, tmp_path):

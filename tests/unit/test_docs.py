@@ -25,7 +25,8 @@ def test_the_site_builds_strictly_and_its_reference_shows_the_contracts(tmp_path
     assert "TamperedArtifactError" in (site / "reference" / "tracking" / "index.html").read_text()
     assert (site / "decisions" / "0003-no-code-from-storage" / "index.html").is_file()
     # The latest study's page shows its plots, which the site carries; the reference documents the study's records.
-    results = (site / "results" / "study" / "index.html").read_text()
-    for plot in ("budget", "stream", "detection", "remedies"):
-        assert f'src="../{plot}.png"' in results and (site / "results" / f"{plot}.png").stat().st_size > 10_000, plot
+    for dataset in ("mnist", "fashion-mnist"):
+        results = (site / "results" / dataset / "study" / "index.html").read_text()
+        for plot in ("budget", "stream", "detection", "remedies"):
+            assert f'src="../{plot}.png"' in results and (site / "results" / dataset / f"{plot}.png").stat().st_size > 10_000, (dataset, plot)
     assert "StudyConfig" in (site / "reference" / "study" / "index.html").read_text()

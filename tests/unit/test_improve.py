@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from scanflow.config import DENOISER_STEPS, RETRAIN_STEPS
 from scanflow.corruptions import corrupt
 from scanflow.drift.autoencoder import fit_detector
 from scanflow.drift.known import KnownShift, match_known_shift
@@ -269,6 +270,16 @@ def test_bad_decisions_are_refused_before_any_training(context):
         improver.apply(plan, Decision("filter"))
     with pytest.raises(InvalidDecisionError, match=r"no improver for 'ignore'"):
         improver_for("ignore")
+
+
+def test_a_decision_sets_the_improvers_steps_or_is_refused_before_anything_trains():
+    assert improver_for("retrain").config.steps == RETRAIN_STEPS and improver_for("filter").config.steps == DENOISER_STEPS
+    assert improver_for("retrain", 7).config.steps == 7 and improver_for("filter", 9).config.steps == 9
+    for bad in (0, -3, 2.5, True, "100"):
+        with pytest.raises(InvalidDecisionError) as refused:
+            improver_for("filter", bad)
+        assert str(refused.value) == (f"steps must be a whole number of optimisation steps, at least 1, got {bad!r}: leave it unset "
+                                      f"for the defaults ({RETRAIN_STEPS} per retraining round, {DENOISER_STEPS} for a filter's denoiser)")
 
 
 def test_context_refuses_indices_outside_the_batch(context):

@@ -176,3 +176,11 @@ def test_the_cli_and_the_flow_build_one_config_from_their_options():
     assert quick == study.StudyConfig("digits", budgets=(10, 20), batch_size=50)
     full = study.config_for("mnist", False, severities=[2])
     assert full.severities == (2,) and full.seeds == (0, 1, 2) and len(full.corruptions) == 15
+
+
+def test_the_oracles_decision_runs_at_the_studys_own_step_budget():
+    """The person's column in the tables and the decision the improve flow carries out train alike: a retrain runs
+    half of `retrain_steps` in each of its two rounds, a filter's denoiser `denoiser_steps`."""
+    config = study.quick_config("digits", retrain_steps=50, denoiser_steps=120)
+    assert study.decision_steps(config, "retrain") == 25 and study.decision_steps(config, "filter") == 120
+    assert study.decision_steps(study.quick_config("digits", retrain_steps=1), "retrain") == 1
