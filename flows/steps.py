@@ -1,6 +1,7 @@
-"""How the supervise flow runs its steps: as sub-flows in its own process (the default), or as deployments
-(`run_deployment`, linked as sub-flows in the UI) so each step can run on its own infrastructure: a process worker,
-a Docker container, a Kubernetes pod. The flow code is the same either way; only `step_deployments` changes."""
+"""How the supervise flow runs its steps: as sub-flows in its own process (the default), as deployments
+(`run_deployment`, linked as sub-flows in the UI) so each step can run on its own infrastructure (a process worker,
+a Docker container, a Kubernetes pod), or with `inline` the per-batch steps (`INLINE_STEPS`) as tasks of the
+supervise run itself. The flow code is the same every way; only `step_deployments` or `inline` changes."""
 
 from __future__ import annotations
 
@@ -15,6 +16,10 @@ from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settin
 from scanflow.errors import ScanflowError
 
 STEP_POLL_INTERVAL_S = 1
+#: The steps every batch runs, which `inline` runs as the supervise run's own tasks: a sub-flow's start and end cost
+#: more than their models' work (benchmarks/README.md, Loop). Improve (minutes of training) and ask-human (a pause
+#: needs a flow run of its own) stay sub-flows.
+INLINE_STEPS = ("predict", "detect")
 
 
 def in_process(step: Flow, *args: Any, **parameters: Any) -> Any:
@@ -31,15 +36,23 @@ class StepFailedError(ScanflowError, RuntimeError):
 
 class Steps:
     """Runs step flows with the supervise run's `tracking` and `storage` blocks passed on (to the steps that take
-    them); `deployment` None means sub-flows here."""
+    them); `deployment` None means sub-flows here, and with `inline` the steps of `INLINE_STEPS` run as tasks of the
+    calling flow run (their MLflow runs and Prefect artifacts are the same, linked to that run). Raises ScanflowError
+    for `inline` with a deployment: inline steps run here, deployments elsewhere."""
 
-    def __init__(self, deployment: str | None = None, tracking: str | None = None, storage: str | None = None) -> None:
+    def __init__(self, deployment: str | None = None, tracking: str | None = None, storage: str | None = None,
+                 inline: bool = False) -> None:
+        if inline and deployment is not None:
+            raise ScanflowError(f"inline steps run in this process and step deployments ({deployment!r}) elsewhere: choose one")
         self.deployment = deployment
+        self.inline = inline
         self.blocks = {"tracking": tracking, "storage": storage}
 
     def run(self, step: Flow, **parameters: Any) -> Any:
         accepted = inspect.signature(step.fn).parameters
         parameters.update({name: block for name, block in self.blocks.items() if name in accepted})
+        if self.inline and step.name in INLINE_STEPS:
+            return step.fn(**parameters)
         if self.deployment is None:
             return in_process(step, **parameters)
         name = f"{step.name}/{self.deployment}"

@@ -453,6 +453,7 @@ def supervise_flow(
     demo: bool = False,
     stream: str | None = None,
     files_per_batch: int | None = None,
+    inline_steps: bool = False,
 ) -> dict:
     """Supervise a production stream batch by batch (see the module docstring).
 
@@ -476,12 +477,14 @@ def supervise_flow(
     (default: the environment); `storage` a ScanflowStorage block whose bucket receives predictions and verdicts
     (default: the environment). `step_deployments` names the deployments the steps run as (`predict/<name>`,
     `detect/<name>`, ...: e.g. 'process' or 'docker' from infra/prefect.yaml); None runs them as sub-flows here.
+    `inline_steps` runs each batch's predict and detect as tasks of this run instead of sub-flows (`flows.steps.INLINE_STEPS`):
+    the same MLflow runs and Prefect artifacts, linked to this run, in about half the time per batch.
     """
     settings = supervision_settings(policy, budget=budget, alpha=alpha, pause_timeout_s=pause_timeout_s,
                                     action_on_timeout=action_on_timeout, promotion_margin=promotion_margin,
                                     ask_known_shifts=ask_known_shifts)
     print(f"supervision policy: {settings}")
-    steps = Steps(step_deployments, tracking, storage)
+    steps = Steps(step_deployments, tracking, storage, inline=inline_steps)
     config = tracking_config(tracking)
     store = storage_store(storage)
     if stream is not None:

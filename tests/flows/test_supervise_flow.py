@@ -125,6 +125,38 @@ def test_a_clean_batch_leaves_every_record_the_loop_keeps(env, tmp_path):
     assert sorted(artifact.path for artifact in client.list_artifacts(stream_run.info.run_id)) == ["stream.png", "stream.svg"]
 
 
+def test_inline_steps_keep_the_same_records_on_the_supervise_run_itself(env, tmp_path):
+    """`inline_steps`: predict and detect run as tasks of the supervise run, not sub-flows. Every record of the
+    test above is kept: the same MLflow runs (with their metrics and artifacts), now linked to the supervise run,
+    and the same Prefect artifacts, on it; the verdicts equal the sub-flows'."""
+    as_subflows = supervise_flow(stream_dir=_stream(tmp_path / "a", n_batches=2, drift_at=2), human="oracle")
+    result = supervise_flow(stream_dir=_stream(tmp_path / "b", n_batches=2, drift_at=2), human="oracle", inline_steps=True)
+    assert [(r["batch"], r["drift"], r["p_value"]) for r in result["batches"]] == [(r["batch"], r["drift"], r["p_value"]) for r in as_subflows["batches"]]
+    parent = result["prefect_flow_run_id"]
+    with get_client(sync_client=True) as prefect:
+        children = prefect.read_flow_runs(flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent])))
+        artifacts = prefect.read_artifacts(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[parent])))
+        tasks = prefect.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[parent])))
+    assert children == []
+    published = sorted(f"{artifact.type}:{artifact.key}" for artifact in artifacts if artifact.key in ("drift-summary", "critical-samples", "predictions"))
+    assert published == ["markdown:drift-summary"] * 2 + ["table:critical-samples"] * 2 + ["table:predictions"] * 2
+    assert sorted(t.name.rsplit("-", 1)[0] for t in tasks if t.name.startswith(("predict-", "detect-"))) == ["detect"] * 2 + ["predict"] * 2
+
+    client = mlflow_client(env["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name(env["SCANFLOW_EXPERIMENT"]).experiment_id
+    runs = client.search_runs([experiment], filter_string=f"tags.`prefect.flow_run_id` = '{parent}'", max_results=100)
+    records = sorted((run.data.tags.get(BATCH_ID_TAG, ""), run.data.tags[KIND_TAG], run.info.status, sorted(run.data.metrics),
+                      sorted(artifact.path for artifact in client.list_artifacts(run.info.run_id))) for run in runs)
+    detect_metrics = ["n", "n_critical", "p_value", "statistic", "threshold"]
+    stream_metrics = sorted(client.get_run(next(r.info.run_id for r in runs if r.data.tags[KIND_TAG] == "supervise")).data.metrics)
+    assert records == [("", "supervise", "FINISHED", stream_metrics, ["stream.png", "stream.svg"])] + [
+        (batch, kind, "FINISHED", metrics, files)
+        for batch in ("batch-000", "batch-001")
+        for kind, metrics, files in (("detect", detect_metrics, ["critical_samples.png", "drift_result.json"]),
+                                     ("predict", ["n", "n_rejected"], ["predictions.csv"]))
+    ]
+
+
 def test_a_drift_a_person_decided_about_is_not_asked_about_again_in_the_stream(env, tmp_path):
     """One drift, one question: the person ignores the shot noise of batch-001, so batch-002, the same shift, is
     reported as known and nobody is paused for it (a second pause would go unanswered and end by timeout)."""

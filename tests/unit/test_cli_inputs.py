@@ -58,6 +58,8 @@ BAD_COMMAND_LINES = [
     (["supervise", "--stream", "{missing}"], HANDLER + "no stream folder {missing}: give a folder (or s3://bucket/prefix/) whose sub-folders are batches of images"),
     (["supervise", "--stream", "{dir}", "--demo"], HANDLER + "--stream is a folder of image files; --stream-dir and --demo are a stream of .npy batches"),
     (["supervise", "--demo", "--files-per-batch", "3"], HANDLER + "--files-per-batch goes with --stream (a folder of image files)"),
+    (["supervise", "--demo", "--inline-steps", "--step-deployments", "docker"],
+     HANDLER + "--inline-steps runs the steps in this process and --step-deployments docker elsewhere: give one of them"),
     (["supervise", "--stream", "{dir}", "--files-per-batch", "0"], ARGPARSE + "--files-per-batch: must be an integer >= 1, got 0"),
     (["supervise", "--demo", "--batches", "0"], ARGPARSE + "--batches: must be an integer >= 1, got 0"),
     (["supervise", "--demo", "--batch-size", "0"], ARGPARSE + "--batch-size: must be an integer >= 1, got 0"),
@@ -94,6 +96,8 @@ BAD_COMMAND_LINES = [
     (["improve", "--batch", "{good}", "--shown", "1", "--action", "filter", "--margin", "2"],
      HANDLER + "promotion margin must be a fraction in [0, 1), got 2.0"),
     (["improve", "--batch", "{good}", "--shown", "1", "--action", "filter", "--batch-id", "x y"], ARGPARSE + "--batch-id: a batch id"),
+    (["improve", "--batch", "{good}", "--shown", "1", "--action", "filter", "--steps", "0"], ARGPARSE + "--steps: must be an integer >= 1, got 0"),
+    (["improve", "--batch", "{good}", "--shown", "1", "--action", "filter", "--steps", "many"], ARGPARSE + "--steps: must be an integer >= 1, got 'many'"),
     # servers and the registry
     (["server", "start", "--port", "0"], ARGPARSE + "--port: must be an integer >= 1, got 0"),
     (["stack", "up", "--prefect-port", "70000"], ARGPARSE + "--prefect-port: must be a TCP port 1..65535, got 70000"),
