@@ -10,7 +10,6 @@ thread counts).
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -100,7 +99,7 @@ def default_epochs(n_train: int) -> int:
 
 
 def _setup(config: TrainConfig) -> torch.Generator:
-    torch.set_num_threads(config.threads or os.cpu_count() or 1)
+    torch.set_num_threads(config.threads or torch.get_num_threads())
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     return generator

@@ -10,6 +10,12 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("SCANFLOW_TEST_MNIST_DIR", str(REPO.parent / "shared" / "data" / "mnist"))
 os.environ["SCANFLOW_ALLOW_DOWNLOAD"] = "0"
+# pytest-xdist's workers share the cores. A worker whose OpenMP pool is wider than its share of them spins on threads
+# the other worker has descheduled: the MNIST training test takes 24 s alone at 2 threads, 99 s beside another worker
+# at 2 and 42 s at 1. So each worker, and every process it starts (flow runs, the CLI), gets its share.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
 
 import scanflow  # noqa: E402, F401  (applies the telemetry-off environment defaults before mlflow/prefect load)
 
