@@ -15,8 +15,11 @@ ifneq ($(filter true,$(CI))$(filter 1,$(SCANFLOW_DOCKER_TESTS)),)
 TEST_DEB_PACKAGES += docker.io docker-compose debootstrap
 endif
 # Two workers, a test module each at a time: the suite waits on its servers (start-ups, polls, restarts) about a
-# third of its time, and the other worker fills it. `make test PYTEST_ARGS=` runs it in one process.
-PYTEST_ARGS ?= -n 2 --dist loadfile
+# third of its time, and the other worker fills it. Modules go out in the order of tests/ (the end-to-end modules
+# of tests/flows, minutes each, first; the unit modules last, to even out the end), not pytest-xdist's default of
+# the most tests first, which left the longest one-test modules for last. `make test PYTEST_ARGS=` runs it in one
+# process.
+PYTEST_ARGS ?= -n 2 --dist loadfile --no-loadscope-reorder
 
 # torch is pinned to the wheels this project is developed with (CUDA builds that run on the CPU, served from the
 # local wheel cache here); elsewhere override, e.g. `make demo TORCH_SPEC="torch torchvision"`.

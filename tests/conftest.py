@@ -21,13 +21,25 @@ import scanflow  # noqa: E402, F401  (applies the telemetry-off environment defa
 
 
 @pytest.fixture(autouse=True)
-def _no_leaked_mlflow_experiment():
-    """A test that makes an experiment active (``mlflow.set_experiment``) does not leave its id to the next test, whose
-    server may not have it."""
+def _no_leaked_mlflow_state():
+    """A test leaves none of MLflow's process-wide state to the next test, whose server may not have it or may be
+    gone: the active experiment (``mlflow.set_experiment``), and the tracking and registry URIs, which
+    ``mlflow.set_tracking_uri``/``set_registry_uri`` also export as MLFLOW_TRACKING_URI/MLFLOW_REGISTRY_URI."""
     from mlflow.tracking import fluent
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
 
+    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    environment = {name: os.environ.get(name) for name in names}
+    uris = tracking_utils._tracking_uri, registry_utils._registry_uri
     yield
     fluent._active_experiment_id = None
+    tracking_utils._tracking_uri, registry_utils._registry_uri = uris
+    for name, value in environment.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 def require(path: Path, what: str) -> Path:
