@@ -99,7 +99,8 @@ def default_epochs(n_train: int) -> int:
 
 
 def _setup(config: TrainConfig) -> torch.Generator:
-    torch.set_num_threads(config.threads or torch.get_num_threads())
+    if config.threads:
+        torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     return generator
