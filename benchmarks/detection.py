@@ -59,14 +59,17 @@ from scanflow.train import TrainConfig, train_autoencoder, train_classifier
 SCANFLOW = "scanflow"
 #: Scanflow's detector with the optional embedding component (`--embedding`): shown for information.
 SCANFLOW_EMBEDDING = "scanflow_embedding"
+#: Scanflow's detector with its reconstruction score two-sided (`--two-sided`): shown for information.
+SCANFLOW_TWO_SIDED = "scanflow_two_sided"
 EVIDENTLY = "evidently"
 BASELINES = ("quota", "bbsd", "mmd", "pixel_stats")
 """The published baselines (a)-(c), (e); (d) MSP is BBSD's sample score. Scanflow's targets are judged against these."""
 
-DETECTOR_ORDER = (SCANFLOW, SCANFLOW_EMBEDDING, EVIDENTLY, *BASELINES)
+DETECTOR_ORDER = (SCANFLOW, SCANFLOW_TWO_SIDED, SCANFLOW_EMBEDDING, EVIDENTLY, *BASELINES)
 DETECTOR_LABELS = {
     SCANFLOW: "scanflow (autoencoder)",
     SCANFLOW_EMBEDDING: "scanflow + embedding component",
+    SCANFLOW_TWO_SIDED: "scanflow, two-sided reconstruction",
     EVIDENTLY: "evidently",
     "quota": "quota (fixed rule)",
     "bbsd": "bbsd (sample: msp)",
@@ -141,6 +144,7 @@ class BenchmarkConfig:
     epochs: int | None = None
     autoencoder_epochs: int | None = None
     embedding: bool = False
+    two_sided: bool = False
     date: str = field(default_factory=lambda: datetime.datetime.now().strftime("%Y-%m-%d %H:%M"))
 
     @property
@@ -157,6 +161,7 @@ class BenchmarkConfig:
             f"{os.cpu_count()} cpu / {torch.get_num_threads()} torch threads"
             + (f", epochs {self.epochs or 'default'}/{self.autoencoder_epochs or 'default'}" if self.epochs or self.autoencoder_epochs else "")
             + (", with the embedding detector" if self.embedding else "")
+            + (", with the two-sided reconstruction detector" if self.two_sided else "")
         )
 
 
@@ -192,6 +197,8 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchmarkConfig:
     parser.add_argument("--output", type=Path, help="also write the tables as Markdown to this file")
     parser.add_argument("--embedding", action="store_true", help="also score Scanflow's detector with its optional "
                         "embedding component (the classifier's hidden features), for information")
+    parser.add_argument("--two-sided", action="store_true", help="also score Scanflow's detector with its "
+                        "reconstruction score two-sided (too good a reconstruction counts as strange), for information")
     args = parser.parse_args(argv)
     defaults = QUICK_DEFAULTS if args.quick else FULL_DEFAULTS
 
@@ -218,6 +225,7 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchmarkConfig:
         epochs=args.epochs,
         autoencoder_epochs=args.autoencoder_epochs,
         embedding=args.embedding,
+        two_sided=args.two_sided,
     )
     _validate(config, parser)
     return config
@@ -341,6 +349,8 @@ def build_detectors(
         SCANFLOW: AutoencoderDetector(classifier, autoencoder, calibration_windows=windows, **common),
         **({SCANFLOW_EMBEDDING: AutoencoderDetector(classifier, autoencoder, components=COMPONENTS + ("embedding",),
                                                     calibration_windows=windows, **common)} if config.embedding else {}),
+        **({SCANFLOW_TWO_SIDED: AutoencoderDetector(classifier, autoencoder, two_sided=("reconstruction", "embedding"),
+                                                    calibration_windows=windows, **common)} if config.two_sided else {}),
         "quota": QuotaDetector(autoencoder, **common),
         "bbsd": BBSDDetector(classifier, **common),
         "mmd": MMDDetector.untrained_autoencoder(info, latent_dim=LATENT_DIM, **common),

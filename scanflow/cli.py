@@ -20,13 +20,14 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from scanflow.config import CHAMPION_ALIAS, DENOISER_STEPS, RETRAIN_STEPS, SERVE_POLL_S
+from scanflow.config import CHAMPION_ALIAS, DENOISER_STEPS, RETRAIN_STEPS, SERVE_POLL_S, WARM_COMMANDS
 from scanflow.errors import ScanflowError, ServiceUnavailableError
 
 if TYPE_CHECKING:
     import torch
 
     from flows.pending import PendingDecision
+    from scanflow.warm import Answer
 
 EPILOG = """\
 examples:
@@ -42,6 +43,7 @@ examples:
   scanflow supervise --demo              the whole loop on a demo stream written to ./stream (clean, then corrupted)
   scanflow rollback                      give the champion alias back to the version it replaced
   scanflow server start                  keep a local Prefect server running (every command then uses it)
+  scanflow runner start                  keep detect and predict warm: they then answer in about a second
   scanflow pending                       list the decisions waiting for a person
 """
 
@@ -447,6 +449,17 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("action", choices=("start", "stop", "status"))
     server.add_argument("--port", type=port_number, help="start: the port (default 4200 when free, else a free one)")
     server.set_defaults(handler=_server)
+
+    runner = commands.add_parser(
+        "runner", help="a warm process that runs detect and predict without their start-up cost: start, stop, status",
+        description="start: a background process (recorded in $SCANFLOW_HOME/runner.json) that imports torch, Prefect, "
+        "MLflow and the flows once, then runs `scanflow detect` and `scanflow predict` for every shell with the same "
+        "Prefect server and the same MLFLOW_*, SCANFLOW_*, AWS_* and PREFECT_* settings as the shell that started it: "
+        "the same runs and records, in about a second instead of several. Needs a Prefect server (`scanflow server "
+        "start`). stop: stop it. status: running or stopped.",
+    )
+    runner.add_argument("action", choices=("start", "stop", "status"))
+    runner.set_defaults(handler=_runner)
 
     notify = commands.add_parser(
         "notify", help="POST to a webhook whenever a decision starts waiting (a Prefect automation on the server)",
@@ -868,6 +881,11 @@ def _server(args: argparse.Namespace) -> int:
 
     home = local.scanflow_home()
     if args.action == "stop":
+        from scanflow import warm
+
+        record, runner = local.read_server_record(home), warm.read_runner_record(home)
+        if record is not None and runner is not None and runner.api_url == record.api_url:
+            print(warm.stop_runner(home))  # its runs would only fail against the stopped server
         print(local.stop_persistent_server(home))
         return 0
     if args.action == "start":
@@ -1090,6 +1108,27 @@ def prefect_ui_hint(flow_run_id: str) -> str:
     )
 
 
+def _run_warm(argv: list[str]) -> "Answer | None":
+    from scanflow.warm import run_in_runner
+
+    return run_in_runner(argv)
+
+
+def _runner(args: argparse.Namespace) -> int:
+    from scanflow import warm
+
+    if args.action == "start":
+        record, started = warm.start_runner()
+        print(f"warm runner {'started' if started else 'already running'} (pid {record.pid}; Prefect API {record.api_url}; "
+              f"log {record.log_path})\n`scanflow {'` and `scanflow '.join(WARM_COMMANDS)}` in a shell with these settings "
+              "now run there, with the models' libraries already loaded")
+    elif args.action == "stop":
+        print(warm.stop_runner())
+    else:
+        print(warm.runner_status())
+    return 0
+
+
 def _hide_tracebacks_of_user_errors() -> None:
     """Log records about a ScanflowError (Prefect logs a failed task or flow with its traceback) keep their message
     and lose the traceback: the message already names the problem and the fix, and the CLI prints it once at the end."""
@@ -1107,14 +1146,22 @@ def _hide_tracebacks_of_user_errors() -> None:
     logging.setLogRecordFactory(message_only)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, warm: bool = True) -> int:
     """Run one command. Exit codes: 0 done, 2 a ScanflowError (bad input; the message names the fix), 3 a needed
-    server is missing, 1 anything else; tracebacks only with --debug or SCANFLOW_DEBUG=1."""
+    server is missing, 1 anything else; tracebacks only with --debug or SCANFLOW_DEBUG=1. With `warm`, `detect` and
+    `predict` go to the warm runner when one may take them (`scanflow.warm.run_in_runner`)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     debug = args.debug or os.environ.get("SCANFLOW_DEBUG") == "1"
     if not debug:
         _hide_tracebacks_of_user_errors()
     try:
+        if warm and args.command in WARM_COMMANDS:
+            answer = _run_warm(argv)
+            if answer is not None:
+                sys.stdout.write(answer.stdout)
+                sys.stderr.write(answer.stderr)
+                return answer.code
         return args.handler(args)
     except ServiceUnavailableError as error:
         print(f"scanflow: error: {error}", file=sys.stderr)

@@ -37,6 +37,10 @@ ENVIRONMENT_DEFAULTS: dict[str, str] = {
 #: which an MLflow server spends on each request its own clients then retry.
 S3_RETRY_ENVIRONMENT = {"AWS_RETRY_MODE": "standard", "AWS_MAX_ATTEMPTS": "3"}
 
+#: The CLI commands the warm runner takes (`scanflow runner start`, `scanflow.warm`); every other one runs in the
+#: command's own process.
+WARM_COMMANDS = ("detect", "predict")
+
 DEFAULT_EXPERIMENT = "scanflow"
 DEFAULT_CLASSIFIER_NAME = "scanflow-classifier"
 DEFAULT_AUTOENCODER_NAME = "scanflow-autoencoder"

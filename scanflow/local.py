@@ -261,29 +261,35 @@ def stop_persistent_server(home: Path | None = None, timeout_s: float = 20) -> s
         _remove_server_record(home)
         return (f"pid {record.pid} now belongs to another process, not the Prefect server recorded in {home}: "
                 "left it alone and removed the stale record")
-    group: int | None = None
-    with contextlib.suppress(ProcessLookupError):
-        group = record.pid if os.getpgid(record.pid) == record.pid else None
-    _signal(record.pid, group, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while _alive(record) and time.monotonic() < deadline:
-        _reap(record.pid)
-        time.sleep(0.2)
-    if _alive(record):
-        _signal(record.pid, group, signal.SIGKILL)
-        deadline = time.monotonic() + 5.0
-        while _alive(record) and time.monotonic() < deadline:
-            _reap(record.pid)
-            time.sleep(0.1)
+    stop_recorded_process(record.pid, record.start_time, timeout_s)
     _remove_server_record(home)
     return f"stopped the Prefect server on {record.ui_url} (pid {record.pid})"
 
 
-def _alive(record: ServerRecord) -> bool:
-    """Whether the recorded process has not yet exited. Compares the start time only: an exiting process has
-    already released its memory, so its cmdline reads empty before it is gone."""
-    identity = process_identity(record.pid)
-    return identity is not None and identity[0] == record.start_time
+def stop_recorded_process(pid: int, start_time: int, timeout_s: float = 20) -> None:
+    """SIGTERM to the process `pid` started at `start_time` (to its process group when it leads one), SIGKILL after
+    `timeout_s`; returns once it has exited (at most 5 s after the SIGKILL)."""
+    group: int | None = None
+    with contextlib.suppress(ProcessLookupError):
+        group = pid if os.getpgid(pid) == pid else None
+    _signal(pid, group, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while _alive(pid, start_time) and time.monotonic() < deadline:
+        _reap(pid)
+        time.sleep(0.2)
+    if _alive(pid, start_time):
+        _signal(pid, group, signal.SIGKILL)
+        deadline = time.monotonic() + 5.0
+        while _alive(pid, start_time) and time.monotonic() < deadline:
+            _reap(pid)
+            time.sleep(0.1)
+
+
+def _alive(pid: int, start_time: int) -> bool:
+    """Whether the process `pid` started at `start_time` has not yet exited. Compares the start time only: an exiting
+    process has already released its memory, so its cmdline reads empty before it is gone."""
+    identity = process_identity(pid)
+    return identity is not None and identity[0] == start_time
 
 
 def _signal(pid: int, group: int | None, signum: int) -> None:

@@ -191,9 +191,12 @@ class AutoencoderDetector(Detector):
         autoencoder: Autoencoder,
         components: tuple[str, ...] = COMPONENTS,
         reconstruction_precision: str = "auto",
+        two_sided: tuple[str, ...] = TWO_SIDED_COMPONENTS,
         **kwargs: Any,
     ) -> None:
-        """`reconstruction_precision`: the decoder's precision for the reconstruction errors (see
+        """`two_sided`: the components scored by their distance from clean in either direction (default
+        `TWO_SIDED_COMPONENTS`); raises ValueError for a name outside `components`' choices.
+        `reconstruction_precision`: the decoder's precision for the reconstruction errors (see
         `RECONSTRUCTION_PRECISIONS`). bfloat16 is faster on a CPU with native bfloat16 and moves the errors by
         0.2 % on average; the latent vectors stay float32. The fitted detector keeps the precision it was fitted
         with, so its scores stay comparable with its calibration on whatever machine loads it; on a CPU without
@@ -206,7 +209,10 @@ class AutoencoderDetector(Detector):
             raise ValueError(
                 f"reconstruction_precision must be one of {RECONSTRUCTION_PRECISIONS}, got {reconstruction_precision!r}"
             )
+        if set(two_sided) - set(COMPONENTS + OPTIONAL_COMPONENTS):
+            raise ValueError(f"two_sided must name components of {COMPONENTS + OPTIONAL_COMPONENTS}, got {two_sided}")
         self.reconstruction_precision = reconstruction_precision
+        self.two_sided = tuple(two_sided)
         self.classifier = classifier.eval()
         self.autoencoder = autoencoder.eval()
         self.components = tuple(components)
@@ -245,7 +251,7 @@ class AutoencoderDetector(Detector):
     def _features(self, images: torch.Tensor, probabilities: np.ndarray | None = None) -> Features:
         latent, raw, pixels = self._raw_components(images, probabilities)
         standardised = (raw - self._component_location) / self._component_scale
-        two_sided = [i for i, c in enumerate(self.components) if c in TWO_SIDED_COMPONENTS]
+        two_sided = [i for i, c in enumerate(self.components) if c in self.two_sided]
         standardised[:, two_sided] = np.abs(standardised[:, two_sided])
         return {
             "latent": latent,
@@ -336,6 +342,7 @@ class AutoencoderDetector(Detector):
             "classifier": self.classifier if isinstance(self.classifier, Classifier) else None,
             "autoencoder": self.autoencoder,
             "components": self.components,
+            "two_sided": self.two_sided,
             "latent_mean": self._latent_mean,
             "latent_precision": self._latent_precision,
             "pixel_mean": self._pixel_mean,
@@ -354,6 +361,7 @@ class AutoencoderDetector(Detector):
         self.classifier = None if state["classifier"] is None else state["classifier"].eval()
         self.autoencoder = state["autoencoder"].eval()
         self.components = state["components"]
+        self.two_sided = tuple(state.get("two_sided", TWO_SIDED_COMPONENTS))  # absent before the choice existed
         self._latent_mean = state["latent_mean"]
         self._latent_precision = state["latent_precision"]
         self._pixel_mean = state["pixel_mean"]

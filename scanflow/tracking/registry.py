@@ -12,10 +12,12 @@ then supervised) are in `scanflow.tracking.adopted`.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import tempfile
-from collections.abc import Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -355,22 +357,49 @@ def load_models(config: TrackingConfig, alias: str = CHAMPION_ALIAS) -> LoadedMo
     )
 
 
+#: How many loaded versions (served models, detectors) a process keeps (`_loaded_once`).
+LOADED_VERSIONS_KEPT = 8
+_LOADED_VERSIONS: OrderedDict[tuple[str, ...], Any] = OrderedDict()
+
+
+def _loaded_once(kind: str, config: TrackingConfig, version: Any, load: Callable[[], Any]) -> Any:
+    """What `load()` gives for this registered version, loaded (downloaded, digest-checked, deserialised) once per
+    process: a loop asks for the champion at every batch, and a version's files never change once registered. The key
+    holds the version's run and creation time besides its number, so a model deleted and registered again under the
+    same name and number is loaded anew. The LOADED_VERSIONS_KEPT most recent are kept."""
+    key = (kind, config.tracking_uri, config.classifier_name, str(version.version), str(version.run_id),
+           str(version.creation_timestamp))
+    if key in _LOADED_VERSIONS:
+        _LOADED_VERSIONS.move_to_end(key)
+        return _LOADED_VERSIONS[key]
+    loaded = load()
+    _LOADED_VERSIONS[key] = loaded
+    while len(_LOADED_VERSIONS) > LOADED_VERSIONS_KEPT:
+        _LOADED_VERSIONS.popitem(last=False)
+    return loaded
+
+
 @_tracking_errors
 def load_detector(config: TrackingConfig, alias: str = CHAMPION_ALIAS) -> tuple[Detector, str]:
     """The detector logged beside the classifier version at `alias`, and that version; its file is checked against
-    the sha256 recorded at logging (TamperedArtifactError when it differs)."""
+    the sha256 recorded at logging (TamperedArtifactError when it differs). Each call gets a detector of its own (a
+    shallow copy of the one loaded once per process, `_loaded_once`), so `at_alpha` on it changes no other caller's."""
     from scanflow.tracking.adopted import _adopted_contract, load_foreign_classifier
 
     version = _version_by_alias(config, alias)
     uri = _required_tag(config, version, DETECTOR_TAG, "no drift detector was logged beside it")
-    with tempfile.TemporaryDirectory() as tmp:
-        path = download_run_artifact(config.tracking_uri, uri, tmp)
-        verify_digests(tmp, version.tags.get(DETECTOR_DIGEST_TAG), f"the detector of {config.classifier_name} version {version.version} ({uri})")
-        detector = Detector.load(path)
-    contract = _adopted_contract(version)
-    if contract is not None:  # an adopted model's detector is stored without it: its own loader brings it
-        detector.classifier = load_foreign_classifier(config.tracking_uri, version, contract)
-    return detector, str(version.version)
+
+    def load() -> Detector:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = download_run_artifact(config.tracking_uri, uri, tmp)
+            verify_digests(tmp, version.tags.get(DETECTOR_DIGEST_TAG), f"the detector of {config.classifier_name} version {version.version} ({uri})")
+            detector = Detector.load(path)
+        contract = _adopted_contract(version)
+        if contract is not None:  # an adopted model's detector is stored without it: its own loader brings it
+            detector.classifier = load_foreign_classifier(config.tracking_uri, version, contract)
+        return detector
+
+    return copy.copy(_loaded_once(f"detector:{uri}", config, version, load)), str(version.version)
 
 
 # ------------------------------------------------------------------------------------- improvement and promotion
@@ -588,7 +617,8 @@ class ServedModel:
 
 @_tracking_errors
 def load_served_model(config: TrackingConfig, alias: str = CHAMPION_ALIAS) -> ServedModel:
-    """The pyfunc of the classifier at `alias`, with the dataset description it was trained for."""
+    """The pyfunc of the classifier at `alias`, with the dataset description it was trained for; loaded once per
+    process and version (`_loaded_once`)."""
     from scanflow.data import dataset_info
     from scanflow.tracking.adopted import _adopted_contract, _adopted_parts
 
@@ -598,13 +628,20 @@ def load_served_model(config: TrackingConfig, alias: str = CHAMPION_ALIAS) -> Se
         from scanflow.adopt import AdoptedServing
         from scanflow.improve.filter import FilteredClassifier
 
-        with tempfile.TemporaryDirectory() as tmp:
-            local = _download_verified(_client(config), config.classifier_name, version, tmp)
-            classifier, denoiser, gate = _adopted_parts(local, version, contract)
-        served = FilteredClassifier(classifier, denoiser, gate_threshold=gate) if denoiser is not None else classifier
+        def load_adopted() -> Any:
+            with tempfile.TemporaryDirectory() as tmp:
+                local = _download_verified(_client(config), config.classifier_name, version, tmp)
+                classifier, denoiser, gate = _adopted_parts(local, version, contract)
+            served = FilteredClassifier(classifier, denoiser, gate_threshold=gate) if denoiser is not None else classifier
+            return AdoptedServing(served)
+
         info = contract.info(config.classifier_name, f"models:/{config.classifier_name}/{version.version}")
-        return ServedModel(AdoptedServing(served), str(version.version), info)
-    with tempfile.TemporaryDirectory() as tmp, _quiet_mlflow():
-        local = _download_verified(_client(config), config.classifier_name, version, tmp)
-        model = mlflow.pyfunc.load_model(local)
+        return ServedModel(_loaded_once("served-adopted", config, version, load_adopted), str(version.version), info)
+
+    def load() -> Any:
+        with tempfile.TemporaryDirectory() as tmp, _quiet_mlflow():
+            local = _download_verified(_client(config), config.classifier_name, version, tmp)
+            return mlflow.pyfunc.load_model(local)
+
+    model = _loaded_once("served", config, version, load)
     return ServedModel(model, str(version.version), dataset_info(version.tags.get(DATASET_TAG, "default")))

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +17,9 @@ from prefect.events.filters import EventFilter, EventNameFilter
 
 from flows.detect import detect_flow
 from scanflow.corruptions import corrupt
+from scanflow import warm
 from scanflow.errors import InvalidBatchError
+from scanflow.local import process_identity
 from scanflow.tracking import mlflow_client
 from tests.flows.conftest import digits_champion
 
@@ -152,3 +156,58 @@ def test_after_a_promoted_retrain_clean_batches_pass_and_a_repeat_of_the_shift_i
     assert sum(c.is_drift for c in clean) <= 1, [c.p_value for c in clean]
     repeated = detect_flow(batch_path=again, report=False)
     assert repeated.is_drift and repeated.known_shift.batch_id == "bright-a" and repeated.known_shift.decision == "retrain"
+
+
+def test_cli_detect_and_predict_answer_from_the_warm_runner_with_the_same_records(env, digits, prefect_server, tmp_path):
+    """`scanflow runner start` keeps a process warm; detect and predict from a shell with the same settings run there
+    (its log shows each request), give what a cold command gives and make the same MLflow runs. A shell with other
+    settings is told once and runs the command itself; a request without the runner's token is refused."""
+    home = tmp_path / "home"
+    run_env = {**os.environ, "PREFECT_API_URL": prefect_server, "SCANFLOW_HOME": str(home)}
+
+    def scanflow(*args: str, **extra: str) -> subprocess.CompletedProcess:
+        result = subprocess.run([sys.executable, "-m", "scanflow.cli", *args], env={**run_env, **extra}, cwd=tmp_path,
+                                capture_output=True, text=True, timeout=300)
+        assert "Traceback" not in result.stdout + result.stderr
+        return result
+
+    _, test = digits
+    np.save(tmp_path / "warm.npy", test.images[:60, 0].numpy())
+    cold = scanflow("detect", "--batch", "warm.npy", "--json", "--no-report")
+    assert cold.returncode == 0, cold.stderr[-2000:]
+    started = scanflow("runner", "start")
+    assert started.returncode == 0 and "warm runner started" in started.stdout, started.stderr
+    record = warm.read_runner_record(home)
+    log = Path(record.log_path)
+    try:
+        assert scanflow("runner", "status").stdout.startswith(f"running: pid {record.pid}")
+        hot = scanflow("detect", "--batch", "warm.npy", "--json", "--no-report")
+        assert hot.returncode == 0 and hot.stderr == "", hot.stderr
+        assert log.read_text().count('"POST /run HTTP/1.1" 200') == 1
+        cold_verdict, hot_verdict = json.loads(cold.stdout[cold.stdout.index("{"):]), json.loads(hot.stdout)
+        for key in ("n", "batch_id", "is_drift", "statistic", "p_value", "model_version"):
+            assert hot_verdict[key] == cold_verdict[key], key
+        run = mlflow_client(env["MLFLOW_TRACKING_URI"]).get_run(hot_verdict["mlflow_run_id"])
+        assert run.info.status == "FINISHED" and run.data.metrics["p_value"] == pytest.approx(hot_verdict["p_value"])
+        assert hot_verdict["mlflow_run_id"] != cold_verdict["mlflow_run_id"]
+
+        predicted = scanflow("predict", "--batch", "warm.npy")
+        assert predicted.returncode == 0 and predicted.stdout.startswith("warm: 60 labels by v"), predicted.stderr
+        floats = tmp_path / "floats.npy"
+        np.save(floats, np.random.default_rng(0).random((4, 8, 8)).astype(np.float32))
+        refused = scanflow("detect", "--batch", str(floats))
+        assert refused.returncode == 2 and refused.stderr.startswith("scanflow: error: expected uint8 pixel values 0..255, got float32")
+        assert log.read_text().count('"POST /run HTTP/1.1" 200') == 3
+
+        other = scanflow("detect", "--batch", "warm.npy", "--no-report", SCANFLOW_MODEL_NAME="warm-other-classifier")
+        assert other.returncode == 2 and other.stderr.count("was started with other settings (SCANFLOW_MODEL_NAME)") == 1
+        assert "no version of 'warm-other-classifier' has the alias 'champion'" in other.stderr
+        assert log.read_text().count("POST /run") == 3
+
+        connection = http.client.HTTPConnection("127.0.0.1", record.port, timeout=10)
+        connection.request("POST", "/run", body=json.dumps({"argv": ["detect", "--batch", "warm.npy"], "cwd": str(tmp_path)}))
+        assert connection.getresponse().status == 401
+    finally:
+        stopped = scanflow("runner", "stop")
+    assert stopped.stdout.strip() == f"stopped the warm runner (pid {record.pid})"
+    assert process_identity(record.pid) is None and warm.read_runner_record(home) is None

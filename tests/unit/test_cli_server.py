@@ -3,6 +3,7 @@ server failing fast and plainly without one. No Prefect server is started here."
 
 from __future__ import annotations
 
+import dataclasses
 import http.server
 import json
 import os
@@ -184,3 +185,38 @@ def test_flow_commands_use_the_server_found_or_say_once_that_prefect_starts_one(
     _write(isolated, _record(os.getpid(), health_server))
     assert use_prefect_server(fallback=False) == health_server == os.environ["PREFECT_API_URL"]
     assert capsys.readouterr().err == ""
+
+
+def test_the_warm_runner_is_used_only_by_a_shell_with_its_settings(isolated, monkeypatch, capsys):
+    """The fingerprint holds no value, only hashes; a differing, added or removed deciding variable is named, and
+    variables that change nothing (the Prefect endpoint, debug, SCANFLOW_WARM) are not compared."""
+    from scanflow import warm
+
+    base = {"MLFLOW_TRACKING_URI": "sqlite:///a.db", "AWS_SECRET_ACCESS_KEY": "s3cret", "HOME": "/root",
+            "PREFECT_API_URL": "http://127.0.0.1:1/api", "SCANFLOW_DEBUG": "1", "SCANFLOW_WARM": "1"}
+    print_ = warm.environment_fingerprint(base)
+    assert sorted(print_) == ["AWS_SECRET_ACCESS_KEY", "MLFLOW_TRACKING_URI"] and "s3cret" not in json.dumps(print_)
+    other = warm.environment_fingerprint({**base, "MLFLOW_TRACKING_URI": "sqlite:///b.db", "SCANFLOW_MODEL_NAME": "m",
+                                          "PREFECT_API_URL": "http://elsewhere/api", "SCANFLOW_DEBUG": "0"})
+    assert warm.differing_variables(print_, other) == ["MLFLOW_TRACKING_URI", "SCANFLOW_MODEL_NAME"]
+    assert warm.differing_variables(print_, warm.environment_fingerprint(base)) == []
+
+    # No runner recorded, a record of a process that is not the runner, or SCANFLOW_WARM=0: the command runs here, silently.
+    assert warm.runner_for_this_command(isolated, base) is None
+    isolated.mkdir(parents=True)
+    stale = warm.RunnerRecord(pid=os.getpid(), start_time=1, cmdline=["python"], port=1, api_url="http://127.0.0.1:1/api",
+                              log_path="log", environment=print_, token="t")
+    (isolated / warm.RECORD_FILE).write_text(json.dumps(dataclasses.asdict(stale)))
+    assert warm.runner_for_this_command(isolated, base) is None
+    monkeypatch.setenv("SCANFLOW_WARM", "0")
+    assert warm.run_in_runner(["detect", "--batch", "b.npy"], isolated) is None
+    assert capsys.readouterr().err == ""
+    assert warm.stop_runner(isolated).endswith("was not running; removed its stale record")
+    assert not (isolated / warm.RECORD_FILE).exists()
+    assert warm.runner_status(isolated).startswith("stopped")
+
+
+def test_runner_start_without_a_prefect_server_says_how_to_start_one(isolated):
+    result = subprocess.run([SCANFLOW, "runner", "start"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 3 and result.stdout == ""
+    assert result.stderr == NO_SERVER + "the warm runner records its runs there\n"

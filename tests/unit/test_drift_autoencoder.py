@@ -236,3 +236,22 @@ def test_the_optional_embedding_component_scores_distance_in_the_classifiers_own
     assert loaded.predict(rotated).statistic == pytest.approx(with_embedding.predict(rotated).statistic)
     with pytest.raises(ValueError, match=r"components must be a non-empty subset of \('reconstruction', .*'embedding'\), got \('embeding',\)"):
         AutoencoderDetector(detector.classifier, detector.autoencoder, components=("embeding",))
+
+
+def test_a_two_sided_reconstruction_score_counts_too_good_a_reconstruction_and_is_kept_by_a_saved_detector(detector, digits, tmp_path):
+    """Blurred images reconstruct better than clean ones: one-sided, their reconstruction component sits below clean;
+    two-sided (`two_sided=`), it is their distance from clean, so never negative. The choice is fitted state."""
+    train, test = digits
+    two_sided = AutoencoderDetector(detector.classifier, detector.autoencoder, two_sided=("reconstruction",),
+                                    calibration_windows=100)
+    two_sided.fit(train.images, calibration=test.images, info=train.info)
+    blurred = corrupt(test.images[:200], "glass_blur", 3, seed=0)
+    column = COMPONENTS.index("reconstruction")
+    one = detector._features(blurred)["components"][:, column]
+    both = two_sided._features(blurred)["components"][:, column]
+    assert np.all(both >= 0) and np.allclose(both, np.abs(one), atol=1e-9)
+    loaded = AutoencoderDetector.load(two_sided.save(tmp_path / "detector.pt"))
+    assert loaded.two_sided == ("reconstruction",) and detector.two_sided == ("embedding",)
+    assert loaded.predict(blurred).statistic == pytest.approx(two_sided.predict(blurred).statistic)
+    with pytest.raises(ValueError, match=r"two_sided must name components of \('reconstruction', .*\), got \('recon',\)"):
+        AutoencoderDetector(detector.classifier, detector.autoencoder, two_sided=("recon",))

@@ -14,7 +14,7 @@ from scanflow import tracking
 from scanflow.config import TrackingConfig
 from scanflow.errors import ModelNotFoundError, TrackingUnavailableError
 from scanflow.models import Autoencoder, Classifier
-from scanflow.tracking import mlflow_client
+from scanflow.tracking import mlflow_client, registry
 
 
 @pytest.fixture(scope="module")
@@ -155,6 +155,11 @@ def test_a_tampered_artifact_is_refused_by_name_and_never_run(tracking_config, d
     assert tracking.load_models(tracking_config).classifier_version == versions.classifier_version
     assert tracking.load_detector(tracking_config)[1] == versions.classifier_version
     assert tracking.load_served_model(tracking_config).model.predict(test.images[:5].numpy()).shape == (5,)
+    # Loaded once per process, but each caller gets a detector of its own: another false-alarm rate stays its own.
+    first, _ = tracking.load_detector(tracking_config)
+    first.at_alpha(0.5)
+    second, _ = tracking.load_detector(tracking_config)
+    assert second is not first and second.alpha == detector.alpha != 0.5
 
     client = mlflow_client(tracking_config.tracking_uri)
     planted = _artifact_dir(client, tracking_config.classifier_name, versions.classifier_version) / "artifacts" / "classifier.pt"
@@ -163,6 +168,10 @@ def test_a_tampered_artifact_is_refused_by_name_and_never_run(tracking_config, d
     expected = rf"model {tracking_config.classifier_name} version {versions.classifier_version} differs from what was logged \(changed: artifacts/classifier.pt\)"
     with pytest.raises(TamperedArtifactError, match=expected):
         tracking.load_models(tracking_config)
+    # A process that has already loaded the version keeps the copy it verified: nothing of the planted file is read.
+    served = tracking.load_served_model(tracking_config).model
+    assert served.predict(test.images[:5].numpy()).shape == (5,)
+    registry._LOADED_VERSIONS.clear()  # as in a new process
     with pytest.raises(TamperedArtifactError, match=expected):
         tracking.load_served_model(tracking_config)
 
