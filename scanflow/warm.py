@@ -6,7 +6,7 @@ runs `scanflow detect` and `scanflow predict` for the CLI, so a command answers 
 environment of that shell, and records it in $SCANFLOW_HOME/runner.json (0600: it holds the token every request must
 carry). The CLI hands a command to it only when the runner works with the same Prefect server and the same
 MLflow/Scanflow/S3 settings (`environment_fingerprint`); otherwise it runs the command itself and says why, once.
-It listens on 127.0.0.1 only and runs one command at a time. This module imports no Prefect until the runner itself
+It listens on 127.0.0.1 only and runs one command at a time (the others wait their turn). This module imports no Prefect until the runner itself
 starts.
 """
 
@@ -24,6 +24,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -225,8 +226,18 @@ def runner_status(home: Path | None = None) -> str:
 
 
 # ---- the runner itself ----------------------------------------------------------------------------------------------
+#: One command at a time: a command changes the working directory and captures stdout/stderr, both process-wide.
+#: Requests wait for it in their own threads, so a health check is answered while a command runs.
+_ONE_COMMAND = threading.Lock()
+
+
 def _run_command(argv: list[str], cwd: str) -> Answer:
-    """The CLI command `argv` in this process, from `cwd`, with what it prints captured."""
+    """The CLI command `argv` in this process, from `cwd`, with what it prints captured; after the command before it."""
+    with _ONE_COMMAND:
+        return _run_command_now(argv, cwd)
+
+
+def _run_command_now(argv: list[str], cwd: str) -> Answer:
     from scanflow import cli
 
     previous = os.getcwd()
@@ -284,7 +295,9 @@ def _handler(token: str) -> type[http.server.BaseHTTPRequestHandler]:
             self._reply(200, asdict(_run_command(argv, cwd)))
 
         def log_message(self, format: str, *args: object) -> None:  # noqa: A002  (the base class's name)
-            sys.stderr.write(f"warm runner: {self.address_string()} {format % args}\n")
+            # to the runner's log, never into the output of a command that runs meanwhile
+            sys.__stderr__.write(f"warm runner: {self.address_string()} {format % args}\n")
+            sys.__stderr__.flush()
 
     return Handler
 
@@ -304,7 +317,7 @@ def serve(home: Path) -> None:
     import flows.predict  # noqa: F401
 
     token = secrets.token_hex(32)
-    server = http.server.HTTPServer(("127.0.0.1", 0), _handler(token))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler(token))
     signal.signal(signal.SIGTERM, _interrupt)
     identity = process_identity(os.getpid())
     _write_record(home, RunnerRecord(pid=os.getpid(), start_time=identity[0], cmdline=identity[1],

@@ -199,10 +199,19 @@ def test_cli_detect_and_predict_answer_from_the_warm_runner_with_the_same_record
         assert refused.returncode == 2 and refused.stderr.startswith("scanflow: error: expected uint8 pixel values 0..255, got float32")
         assert log.read_text().count('"POST /run HTTP/1.1" 200') == 3
 
+        # Two shells at once: the second waits for the first, and neither falls back to a cold run.
+        both = [subprocess.Popen([sys.executable, "-m", "scanflow.cli", "detect", "--batch", "warm.npy", "--batch-id", f"at-once-{i}",
+                                  "--no-report"], env=run_env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                for i in range(2)]
+        outputs = [p.communicate(timeout=300) for p in both]
+        assert [p.returncode for p in both] == [0, 0] and [err for _, err in outputs] == ["", ""], outputs
+        assert [out.split(":")[0] for out, _ in outputs] == ["at-once-0", "at-once-1"]
+        assert log.read_text().count('"POST /run HTTP/1.1" 200') == 5
+
         other = scanflow("detect", "--batch", "warm.npy", "--no-report", SCANFLOW_MODEL_NAME="warm-other-classifier")
         assert other.returncode == 2 and other.stderr.count("was started with other settings (SCANFLOW_MODEL_NAME)") == 1
         assert "no version of 'warm-other-classifier' has the alias 'champion'" in other.stderr
-        assert log.read_text().count("POST /run") == 3
+        assert log.read_text().count("POST /run") == 5
 
         connection = http.client.HTTPConnection("127.0.0.1", record.port, timeout=10)
         connection.request("POST", "/run", body=json.dumps({"argv": ["detect", "--batch", "warm.npy"], "cwd": str(tmp_path)}))

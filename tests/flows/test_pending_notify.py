@@ -24,7 +24,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
 
 from flows.supervise import ask_human, form_answer
-from scanflow import local
+from scanflow import local, warm
 from scanflow.supervision import DecisionRequest
 
 SCANFLOW = str(Path(sys.executable).with_name("scanflow"))
@@ -192,8 +192,14 @@ def test_server_start_status_stop_keeps_one_server_for_every_command(tmp_path):
         assert run("server", "status").stdout.startswith(f"running: Prefect UI http://127.0.0.1:{port}")
         assert run("pending").stdout.strip() == "no decisions waiting"
         assert (home / "prefect" / "prefect.db").exists()
+        # A warm runner works with this server: started once, and stopped with it.
+        assert "warm runner started" in run("runner", "start").stdout
+        runner = warm.read_runner_record(home)
+        assert runner.api_url == record.api_url and runner.is_ours()
+        assert "warm runner already running" in run("runner", "start").stdout
     finally:
         stopped = run("server", "stop").stdout
-    assert f"stopped the Prefect server on http://127.0.0.1:{port} (pid {record.pid})" in stopped
+    assert f"stopped the warm runner (pid {runner.pid})\nstopped the Prefect server on http://127.0.0.1:{port} (pid {record.pid})" in stopped
+    assert local.process_identity(runner.pid) is None and warm.read_runner_record(home) is None
     assert local.process_identity(record.pid) is None and not (home / "server.json").exists()
     assert run("server", "status").stdout.startswith("stopped")
