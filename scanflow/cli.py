@@ -176,7 +176,11 @@ def corruption_name(text: str) -> str:
 
 
 def corruption_list(text: str) -> list[str]:
-    """Comma-separated names of `scanflow.corruptions.CORRUPTIONS`."""
+    """Comma-separated names of `scanflow.corruptions.CORRUPTIONS`, or `all` for every one of them."""
+    from scanflow.corruptions import CORRUPTIONS
+
+    if text.strip() == "all":
+        return list(CORRUPTIONS)
     names = [part.strip() for part in text.split(",") if part.strip()]
     if not names:
         raise argparse.ArgumentTypeError(f"give comma-separated corruption names (e.g. shot_noise,fog), got {text!r}")
@@ -549,7 +553,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a dataset `scanflow datasets` lists, or rgb: CIFAR-10 when its files are here, else fashion-rgb")
     study.add_argument("--quick", action="store_true", help="one corruption per family at severity 3, one seed (the default set); "
                        "without it: every corruption and severity, three seeds")
-    study.add_argument("--corruptions", type=corruption_list, help="comma-separated names (override the set)")
+    study.add_argument("--corruptions", type=corruption_list, help="comma-separated names, or all (override the set)")
     study.add_argument("--severities", type=severity_list, help="comma-separated severities 1..5 (override the set)")
     study.add_argument("--budgets", type=budget_list, help="comma-separated label budgets, increasing (quick: 20,50,100)")
     study.add_argument("--seeds", type=positive_int, help="how many seeds (0, 1, ...); intervals over seeds when more than one")

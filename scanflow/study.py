@@ -461,13 +461,20 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str
     return lines + ["| " + " | ".join(str(value) for value in row) + " |" for row in rows]
 
 
+def _option_value(name: str, values: Sequence[object]) -> str:
+    """An option's values as `scanflow study` takes them: comma-separated, or `all` for every corruption in order."""
+    if name == "corruptions" and tuple(values) == tuple(CORRUPTIONS):
+        return "all"
+    return ",".join(map(str, values))
+
+
 def command_line(config: StudyConfig, quick: bool) -> str:
     """The `scanflow study` command that reruns `config`: the base set (`--quick` or full) and every option that
     differs from it."""
     base = (quick_config if quick else full_config)(config.dataset)
     words = ["scanflow study", f"--dataset {config.dataset}"] + (["--quick"] if quick else [])
     options = (("corruptions", "--corruptions"), ("severities", "--severities"), ("budgets", "--budgets"))
-    words += [f"{flag} {','.join(map(str, getattr(config, name)))}" for name, flag in options if getattr(config, name) != getattr(base, name)]
+    words += [f"{flag} {_option_value(name, getattr(config, name))}" for name, flag in options if getattr(config, name) != getattr(base, name)]
     if config.seeds != base.seeds:
         words.append(f"--seeds {len(config.seeds)}")
     for name in ("batch_size", "holdout_size", "retrain_steps", "denoiser_steps"):

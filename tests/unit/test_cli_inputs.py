@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from scanflow import cli
+from scanflow.corruptions import CORRUPTIONS
 from scanflow.cli import build_parser, main
 
 ARGPARSE = "error: argument "  # argparse: "scanflow CMD: error: argument --OPTION: MESSAGE"
@@ -174,6 +175,7 @@ def test_good_values_parse_to_what_the_handlers_use(tmp_path):
     assert corrupt.severities == [1, 2, 3, 4, 5] and corrupt.corruptions is None and corrupt.dataset == "default"
     corrupt = parser.parse_args(["corrupt", "--severities", "1, 5", "--corruptions", "fog,shot_noise"])
     assert corrupt.severities == [1, 5] and corrupt.corruptions == ["fog", "shot_noise"]
+    assert parser.parse_args(["study", "--corruptions", "all"]).corruptions == list(CORRUPTIONS)
     assert parser.parse_args(["corrupt", "--severity", "3"]).severities == [3]  # the singular a person may type
     detect = parser.parse_args(["detect", "--batch", str(batch), "--batch-id", "line-3_2024.06"])
     assert detect.batch_id == "line-3_2024.06" and detect.budget == 20

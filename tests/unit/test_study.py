@@ -4,6 +4,7 @@ end-to-end study is tests/flows/test_study_flow.py)."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import math
 import re
@@ -12,6 +13,7 @@ import pytest
 import torch
 
 from scanflow import study
+from scanflow.corruptions import CORRUPTIONS
 from scanflow.data import dataset_info
 from scanflow.data.datasets import LabeledImages
 from scanflow.errors import ScanflowError
@@ -103,6 +105,9 @@ def test_intervals_over_seeds_use_student_t():
 
 
 def test_the_report_and_the_csv_hold_every_column():
+    every = dataclasses.replace(study.quick_config("digits"), corruptions=tuple(CORRUPTIONS))
+    assert study.command_line(every, quick=True) == "scanflow study --dataset digits --quick --corruptions all"
+    assert study.command_line(dataclasses.replace(every, corruptions=tuple(reversed(CORRUPTIONS))), quick=True).count(",") == 14
     report = study.markdown_report(CELLS, CONFIG, "provenance.", study.command_line(CONFIG, quick=True), figures=["budget.png"])
     assert "Command: `scanflow study --dataset digits --quick --corruptions shot_noise,rotate --severities 1,3 --budgets 10,20 --batch-size 50 --holdout-size 100`" in report
     assert "![budget.png](budget.png)" in report and "## Headline" in report
