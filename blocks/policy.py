@@ -14,8 +14,8 @@ _DEFAULTS = SupervisionSettings()
 
 class SupervisionPolicy(Block):
     """What counts as drift, how many samples a person labels, how long the loop waits for an answer, what runs
-    when nobody answers, how much clean accuracy a challenger may lose and still replace the champion, and whether a
-    shift already decided about is asked about again."""
+    when nobody answers, how much clean accuracy a challenger may lose and still replace the champion, whether a
+    shift already decided about is asked about again, and how long a decision's improvement trains."""
 
     _block_type_name = "Scanflow Supervision Policy"
     _block_type_slug = "scanflow-supervision-policy"
@@ -42,8 +42,18 @@ class SupervisionPolicy(Block):
         description="Ask again about a drift that repeats a shift already decided about for the champion (default: one drift, one question).",
     )
 
+    retrain_steps: int | None = Field(
+        default=_DEFAULTS.retrain_steps, ge=1,
+        description="Optimisation steps per retraining round of a decision (empty: the improver's default).",
+    )
+    denoiser_steps: int | None = Field(
+        default=_DEFAULTS.denoiser_steps, ge=1,
+        description="Optimisation steps of a filter decision's denoiser (empty: the improver's default).",
+    )
+
     def settings(self) -> SupervisionSettings:
         """The plain settings the library takes."""
         return SupervisionSettings(alpha=self.alpha, budget=self.budget, pause_timeout_s=self.pause_timeout_s,
                                    action_on_timeout=self.action_on_timeout, promotion_margin=self.promotion_margin,
-                                   ask_known_shifts=self.ask_known_shifts)
+                                   ask_known_shifts=self.ask_known_shifts, retrain_steps=self.retrain_steps,
+                                   denoiser_steps=self.denoiser_steps)

@@ -49,12 +49,18 @@ def resolve_version(config: TrackingConfig, model_uri: str) -> Any:
 
 
 @task(cache_policy=NO_CACHE, **IO_RETRIES)
+def embedder_digests(config: TrackingConfig, model_uri: str) -> str:
+    return scanflow_tracking.embedding_model_digests(config.tracking_uri, model_uri)
+
+
+@task(cache_policy=NO_CACHE, **IO_RETRIES)
 def read_contract(config: TrackingConfig, version: Any, **flags: Any) -> InputContract:
     flavours, signature, metadata = scanflow_tracking.model_declarations(config.tracking_uri, version)
     contract = resolve_contract(flavours, signature, metadata, **flags)
     print(f"input contract: {contract.channels}x{contract.height}x{contract.width}, {len(contract.classes)} classes, "
           f"mean {list(contract.mean)}, std {list(contract.std)}, output {contract.output} ({contract.flavour})"
-          + (f", embedding layer {contract.embedding!r}" if contract.embedding else ""))
+          + (f", embedding layer {contract.embedding!r}" if contract.embedding else "")
+          + (f", embedding model {contract.embedding_model}" if contract.embedding_model else ""))
     return contract
 
 
@@ -105,18 +111,25 @@ def adopt_flow(
     tracking: str | None = None,
     storage: str | None = None,
     embedding_layer: str | None = None,
+    embedding_model: str | None = None,
 ) -> dict:
     """Adopt `model_uri` (models:/NAME/VERSION or models:/NAME@ALIAS) under `name` (default: the model's registered
     name; commands then find it with SCANFLOW_MODEL_NAME=name): fit the autoencoder and the detector on the
     `reference` images (a folder, .npy/.npz or s3:// prefix), log them, and make the version the champion.
     Flags complete what the model's signature and metadata do not declare; a contradiction is refused.
-    `embedding_layer`: a pytorch model's layer (a `named_modules()` name) whose output the detector also watches."""
+    `embedding_layer`: a pytorch model's layer (a `named_modules()` name) whose output the detector also watches.
+    `embedding_model`: instead, a registered MLflow model (models:/NAME/VERSION or @ALIAS, pinned to its version)
+    that maps the model's input to its embedding [N, D], for a model whose layers Scanflow cannot read (a pyfunc)."""
     config = tracking_config(tracking)
     version = resolve_version(config, model_uri)
     config = config.for_model(name or version.name)
     flags = {"classes": tuple(classes) if classes else None, "input_size": parse_size(input_size) if input_size else None,
              "channels": channels, "mean": tuple(mean) if mean else None, "std": tuple(std) if std else None, "output": output,
              "embedding": embedding_layer}
+    if embedding_model is not None:
+        embedder = resolve_version(config, embedding_model)
+        flags["embedding_model"] = f"models:/{embedder.name}/{embedder.version}"
+        flags["embedding_model_sha256"] = embedder_digests(config, flags["embedding_model"])
     contract = read_contract(config, version, **flags)
     images = read_reference(reference, contract, on_bad, storage)
     info = contract.info(config.classifier_name, model_uri)

@@ -288,7 +288,8 @@ def carry_out(batch: StreamBatch, path: str, decision: RecordedDecision, setting
         print(f"batch {batch.batch_id}: carrying out the decision given before a restart ({decision.action}, by {decision.decided_by})")
     return steps.run(improve_flow, batch_path=path, shown_indices=list(decision.shown), action=decision.action,
                      labels=decision.labels, note=decision.note, decided_by=decision.decided_by, batch_id=batch.batch_id,
-                     drift=decision.drift, promotion_margin=settings.promotion_margin, seed=seed)
+                     drift=decision.drift, promotion_margin=settings.promotion_margin, seed=seed,
+                     steps=settings.improve_steps(decision.action))
 
 
 def end_abandoned_run(owner: OwnerRun | None, current_run_id: Any) -> dict[str, RecordedDecision]:
@@ -454,6 +455,8 @@ def supervise_flow(
     stream: str | None = None,
     files_per_batch: int | None = None,
     inline_steps: bool = False,
+    retrain_steps: int | None = None,
+    denoiser_steps: int | None = None,
 ) -> dict:
     """Supervise a production stream batch by batch (see the module docstring).
 
@@ -470,7 +473,8 @@ def supervise_flow(
     per-batch table also published as the `supervision-summary` artifact.
 
     `policy` names a SupervisionPolicy block (default: the built-in policy); `budget`, `alpha`, `pause_timeout_s`,
-    `action_on_timeout`, `promotion_margin` and `ask_known_shifts` override it one by one. A drift that repeats a
+    `action_on_timeout`, `promotion_margin`, `ask_known_shifts`, `retrain_steps` and `denoiser_steps` (a decision's
+    training steps, see `SupervisionSettings`) override it one by one. A drift that repeats a
     shift already decided about for the champion is reported as known and not asked about (unless
     `ask_known_shifts`). Nobody answering within the timeout runs the timeout action (filter or ignore: retraining
     needs a person's labels) and makes no shift known. `tracking` names an MLflowTracking block
@@ -482,7 +486,8 @@ def supervise_flow(
     """
     settings = supervision_settings(policy, budget=budget, alpha=alpha, pause_timeout_s=pause_timeout_s,
                                     action_on_timeout=action_on_timeout, promotion_margin=promotion_margin,
-                                    ask_known_shifts=ask_known_shifts)
+                                    ask_known_shifts=ask_known_shifts, retrain_steps=retrain_steps,
+                                    denoiser_steps=denoiser_steps)
     print(f"supervision policy: {settings}")
     steps = Steps(step_deployments, tracking, storage, inline=inline_steps)
     config = tracking_config(tracking)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -67,8 +68,17 @@ class InputContract:
     #: A named layer of a pytorch module whose output is the model's embedding (e.g. its penultimate layer): the
     #: detector then also scores distances in it (the `embedding` component).
     embedding: str | None = None
+    #: A registered MLflow model, pinned as `models:/NAME/VERSION`, that maps the model's input to its embedding
+    #: [N, D]: the embedding function of a model whose layers Scanflow cannot read (a pyfunc). Its files' sha256
+    #: (`embedding_model_sha256`, recorded at adoption) are checked at every load.
+    embedding_model: str | None = None
+    embedding_model_sha256: str | None = None
 
     def __post_init__(self) -> None:
+        if self.embedding is not None and self.embedding_model is not None:
+            raise AdoptionError("--embedding-layer and --embedding-model both name the model's embedding: give one of them")
+        if self.embedding_model is not None and not re.fullmatch(r"models:/[^/@]+/\d+", self.embedding_model):
+            raise AdoptionError(f"the embedding model must be a registered version, models:/NAME/VERSION, got {self.embedding_model!r}")
         if self.embedding is not None and self.flavour != "pytorch":
             raise AdoptionError(f"--embedding-layer names a layer of a pytorch module, and a {self.flavour} model has none "
                                 "Scanflow can read: drop the flag")
@@ -211,9 +221,11 @@ def resolve_contract(
     flavours: set[str], signature: Any, metadata: dict[str, Any] | None, *, classes: tuple[str, ...] | None = None,
     input_size: tuple[int, int] | None = None, channels: int | None = None, mean: tuple[float, ...] | None = None,
     std: tuple[float, ...] | None = None, output: str | None = None, embedding: str | None = None,
+    embedding_model: str | None = None, embedding_model_sha256: str | None = None,
 ) -> InputContract:
-    """The input contract from what the model declares (`flavours`, `signature`, `metadata`) and the caller's flags.
-    Raises AdoptionError on a contradiction or on what neither says (size, class names)."""
+    """The input contract from what the model declares (`flavours`, `signature`, `metadata`) and the caller's flags
+    (`embedding_model`: a pinned `models:/NAME/VERSION` with the sha256 record of its files). Raises AdoptionError
+    on a contradiction or on what neither says (size, class names)."""
     if "pytorch" in flavours:
         flavour: Flavour = "pytorch"
     elif "python_function" in flavours:
@@ -239,19 +251,22 @@ def resolve_contract(
     c = int(n_channels or 3)
     return InputContract(
         c, size[0], size[1], names, resolved_mean or (0.0,) * c, resolved_std or (1.0,) * c, resolved_output, flavour,
-        resolved_embedding,
+        resolved_embedding, embedding_model, embedding_model_sha256,
     )
 
 
 class ForeignClassifier:
     """A model Scanflow did not train behind the interface Scanflow's detector and flows use: uint8 images
-    [N, C, H, W] in; probabilities, hidden features and labels out. For a pytorch module the hidden features are
-    the output of the contract's embedding layer, else the input of its last linear layer; otherwise (a pyfunc)
-    they are the probabilities themselves. Raises AdoptionError when the embedding layer is not in the module."""
+    [N, C, H, W] in; probabilities, hidden features and labels out. The hidden features are the output of the
+    contract's embedding model when it names one; else, for a pytorch module, of its embedding layer or the input of
+    its last linear layer; otherwise (a pyfunc) the probabilities themselves. Raises AdoptionError when the embedding layer is not in the module."""
 
-    def __init__(self, model: Any, contract: InputContract) -> None:
+    def __init__(self, model: Any, contract: InputContract, embedder: Any = None) -> None:
+        """`embedder`: the loaded `contract.embedding_model` (its pyfunc), which gives the hidden features when the
+        contract names one; without it such a classifier predicts, and refuses to give hidden features."""
         self.model = model
         self.contract = contract
+        self.embedder = embedder
         self._last_linear = None
         self._embedding_layer = None
         if isinstance(model, nn.Module):
@@ -268,6 +283,11 @@ class ForeignClassifier:
     @property
     def evidence(self) -> str:
         """What the detector can use from this model, in words."""
+        if self.contract.embedding_model is not None:
+            if self.contract.output == "labels":
+                return (f"labels only and the embedding of {self.contract.embedding_model}: the detector works from pixels, "
+                        "the autoencoder and that embedding, without the model's confidence")
+            return f"probabilities and the embedding of {self.contract.embedding_model}"
         if self.contract.output == "labels":
             return "labels only: the detector works from pixels and the autoencoder, without the model's confidence"
         if self._embedding_layer is not None:
@@ -279,11 +299,29 @@ class ForeignClassifier:
     def eval(self) -> "ForeignClassifier":
         return self
 
-    def _forward(self, images: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """(the last linear layer's input or None, the model's own output) for uint8 images."""
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The embedding model's features float32 [N, D] of the model's input `x`; AdoptionError when it is not
+        loaded or answers anything but one finite vector per image."""
+        if self.embedder is None:
+            raise AdoptionError(f"the embedding model {self.contract.embedding_model} is not loaded: load the adopted model "
+                                "through the registry (scanflow.tracking.load_foreign_classifier)")
+        out = torch.as_tensor(np.asarray(self.embedder.predict(x.numpy()), dtype=np.float32))
+        if out.dim() < 2 or len(out) != len(x) or not torch.isfinite(out).all():
+            raise AdoptionError(f"the embedding model {self.contract.embedding_model} returned shape {list(out.shape)} for "
+                                f"{len(x)} images, expected [{len(x)}, D] of finite numbers: it must map the model's input "
+                                "to one feature vector per image")
+        return out.flatten(1)
+
+    def _forward(self, images: torch.Tensor, hidden: bool = True) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """(the hidden features or None, the model's own output) for uint8 images; `hidden` False skips the
+        features (predictions only)."""
         x = self.contract.to_float(images)
+        embedded = self._embed(x) if hidden and self.contract.embedding_model is not None else None
         if not isinstance(self.model, nn.Module):
-            return None, torch.as_tensor(np.asarray(self.model.predict(x.numpy()))).float()
+            return embedded, torch.as_tensor(np.asarray(self.model.predict(x.numpy()))).float()
+        if embedded is not None or not hidden:
+            with torch.inference_mode():
+                return embedded, torch.as_tensor(self.model(x)).detach().float()
         captured: list[torch.Tensor] = []
         if self._embedding_layer is not None:
             hook = self._embedding_layer.register_forward_hook(lambda m, i, o: captured.append(torch.as_tensor(o).detach()))
@@ -299,10 +337,10 @@ class ForeignClassifier:
                 hook.remove()
         return (captured[0].flatten(1).float() if captured else None), torch.as_tensor(raw).detach().float()
 
-    def _outputs(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden, raw = self._forward(images)
+    def _outputs(self, images: torch.Tensor, hidden: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        features, raw = self._forward(images, hidden)
         probabilities = self._probabilities(raw, len(images))
-        return (hidden if hidden is not None else probabilities), probabilities
+        return (features if features is not None else probabilities), probabilities
 
     def _probabilities(self, raw: torch.Tensor, n: int) -> torch.Tensor:
         k = len(self.contract.classes)
@@ -327,7 +365,8 @@ class ForeignClassifier:
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
     def predict_proba(self, images: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
-        return self.embed_and_predict_proba(images, batch_size)[1]
+        size = batch_size or FOREIGN_BATCH
+        return torch.cat([self._outputs(images[start:start + size], hidden=False)[1] for start in range(0, len(images), size)])
 
     def predict(self, images: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
         return self.predict_proba(images, batch_size).argmax(dim=1)
@@ -365,8 +404,10 @@ class ForeignModule(nn.Module):
         finally:
             self.train(was_training)
 
-    def as_classifier(self) -> ForeignClassifier:
-        return ForeignClassifier(self.net, self.contract)
+    def as_classifier(self, embedder: Any = None) -> ForeignClassifier:
+        """The module as a `ForeignClassifier` again, with the contract's embedding model `embedder` (not part of
+        the module: fine-tuning copies the module, never the embedder)."""
+        return ForeignClassifier(self.net, self.contract, embedder)
 
 
 class AdoptedServing:
@@ -438,9 +479,9 @@ def reference_data(record: ReferenceRecord, contract: InputContract, info: Datas
 
 def detector_components(contract: InputContract) -> tuple[str, ...]:
     """The detector's components for a model: without probabilities, no uncertainty component; with an embedding
-    layer, the embedding component too."""
+    layer or model, the embedding component too."""
     from scanflow.drift.autoencoder import COMPONENTS
 
     components = tuple(c for c in COMPONENTS if not (contract.output == "labels" and c == "uncertainty"))
-    return components + (("embedding",) if contract.embedding is not None else ())
+    return components + (("embedding",) if contract.embedding is not None or contract.embedding_model is not None else ())
 

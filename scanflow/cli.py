@@ -337,6 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "for pytorch, probabilities for pyfunc)")
     adopt.add_argument("--embedding-layer", metavar="LAYER", help="a pytorch model's layer whose output is its embedding (a name "
                        "from named_modules(), e.g. its penultimate layer): the detector also scores distances in it")
+    adopt.add_argument("--embedding-model", metavar="MODEL_URI", help="instead, a registered MLflow model (models:/NAME/VERSION "
+                       "or @ALIAS) that maps the model's input to its embedding [N, D]: for a pyfunc, whose layers Scanflow "
+                       "cannot read")
     adopt.add_argument("--name", type=model_name, help="the registered name to supervise it under (default: the model's own)")
     adopt.add_argument("--on-bad", choices=("refuse", "skip"), default="refuse", help="a bad reference file refuses the "
                        "adoption (default) or is skipped and listed")
@@ -417,6 +420,10 @@ def build_parser() -> argparse.ArgumentParser:
     supervise.add_argument("--alpha", type=fraction_open, help="false-alarm rate of the drift test on clean batches (policy default: 0.05)")
     supervise.add_argument("--ask-known-shifts", action="store_true", default=None,
                            help="ask again about a drift that repeats a shift already decided about (default: one drift, one question)")
+    supervise.add_argument("--retrain-steps", type=positive_int, metavar="N",
+                           help=f"optimisation steps per retraining round of a decision (policy default: {RETRAIN_STEPS})")
+    supervise.add_argument("--denoiser-steps", type=positive_int, metavar="N",
+                           help=f"optimisation steps of a filter decision's denoiser (policy default: {DENOISER_STEPS})")
     supervise.add_argument("--step-deployments", metavar="NAME",
                            help="run the steps as the deployments <flow>/NAME (see `scanflow serve`) instead of sub-flows in this process")
     supervise.add_argument("--inline-steps", action="store_true",
@@ -764,6 +771,7 @@ def _supervise(args: argparse.Namespace) -> int:
         budget=args.budget, alpha=args.alpha, pause_timeout_s=args.timeout, action_on_timeout=args.on_timeout,
         ask_known_shifts=args.ask_known_shifts, step_deployments=args.step_deployments, demo=args.demo,
         stream=args.stream, files_per_batch=args.files_per_batch, inline_steps=args.inline_steps,
+        retrain_steps=args.retrain_steps, denoiser_steps=args.denoiser_steps,
     )
     print()
     print(summary_markdown(result["batches"]))
@@ -1030,6 +1038,7 @@ def _adopt(args: argparse.Namespace) -> int:
         model_uri=args.model_uri, reference=args.reference, classes=args.classes, input_size=args.input_size,
         channels=args.channels, mean=args.mean, std=args.std, output=args.output, on_bad=args.on_bad,
         autoencoder_epochs=args.autoencoder_epochs, name=args.name, embedding_layer=args.embedding_layer,
+        embedding_model=args.embedding_model,
     )
     lines = [
         "",

@@ -36,6 +36,8 @@ class SupervisionSettings:
     runs when nobody answers (filter or ignore; retraining needs a person's labels). `promotion_margin`: clean
     accuracy (a fraction) a challenger may lose and still be promoted. `ask_known_shifts`: ask again about a drift
     that is a shift a person already decided about for the champion (off by default: one drift, one question).
+    `retrain_steps`, `denoiser_steps`: optimisation steps of a decision's retraining rounds or of its filter's
+    denoiser (None: the improvers' defaults, `scanflow.config.RETRAIN_STEPS` and `DENOISER_STEPS`).
     """
 
     alpha: float = DEFAULT_ALPHA
@@ -44,6 +46,8 @@ class SupervisionSettings:
     action_on_timeout: str = "ignore"
     promotion_margin: float = DEFAULT_PROMOTION_MARGIN
     ask_known_shifts: bool = False
+    retrain_steps: int | None = None
+    denoiser_steps: int | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -57,8 +61,16 @@ class SupervisionSettings:
             problems.append(f"action_on_timeout must be one of {', '.join(TIMEOUT_ACTIONS)} (retraining needs a person's labels), got {self.action_on_timeout!r}")
         if not 0 <= self.promotion_margin < 1:
             problems.append(f"promotion_margin must be a fraction in [0, 1), got {self.promotion_margin}")
+        for name in ("retrain_steps", "denoiser_steps"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                problems.append(f"{name} must be a whole number of optimisation steps, at least 1 (or unset for the default), got {value!r}")
         if problems:
             raise InvalidPolicyError("invalid supervision policy: " + "; ".join(problems))
+
+    def improve_steps(self, action: str) -> int | None:
+        """The optimisation steps the improve flow gets for a decision's `action` (None: the improver's default)."""
+        return {"retrain": self.retrain_steps, "filter": self.denoiser_steps}.get(action)
 
     def overridden(self, **values: Any) -> "SupervisionSettings":
         """These settings with every value that is not None replaced (a run's explicit parameters win over its

@@ -213,7 +213,7 @@ class RetrainImprover(Improver):
             ForeignModule(context.classifier) if adopted else context.classifier, labelled, context.replay, self.config,
             unlabelled=context.batch[torch.from_numpy(learned_rows)] if self.use_unlabelled else None,
         )
-        candidate = result.classifier.as_classifier() if adopted else result.classifier
+        candidate = result.classifier.as_classifier(context.classifier.embedder) if adopted else result.classifier
         detector = refit_detector(candidate, context)
         summary = (
             f"fine-tuned on {result.n_labelled} labelled and {result.n_pseudo_labelled} pseudo-labelled samples "

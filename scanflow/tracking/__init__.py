@@ -13,7 +13,13 @@ Everything that was importable from ``scanflow.tracking`` still is.
 """
 
 from scanflow.tags import AUTOENCODER_VERSION_TAG, DIGESTS_TAG, KNOWN_SHIFT_TAG_PREFIX
-from scanflow.tracking.adopted import load_foreign_classifier, model_declarations, register_adoption, resolve_model_uri
+from scanflow.tracking.adopted import (
+    embedding_model_digests,
+    load_foreign_classifier,
+    model_declarations,
+    register_adoption,
+    resolve_model_uri,
+)
 from scanflow.tracking.client import REACHABLE_BACKOFF_S, check_reachable, connect, mlflow_client, unavailable
 from scanflow.tracking.registry import (
     LoadedModels,
@@ -59,7 +65,7 @@ __all__ = [
     "AUTOENCODER_VERSION_TAG", "DETECTOR_ARTIFACT_PATH", "DETECTOR_FILE", "DIGESTS_TAG", "KNOWN_SHIFT_ARTIFACT",
     "KNOWN_SHIFT_TAG_PREFIX", "REACHABLE_BACKOFF_S", "LoadedModels", "ModelContract", "RegisteredVersions", "ServedModel",
     "champion_version", "champion_version_or_none", "check_champion_replaceable", "check_reachable", "connect",
-    "contract_tags", "download_run_artifact", "has_champion", "known_shifts", "load_detector", "load_foreign_classifier",
+    "contract_tags", "download_run_artifact", "has_champion", "known_shifts", "load_detector", "load_foreign_classifier", "embedding_model_digests",
     "load_input_filter", "load_models", "load_served_model", "log_artifact_file", "log_dataset", "log_detection",
     "log_detector", "log_json", "log_known_shift", "log_metrics", "log_params", "log_predictions", "mlflow_client",
     "model_declarations", "promote", "record_verdict", "register_adoption", "register_candidate", "register_models",

@@ -19,6 +19,7 @@ from typing import Any
 import mlflow
 from mlflow.exceptions import MlflowException
 
+from scanflow.artifacts import digests_tag, file_digests, verify_digests
 from scanflow.config import CHAMPION_ALIAS, TrackingConfig
 from scanflow.drift.base import Detector
 from scanflow.errors import ModelNotFoundError, ScanflowError
@@ -82,15 +83,43 @@ def model_declarations(tracking_uri: str, version: Any) -> tuple[set[str], Any, 
 
 
 def load_foreign_classifier(tracking_uri: str, version: Any, contract: Any, verify: bool = True) -> Any:
-    """A registered adopted model as a `ForeignClassifier` (for a filtered version, the model behind the filter);
-    with `verify`, its files are checked against the sha256 recorded at adoption first (TamperedArtifactError)."""
+    """A registered adopted model as a `ForeignClassifier` (for a filtered version, the model behind the filter),
+    with its embedding model when the contract names one; with `verify`, its files are checked against the sha256
+    recorded at adoption first (TamperedArtifactError). The embedding model's files are always checked."""
     client = mlflow_client(tracking_uri)
     with tempfile.TemporaryDirectory() as tmp:
         if verify:
             local = _download_verified(client, version.name, version, tmp)
         else:
             local = mlflow.artifacts.download_artifacts(f"models:/{version.name}/{version.version}", dst_path=tmp)
-        return _adopted_parts(local, version, contract)[0]
+        return with_embedder(_adopted_parts(local, version, contract)[0], tracking_uri)
+
+
+def embedding_model_digests(tracking_uri: str, model_uri: str) -> str:
+    """The sha256 record of the files of the registered model `model_uri` (what `load_embedder` checks later)."""
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        return digests_tag(file_digests(mlflow.artifacts.download_artifacts(model_uri, dst_path=tmp)))
+
+
+def load_embedder(tracking_uri: str, contract: Any) -> Any:
+    """The contract's embedding model as its MLflow pyfunc, after checking its files against the sha256 recorded at
+    adoption (TamperedArtifactError naming what changed; nothing of a changed file is loaded)."""
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        local = mlflow.artifacts.download_artifacts(contract.embedding_model, dst_path=tmp)
+        verify_digests(local, contract.embedding_model_sha256, f"the embedding model {contract.embedding_model}")
+        with _quiet_mlflow():
+            return mlflow.pyfunc.load_model(local)
+
+
+def with_embedder(classifier: Any, tracking_uri: str) -> Any:
+    """`classifier` (a `ForeignClassifier`) given its contract's embedding model, when it names one."""
+    if classifier.contract.embedding_model is not None and classifier.embedder is None:
+        classifier.embedder = load_embedder(tracking_uri, classifier.contract)
+    return classifier
 
 
 def _adopted_contract(version: Any) -> Any:

@@ -327,7 +327,7 @@ class LoadedModels:
 @_tracking_errors
 def load_models(config: TrackingConfig, alias: str = CHAMPION_ALIAS) -> LoadedModels:
     """Load the classifier at `alias` and the autoencoder version recorded beside it, as Scanflow models."""
-    from scanflow.tracking.adopted import _adopted_contract, _adopted_parts
+    from scanflow.tracking.adopted import _adopted_contract, _adopted_parts, with_embedder
 
     version = _version_by_alias(config, alias)
     ae_version = _required_tag(config, version, AUTOENCODER_VERSION_TAG, "it was not registered by Scanflow")
@@ -340,6 +340,7 @@ def load_models(config: TrackingConfig, alias: str = CHAMPION_ALIAS) -> LoadedMo
             autoencoder = Autoencoder.load(next(Path(ae_dir).rglob(f"{AUTOENCODER_ARTIFACT}.pt")))
             local = _download_verified(client, config.classifier_name, version, os.path.join(tmp, "clf"))
             classifier, denoiser, gate = _adopted_parts(local, version, contract)
+        classifier = with_embedder(classifier, config.tracking_uri)
         return LoadedModels(classifier, autoencoder, str(version.version), str(ae_version), version.tags.get(DATASET_TAG, "default"),
                             denoiser, gate, dict(version.tags))
     with tempfile.TemporaryDirectory() as tmp:

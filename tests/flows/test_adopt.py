@@ -19,6 +19,7 @@ from PIL import Image
 from torch import nn
 
 from scanflow.cli import main
+from scanflow.tracking import registry
 from scanflow.config import TrackingConfig
 
 CLASSES = ("square", "cross", "stripes")
@@ -52,6 +53,17 @@ class LabelsOnly(mlflow.pyfunc.PythonModel):
             return self.net(torch.as_tensor(np.asarray(model_input, dtype=np.float32))).argmax(1).numpy()
 
 
+class Embedder(mlflow.pyfunc.PythonModel):
+    """A team's embedding function as a pyfunc of its own: the same float images in, the penultimate layer out [N, 64]."""
+
+    def __init__(self, net: nn.Module) -> None:
+        self.net = net
+
+    def predict(self, context, model_input, params=None):
+        with torch.no_grad():
+            return self.net.head[:-1](self.net.features(torch.as_tensor(np.asarray(model_input, dtype=np.float32)))).numpy()
+
+
 class OutsideNet(nn.Module):
     """A team's own classifier: float RGB in [0, 1] normalised by mean/std 0.5, logits out."""
 
@@ -63,6 +75,13 @@ class OutsideNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
+
+
+def _artifact_dir(client, name: str, version: str) -> Path:
+    """Where the files of a registered version live in the local artifact store (to change one, as someone with
+    write access to the store could)."""
+    source = client.get_model_version(name, version).source
+    return Path(mlflow.get_logged_model(source.removeprefix("models:/")).artifact_location.removeprefix("file://"))
 
 
 def write_pngs(folder, images: np.ndarray, labels: np.ndarray | None = None) -> None:
@@ -102,7 +121,11 @@ def outside_model(mlflow_store, tmp_path_factory):
         labels_only = mlflow.pyfunc.log_model(name="labels-only", python_model=LabelsOnly(model), signature=ModelSignature(
             signature.inputs, Schema([TensorSpec(np.dtype(np.int64), (-1,))])), pip_requirements=["torch"],
             registered_model_name="outside-labels")
-    assert labels_only.registered_model_version == 1
+        embedder = mlflow.pyfunc.log_model(name="embedder", python_model=Embedder(model), signature=ModelSignature(
+            signature.inputs, Schema([TensorSpec(np.dtype(np.float32), (-1, 64))])), pip_requirements=["torch"],
+            registered_model_name="outside-embedder")
+    assert labels_only.registered_model_version == 1 and embedder.registered_model_version == 1
+    MlflowClient().set_registered_model_alias("outside-embedder", "prod", "1")
     return f"models:/outside-shapes/{info.registered_model_version}"
 
 
@@ -283,23 +306,40 @@ def refusals_write_nothing(outside_model, adopted, mlflow_store, capsys) -> None
     assert code == 2 and "the model has no layer 'head.9' for --embedding-layer; its layers: features, features.0," in out.err + out.out
     assert main(["adopt", "runs:/abc/model", "--reference", str(adopted / "reference")]) == 2
     assert "is not a registered model version: pass models:/NAME/VERSION" in "".join(capsys.readouterr())
+    code = main(["adopt", outside_model, "--reference", str(adopted / "reference"), "--embedding-layer", "head.2",
+                 "--embedding-model", "models:/outside-embedder/1"])
+    out = capsys.readouterr()
+    assert code == 2 and "--embedding-layer and --embedding-model both name the model's embedding: give one of them" in out.err + out.out
+    # An embedding model that answers labels, not one vector per image, is refused when it is first run.
+    code = main(["adopt", outside_model, "--reference", str(adopted / "reference"), "--embedding-model", "models:/outside-labels@nope"])
+    out = capsys.readouterr()
+    assert code == 2 and "models:/outside-labels@nope is not in the registry" in out.err + out.out
+    code = main(["adopt", outside_model, "--reference", str(adopted / "reference"), "--embedding-model", "models:/outside-labels/1"])
+    out = capsys.readouterr()
+    assert code == 2 and ("the embedding model models:/outside-labels/1 returned shape [8] for 8 images, expected [8, D] of "
+                          "finite numbers") in out.err + out.out, out.err[-2000:]
     assert len(client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=1000)) == runs_before
     assert len(client.search_model_versions()) == versions_before
 
 
 def a_labels_only_pyfunc_is_adopted_under_another_name(adopted, mlflow_store, labels, capfd, monkeypatch) -> None:
-    """A pyfunc that answers labels only, without metadata: the flags give the contract; the detector works without
-    the model's confidence, and says so. It cannot be retrained, and a filter goes in front of it."""
+    """A pyfunc that answers labels only, without metadata: the flags give the contract, and its embedding comes
+    from the team's embedding pyfunc (pinned, its files' sha256 recorded); the detector works without the model's
+    confidence, and says so. It cannot be retrained, and a filter goes in front of it. A changed embedding model is
+    refused by name, never loaded."""
     classes = adopted / "classes.txt"
     classes.write_text("\n".join(CLASSES) + "\n")
     code = main(["adopt", "models:/outside-labels/1", "--reference", str(adopted / "reference"), "--classes", str(classes),
                  "--mean", "0.5,0.5,0.5", "--std", "0.5,0.5,0.5", "--output", "labels", "--name", "team-labels",
-                 "--autoencoder-epochs", "6"])
+                 "--autoencoder-epochs", "6", "--embedding-model", "models:/outside-embedder@prod"])
     captured = capfd.readouterr()
     out = captured.out
     assert code == 0, captured.err[-1500:]
     assert "Supervised:  team-labels v1 @champion (from models:/outside-labels/1)" in out
-    assert "Evidence:    labels only: the detector works from pixels and the autoencoder" in out
+    assert ("Evidence:    labels only and the embedding of models:/outside-embedder/1: the detector works from pixels, "
+            "the autoencoder and that embedding") in out
+    contract = json.loads(MlflowClient(mlflow_store).get_model_version("team-labels", "1").tags["scanflow.contract"])
+    assert contract["embedding_model"] == "models:/outside-embedder/1" and contract["embedding_model_sha256"]
     assert ("Decisions:   filter, ignore (a pyfunc model that answers labels has no module Scanflow can fine-tune: retrain "
             "it with your own code and adopt the new version)" in out)
     client = MlflowClient(mlflow_store)
@@ -327,3 +367,20 @@ def a_labels_only_pyfunc_is_adopted_under_another_name(adopted, mlflow_store, la
     print(f"labels-only pyfunc, fog accuracy on rows nobody labelled: v1 {before:.3f}, v2 (filtered) {after:.3f}; "
           f"verdict {v2.tags['scanflow.verdict']}", file=sys.__stderr__)
     assert after > before + 0.1, (before, after)
+    # The filtered version keeps the contract, so its detector (refitted with the embedding) loads the embedder too.
+    assert json.loads(v2.tags["scanflow.contract"])["embedding_model"] == "models:/outside-embedder/1"
+    assert main(["detect", "--batch", str(adopted / "clean.npy"), "--json", "--no-report"]) == 0
+    champion = client.get_model_version_by_alias("team-labels", "champion").version
+    assert json.loads(capfd.readouterr().out)["model_version"] == str(champion)
+
+    stored = _artifact_dir(client, "outside-embedder", "1") / "python_model.pkl"
+    original = stored.read_bytes()
+    stored.write_bytes(original + b"planted")
+    registry._LOADED_VERSIONS.clear()  # as in a new process
+    try:
+        assert main(["detect", "--batch", str(adopted / "clean.npy"), "--no-report"]) == 2
+        refused = "".join(capfd.readouterr())
+        assert ("the embedding model models:/outside-embedder/1 differs from what was logged (changed: python_model.pkl)"
+                in refused and "Traceback" not in refused), refused[-2000:]
+    finally:
+        stored.write_bytes(original)

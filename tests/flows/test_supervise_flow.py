@@ -59,7 +59,7 @@ def _stream(tmp_path, n_batches=3, drift_at=1, corruption="impulse_noise"):
 
 
 def test_oracle_loop_decides_improves_and_reports(env, tmp_path):
-    result = supervise_flow(stream_dir=_stream(tmp_path), human="oracle", budget=20)
+    result = supervise_flow(stream_dir=_stream(tmp_path), human="oracle", budget=20, retrain_steps=60, denoiser_steps=150)
     rows = result["batches"]
     assert [r["corrupted"] for r in rows] == ["no", "impulse_noise", "impulse_noise"]
     assert rows[0]["drift"] == "no" and rows[1]["drift"] == "yes"
@@ -71,6 +71,9 @@ def test_oracle_loop_decides_improves_and_reports(env, tmp_path):
                                        f"tags.`{BATCH_ID_TAG}` = '{rows[1]['batch']}' and tags.`{DECIDED_BY_TAG}` = 'oracle'")
     assert improve_run.data.tags[ACTION_TAG] == rows[1]["decision"] != "ignore"
     assert improve_run.data.tags[PROMOTED_TAG] == ("true" if rows[1]["promoted"] == "yes" else "false")
+    # The decision trained for the steps the run was given (--retrain-steps / --denoiser-steps).
+    key, steps = ("retrain_steps", "60") if rows[1]["decision"] == "retrain" else ("denoiser_steps", "150")
+    assert improve_run.data.params[key] == steps, improve_run.data.params
     if rows[1]["promoted"] == "yes":
         assert result["champion"] != rows[0]["model"].removeprefix("v")
     # The loop's own MLflow run charts the stream: one step per batch.

@@ -245,3 +245,42 @@ def test_an_embedding_layer_is_the_hidden_features_the_detector_watches():
         ForeignClassifier(net, InputContract(1, 8, 8, CLASSES, (0.5,), (0.5,), "logits", "pytorch", embedding="body.9"))
     with pytest.raises(AdoptionError, match=r"^--embedding-layer names a layer of a pytorch module, and a pyfunc model has none"):
         InputContract(1, 8, 8, CLASSES, (0.5,), (0.5,), "probabilities", "pyfunc", embedding="body.2")
+
+
+class _Pyfunc:
+    """A loaded pyfunc stand-in: `predict` of float images [N, 1, 8, 8] through `answer`."""
+
+    def __init__(self, answer) -> None:
+        self.answer = answer
+
+    def predict(self, x):
+        return self.answer(torch.as_tensor(x))
+
+
+def test_an_embedding_model_gives_a_pyfuncs_hidden_features_and_only_when_asked():
+    """A pyfunc's embedding comes from a second model of its own (pinned; its sha256 in the contract): the detector's
+    hidden features, never computed for a prediction; an embedder that gives anything but one finite vector per image
+    is refused, and without it loaded, hidden features are refused rather than replaced by probabilities."""
+    from scanflow.adopt import detector_components
+
+    net = Net(softmax=True)
+    calls = []
+    embedder = _Pyfunc(lambda x: calls.append(len(x)) or net.body[:3](x).detach().numpy())
+    pinned = InputContract(1, 8, 8, CLASSES, (0.5,), (0.5,), "probabilities", "pyfunc", embedding_model="models:/team-embedder/3",
+                           embedding_model_sha256='{"MLmodel": "00"}')
+    classifier = ForeignClassifier(_Pyfunc(lambda x: net(x).detach().numpy()), pinned, embedder)
+    images = squares(5, 0).images
+    hidden, probabilities = classifier.embed_and_predict_proba(images)
+    assert hidden.shape == (5, 16) and probabilities.shape == (5, 2) and calls == [5]
+    assert classifier.predict(images).shape == (5,) and calls == [5]  # predictions need no embedding
+    assert classifier.evidence == "probabilities and the embedding of models:/team-embedder/3"
+    assert detector_components(pinned)[-1] == "embedding" and InputContract.from_json(pinned.to_json()) == pinned
+    with pytest.raises(AdoptionError, match=r"^the embedding model models:/team-embedder/3 returned shape \[5\] for 5 images, "
+                                            r"expected \[5, D\] of finite numbers"):
+        ForeignClassifier(classifier.model, pinned, _Pyfunc(lambda x: np.zeros(len(x)))).embed_and_predict_proba(images)
+    with pytest.raises(AdoptionError, match=r"^the embedding model models:/team-embedder/3 is not loaded"):
+        ForeignClassifier(classifier.model, pinned).embed_and_predict_proba(images)
+    with pytest.raises(AdoptionError, match=r"^--embedding-layer and --embedding-model both name the model's embedding"):
+        InputContract(1, 8, 8, CLASSES, (0.5,), (0.5,), "logits", "pytorch", embedding="body.2", embedding_model="models:/e/1")
+    with pytest.raises(AdoptionError, match=r"^the embedding model must be a registered version, models:/NAME/VERSION, got 'models:/e@prod'"):
+        InputContract(1, 8, 8, CLASSES, (0.5,), (0.5,), "logits", "pytorch", embedding_model="models:/e@prod")

@@ -52,7 +52,8 @@ def test_policy_block_defaults_are_the_library_defaults():
     assert SupervisionPolicy().settings() == SupervisionSettings()
 
 
-@pytest.mark.parametrize("field, value", [("alpha", 1.5), ("budget", 0), ("pause_timeout_s", 0), ("action_on_timeout", "retrain"), ("promotion_margin", -0.1)])
+@pytest.mark.parametrize("field, value", [("alpha", 1.5), ("budget", 0), ("pause_timeout_s", 0), ("action_on_timeout", "retrain"),
+                                          ("promotion_margin", -0.1), ("retrain_steps", 0), ("denoiser_steps", -5)])
 def test_policy_block_refuses_values_out_of_range(field, value):
     with pytest.raises(ValidationError, match=field):
         SupervisionPolicy(**{field: value})
@@ -65,3 +66,16 @@ def test_settings_name_every_problem_and_overrides_skip_none():
     assert (settings.budget, settings.alpha) == (10, 0.01)
     with pytest.raises(InvalidPolicyError, match=r"unknown supervision settings \['budgt'\]"):
         SupervisionSettings().overridden(budgt=3)
+
+
+def test_a_policy_says_how_long_a_decisions_improvement_trains():
+    """Unset, the improvers' defaults; set, the improve flow gets the steps of the action decided; a count that is
+    not a whole number >= 1 is refused with its name."""
+    assert [SupervisionSettings().improve_steps(a) for a in ("retrain", "filter", "ignore")] == [None, None, None]
+    policy = SupervisionPolicy(retrain_steps=120, denoiser_steps=250)
+    settings = policy.settings()
+    assert (settings.improve_steps("retrain"), settings.improve_steps("filter"), settings.improve_steps("ignore")) == (120, 250, None)
+    assert SupervisionSettings(retrain_steps=120).overridden(retrain_steps=None, denoiser_steps=9).denoiser_steps == 9
+    with pytest.raises(InvalidPolicyError, match=r"retrain_steps must be a whole number of optimisation steps, at least 1 "
+                                                  r"\(or unset for the default\), got 2.5; denoiser_steps .* got True"):
+        SupervisionSettings(retrain_steps=2.5, denoiser_steps=True)

@@ -63,6 +63,8 @@ BAD_COMMAND_LINES = [
      HANDLER + "--inline-steps runs the steps in this process and --step-deployments docker elsewhere: give one of them"),
     (["supervise", "--stream", "{dir}", "--files-per-batch", "0"], ARGPARSE + "--files-per-batch: must be an integer >= 1, got 0"),
     (["supervise", "--demo", "--batches", "0"], ARGPARSE + "--batches: must be an integer >= 1, got 0"),
+    (["supervise", "--demo", "--retrain-steps", "0"], ARGPARSE + "--retrain-steps: must be an integer >= 1, got 0"),
+    (["supervise", "--demo", "--denoiser-steps", "many"], ARGPARSE + "--denoiser-steps: must be an integer >= 1, got 'many'"),
     (["supervise", "--demo", "--batch-size", "0"], ARGPARSE + "--batch-size: must be an integer >= 1, got 0"),
     (["supervise", "--demo", "--drift-at", "-1"], ARGPARSE + "--drift-at: must be an integer >= 0, got -1"),
     (["supervise", "--demo", "--batches", "4", "--drift-at", "5"],
