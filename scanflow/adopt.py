@@ -259,7 +259,8 @@ class ForeignClassifier:
     """A model Scanflow did not train behind the interface Scanflow's detector and flows use: uint8 images
     [N, C, H, W] in; probabilities, hidden features and labels out. The hidden features are the output of the
     contract's embedding model when it names one; else, for a pytorch module, of its embedding layer or the input of
-    its last linear layer; otherwise (a pyfunc) the probabilities themselves. Raises AdoptionError when the embedding layer is not in the module."""
+    its last linear layer; otherwise (a pyfunc) the probabilities themselves. Raises AdoptionError when the embedding
+    layer is not in the module."""
 
     def __init__(self, model: Any, contract: InputContract, embedder: Any = None) -> None:
         """`embedder`: the loaded `contract.embedding_model` (its pyfunc), which gives the hidden features when the

@@ -20,11 +20,10 @@ if _WORKERS > 1:
 import scanflow  # noqa: E402, F401  (applies the telemetry-off environment defaults before mlflow/prefect load)
 
 
-@pytest.fixture(autouse=True)
-def _no_leaked_mlflow_state():
-    """A test leaves none of MLflow's process-wide state to the next test, whose server may not have it or may be
-    gone: the active experiment (``mlflow.set_experiment``), and the tracking and registry URIs, which
-    ``mlflow.set_tracking_uri``/``set_registry_uri`` also export as MLFLOW_TRACKING_URI/MLFLOW_REGISTRY_URI."""
+def _restoring_mlflow_state():
+    """Yield, then put back MLflow's process-wide state as it was: the active experiment (``mlflow.set_experiment``),
+    and the tracking and registry URIs, which ``mlflow.set_tracking_uri``/``set_registry_uri`` also export as
+    MLFLOW_TRACKING_URI/MLFLOW_REGISTRY_URI."""
     from mlflow.tracking import fluent
     from mlflow.tracking._model_registry import utils as registry_utils
     from mlflow.tracking._tracking_service import utils as tracking_utils
@@ -40,6 +39,20 @@ def _no_leaked_mlflow_state():
             os.environ.pop(name, None)
         else:
             os.environ[name] = value
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_mlflow_state():
+    """A test leaves none of MLflow's process-wide state to the next test, whose server may not have it or may be
+    gone."""
+    yield from _restoring_mlflow_state()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_leaked_mlflow_state_from_a_module():
+    """Nor does a module: its module-scoped fixtures (set up before, and torn down after, every test's own reset) may
+    point MLflow at a server they stop when the module ends."""
+    yield from _restoring_mlflow_state()
 
 
 def require(path: Path, what: str) -> Path:

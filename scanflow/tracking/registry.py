@@ -16,6 +16,7 @@ import copy
 import json
 import os
 import tempfile
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -361,6 +362,7 @@ def load_models(config: TrackingConfig, alias: str = CHAMPION_ALIAS) -> LoadedMo
 #: How many loaded versions (served models, detectors) a process keeps (`_loaded_once`).
 LOADED_VERSIONS_KEPT = 8
 _LOADED_VERSIONS: OrderedDict[tuple[str, ...], Any] = OrderedDict()
+_LOADED_LOCK = threading.Lock()
 
 
 def _loaded_once(kind: str, config: TrackingConfig, version: Any, load: Callable[[], Any]) -> Any:
@@ -370,13 +372,15 @@ def _loaded_once(kind: str, config: TrackingConfig, version: Any, load: Callable
     same name and number is loaded anew. The LOADED_VERSIONS_KEPT most recent are kept."""
     key = (kind, config.tracking_uri, config.classifier_name, str(version.version), str(version.run_id),
            str(version.creation_timestamp))
-    if key in _LOADED_VERSIONS:
-        _LOADED_VERSIONS.move_to_end(key)
-        return _LOADED_VERSIONS[key]
+    with _LOADED_LOCK:  # threads of one process (a task runner's) may ask at once; two may load, one is kept
+        if key in _LOADED_VERSIONS:
+            _LOADED_VERSIONS.move_to_end(key)
+            return _LOADED_VERSIONS[key]
     loaded = load()
-    _LOADED_VERSIONS[key] = loaded
-    while len(_LOADED_VERSIONS) > LOADED_VERSIONS_KEPT:
-        _LOADED_VERSIONS.popitem(last=False)
+    with _LOADED_LOCK:
+        _LOADED_VERSIONS[key] = loaded
+        while len(_LOADED_VERSIONS) > LOADED_VERSIONS_KEPT:
+            _LOADED_VERSIONS.popitem(last=False)
     return loaded
 
 
