@@ -287,10 +287,11 @@ class ForeignClassifier:
         if self.contract.embedding_model is not None:
             if self.contract.output == "labels":
                 return (f"labels only and the embedding of {self.contract.embedding_model}: the detector works from pixels, "
-                        "the autoencoder and that embedding, without the model's confidence")
+                        "the autoencoder, that embedding and the mix of predicted classes, without the model's confidence")
             return f"probabilities and the embedding of {self.contract.embedding_model}"
         if self.contract.output == "labels":
-            return "labels only: the detector works from pixels and the autoencoder, without the model's confidence"
+            return ("labels only: the detector works from pixels, the autoencoder and the mix of predicted classes, "
+                    "without the model's confidence")
         if self._embedding_layer is not None:
             return f"probabilities and the embedding of layer {self.contract.embedding!r}"
         if self._last_linear is not None:

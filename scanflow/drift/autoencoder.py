@@ -15,8 +15,9 @@ clean reference images ("robust standard deviations above clean", comparable acr
   (`TWO_SIDED_COMPONENTS`): blur and fog pull embeddings toward the reference's centre, closer than clean images sit.
 
 Batch statistic: the largest of three z-scores under clean data, plus a tie-breaker of at most `TIE_BREAK`:
-- mean shift: the batch mean of each image's raw signals (log components, pixel statistics, latent vector)
-  against the clean calibration mean, a Hotelling-type chi-square with the clean covariance, mapped to a z-score;
+- mean shift: the batch mean of each image's raw signals (log components, pixel statistics, latent vector and,
+  with `prediction_shift`, the classifier's log class probabilities) against the clean calibration mean, a
+  Hotelling-type chi-square with the clean covariance, mapped to a z-score;
 - score shift: the batch's mean sample score;
 - excess of strange samples: per view, how many samples exceed its clean (1 - sample_fpr) quantile, as a binomial
   z-score against the expected share.
@@ -50,6 +51,12 @@ TWO_SIDED_COMPONENTS = ("embedding",)
 #: where they sit, as much for marks a filter removes (spatter, lines) as for moved shapes only retraining fixes
 #: (shear, translate): with it in the vote, sheared and translated digits got "filter".
 KIND_COMPONENTS = ("reconstruction", "latent", "uncertainty", "pixels")
+#: Classes up to which `prediction_shift` adds the log class probabilities to the mean-shift signals: each class is a
+#: dimension of the chi-square, and beyond this many a shift spread over a few classes would drown in the rest.
+MAX_PREDICTION_CLASSES = 20
+#: Probability floor before the log of `prediction_shift`'s signals: a model that returns labels only (one-hot
+#: probabilities) gives finite signals, its class mix.
+_PROBABILITY_FLOOR = 1e-6
 #: Reference rows kept for human-facing reports (Evidently's HTML drift report), not for the test itself.
 REPORT_REFERENCE_ROWS = 1000
 _EPS = 1e-12
@@ -162,9 +169,10 @@ class _BatchTest:
 
 
 def _mean_shift_signals(features: Features) -> np.ndarray:
-    """Per-image signals whose batch mean the mean-shift view tests: raw components and pixel statistics, then the
-    latent vector, float [N, F]."""
-    return np.concatenate([features["signals"], features["latent"]], axis=1)
+    """Per-image signals whose batch mean the mean-shift view tests: raw components and pixel statistics, the
+    latent vector, then the log class probabilities when the detector has `prediction_shift`, float [N, F]."""
+    return np.concatenate([features["signals"], features["latent"], *([features["prediction"]] if "prediction" in features else [])],
+                          axis=1)
 
 
 def _decoder_dtype(precision: str) -> torch.dtype:
@@ -192,9 +200,14 @@ class AutoencoderDetector(Detector):
         components: tuple[str, ...] = COMPONENTS,
         reconstruction_precision: str = "auto",
         two_sided: tuple[str, ...] = TWO_SIDED_COMPONENTS,
+        prediction_shift: bool = True,
         **kwargs: Any,
     ) -> None:
-        """`two_sided`: the components scored by their distance from clean in either direction (default
+        """`prediction_shift`: also test the batch mean of the classifier's log class probabilities (for models of
+        at most `MAX_PREDICTION_CLASSES` classes), as black-box shift detection does: a corruption that moves the
+        model's answers counts even where the autoencoder's reconstruction misses it (blur reconstructs well).
+        A batch whose class mix differs from the reference's moves it too.
+        `two_sided`: the components scored by their distance from clean in either direction (default
         `TWO_SIDED_COMPONENTS`); raises ValueError for a name outside `components`' choices.
         `reconstruction_precision`: the decoder's precision for the reconstruction errors (see
         `RECONSTRUCTION_PRECISIONS`). bfloat16 is faster on a CPU with native bfloat16 and moves the errors by
@@ -213,6 +226,7 @@ class AutoencoderDetector(Detector):
             raise ValueError(f"two_sided must name components of {COMPONENTS + OPTIONAL_COMPONENTS}, got {two_sided}")
         self.reconstruction_precision = reconstruction_precision
         self.two_sided = tuple(two_sided)
+        self.prediction_shift = prediction_shift
         self.classifier = classifier.eval()
         self.autoencoder = autoencoder.eval()
         self.components = tuple(components)
@@ -249,16 +263,22 @@ class AutoencoderDetector(Detector):
         self._report_reference = self.report_features(reference[rows])
 
     def _features(self, images: torch.Tensor, probabilities: np.ndarray | None = None) -> Features:
+        predicting = self.prediction_shift and self.classifier.spec.n_classes <= MAX_PREDICTION_CLASSES
+        if predicting and probabilities is None:
+            probabilities = self.classifier.predict_proba(images).numpy()
         latent, raw, pixels = self._raw_components(images, probabilities)
         standardised = (raw - self._component_location) / self._component_scale
         two_sided = [i for i, c in enumerate(self.components) if c in self.two_sided]
         standardised[:, two_sided] = np.abs(standardised[:, two_sided])
-        return {
+        features = {
             "latent": latent,
             "components": standardised,
             "signals": np.concatenate([raw, pixels], axis=1),
             "sample_scores": standardised.mean(axis=1),
         }
+        if predicting:
+            features["prediction"] = np.log(np.clip(np.asarray(probabilities, dtype=np.float64), _PROBABILITY_FLOOR, 1.0))
+        return features
 
     def _statistic(self, features: Features, clean: CleanReference | None = None) -> float:
         """`clean`: what the batch is compared with; default the calibration images' (`_null_statistic` passes a
@@ -343,6 +363,7 @@ class AutoencoderDetector(Detector):
             "autoencoder": self.autoencoder,
             "components": self.components,
             "two_sided": self.two_sided,
+            "prediction_shift": self.prediction_shift,
             "latent_mean": self._latent_mean,
             "latent_precision": self._latent_precision,
             "pixel_mean": self._pixel_mean,
@@ -362,6 +383,7 @@ class AutoencoderDetector(Detector):
         self.autoencoder = state["autoencoder"].eval()
         self.components = state["components"]
         self.two_sided = tuple(state.get("two_sided", TWO_SIDED_COMPONENTS))  # absent before the choice existed
+        self.prediction_shift = bool(state.get("prediction_shift", False))  # detectors saved before it lack it
         self._latent_mean = state["latent_mean"]
         self._latent_precision = state["latent_precision"]
         self._pixel_mean = state["pixel_mean"]

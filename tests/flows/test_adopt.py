@@ -337,7 +337,7 @@ def a_labels_only_pyfunc_is_adopted_under_another_name(adopted, mlflow_store, la
     assert code == 0, captured.err[-1500:]
     assert "Supervised:  team-labels v1 @champion (from models:/outside-labels/1)" in out
     assert ("Evidence:    labels only and the embedding of models:/outside-embedder/1: the detector works from pixels, "
-            "the autoencoder and that embedding") in out
+            "the autoencoder, that embedding and the mix of predicted classes") in out
     contract = json.loads(MlflowClient(mlflow_store).get_model_version("team-labels", "1").tags["scanflow.contract"])
     assert contract["embedding_model"] == "models:/outside-embedder/1" and contract["embedding_model_sha256"]
     assert ("Decisions:   filter, ignore (a pyfunc model that answers labels has no module Scanflow can fine-tune: retrain "

@@ -1,5 +1,6 @@
 """Scanflow's own detector beyond the shared contract: the batch test uses its full alpha on small windows, the
-rarity component sees small local marks, the reconstruction precision is fitted state."""
+rarity component sees small local marks, the reconstruction precision is fitted state, the prediction shift sees
+the classifier's answers move."""
 
 from __future__ import annotations
 
@@ -255,3 +256,33 @@ def test_a_two_sided_reconstruction_score_counts_too_good_a_reconstruction_and_i
     assert loaded.predict(blurred).statistic == pytest.approx(two_sided.predict(blurred).statistic)
     with pytest.raises(ValueError, match=r"two_sided must name components of \('reconstruction', .*\), got \('recon',\)"):
         AutoencoderDetector(detector.classifier, detector.autoencoder, two_sided=("recon",))
+
+
+def test_the_prediction_shift_sees_the_models_answers_move_where_the_pixels_look_clean(detector, digits, tmp_path, monkeypatch):
+    """Clean images, but answered as a model answers a batch of threes (the served model's probabilities are what
+    the flows pass): with `prediction_shift` (the default) the batch mean of the log class probabilities flags it;
+    without, the pixels and the autoencoder see clean images. Older saved detectors lack it and load without it;
+    models with more than MAX_PREDICTION_CLASSES classes go without it."""
+    from scanflow.drift import autoencoder
+    from scanflow.artifacts import load_state, save_state
+
+    train, test = digits
+    without = AutoencoderDetector(detector.classifier, detector.autoencoder, prediction_shift=False, calibration_windows=100)
+    without.fit(train.images, calibration=test.images, info=train.info)
+    answers_of_threes = detector.classifier.predict_proba(test.images[test.labels == 3][:30]).numpy()
+    rows = [torch.from_numpy(np.random.default_rng(seed).choice(len(test), 30, replace=False)) for seed in range(3)]
+    assert detector.prediction_shift and not without.prediction_shift
+    assert [detector.predict(test.images[r], answers_of_threes).is_drift for r in rows] == [True] * 3
+    assert [without.predict(test.images[r], answers_of_threes).is_drift for r in rows] == [False] * 3
+    assert [detector.predict(test.images[r]).is_drift for r in rows] == [False] * 3
+    features = detector._features(test.images[:20])
+    expected = np.log(np.clip(detector.classifier.predict_proba(test.images[:20]).numpy().astype(np.float64), 1e-6, 1.0))
+    assert np.allclose(features["prediction"], expected) and "prediction" not in without._features(test.images[:20])
+    path = detector.save(tmp_path / "detector.pt")
+    assert AutoencoderDetector.load(path).prediction_shift
+    payload = load_state(path)
+    del payload["state"]["prediction_shift"]
+    save_state(payload, path)
+    assert not AutoencoderDetector.load(path).prediction_shift
+    monkeypatch.setattr(autoencoder, "MAX_PREDICTION_CLASSES", 9)
+    assert "prediction" not in detector._features(test.images[:20])
