@@ -299,7 +299,7 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
         raise _Refused(f"decompression bomb ({error})") from error
     except UnidentifiedImageError as error:
         raise ValueError("not an image Pillow can read") from error
-    except Exception as error:  # noqa: BLE001: a foreign file may break the parser in any way
+    except Exception as error:  # noqa: BLE001  (a foreign file may break the parser in any way)
         raise ValueError(f"unreadable image header ({type(error).__name__}: {error})") from error
     width, height = image.size
     if width * height > max_pixels:
