@@ -171,8 +171,8 @@ class _BatchTest:
 def _mean_shift_signals(features: Features) -> np.ndarray:
     """Per-image signals whose batch mean the mean-shift view tests: raw components and pixel statistics, the
     latent vector, then the log class probabilities when the detector has `prediction_shift`, float [N, F]."""
-    return np.concatenate([features["signals"], features["latent"], *([features["prediction"]] if "prediction" in features else [])],
-                          axis=1)
+    prediction = [features["prediction"]] if "prediction" in features else []
+    return np.concatenate([features["signals"], features["latent"], *prediction], axis=1)
 
 
 def _decoder_dtype(precision: str) -> torch.dtype:
