@@ -263,9 +263,9 @@ class AutoencoderDetector(Detector):
         self._report_reference = self.report_features(reference[rows])
 
     def _features(self, images: torch.Tensor, probabilities: np.ndarray | None = None) -> Features:
-        predicting = self.prediction_shift and self.classifier.spec.n_classes <= MAX_PREDICTION_CLASSES
-        if predicting and probabilities is None:
-            probabilities = self.classifier.predict_proba(images).numpy()
+        if probabilities is None and (self.prediction_shift or "uncertainty" in self.components):
+            probabilities = self.classifier.predict_proba(images).numpy()  # once, for both uses
+        predicting = self.prediction_shift and np.shape(probabilities)[1] <= MAX_PREDICTION_CLASSES
         latent, raw, pixels = self._raw_components(images, probabilities)
         standardised = (raw - self._component_location) / self._component_scale
         two_sided = [i for i, c in enumerate(self.components) if c in self.two_sided]
