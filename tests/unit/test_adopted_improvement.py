@@ -1,5 +1,6 @@
 """What an adopted model can be improved with, without a server: the decisions it is offered (form, `answer`), its
-module fine-tuned through `ForeignModule` (logits or probabilities), and its reference record."""
+module fine-tuned through `ForeignModule` (logits or probabilities), its reference record, and Scanflow's detector
+watching its answers."""
 
 from __future__ import annotations
 
@@ -284,3 +285,27 @@ def test_an_embedding_model_gives_a_pyfuncs_hidden_features_and_only_when_asked(
         InputContract(1, 8, 8, CLASSES, (0.5,), (0.5,), "logits", "pytorch", embedding="body.2", embedding_model="models:/e/1")
     with pytest.raises(AdoptionError, match=r"^the embedding model must be a registered version, models:/NAME/VERSION, got 'models:/e@prod'"):
         InputContract(1, 8, 8, CLASSES, (0.5,), (0.5,), "logits", "pytorch", embedding_model="models:/e@prod")
+
+
+@pytest.mark.parametrize("output", ["logits", "labels"])
+def test_the_detector_watches_an_adopted_models_answers(output):
+    """Scanflow's detector around a model it did not train (no ImageSpec, maybe labels only): the prediction shift
+    takes the class count from the model's answers, so clean images that the model answers as if all were bright
+    are flagged, and a clean batch it answers as usual is not."""
+    from scanflow.drift.autoencoder import AutoencoderDetector
+    from scanflow.models import Autoencoder
+
+    torch.manual_seed(0)
+    trained = fine_tune(ForeignModule(ForeignClassifier(Net(softmax=False), contract())), squares(400, 0), squares(400, 0),
+                        RetrainConfig(steps=150, batch_size=32, pseudo_share=0.0)).classifier.as_classifier()
+    classifier = ForeignClassifier(trained.model, contract()) if output == "logits" else ForeignClassifier(
+        _Pyfunc(lambda x: trained.model(x).argmax(dim=1)), contract("labels", "pyfunc"))
+    reference, calibration = squares(400, 5), squares(400, 6)
+    detector = AutoencoderDetector(classifier, Autoencoder(1, 8, 8, latent_dim=4), calibration_windows=100, seed=0)
+    detector.fit(reference.images, calibration=calibration.images, info=reference.info)
+    batch = squares(40, 7).images
+    assert detector._features(batch)["prediction"].shape == (40, 2)
+    assert not detector.predict(batch).is_drift
+    others = squares(200, 8)
+    all_bright = classifier.predict_proba(others.images[others.labels == 1][:40]).numpy()
+    assert detector.predict(batch, all_bright).is_drift
