@@ -6,7 +6,9 @@ clean reference images ("robust standard deviations above clean", comparable acr
 - `latent`: squared Mahalanobis distance of the latent vector to the reference latents (Ledoit-Wolf covariance);
 - `uncertainty`: -log of the classifier's top softmax probability;
 - `pixels`: Mahalanobis distance of the image's pixel statistics (mean, standard deviation, share of bright
-  pixels, neighbour difference and its ratio to the standard deviation) to the reference's;
+  pixels, neighbour difference and its ratio to the standard deviation and, with `extended_pixels`, the log
+  ratio of the mean absolute Laplacian to the neighbour difference and the shares of clipped pixels) to the
+  reference's;
 - `rarity`: the mean surprise (-log p, nats) of the image's least probable pixels under per-position histograms
   of reference pixel values (`PixelRarity`): small local marks;
 - `embedding` (optional, `OPTIONAL_COMPONENTS`): squared Mahalanobis distance of the classifier's own hidden
@@ -77,18 +79,28 @@ RECONSTRUCTION_PRECISIONS = ("auto", "float32", "bfloat16")
 _VALUE_BIN = np.digitize(np.arange(256) / 255.0, RARITY_BIN_EDGES).astype(np.uint8)
 
 
-def pixel_statistics(images: torch.Tensor) -> np.ndarray:
+def pixel_statistics(images: torch.Tensor, detail: bool = False) -> np.ndarray:
     """Four statistics per image, float [N, 4], on the [0, 1] pixel scale: mean, standard deviation, share of
-    pixels brighter than 0.5, and mean absolute difference between horizontal and vertical neighbours."""
+    pixels brighter than 0.5, and mean absolute difference between horizontal and vertical neighbours. With
+    `detail`, three more, [N, 7]: the mean absolute 4-neighbour Laplacian of the interior (second-order detail,
+    which blur removes and pixel shuffles, noise and marks add), and the shares of pixels at most 1 and at least 254
+    of 255 (clipped dark and bright, as exposure shifts leave them)."""
     x = to_float(images)
     flat = x.flatten(1)
-    vertical = (x[..., 1:, :] - x[..., :-1, :]).abs_().flatten(1)
-    horizontal = (x[..., :, 1:] - x[..., :, :-1]).abs_().flatten(1)
+    vertical = x[..., 1:, :] - x[..., :-1, :]
+    horizontal = x[..., :, 1:] - x[..., :, :-1]
+    extra = []
+    if detail:  # the Laplacian from the first differences, before they turn absolute
+        laplacian = (horizontal[..., 1:-1, 1:] - horizontal[..., 1:-1, :-1]) + (vertical[..., 1:, 1:-1] - vertical[..., :-1, 1:-1])
+        raw = images.flatten(1)
+        extra = [laplacian.abs_().flatten(1).mean(1), (raw <= 1).sum(1, dtype=torch.int32) / raw.shape[1],
+                 (raw >= 254).sum(1, dtype=torch.int32) / raw.shape[1]]
+    vertical, horizontal = vertical.abs_().flatten(1), horizontal.abs_().flatten(1)
     neighbour_mean = (vertical.sum(1) + horizontal.sum(1)) / (vertical.shape[1] + horizontal.shape[1])
     mean = flat.mean(1)
     # sample variance from the two moments: ten times faster than Tensor.std here, exact enough on [0, 1] pixels
     variance = (flat.square().sum(1) - flat.shape[1] * mean.square()) / (flat.shape[1] - 1)
-    stats = torch.stack([mean, variance.clamp_min(0).sqrt(), (flat > 0.5).float().mean(1), neighbour_mean], dim=1)
+    stats = torch.stack([mean, variance.clamp_min(0).sqrt(), (flat > 0.5).float().mean(1), neighbour_mean, *extra], dim=1)
     return stats.numpy().astype(np.float64)
 
 
@@ -126,9 +138,17 @@ class PixelRarity:
 
 
 def _pixel_shape_features(pixels: np.ndarray) -> np.ndarray:
-    """Pixel statistics on scales where clean images are roughly Gaussian, plus the sharpness ratio, [N, 5]."""
-    mean, std, bright, neighbour = pixels.T
-    return np.stack([mean, std, np.sqrt(bright), np.log(neighbour + 1e-3), neighbour / (std + 1e-3)], axis=1)
+    """Pixel statistics [N, 4] (or [N, 7] with their detail) on scales where clean images are roughly
+    Gaussian, plus the contrast ratio, [N, 5] (or [N, 8]). The detail statistics enter as the sharpness ratio
+    (second- against first-order detail) and the square roots of the clipped shares. On 32x32 colour images the
+    mildest glass blur moves the sharpness ratio by 2.6 clean standard deviations and the mildest brightening the
+    bright clipped share by 5, where the first four statistics see less than 1."""
+    mean, std, bright, neighbour = pixels.T[:4]
+    columns = [mean, std, np.sqrt(bright), np.log(neighbour + 1e-3), neighbour / (std + 1e-3)]
+    if pixels.shape[1] > 4:
+        detail, dark, clipped = pixels.T[4:]
+        columns += [np.log(detail + 1e-3) - np.log(neighbour + 1e-3), np.sqrt(dark), np.sqrt(clipped)]
+    return np.stack(columns, axis=1)
 
 
 def _mahalanobis_squared(points: np.ndarray, mean: np.ndarray, precision: np.ndarray) -> np.ndarray:
@@ -201,12 +221,16 @@ class AutoencoderDetector(Detector):
         reconstruction_precision: str = "auto",
         two_sided: tuple[str, ...] = TWO_SIDED_COMPONENTS,
         prediction_shift: bool = True,
+        extended_pixels: bool = True,
         **kwargs: Any,
     ) -> None:
         """`prediction_shift`: also test the batch mean of the classifier's log class probabilities (for models of
         at most `MAX_PREDICTION_CLASSES` classes), as black-box shift detection does: a corruption that moves the
         model's answers counts even where the autoencoder's reconstruction misses it (blur reconstructs well).
         A batch whose class mix differs from the reference's moves it too.
+        `extended_pixels`: add the detail statistics (`pixel_statistics(detail=True)`) to the mean-shift signals
+        and the `pixels` component: blur and pixel shuffles that the autoencoder reconstructs well still change
+        the sharpness ratio, and brightening that it reconstructs well still clips pixels.
         `two_sided`: the components scored by their distance from clean in either direction (default
         `TWO_SIDED_COMPONENTS`); raises ValueError for a name outside `components`' choices.
         `reconstruction_precision`: the decoder's precision for the reconstruction errors (see
@@ -227,6 +251,7 @@ class AutoencoderDetector(Detector):
         self.reconstruction_precision = reconstruction_precision
         self.two_sided = tuple(two_sided)
         self.prediction_shift = prediction_shift
+        self.extended_pixels = extended_pixels
         self.classifier = classifier.eval()
         self.autoencoder = autoencoder.eval()
         self.components = tuple(components)
@@ -251,7 +276,7 @@ class AutoencoderDetector(Detector):
         covariance = LedoitWolf().fit(encoded[0].numpy().astype(np.float64))
         self._latent_mean = covariance.location_
         self._latent_precision = covariance.precision_
-        pixel_covariance = LedoitWolf().fit(_pixel_shape_features(pixel_statistics(reference)))
+        pixel_covariance = LedoitWolf().fit(_pixel_shape_features(self._pixel_statistics(reference)))
         self._pixel_mean, self._pixel_precision = pixel_covariance.location_, pixel_covariance.precision_
         self._rarity = PixelRarity.fit(reference)
         if "embedding" in self.components:
@@ -364,6 +389,7 @@ class AutoencoderDetector(Detector):
             "components": self.components,
             "two_sided": self.two_sided,
             "prediction_shift": self.prediction_shift,
+            "extended_pixels": self.extended_pixels,
             "latent_mean": self._latent_mean,
             "latent_precision": self._latent_precision,
             "pixel_mean": self._pixel_mean,
@@ -384,6 +410,7 @@ class AutoencoderDetector(Detector):
         self.components = state["components"]
         self.two_sided = tuple(state.get("two_sided", TWO_SIDED_COMPONENTS))  # absent before the choice existed
         self.prediction_shift = bool(state.get("prediction_shift", False))  # detectors saved before it lack it
+        self.extended_pixels = bool(state.get("extended_pixels", False))  # as do those saved before these statistics
         self._latent_mean = state["latent_mean"]
         self._latent_precision = state["latent_precision"]
         self._pixel_mean = state["pixel_mean"]
@@ -406,12 +433,13 @@ class AutoencoderDetector(Detector):
         encoded: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Latent vectors [N, D]; log-scale component scores [N, len(components)] before standardisation; raw
-        pixel statistics [N, 4]. `encoded` is the autoencoder's `embed_with_error` output when already computed."""
+        pixel statistics [N, 4] (or [N, 7] with `extended_pixels`). `encoded` is the autoencoder's `embed_with_error`
+        output when already computed."""
         if encoded is None:
             encoded = self.autoencoder.embed_with_error(images, decoder_dtype=self._decoder_dtype)
         latent_tensor, error = encoded
         latent = latent_tensor.numpy().astype(np.float64)
-        pixels = pixel_statistics(images)
+        pixels = self._pixel_statistics(images)
         columns = {
             "reconstruction": lambda: np.log(error.numpy().astype(np.float64) + _EPS),
             "latent": lambda: np.log(_mahalanobis_squared(latent, self._latent_mean, self._latent_precision) + _EPS),
@@ -421,6 +449,10 @@ class AutoencoderDetector(Detector):
             "embedding": lambda: np.log(_mahalanobis_squared(self._embedding(images), self._embedding_mean, self._embedding_precision) + _EPS),
         }
         return latent, np.stack([columns[c]() for c in self.components], axis=1), pixels
+
+    def _pixel_statistics(self, images: torch.Tensor) -> np.ndarray:
+        """`pixel_statistics`, with their detail when the detector has `extended_pixels`, float [N, 4 or 7]."""
+        return pixel_statistics(images, detail=self.extended_pixels)
 
     def _embedding(self, images: torch.Tensor) -> np.ndarray:
         """The classifier's hidden features of `images`, float64 [N, D]."""

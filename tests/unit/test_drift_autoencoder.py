@@ -1,6 +1,6 @@
 """Scanflow's own detector beyond the shared contract: the batch test uses its full alpha on small windows, the
 rarity component sees small local marks, the reconstruction precision is fitted state, the prediction shift sees
-the classifier's answers move."""
+the classifier's answers move, the extended pixel statistics see mild blur."""
 
 from __future__ import annotations
 
@@ -286,3 +286,34 @@ def test_the_prediction_shift_sees_the_models_answers_move_where_the_pixels_look
     assert not AutoencoderDetector.load(path).prediction_shift
     monkeypatch.setattr(autoencoder, "MAX_PREDICTION_CLASSES", 9)
     assert "prediction" not in detector._features(test.images[:20])
+
+
+def test_the_extended_pixel_statistics_see_mild_blur_and_brightening_of_colour_images(rgb_detector, tmp_path):
+    """The mildest glass and motion blur of 32x32 colour images reconstruct about as well as clean, so without
+    `extended_pixels` batches of 20 pass; with them (the default) the sharpness ratio flags every batch. The
+    mildest brightening clips pixels, which the clipped share sees. Clean batches still pass at about alpha.
+    Detectors saved before these statistics load without them and predict as they did."""
+    from scanflow.artifacts import load_state, save_state
+    from scanflow.drift.autoencoder import pixel_statistics
+
+    detector, test = rgb_detector
+    without = AutoencoderDetector(detector.classifier, detector.autoencoder, extended_pixels=False, calibration_windows=200)
+    without.fit(test.images[:1000], calibration=test.images[1000:1600], info=test.info)
+    assert detector.extended_pixels and not without.extended_pixels
+    windows = [test.images[1600 + 20 * k: 1620 + 20 * k] for k in range(10)]
+    for name in ("glass_blur", "motion_blur", "brightness"):
+        shifted = [corrupt(images, name, 1, seed=k) for k, images in enumerate(windows[:3])]
+        assert [detector.predict(images).is_drift for images in shifted] == [True] * 3, name
+        if name != "brightness":
+            assert [without.predict(images).is_drift for images in shifted] == [False] * 3, name
+    brightened = corrupt(test.images[1600:1800], "brightness", 1, seed=0)
+    clipped = [pixel_statistics(images, detail=True)[:, 6].mean() for images in (brightened, test.images[1600:1800])]
+    assert clipped[0] > 5 * clipped[1], clipped
+    assert sum(detector.predict(images).is_drift for images in windows) <= 2
+    path = without.save(tmp_path / "detector.pt")
+    payload = load_state(path)
+    del payload["state"]["extended_pixels"]
+    save_state(payload, path)
+    loaded = AutoencoderDetector.load(path)
+    assert not loaded.extended_pixels
+    assert loaded.predict(windows[0]).statistic == pytest.approx(without.predict(windows[0]).statistic)

@@ -49,7 +49,7 @@ def test_the_same_corruption_is_recognised_and_another_is_a_new_question(detecto
     _, test = digits
     first, second = test.images[180:269], test.images[269:358]
     known = [KnownShift("batch-003", "1", "filter", "run-1", detector.shift_signature(corrupt(first, "shot_noise", 3, seed=0)))]
-    assert detector.shift_signature(first).shape == (89, 8)
+    assert detector.shift_signature(first).shape == (89, 11)
 
     repeated = match_known_shift(detector.shift_signature(corrupt(second, "shot_noise", 3, seed=1)), known, alpha=0.05)
     assert repeated is not None and repeated.shift.batch_id == "batch-003" and repeated.p_value > 0.05
