@@ -129,7 +129,8 @@ def prepare_seed(config: study.StudyConfig, seed: int, tracking: str | None, mod
     print(f"seed {seed}: champion v{models.classifier_version} (test accuracy {summary['test_accuracy']:.4f}); "
           f"stream source {len(split.stream)}, holdout {len(split.holdout)} test images")
     baselines = study.fit_baselines(config.baselines, models.classifier, models.autoencoder, replay, calibration, seed)
-    filters = study.fold_filters(models.classifier, replay, calibration, config.corruptions, config.denoiser_steps, seed)
+    filters = study.fold_filters(models.classifier, replay, calibration, config.corruptions, config.denoiser_steps, seed,
+                                 detector)
     return SeedContext(models.classifier, detector, replay, split, baselines, filters, tracking_settings, models.classifier_version,
                        data_dir)
 

@@ -31,6 +31,8 @@ CLASSIFIER_ARTIFACT = "classifier"
 AUTOENCODER_ARTIFACT = "autoencoder"
 DENOISER_ARTIFACT = "denoiser"
 REJECTION_DETECTOR_ARTIFACT = "rejection_detector"
+#: The champion's detector a filter's score gate judges raw images by (`FilteredClassifier.gate_scorer`).
+GATE_DETECTOR_ARTIFACT = "gate_detector"
 #: The artifact holding a wrapper's `model_config()` as JSON.
 CONFIG_ARTIFACT = "scanflow_config"
 #: The code file MLflow stores with every Scanflow pyfunc and runs to load it.
@@ -112,25 +114,31 @@ class AutoencoderModel(_ImageModel):
 
 class FilteredClassifierModel(_ImageModel):
     """A filter-wrapped classifier as a pyfunc: the denoiser cleans the batch, the unchanged classifier labels it;
-    with a rejection detector logged beside them, images still beyond its threshold get REJECTED_LABEL (-1)."""
+    with a rejection detector logged beside them, images still beyond its threshold get REJECTED_LABEL (-1); with a
+    gate detector, images it scores above `gate_score_threshold` are cleaned whatever their correction size."""
 
     kind = "filtered-classifier"
     artifact = CLASSIFIER_ARTIFACT
     model_class = Classifier
 
-    def __init__(self, info: DatasetInfo, reject_threshold: float | None = None, gate_threshold: float | None = None) -> None:
+    def __init__(
+        self, info: DatasetInfo, reject_threshold: float | None = None, gate_threshold: float | None = None,
+        gate_score_threshold: float | None = None,
+    ) -> None:
         super().__init__(info)
         self.reject_threshold = reject_threshold
         self.gate_threshold = gate_threshold
+        self.gate_score_threshold = gate_score_threshold
         self.filtered: Any = None
 
     def model_config(self) -> dict[str, Any]:
-        return {**super().model_config(), "reject_threshold": self.reject_threshold, "gate_threshold": self.gate_threshold}
+        return {**super().model_config(), "reject_threshold": self.reject_threshold, "gate_threshold": self.gate_threshold,
+                "gate_score_threshold": self.gate_score_threshold}
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "FilteredClassifierModel":
         info = super().from_config(config).info
-        return cls(info, config.get("reject_threshold"), config.get("gate_threshold"))
+        return cls(info, config.get("reject_threshold"), config.get("gate_threshold"), config.get("gate_score_threshold"))
 
     def load_context(self, context: Any) -> None:
         from scanflow.drift.base import Detector
@@ -139,7 +147,9 @@ class FilteredClassifierModel(_ImageModel):
         super().load_context(context)
         denoiser = Denoiser.load(context.artifacts[DENOISER_ARTIFACT])
         scorer = Detector.load(context.artifacts[REJECTION_DETECTOR_ARTIFACT]) if self.reject_threshold is not None else None
-        self.filtered = FilteredClassifier(self.model, denoiser, scorer, self.reject_threshold, self.gate_threshold)
+        gate_scorer = Detector.load(context.artifacts[GATE_DETECTOR_ARTIFACT]) if self.gate_score_threshold is not None else None
+        self.filtered = FilteredClassifier(self.model, denoiser, scorer, self.reject_threshold, self.gate_threshold,
+                                           gate_scorer, self.gate_score_threshold)
 
     def _run(self, images: torch.Tensor) -> np.ndarray:
         return self.filtered.predict(images).numpy().astype(np.int64)

@@ -212,17 +212,18 @@ def fit_baselines(names: Sequence[str], classifier: Any, autoencoder: Any, refer
 
 
 def fold_filters(classifier: Any, replay: LabeledImages, calibration: LabeledImages, corruptions: Sequence[str], steps: int,
-                 seed: int) -> dict[int, Any]:
-    """Per fold that holds a studied corruption, a `FilteredClassifier` whose denoiser never saw that fold."""
+                 seed: int, detector: Detector | None = None) -> dict[int, Any]:
+    """Per fold that holds a studied corruption, a `FilteredClassifier` whose denoiser never saw that fold, gated as
+    `FilterImprover` gates it (by `detector`'s scores too when given)."""
     from scanflow.improve import DenoiserConfig, FilteredClassifier, train_denoiser
-    from scanflow.improve.filter import DEFAULT_GATE_QUANTILE, calibrate_gate
+    from scanflow.improve.filter import DEFAULT_GATE_QUANTILE, calibrate_gate, score_gate
 
     filters = {}
     for fold, members in enumerate(FOLDS):
         if set(members) & set(corruptions):
             result = train_denoiser(classifier, replay, DenoiserConfig(exclude=members, steps=steps, seed=seed))
             gate = calibrate_gate(result.denoiser, calibration.images, DEFAULT_GATE_QUANTILE)
-            filters[fold] = FilteredClassifier(classifier, result.denoiser, gate_threshold=gate)
+            filters[fold] = FilteredClassifier(classifier, result.denoiser, gate_threshold=gate, **score_gate(detector))
     return filters
 
 

@@ -56,6 +56,8 @@ ROLLED_BACK_TAG = "scanflow.rolled_back"
 #: A filter-wrapped version: what the filter is, and its gate (mean absolute correction, or "none").
 FILTER_TAG = "scanflow.filter"
 FILTER_GATE_TAG = "scanflow.filter_gate"
+#: A filter whose gate also cleans images its champion's detector scores above this (the detector travels with it).
+FILTER_SCORE_GATE_TAG = "scanflow.filter_score_gate"
 #: Prefix of the tags that record a champion's known shifts (`scanflow.drift.known`), one per decided batch.
 KNOWN_SHIFT_TAG_PREFIX = "scanflow.known_shift."
 #: An adopted version (`scanflow.adopt`): its flavour, its input contract (JSON), its reference (JSON), the URI it

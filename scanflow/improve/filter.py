@@ -150,10 +150,13 @@ def correction_size(original: torch.Tensor, cleaned: torch.Tensor) -> torch.Tens
 class FilteredClassifier:
     """The unchanged classifier behind a denoiser.
 
-    `gate_threshold` (mean absolute correction, [0, 1] pixel scale): an image the denoiser would change less than
-    this is passed through untouched, so clean inputs keep exactly the champion's answers; calibrated as a high
-    quantile of the corrections on clean images. With `reject_threshold`, images whose drift score (by `scorer`,
-    on what the classifier sees) stays above it are answered with REJECTED_LABEL instead of a guess.
+    The gate passes an image through untouched, so clean inputs keep exactly the champion's answers, when the
+    denoiser would change it by at most `gate_threshold` (mean absolute correction, [0, 1] pixel scale; a high
+    quantile of the corrections on clean images) and, with a `gate_scorer` (the champion's fitted detector, on raw
+    images), its drift score is at most `gate_score_threshold` (the detector's sample threshold). The score matters
+    for blur: deblurring changes an image about as little as cleaning a clean one does, so the size alone passes
+    blurred images on unchanged. With `reject_threshold`, images whose drift score (by `scorer`, on what the
+    classifier sees) stays above it are answered with REJECTED_LABEL instead of a guess.
     """
 
     classifier: Classifier
@@ -161,18 +164,26 @@ class FilteredClassifier:
     scorer: object | None = field(default=None, repr=False)
     reject_threshold: float | None = None
     gate_threshold: float | None = None
+    gate_scorer: object | None = field(default=None, repr=False)
+    gate_score_threshold: float | None = None
 
     def __post_init__(self) -> None:
         if (self.scorer is None) != (self.reject_threshold is None):
             raise ValueError("rejection needs both a scorer (a fitted detector) and a reject_threshold, or neither")
+        if (self.gate_scorer is None) != (self.gate_score_threshold is None):
+            raise ValueError("a score gate needs both a gate_scorer (a fitted detector) and a gate_score_threshold, or neither")
 
     def clean(self, images: torch.Tensor) -> torch.Tensor:
         """What the classifier sees: the cleaned uint8 batch (gated images unchanged)."""
         images = validate_batch(images)
         cleaned = self.denoiser.clean(images)
-        if self.gate_threshold is None:
+        keep = torch.ones(len(images), dtype=torch.bool)
+        if self.gate_threshold is not None:
+            keep &= correction_size(images, cleaned) <= self.gate_threshold
+        if self.gate_scorer is not None:
+            keep &= torch.from_numpy(np.asarray(self.gate_scorer.score(images)) <= self.gate_score_threshold)
+        if self.gate_threshold is None and self.gate_scorer is None:
             return cleaned
-        keep = correction_size(images, cleaned) <= self.gate_threshold
         cleaned[keep] = images[keep]
         return cleaned
 
@@ -194,6 +205,15 @@ def calibrate_gate(denoiser: Denoiser, clean_images: torch.Tensor, quantile: flo
     if not 0 < quantile < 1:
         raise ValueError(f"gate quantile must be in (0, 1), got {quantile}")
     return float(torch.quantile(correction_size(clean_images, denoiser.clean(clean_images)), quantile))
+
+
+def score_gate(detector: Detector | None, context: "ImprovementContext | None" = None) -> dict[str, Any]:
+    """`FilteredClassifier` arguments for a score gate by `detector` at its sample threshold, or none: without a
+    detector, for an adopted model (its detector needs the model's answers), or when the champion already filters
+    (its detector watches filtered images, not the raw ones the gate sees)."""
+    if detector is None or (context is not None and (isinstance(context.classifier, ForeignClassifier) or context.served_champion is not None)):
+        return {}
+    return {"gate_scorer": detector, "gate_score_threshold": float(detector.sample_threshold)}
 
 
 #: Share of clean images the filter's gate passes through untouched (the rest are cleaned, usually harmlessly).
@@ -270,7 +290,7 @@ class FilterImprover(Improver):
         if self.gate_quantile is not None:
             gate_images = context.calibration.images if context.calibration is not None else context.clean_holdout.images
             gate = calibrate_gate(result.denoiser, gate_images, self.gate_quantile)
-        filtered = FilteredClassifier(context.classifier, result.denoiser, gate_threshold=gate)
+        filtered = FilteredClassifier(context.classifier, result.denoiser, gate_threshold=gate, **score_gate(context.detector, context))
         detector = refit_detector(context.classifier, context, seen=filtered.clean)
         if self.reject_fpr is not None:
             filtered = replace(filtered, scorer=detector, reject_threshold=detector.clean_score_quantile(1.0 - self.reject_fpr))

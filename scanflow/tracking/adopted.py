@@ -214,6 +214,8 @@ def _log_filtered_foreign(config: TrackingConfig, parent: Any, candidate: Any) -
 
     if candidate.scorer is not None:
         raise ScanflowError("a filter in front of an adopted model cannot reject images: its answers keep the model's own form")
+    if candidate.gate_scorer is not None:
+        raise ScanflowError("a filter in front of an adopted model gates by correction size only: its detector needs the model's answers")
     _, signature, metadata = model_declarations(config.tracking_uri, parent)
     with tempfile.TemporaryDirectory() as tmp:
         downloaded = _foreign_model_dir(_download_verified(_client(config), config.classifier_name, parent, os.path.join(tmp, "parent")), parent)

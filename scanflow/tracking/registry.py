@@ -46,6 +46,7 @@ from scanflow.serving import (
     CLASSIFIER_ARTIFACT,
     CONFIG_ARTIFACT,
     DENOISER_ARTIFACT,
+    GATE_DETECTOR_ARTIFACT,
     PYFUNC_CODE,
     REJECTION_DETECTOR_ARTIFACT,
     AutoencoderModel,
@@ -64,6 +65,7 @@ from scanflow.tags import (
     DETECTOR_TAG,
     DIGESTS_TAG,
     FILTER_GATE_TAG,
+    FILTER_SCORE_GATE_TAG,
     FILTER_TAG,
     INPUT_SHAPE_TAG,
     KIND_TAG,
@@ -309,6 +311,7 @@ class LoadedModels:
     denoiser: Denoiser | None = None
     gate_threshold: float | None = None
     tags: Mapping[str, str] = field(default_factory=dict)
+    gate_detector: Detector | None = None
 
     @property
     def is_filtered(self) -> bool:
@@ -322,7 +325,8 @@ class LoadedModels:
             return None
         from scanflow.improve.filter import FilteredClassifier
 
-        return FilteredClassifier(self.classifier, self.denoiser, gate_threshold=self.gate_threshold)
+        score_gate = {"gate_scorer": self.gate_detector, "gate_score_threshold": float(self.tags[FILTER_SCORE_GATE_TAG])} if self.gate_detector else {}
+        return FilteredClassifier(self.classifier, self.denoiser, gate_threshold=self.gate_threshold, **score_gate)
 
 
 @_tracking_errors
@@ -352,10 +356,12 @@ def load_models(config: TrackingConfig, alias: str = CHAMPION_ALIAS) -> LoadedMo
         autoencoder = Autoencoder.load(next(Path(ae_dir).rglob(f"{AUTOENCODER_ARTIFACT}.pt")))
         denoiser_file = next(Path(clf_dir).rglob(f"{DENOISER_ARTIFACT}.pt"), None)
         denoiser = Denoiser.load(denoiser_file) if denoiser_file is not None else None
+        gate_file = next(Path(clf_dir).rglob(f"{GATE_DETECTOR_ARTIFACT}.pt"), None) if FILTER_SCORE_GATE_TAG in version.tags else None
+        gate_detector = Detector.load(gate_file) if gate_file is not None else None
     gate = version.tags.get(FILTER_GATE_TAG, "none")
     return LoadedModels(
         classifier, autoencoder, str(version.version), str(ae_version), version.tags.get(DATASET_TAG, "default"),
-        denoiser, None if gate == "none" else float(gate), dict(version.tags),
+        denoiser, None if gate == "none" else float(gate), dict(version.tags), gate_detector,
     )
 
 
@@ -458,14 +464,19 @@ def register_candidate(
             if is_filter:
                 version_tags[FILTER_TAG] = "denoiser" + ("+reject" if candidate.scorer is not None else "")
                 version_tags[FILTER_GATE_TAG] = "none" if candidate.gate_threshold is None else repr(float(candidate.gate_threshold))
+                if candidate.gate_scorer is not None:
+                    version_tags[FILTER_SCORE_GATE_TAG] = repr(float(candidate.gate_score_threshold))
             if is_filter and isinstance(candidate.classifier, ForeignClassifier):
                 model_info = _log_filtered_foreign(config, champion, candidate)
             elif is_filter:
                 artifacts = {CLASSIFIER_ARTIFACT: candidate.classifier, DENOISER_ARTIFACT: candidate.denoiser}
                 if candidate.scorer is not None:
                     artifacts[REJECTION_DETECTOR_ARTIFACT] = candidate.scorer
+                if candidate.gate_scorer is not None:
+                    artifacts[GATE_DETECTOR_ARTIFACT] = candidate.gate_scorer
                 model_info = _log_pyfunc(
-                    "filtered-classifier", FilteredClassifierModel(info, candidate.reject_threshold, candidate.gate_threshold), artifacts,
+                    "filtered-classifier",
+                    FilteredClassifierModel(info, candidate.reject_threshold, candidate.gate_threshold, candidate.gate_score_threshold), artifacts,
                     classifier_signature(info), config.classifier_name,
                 )
             elif isinstance(candidate, ForeignClassifier):

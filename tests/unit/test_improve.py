@@ -246,6 +246,8 @@ def test_filter_apply_needs_no_labels(context):
     assert outcome.candidate_scores.shifted_accuracy is None and outcome.n_labels_used == 0
     assert outcome.detector.classifier is context.classifier and outcome.detector is not context.detector
     assert not outcome.detector.predict(outcome.candidate.clean(context.clean_holdout.images[:150])).is_drift
+    assert outcome.candidate.gate_scorer is context.detector
+    assert outcome.candidate.gate_score_threshold == context.detector.sample_threshold
 
 
 def test_a_filter_rejects_about_its_false_rejection_rate_of_clean_images_and_more_of_shifted_ones(context):
@@ -309,6 +311,31 @@ def test_the_gate_passes_clean_images_through_untouched(digits, champion):
         calibrate_gate(denoiser, test.images, 1.0)
 
 
+def test_the_score_gate_cleans_what_the_detector_flags_even_when_the_correction_is_small(digits, champion, context):
+    """Deblurring changes an image about as little as cleaning a clean one: a size gate alone passes blurred images
+    on unchanged; the detector's score sends the ones it flags to the denoiser."""
+    train, test = digits
+    classifier, _ = champion
+    detector = context.detector
+    denoiser = train_denoiser(classifier, train, FAST_DENOISER).denoiser
+    gate = calibrate_gate(denoiser, test.images, 0.9)
+    blurred = corrupt(test.images, "motion_blur", 3, seed=2)
+    by_size = FilteredClassifier(classifier, denoiser, gate_threshold=gate)
+    by_both = FilteredClassifier(classifier, denoiser, gate_threshold=gate, gate_scorer=detector,
+                                 gate_score_threshold=detector.sample_threshold)
+    flagged = torch.from_numpy(detector.score(blurred) > detector.sample_threshold)
+    size_passed = (by_size.clean(blurred) == blurred).flatten(1).all(dim=1)
+    both_passed = (by_both.clean(blurred) == blurred).flatten(1).all(dim=1)
+    assert flagged.float().mean() > 0.5
+    assert not both_passed[flagged & (denoiser.clean(blurred) != blurred).flatten(1).any(dim=1)].any()
+    assert torch.equal(both_passed, size_passed & ~flagged)
+    assert both_passed.float().mean() < size_passed.float().mean()
+    clean_passed = (by_both.clean(test.images) == test.images).flatten(1).all(dim=1).float().mean().item()
+    assert clean_passed >= 0.7  # clean images: each gate cleans about a tenth
+    with pytest.raises(ValueError, match="a score gate needs both a gate_scorer"):
+        FilteredClassifier(classifier, denoiser, gate_score_threshold=1.0)
+
+
 def test_a_filtered_champion_is_judged_as_it_serves(context):
     from dataclasses import replace
 
@@ -317,3 +344,4 @@ def test_a_filtered_champion_is_judged_as_it_serves(context):
     judged = replace(context, served_champion=perfect)
     outcome = improver.apply(improver.plan(None, judged), Decision("filter", tuple(range(10)) * 3))
     assert outcome.champion_scores.clean_accuracy == 0.0 and outcome.champion_scores.shifted_accuracy == 0.0
+    assert outcome.candidate.gate_scorer is None  # the champion's detector watches filtered images, not raw ones

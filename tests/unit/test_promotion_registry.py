@@ -92,6 +92,27 @@ def test_a_filter_version_serves_like_any_classifier(tracking_config, champion, 
     assert torch.equal(input_filter.clean(test.images[:40]), filtered.clean(test.images[:40]))
 
 
+def test_a_score_gated_filter_serves_and_loads_its_gate(tracking_config, champion, models, digits):
+    train, test = digits
+    classifier, _, detector = models
+    torch.manual_seed(0)
+    threshold = detector.clean_score_quantile(0.5)
+    filtered = FilteredClassifier(classifier, Denoiser(1, 8, 8), gate_threshold=1.0, gate_scorer=detector, gate_score_threshold=threshold)
+    images = test.images[:40]
+    passed = (filtered.clean(images) == images).flatten(1).all(dim=1)
+    assert 0 < passed.sum() < len(images)  # the size gate passes all: only the score decides
+    with tracking.tracked_run(tracking_config, "improve-test") as run_id:
+        version = tracking.register_candidate(run_id, tracking_config, filtered, train.info, champion.classifier_version)
+    tags = tracking.version_tags(tracking_config, version)
+    assert tags["scanflow.filter"] == "denoiser" and float(tags["scanflow.filter_score_gate"]) == threshold
+    served = mlflow.pyfunc.load_model(f"models:/{tracking_config.classifier_name}/{version}")
+    assert np.array_equal(served.predict(images.numpy()), filtered.predict(images).numpy())
+    tracking.promote(tracking_config, version, "test")
+    input_filter = tracking.load_input_filter(tracking_config)
+    assert input_filter.gate_score_threshold == threshold
+    assert torch.equal(input_filter.clean(images), filtered.clean(images))
+
+
 def test_a_failed_registration_leaves_no_version_behind(tracking_config, champion, models, digits, monkeypatch):
     train, _ = digits
     client = mlflow_client(tracking_config.tracking_uri)
