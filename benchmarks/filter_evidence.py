@@ -16,7 +16,7 @@ import torch
 from scanflow.corruptions import CORRUPTIONS, corrupt
 from scanflow.data import hold_out_calibration, load_train_test
 from scanflow.drift.autoencoder import fit_detector
-from scanflow.improve.filter import DenoiserConfig, FilteredClassifier, calibrate_gate, train_denoiser
+from scanflow.improve.filter import DEFAULT_GATE_QUANTILE, DenoiserConfig, FilteredClassifier, calibrate_gate, score_gate, train_denoiser
 from scanflow.improve.promotion import DRIFT_REDUCTION, DriftEvidence
 from scanflow.train import TrainConfig, train_autoencoder, train_classifier
 
@@ -34,8 +34,10 @@ def main() -> None:
     autoencoder, _ = train_autoencoder(replay, TrainConfig(epochs=ae_epochs), latent_dim=latent, progress=False)
     detector = fit_detector(classifier, autoencoder, replay, calibration)
     denoiser = train_denoiser(classifier, replay, DenoiserConfig()).denoiser
-    filtered = FilteredClassifier(classifier, denoiser, gate_threshold=calibrate_gate(denoiser, calibration.images, 0.95))
-    print(f"{args.dataset}: classifier {epochs} epochs, autoencoder {ae_epochs} (latent {latent}), default denoiser; "
+    # Gated as `FilterImprover` gates it: by the size of the correction and by the detector's score.
+    gate = calibrate_gate(denoiser, calibration.images, DEFAULT_GATE_QUANTILE)
+    filtered = FilteredClassifier(classifier, denoiser, gate_threshold=gate, **score_gate(detector))
+    print(f"{args.dataset}: classifier {epochs} epochs, autoencoder {ae_epochs} (latent {latent}), default denoiser gated as FilterImprover gates it; "
           f"batches of {min(args.batch, len(test))} test images; the rule promotes when the filter removes at least "
           f"{DRIFT_REDUCTION:.0%} of the raw excess\n")
     print("| corruption | severity | statistic raw | filtered | threshold | excess removed | rule | accuracy raw | filtered | gain |")

@@ -3,7 +3,8 @@
 The rule, in order: the challenger may lose at most `margin` accuracy on the clean holdout (what the champion was
 trained for); on a labelled shifted holdout an exact one-sided McNemar test on the same images must find it better
 (promoted) or worse (rejected); failing a decision on labels, a filter may be judged without labels by the champion's
-drift statistic of the filtered batch against the raw one. Anything else is "not enough labels", with how many more
+drift statistic of the filtered batch against the raw one, unless the labels it has point against it (the champion
+alone right more often than the filter: rejected). Anything else is "not enough labels", with how many more
 would decide, never a promotion or a rejection on noise. Every verdict names the evidence that decided and shows its
 numbers at the precision the rule compares them.
 """
@@ -297,6 +298,11 @@ def decide(champion: HoldoutScores, challenger: HoldoutScores, margin: float = D
             return PromotionVerdict(False, f"the challenger is worse on the labelled holdout: {worse}", margin,
                                     "rejected", "labels", test.p_better)
     if drift is not None:
+        if test is not None and test.champion_only > test.challenger_only:
+            against = _labels_note(test, test.p_better, alpha)
+            reason = (f"the person's labels point against the filter, though not significantly: {against}; the drift "
+                      "statistic promotes a filter only when the labels do not")
+            return PromotionVerdict(False, reason, margin, "rejected", "labels", test.p_better)
         labels = f"; the labels were undecided: {_labels_note(test, test.p_better, alpha)}" if test else ""
         return _drift_verdict(drift, clean, labels, margin, test.p_better if test else None)
     if test is not None:

@@ -148,6 +148,21 @@ def test_labels_saying_worse_beat_a_drift_statistic_saying_better():
     assert verdict.reason.startswith("the challenger is worse on the labelled holdout")
 
 
+def test_labels_pointing_against_a_filter_keep_the_drift_statistic_from_promoting_it():
+    """Six labels cannot make a filter significantly worse, but a person's labels that favour the champion outweigh a
+    drift statistic the filter may move without fixing the classes (stripes inverted back to the wrong side)."""
+    champion, challenger = pair(challenger_only=0, champion_only=2, both_right=3, both_wrong=1)
+    verdict = decide(champion, challenger, drift=DriftEvidence(56.8, 3.0, 2.0), holdout_share=0.3)
+    assert not verdict.promote and verdict.outcome == "rejected" and verdict.evidence == "labels"
+    assert verdict.p_value == 1.0 and verdict.more_labels_needed is None
+    assert verdict.reason == (
+        "the person's labels point against the filter, though not significantly: on 6 labelled holdout images the "
+        "challenger alone was right on 0 and the champion alone on 2 (paired exact test p = 1.000 > alpha 0.05); the "
+        "drift statistic promotes a filter only when the labels do not")
+    tied, tied_challenger = pair(challenger_only=1, champion_only=1, both_right=4)
+    assert decide(tied, tied_challenger, drift=DriftEvidence(56.8, 3.0, 2.0)).evidence == "drift statistic"
+
+
 def test_the_clean_margin_is_checked_before_the_drift_statistic():
     verdict = decide(HoldoutScores(0.90, None, 1000, 0), HoldoutScores(0.80, None, 1000, 0),
                      drift=DriftEvidence(56.8, 3.0, 2.0))
