@@ -177,13 +177,13 @@ class FilteredClassifier:
         """What the classifier sees: the cleaned uint8 batch (gated images unchanged)."""
         images = validate_batch(images)
         cleaned = self.denoiser.clean(images)
+        if self.gate_threshold is None and self.gate_scorer is None:
+            return cleaned  # no gate: every image is cleaned
         keep = torch.ones(len(images), dtype=torch.bool)
         if self.gate_threshold is not None:
             keep &= correction_size(images, cleaned) <= self.gate_threshold
         if self.gate_scorer is not None:
             keep &= torch.from_numpy(np.asarray(self.gate_scorer.score(images)) <= self.gate_score_threshold)
-        if self.gate_threshold is None and self.gate_scorer is None:
-            return cleaned
         cleaned[keep] = images[keep]
         return cleaned
 
@@ -207,11 +207,10 @@ def calibrate_gate(denoiser: Denoiser, clean_images: torch.Tensor, quantile: flo
     return float(torch.quantile(correction_size(clean_images, denoiser.clean(clean_images)), quantile))
 
 
-def score_gate(detector: Detector | None, context: "ImprovementContext | None" = None) -> dict[str, Any]:
-    """`FilteredClassifier` arguments for a score gate by `detector` at its sample threshold, or none: without a
-    detector, for an adopted model (its detector needs the model's answers), or when the champion already filters
-    (its detector watches filtered images, not the raw ones the gate sees)."""
-    if detector is None or (context is not None and (isinstance(context.classifier, ForeignClassifier) or context.served_champion is not None)):
+def score_gate(detector: Detector | None) -> dict[str, Any]:
+    """`FilteredClassifier` arguments for a score gate by `detector` (fitted on raw images) at its sample threshold;
+    none without a detector."""
+    if detector is None:
         return {}
     return {"gate_scorer": detector, "gate_score_threshold": float(detector.sample_threshold)}
 
@@ -282,6 +281,15 @@ class FilterImprover(Improver):
     def _config_for(self, context: ImprovementContext) -> DenoiserConfig:
         return self.config if self._guide(context) is not None else replace(self.config, consistency_weight=0.0)
 
+    @staticmethod
+    def _gate_detector(context: ImprovementContext) -> Detector | None:
+        """The champion's detector for the score gate, or None: for an adopted model (its saved detector needs the
+        model's answers) and for a champion that already filters (its detector watches filtered images, not the raw
+        ones the gate sees)."""
+        if isinstance(context.classifier, ForeignClassifier) or context.served_champion is not None:
+            return None
+        return context.detector
+
     def _build(self, context: ImprovementContext, labelled: LabeledImages | None) -> tuple[FilteredClassifier, Detector, int, str]:
         if self.reject_fpr is not None and isinstance(context.classifier, ForeignClassifier):
             raise ScanflowError("a filter in front of an adopted model cannot reject images (its answers keep the model's own form): drop reject_fpr")
@@ -290,7 +298,7 @@ class FilterImprover(Improver):
         if self.gate_quantile is not None:
             gate_images = context.calibration.images if context.calibration is not None else context.clean_holdout.images
             gate = calibrate_gate(result.denoiser, gate_images, self.gate_quantile)
-        filtered = FilteredClassifier(context.classifier, result.denoiser, gate_threshold=gate, **score_gate(context.detector, context))
+        filtered = FilteredClassifier(context.classifier, result.denoiser, gate_threshold=gate, **score_gate(self._gate_detector(context)))
         detector = refit_detector(context.classifier, context, seen=filtered.clean)
         if self.reject_fpr is not None:
             filtered = replace(filtered, scorer=detector, reject_threshold=detector.clean_score_quantile(1.0 - self.reject_fpr))

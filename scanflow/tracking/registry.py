@@ -312,6 +312,7 @@ class LoadedModels:
     gate_threshold: float | None = None
     tags: Mapping[str, str] = field(default_factory=dict)
     gate_detector: Detector | None = None
+    gate_score_threshold: float | None = None
 
     @property
     def is_filtered(self) -> bool:
@@ -325,8 +326,8 @@ class LoadedModels:
             return None
         from scanflow.improve.filter import FilteredClassifier
 
-        score_gate = {"gate_scorer": self.gate_detector, "gate_score_threshold": float(self.tags[FILTER_SCORE_GATE_TAG])} if self.gate_detector else {}
-        return FilteredClassifier(self.classifier, self.denoiser, gate_threshold=self.gate_threshold, **score_gate)
+        return FilteredClassifier(self.classifier, self.denoiser, gate_threshold=self.gate_threshold,
+                                  gate_scorer=self.gate_detector, gate_score_threshold=self.gate_score_threshold)
 
 
 @_tracking_errors
@@ -356,12 +357,13 @@ def load_models(config: TrackingConfig, alias: str = CHAMPION_ALIAS) -> LoadedMo
         autoencoder = Autoencoder.load(next(Path(ae_dir).rglob(f"{AUTOENCODER_ARTIFACT}.pt")))
         denoiser_file = next(Path(clf_dir).rglob(f"{DENOISER_ARTIFACT}.pt"), None)
         denoiser = Denoiser.load(denoiser_file) if denoiser_file is not None else None
-        gate_file = next(Path(clf_dir).rglob(f"{GATE_DETECTOR_ARTIFACT}.pt"), None) if FILTER_SCORE_GATE_TAG in version.tags else None
-        gate_detector = Detector.load(gate_file) if gate_file is not None else None
+        score_gate = version.tags.get(FILTER_SCORE_GATE_TAG)
+        gate_detector = Detector.load(next(Path(clf_dir).rglob(f"{GATE_DETECTOR_ARTIFACT}.pt"))) if score_gate else None
     gate = version.tags.get(FILTER_GATE_TAG, "none")
     return LoadedModels(
         classifier, autoencoder, str(version.version), str(ae_version), version.tags.get(DATASET_TAG, "default"),
         denoiser, None if gate == "none" else float(gate), dict(version.tags), gate_detector,
+        float(score_gate) if score_gate else None,
     )
 
 
