@@ -44,7 +44,7 @@ from sklearn.metrics import roc_auc_score
 
 from scanflow.corruptions import corrupt, corruption_names
 from scanflow.data import TEST_ONLY_SPLIT, DatasetInfo, LabeledImages, load_train_test
-from scanflow.drift.autoencoder import COMPONENTS, AutoencoderDetector
+from scanflow.drift.autoencoder import AutoencoderDetector, default_components
 from scanflow.drift.base import DEFAULT_CALIBRATION_WINDOWS, Detector, Features
 from scanflow.drift.baselines import (
     BBSDDetector,
@@ -347,8 +347,9 @@ def build_detectors(
     windows = DEFAULT_CALIBRATION_WINDOWS
     detectors: dict[str, Detector] = {
         SCANFLOW: AutoencoderDetector(classifier, autoencoder, calibration_windows=windows, **common),
-        **({SCANFLOW_EMBEDDING: AutoencoderDetector(classifier, autoencoder, components=COMPONENTS + ("embedding",),
-                                                    calibration_windows=windows, **common)} if config.embedding else {}),
+        **({SCANFLOW_EMBEDDING: AutoencoderDetector(classifier, autoencoder, calibration_windows=windows,
+                                                    components=default_components(info.channels) + ("embedding",),
+                                                    **common)} if config.embedding else {}),
         **({SCANFLOW_TWO_SIDED: AutoencoderDetector(classifier, autoencoder, two_sided=("reconstruction", "embedding"),
                                                     calibration_windows=windows, **common)} if config.two_sided else {}),
         "quota": QuotaDetector(autoencoder, **common),

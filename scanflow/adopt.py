@@ -482,8 +482,9 @@ def reference_data(record: ReferenceRecord, contract: InputContract, info: Datas
 def detector_components(contract: InputContract) -> tuple[str, ...]:
     """The detector's components for a model: without probabilities, no uncertainty component; with an embedding
     layer or model, the embedding component too."""
-    from scanflow.drift.autoencoder import COMPONENTS
+    from scanflow.drift.autoencoder import default_components
 
-    components = tuple(c for c in COMPONENTS if not (contract.output == "labels" and c == "uncertainty"))
+    labels_only = contract.output == "labels"
+    components = tuple(c for c in default_components(contract.channels) if not (labels_only and c == "uncertainty"))
     return components + (("embedding",) if contract.embedding is not None or contract.embedding_model is not None else ())
 

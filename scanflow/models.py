@@ -456,17 +456,35 @@ class Autoencoder(SavableModel):
         `decoder_dtype=torch.bfloat16` runs the decoder's convolutions in bfloat16 (the encoder, hence the latent
         vectors, stays float32): faster on a CPU with native bfloat16 (`native_bfloat16`); the errors move by 0.2 %
         on average, at most about 1 % (docs/decisions/0005-inference-speed.md)."""
+        latents, errors, _ = self._encode_and_compare(images, batch_size, decoder_dtype, error_maps=False)
+        return latents, errors
+
+    @torch.no_grad()
+    def embed_with_error_maps(
+        self, images: torch.Tensor, batch_size: int | None = None, decoder_dtype: torch.dtype = torch.float32
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`embed_with_error`, plus where the error sits: the squared error per position, summed over channels
+        (pixels in [0, 1]), float [N, H, W]."""
+        latents, errors, maps = self._encode_and_compare(images, batch_size, decoder_dtype, error_maps=True)
+        return latents, errors, maps
+
+    def _encode_and_compare(
+        self, images: torch.Tensor, batch_size: int | None, decoder_dtype: torch.dtype, error_maps: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         self.eval()
         decoder = self._inference_decoder(decoder_dtype)
-        latents, errors = [], []
+        latents, errors, maps = [], [], []
         for chunk in images.split(batch_size or self.inference_chunk):
             x = self._inference_input(chunk)
             z = self.encode(x)
             latents.append(z)
-            errors.append(((self._decode_for_inference(z, decoder) - x) ** 2).mean(dim=(1, 2, 3)))
+            squared = (self._decode_for_inference(z, decoder) - x) ** 2
+            errors.append(squared.mean(dim=(1, 2, 3)))
+            if error_maps:
+                maps.append(squared.sum(dim=1))
         if not latents:
-            return torch.empty(0, self.latent_dim), torch.empty(0)
-        return torch.cat(latents), torch.cat(errors)
+            return torch.empty(0, self.latent_dim), torch.empty(0), torch.empty(0, self.height, self.width) if error_maps else None
+        return torch.cat(latents), torch.cat(errors), torch.cat(maps) if error_maps else None
 
     @torch.no_grad()
     def reconstruction_error(self, images: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:

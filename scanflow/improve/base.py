@@ -21,7 +21,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from scanflow.data import DatasetInfo, LabeledImages, hold_out_calibration, load_train_test, validate_batch
-from scanflow.drift.autoencoder import COMPONENTS, AutoencoderDetector
+from scanflow.drift.autoencoder import AutoencoderDetector
 from scanflow.drift.base import Detector, DriftResult
 from scanflow.errors import ScanflowError
 from scanflow.human import Decision, InvalidDecisionError, validate_labels
@@ -210,7 +210,7 @@ def refit_detector(
     rows = np.sort(np.random.default_rng(context.seed).permutation(len(context.replay))[:DETECTOR_REFERENCE_IMAGES])
     reference = view(context.replay.images[torch.from_numpy(rows)])
     calibration = view(context.calibration.images) if context.calibration is not None else None
-    components = getattr(context.detector, "components", None) or COMPONENTS
+    components = getattr(context.detector, "components", None)  # None: the default for the images' channels
     detector = AutoencoderDetector(classifier, context.autoencoder, components=components, seed=context.seed)
     return detector.fit(reference, calibration=calibration, info=context.replay.info)
 
