@@ -291,7 +291,7 @@ class AutoencoderDetector(Detector):
         native bfloat16 that pass is emulated and slower (docs/decisions/0005-inference-speed.md)."""
         super().__init__(**kwargs)
         unknown = set(components or ()) - set(COMPONENTS + OPTIONAL_COMPONENTS)
-        if unknown or components == ():
+        if unknown or (components is not None and len(components) == 0):
             raise ValueError(f"components must be a non-empty subset of {COMPONENTS + OPTIONAL_COMPONENTS}, got {components}")
         if reconstruction_precision not in RECONSTRUCTION_PRECISIONS:
             raise ValueError(

@@ -289,6 +289,8 @@ def test_the_optional_embedding_component_scores_distance_in_the_classifiers_own
     assert loaded.predict(rotated).statistic == pytest.approx(with_embedding.predict(rotated).statistic)
     with pytest.raises(ValueError, match=r"components must be a non-empty subset of \('reconstruction', .*'embedding'\), got \('embeding',\)"):
         AutoencoderDetector(detector.classifier, detector.autoencoder, components=("embeding",))
+    with pytest.raises(ValueError, match=r"components must be a non-empty subset of .*, got \[\]"):
+        AutoencoderDetector(detector.classifier, detector.autoencoder, components=[])
 
 
 def test_a_two_sided_reconstruction_score_counts_too_good_a_reconstruction_and_is_kept_by_a_saved_detector(detector, digits, tmp_path):
