@@ -164,10 +164,8 @@ class LocalError:
     @classmethod
     def fit(cls, error_maps: torch.Tensor) -> "LocalError":
         """From clean images' error maps [N, H, W] (`Autoencoder.embed_with_error_maps`)."""
-        maps = error_maps.numpy().astype(np.float64)
-        median = np.median(maps, axis=0)
-        mad = np.median(np.abs(maps - median), axis=0) * _MAD_TO_SD
-        return cls(median, np.maximum(mad, LOCAL_ERROR_FLOOR))
+        median, scale = _robust_location_scale(error_maps.numpy().astype(np.float64))
+        return cls(median, np.maximum(scale, LOCAL_ERROR_FLOOR))
 
     def score(self, error_maps: torch.Tensor) -> np.ndarray:
         """log(1 + mean of the RARE_PIXELS largest standardised errors), float [N]; error maps [N, H, W]."""
@@ -419,8 +417,8 @@ class AutoencoderDetector(Detector):
 
     def signature_of(self, features: Features) -> np.ndarray:
         """The log-scale scores of the KIND_COMPONENTS and the raw pixel statistics, each in clean standard
-        deviations from its clean calibration mean, float [N, F]. Rarity and local error are left out: they add no kind of change,
-        only noise to the comparison (see `scanflow.drift.known`)."""
+        deviations from its clean calibration mean, float [N, F]. Rarity and local error are left out: they add no
+        kind of change, only noise to the comparison (see `scanflow.drift.known`)."""
         columns = self._kind_columns() + list(range(len(self.components), features["signals"].shape[1]))
         clean = self._require_fitted()["signals"][:, columns]
         return (features["signals"][:, columns] - clean.mean(axis=0)) / (clean.std(axis=0) + _EPS)
