@@ -10,7 +10,10 @@ For honest evaluation, `exclude` leaves corruptions (e.g. the whole family under
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import time
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -141,6 +144,43 @@ def train_denoiser(classifier: nn.Module | None, data: LabeledImages, config: De
     return DenoiserResult(denoiser, config.training_corruptions, time.perf_counter() - started, prepared - started)
 
 
+#: Denoisers trained in this process for a filter, by `denoiser_key`, newest last; at most `DENOISERS_KEPT`.
+_TRAINED: OrderedDict[str, DenoiserResult] = OrderedDict()
+DENOISERS_KEPT = 4
+
+
+def denoiser_key(guide: nn.Module | None, data: LabeledImages, config: DenoiserConfig) -> str | None:
+    """What a trained denoiser depends on, as a hex digest: the guide's architecture and weights, the clean training
+    images and the (seeded) config; None for a guide that is not a Scanflow `Classifier` (an adopted model's
+    preprocessing lives outside its weights, so its denoiser is never reused)."""
+    if not isinstance(guide, Classifier):
+        return None
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(repr((config, guide.spec, tuple(data.images.shape))).encode())
+    digest.update(data.images.contiguous().numpy().tobytes())
+    for name, tensor in sorted(guide.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def reusable_denoiser(guide: nn.Module | None, data: LabeledImages, config: DenoiserConfig) -> tuple[DenoiserResult, bool]:
+    """`train_denoiser`, or a copy of the denoiser this process already trained from the same guide, images and
+    config (training is seeded, so it is the one training again would give); the flag says whether it was reused.
+    A second filter for the same champion (a later drift, a filter asked for again) then costs no training."""
+    key = denoiser_key(guide, data, config)
+    if key is not None and key in _TRAINED:
+        _TRAINED.move_to_end(key)
+        kept = _TRAINED[key]
+        return replace(kept, denoiser=copy.deepcopy(kept.denoiser)), True
+    result = train_denoiser(guide, data, config)
+    if key is not None:
+        _TRAINED[key] = replace(result, denoiser=copy.deepcopy(result.denoiser))
+        while len(_TRAINED) > DENOISERS_KEPT:
+            _TRAINED.popitem(last=False)
+    return result, False
+
+
 def correction_size(original: torch.Tensor, cleaned: torch.Tensor) -> torch.Tensor:
     """Mean absolute change per image, float [N], on the [0, 1] pixel scale."""
     return (to_float(cleaned) - to_float(original)).abs().flatten(1).mean(dim=1)
@@ -256,15 +296,19 @@ class FilterImprover(Improver):
     def _describe(self, context: ImprovementContext, n_training_labels: int) -> tuple[str, float, dict[str, Any]]:
         info = context.replay.info
         config = self._config_for(context)
-        seconds = expected_denoiser_seconds(config, len(context.replay), info.height, info.width)
+        reused = denoiser_key(self._guide(context), context.replay, config) in _TRAINED
+        seconds = 0.0 if reused else expected_denoiser_seconds(config, len(context.replay), info.height, info.width)
+        trained = (f"{min(self.config.training_images, len(context.replay)):,} clean training images corrupted by "
+                   f"{len(self.config.training_corruptions)} synthetic corruptions")
         description = (
-            f"train a denoiser on {min(self.config.training_images, len(context.replay)):,} clean training images "
-            f"corrupted by {len(self.config.training_corruptions)} synthetic corruptions and put it in front of "
-            f"classifier v{context.champion_version or '?'} (unchanged); no labels needed"
+            (f"reuse the denoiser this process already trained for this classifier on the same {trained}" if reused
+             else f"train a denoiser on {trained}")
+            + f" and put it in front of classifier v{context.champion_version or '?'} (unchanged); no labels needed"
             + ("; it learns from pixel error alone (the model gives no gradients)" if config.consistency_weight == 0 else "")
             + (f"; reject images still beyond the detector's clean {1 - self.reject_fpr:.1%} quantile" if self.reject_fpr else "")
         )
-        params = {**config.as_params(), "filter_reject_fpr": self.reject_fpr or 0.0, "filter_gate_quantile": self.gate_quantile or 0.0}
+        params = {**config.as_params(), "filter_reject_fpr": self.reject_fpr or 0.0, "filter_gate_quantile": self.gate_quantile or 0.0,
+                  "denoiser_reused": reused}
         return description, seconds, params
 
     @staticmethod
@@ -293,7 +337,7 @@ class FilterImprover(Improver):
     def _build(self, context: ImprovementContext, labelled: LabeledImages | None) -> tuple[FilteredClassifier, Detector, int, str]:
         if self.reject_fpr is not None and isinstance(context.classifier, ForeignClassifier):
             raise ScanflowError("a filter in front of an adopted model cannot reject images (its answers keep the model's own form): drop reject_fpr")
-        result = train_denoiser(self._guide(context), context.replay, self._config_for(context))
+        result, reused = reusable_denoiser(self._guide(context), context.replay, self._config_for(context))
         gate = None
         if self.gate_quantile is not None:
             gate_images = context.calibration.images if context.calibration is not None else context.clean_holdout.images
@@ -302,7 +346,8 @@ class FilterImprover(Improver):
         detector = refit_detector(context.classifier, context, seen=filtered.clean)
         if self.reject_fpr is not None:
             filtered = replace(filtered, scorer=detector, reject_threshold=detector.clean_score_quantile(1.0 - self.reject_fpr))
-        summary = f"denoiser trained on {len(result.training_corruptions)} synthetic corruptions in {result.seconds:.0f} s"
+        summary = (f"denoiser {'reused (trained earlier in this process' if reused else '(trained'} on "
+                   f"{len(result.training_corruptions)} synthetic corruptions in {result.seconds:.0f} s)")
         return filtered, detector, 0, summary
 
     def _drift_evidence(self, context: ImprovementContext, candidate: FilteredClassifier) -> DriftEvidence | None:

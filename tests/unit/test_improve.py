@@ -3,7 +3,9 @@ without forgetting, a denoiser that leaves clean inputs alone, rejection, and ba
 
 from __future__ import annotations
 
+import copy
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -33,7 +35,9 @@ from scanflow.improve.filter import (
     DENOISER_STEP_SECONDS,
     calibrate_gate,
     corrupted_pairs,
+    denoiser_key,
     expected_denoiser_seconds,
+    reusable_denoiser,
 )
 from scanflow.improve.retrain import FINE_TUNE_STEP_SECONDS, expected_fine_tune_seconds
 from scanflow.models import Denoiser
@@ -248,6 +252,40 @@ def test_filter_apply_needs_no_labels(context):
     assert not outcome.detector.predict(outcome.candidate.clean(context.clean_holdout.images[:150])).is_drift
     assert outcome.candidate.gate_scorer is context.detector
     assert outcome.candidate.gate_score_threshold == context.detector.sample_threshold
+
+
+def test_a_second_filter_for_the_same_champion_reuses_its_denoiser_and_it_is_the_one_training_again_gives(digits, champion, context):
+    """Training is seeded: the reused denoiser equals a fresh training's, and anything it depends on (the guide's
+    weights, the images, the config) changing trains a new one. The plan and the outcome say which happened."""
+    train, _ = digits
+    classifier, _ = champion
+    config = DenoiserConfig(steps=20, batch_size=32, training_images=300, seed=5)
+    first, first_reused = reusable_denoiser(classifier, train, config)
+    again, again_reused = reusable_denoiser(classifier, train, config)
+    fresh = train_denoiser(classifier, train, config)
+    assert (first_reused, again_reused) == (False, True) and again.denoiser is not first.denoiser
+    for name, tensor in fresh.denoiser.state_dict().items():
+        assert torch.equal(again.denoiser.state_dict()[name], tensor), name
+    nudged = copy.deepcopy(classifier)
+    with torch.no_grad():
+        next(nudged.parameters()).add_(1e-3)
+    assert denoiser_key(nudged, train, config) != denoiser_key(classifier, train, config)
+    assert denoiser_key(classifier, train, replace(config, seed=6)) != denoiser_key(classifier, train, config)
+    assert denoiser_key(classifier, train.subset(range(len(train) - 1)), config) != denoiser_key(classifier, train, config)
+    assert denoiser_key(None, train, config) is None  # a model without gradients: never reused
+
+    improver = FilterImprover(replace(FAST_DENOISER, seed=11))
+    first_plan = improver.plan(None, context)
+    first_outcome = improver.apply(first_plan, Decision("filter"))
+    second_plan = improver.plan(None, context)
+    second_outcome = improver.apply(second_plan, Decision("filter"))
+    assert first_plan.params["denoiser_reused"] is False and first_plan.expected_seconds > 0
+    assert first_plan.description.startswith("train a denoiser on 1,000 clean training images corrupted by")
+    assert first_outcome.summary.startswith("denoiser (trained on")
+    assert second_plan.params["denoiser_reused"] is True and second_plan.expected_seconds == 0
+    assert second_plan.description.startswith("reuse the denoiser this process already trained for this classifier on the same 1,000")
+    assert second_outcome.summary.startswith("denoiser reused (trained earlier in this process on")
+    assert torch.equal(first_outcome.candidate.clean(context.batch), second_outcome.candidate.clean(context.batch))
 
 
 def test_a_filter_rejects_about_its_false_rejection_rate_of_clean_images_and_more_of_shifted_ones(context):
