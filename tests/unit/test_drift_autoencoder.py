@@ -12,7 +12,7 @@ from scipy import stats
 from sklearn.metrics import roc_auc_score
 
 from scanflow.corruptions import corrupt
-from scanflow.drift.autoencoder import COMPONENTS, TIE_BREAK, AutoencoderDetector
+from scanflow.drift.autoencoder import COMPONENTS, TIE_BREAK, AutoencoderDetector, chi_square_z
 from scanflow.models import native_bfloat16
 from scanflow.train import TrainConfig, train_autoencoder, train_classifier
 
@@ -79,6 +79,27 @@ def test_the_null_carries_the_calibration_error_so_clean_batches_alarm_at_about_
             alarms.extend((1 + np.sum(null[None, :] >= statistics[:, None], axis=1)) / (1 + len(null)) <= calibrated.alpha)
     print(f"false alarms: bootstrap null {np.mean(bootstrap_alarms):.3f}, plain null {np.mean(plain_alarms):.3f}")
     assert np.mean(bootstrap_alarms) <= detector.alpha < np.mean(plain_alarms)
+
+
+def test_the_mean_shift_z_keeps_growing_where_its_p_value_underflows():
+    """Above a p-value of 1e-300 the mapping is the normal quantile exactly; below it the z-score goes on growing
+    (a floored p-value made every strong shift 37.05), without a jump where scipy's log survival function gives out."""
+    for chi_square, df in ((3.0, 20), (100.0, 20), (1_000.0, 60)):
+        assert chi_square_z(chi_square, df) == float(stats.norm.isf(stats.chi2.sf(chi_square, df)))
+    past_the_floor = [chi_square_z(x, 20) for x in (1_600.0, 3_000.0, 1e5)]
+    assert past_the_floor[0] > 37.05 and np.all(np.diff(past_the_floor) > 0) and past_the_floor[-1] > 300
+    steps = np.diff([chi_square_z(float(x), 20) for x in range(1_300, 1_900)])  # across both switches: no jump
+    assert np.all(steps > 0) and steps.max() < 2 * steps.min()
+
+
+def test_a_stronger_shift_gets_a_larger_statistic_beyond_every_floor(detector, digits):
+    """Filters are judged by how much of the statistic's excess they remove: that needs the statistic to keep
+    ordering strong shifts, past the count view's ceiling (every image strange) and the mean shift's p-value floor."""
+    _, test = digits
+    batch = test.images[:150]
+    ceiling = (150 - 150 * detector.sample_fpr) / np.sqrt(150 * detector.sample_fpr * (1 - detector.sample_fpr))
+    statistics = [detector.predict(corrupt(batch, "brightness", level, seed=3)).statistic for level in (2, 4)]
+    assert ceiling + 1 < statistics[0] < statistics[1], (ceiling, statistics)
 
 
 def _with_faint_marks(images: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
