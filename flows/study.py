@@ -11,6 +11,7 @@ every cell starts from the same model; no known shift is recorded.
 from __future__ import annotations
 
 import base64
+import math
 import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
@@ -30,10 +32,11 @@ from flows.settings import tracking_config
 from flows.train import train_flow
 from scanflow import study
 from scanflow import tracking as scanflow_tracking
-from scanflow.config import TrackingConfig
+from scanflow.config import CHALLENGER_ALIAS, CHAMPION_ALIAS, TrackingConfig
 from scanflow.corruptions import corrupt
 from scanflow.data import LabeledImages, hold_out_calibration, load_train_test
 from scanflow.drift.base import Detector
+from scanflow.errors import ScanflowError
 from scanflow.tags import KIND_TAG
 
 
@@ -47,6 +50,20 @@ def restore_champion(config: TrackingConfig, version: str) -> None:
     """Point `champion` back at the seed's champion `version` when a cell's challenger was promoted."""
     if scanflow_tracking.champion_version(config) != version:
         scanflow_tracking.rollback(config, to_version=version)
+
+
+@task(cache_policy=NO_CACHE, **IO_RETRIES)
+def challenger_accuracy(config: TrackingConfig, version: str, promoted: bool, holdout: LabeledImages,
+                        corrupted_holdout: torch.Tensor) -> tuple[float, float]:
+    """The decision's challenger `version` as it would serve (its registered pyfunc, at `champion` when promoted,
+    else at `challenger`) on the corrupted and the clean holdout: accuracy fractions, a rejected image (-1) wrong."""
+    served = scanflow_tracking.load_served_model(config, CHAMPION_ALIAS if promoted else CHALLENGER_ALIAS)
+    if str(served.version) != str(version):
+        raise ScanflowError(f"the {'champion' if promoted else 'challenger'} alias points at v{served.version}, not at the "
+                            f"cell's challenger v{version}: another run changed {config.classifier_name} during the study")
+    labels = holdout.labels.numpy()
+    return tuple(float(np.mean(np.asarray(served.model.predict(images.numpy())) == labels))
+                 for images in (corrupted_holdout, holdout.images))
 
 
 @dataclass(frozen=True)
@@ -72,6 +89,8 @@ def run_cell(config: study.StudyConfig, seed: int, corruption: str, severity: in
     batch through the improve flow, then the remedies and the baselines measured on the holdout."""
     seconds: dict[str, float] = {}
     stream = study.cell_stream(context.split, corruption, severity, config, seed)
+    holdout = context.split.holdout
+    corrupted_holdout = corrupt(holdout.images, corruption, severity, seed=seed * 1000 + 999)
     verdicts, reports, paths = [], [], []
     for i, batch in enumerate(stream.batches):
         batch_id = f"study-s{seed}-{corruption}-{severity}-{i}"
@@ -94,13 +113,14 @@ def run_cell(config: study.StudyConfig, seed: int, corruption: str, severity: in
             note="study: simulated person (true labels)", decided_by="oracle", batch_id=verdicts[i].batch_id,
             seed=seed, remember_shift=False, data_dir=context.data_dir, tracking=tracking, model=model,
             steps=study.decision_steps(config, report.recommended_action)))
+        served = (study.timed(seconds, "challenger", lambda: challenger_accuracy(
+            context.tracking_config, improvement.challenger_version, improvement.promoted, holdout, corrupted_holdout))
+            if improvement.challenger_version else (math.nan, math.nan))
         decision = study.DecisionRecord(verdicts[i].batch_id, report.recommended_action, len(labels),
-                                        improvement.challenger_version, improvement.promoted, improvement.reason)
+                                        improvement.challenger_version, improvement.promoted, improvement.reason, served)
         restore_champion(context.tracking_config, context.champion_version)
     else:
         decision = study.DecisionRecord("", "none", 0, None, False, "no corrupted batch was flagged: nobody was asked")
-    holdout = context.split.holdout
-    corrupted_holdout = corrupt(holdout.images, corruption, severity, seed=seed * 1000 + 999)
     accuracy = study.measure_remedies(
         context.classifier, context.detector, context.replay, stream.corrupted_part(holdout.info), holdout,
         corrupted_holdout, study.filter_for(context.filters, corruption), config, seed, seconds)

@@ -305,6 +305,10 @@ class DecisionRecord:
     challenger_version: str | None
     promoted: bool
     reason: str
+    #: The challenger as it would serve (its registered model), on the (corrupted, clean) holdout; fractions, NaN
+    #: without a challenger. The "filter" accuracy column is a denoiser that never saw the corruption's family; the
+    #: decision's filter, like a user's, was trained on every corruption.
+    challenger_accuracy: tuple[float, float] = (math.nan, math.nan)
 
 
 @dataclass(frozen=True)
@@ -498,13 +502,14 @@ def markdown_report(cells: Sequence[CellResult], config: StudyConfig, provenance
     out += [f"## Detection and decision ({seeds})", ""]
     detectors = [SCANFLOW, *config.baselines]
     out += _table(["corruption", "severity", "lowest p (corrupted)", "sample AUROC", *(f"rate {d}" for d in detectors),
-                   "false alarms", "decision", "labels", "promoted"],
+                   "false alarms", "decision", "labels", "promoted", "challenger % (corrupted / clean)"],
                   [[c, s, f"{min(v.p_value for cell in g for v in cell.verdicts if v.corrupted):.3g}",
                     _fmt([cell.sample_auroc for cell in g], 1.0, 3),
                     *(_fmt([cell.detection_rate[d] for cell in g], 1.0, 2) for d in detectors),
                     _fmt([cell.false_alarms[SCANFLOW] for cell in g], 1.0, 2),
                     ", ".join(sorted({cell.decision.action for cell in g})), "/".join(str(cell.decision.labels_given) for cell in g),
-                    "/".join(("yes" if cell.decision.promoted else "no") if cell.decision.action not in ("none", "ignore") else "-" for cell in g)]
+                    "/".join(("yes" if cell.decision.promoted else "no") if cell.decision.action not in ("none", "ignore") else "-" for cell in g),
+                    _challenger_cell(g)]
                    for (c, s), g in groups.items()])
     keys = method_keys(config.budgets)
     titles = [_title(k) for k in keys]
@@ -517,6 +522,14 @@ def markdown_report(cells: Sequence[CellResult], config: StudyConfig, provenance
     out += _table(["corruption", "severity", *steps],
                   [[c, s, *(f"{np.mean([cell.seconds.get(step, 0.0) for cell in g]):.1f}" for step in steps)] for (c, s), g in groups.items()])
     return "\n".join(out) + "\n"
+
+
+def _challenger_cell(cells: Sequence[CellResult]) -> str:
+    """The decision's challenger accuracy (%) on the corrupted / clean holdout, "-" when no cell built one."""
+    pairs = [cell.decision.challenger_accuracy for cell in cells if not math.isnan(cell.decision.challenger_accuracy[0])]
+    if not pairs:
+        return "-"
+    return f"{_fmt([p[0] for p in pairs])} / {_fmt([p[1] for p in pairs])}"
 
 
 def _title(key: str) -> str:
@@ -532,7 +545,7 @@ def cells_csv(cells: Sequence[CellResult], config: StudyConfig) -> str:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["dataset", "seed", "corruption", "family", "severity", "lowest_p_corrupted", "sample_auroc",
                      *(f"rate_{d}" for d in detectors), *(f"false_alarms_{d}" for d in detectors), "decision", "labels_given",
-                     "challenger_version", "promoted", *(f"corrupted_{k}" for k in keys), *(f"clean_{k}" for k in keys),
+                     "challenger_version", "promoted", "corrupted_challenger", "clean_challenger", *(f"corrupted_{k}" for k in keys), *(f"clean_{k}" for k in keys),
                      *(f"seconds_{s}" for s in sorted({s for c in cells for s in c.seconds}))])
     steps = sorted({s for c in cells for s in c.seconds})
     for c in cells:
@@ -540,6 +553,7 @@ def cells_csv(cells: Sequence[CellResult], config: StudyConfig) -> str:
                          f"{min(v.p_value for v in c.verdicts if v.corrupted):.6g}", f"{c.sample_auroc:.4f}",
                          *(f"{c.detection_rate[d]:.4f}" for d in detectors), *(f"{c.false_alarms[d]:.4f}" for d in detectors),
                          c.decision.action, c.decision.labels_given, c.decision.challenger_version or "", str(c.decision.promoted).lower(),
+                         *("" if math.isnan(value) else f"{value:.4f}" for value in c.decision.challenger_accuracy),
                          *(f"{c.accuracy[k][0]:.4f}" for k in keys), *(f"{c.accuracy[k][1]:.4f}" for k in keys),
                          *(f"{c.seconds.get(s, 0.0):.2f}" for s in steps)])
     return buffer.getvalue()

@@ -51,8 +51,12 @@ def test_the_study_writes_its_tables_and_every_plot(study_run):
     rows = list(csv.DictReader((out / "cells.csv").open()))
     assert [(r["corruption"], r["severity"], r["seed"]) for r in rows] == [("shot_noise", "3", "0"), ("rotate", "3", "0")]
     for row in rows:
-        fractions = {k: float(v) for k, v in row.items() if k.startswith(("corrupted_", "clean_", "rate_", "false_alarms_"))}
+        fractions = {k: float(v) for k, v in row.items() if k.startswith(("corrupted_", "clean_", "rate_", "false_alarms_"))
+                     and not k.endswith("_challenger")}
         assert len(fractions) == 2 * 8 + 2 * 5 and all(0.0 <= v <= 1.0 for v in fractions.values()), fractions
+        # The decision's challenger as it serves, on the same holdouts (empty without a challenger).
+        served = [row["corrupted_challenger"], row["clean_challenger"]]
+        assert all(0.0 <= float(v) <= 1.0 for v in served) if row["challenger_version"] else served == ["", ""], row
         assert row["decision"] in ("filter", "retrain", "ignore", "none") and 0.5 <= float(row["sample_auroc"]) <= 1.0
         assert float(row["clean_none"]) > 0.85, "the champion must be a working classifier for the remedies to mean anything"
         assert float(row["corrupted_ceiling"]) >= float(row["corrupted_none"]) - 0.05
@@ -60,6 +64,7 @@ def test_the_study_writes_its_tables_and_every_plot(study_run):
             assert int(row["labels_given"]) > 0 and row["challenger_version"]
     report = (out / "study.md").read_text()
     assert report.startswith("# Study: digits") and "## Headline" in report and "![budget.png](budget.png)" in report
+    assert "| promoted | challenger % (corrupted / clean) |" in report
     assert "Command: `scanflow study --dataset digits --quick --corruptions shot_noise,rotate --budgets 10,20 --batch-size 50" in report
 
 

@@ -26,7 +26,7 @@ def _cell(corruption: str, severity: int, seed: int = 0, none: float = 0.5, pers
           ceiling: float = 0.9, flagged: bool = True, promoted: bool = True) -> study.CellResult:
     verdicts = (study.BatchVerdict(f"{corruption}-{severity}-0", False, False, 0.4, 1.0, 0.96),
                 study.BatchVerdict(f"{corruption}-{severity}-1", True, flagged, 0.001 if flagged else 0.3, 9.0, none))
-    decision = (study.DecisionRecord(verdicts[1].batch_id, "retrain", 10, "2", promoted, "better") if flagged
+    decision = (study.DecisionRecord(verdicts[1].batch_id, "retrain", 10, "2", promoted, "better", (person - 0.1, 0.93)) if flagged
                 else study.DecisionRecord("", "none", 0, None, False, "not flagged"))
     accuracy = {"none": (none, 0.95), "person-10": (person - 0.05, 0.94), "person-20": (person, 0.94), "random-10": (0.6, 0.94),
                 "random-20": (0.65, 0.94), "pseudo": (0.55, 0.95), "filter": (filtered, 0.948), "ceiling": (ceiling, 0.95)}
@@ -111,12 +111,15 @@ def test_the_report_and_the_csv_hold_every_column():
     report = study.markdown_report(CELLS, CONFIG, "provenance.", study.command_line(CONFIG, quick=True), figures=["budget.png"])
     assert "Command: `scanflow study --dataset digits --quick --corruptions shot_noise,rotate --severities 1,3 --budgets 10,20 --batch-size 50 --holdout-size 100`" in report
     assert "![budget.png](budget.png)" in report and "## Headline" in report
-    assert "| rotate | 3 | 0.001 | 0.900 | 1.00 | 0.50 | 0.00 | 1.00 | 0.50 | 0.00 | retrain | 10 | yes |" in report
+    assert "| rotate | 3 | 0.001 | 0.900 | 1.00 | 0.50 | 0.00 | 1.00 | 0.50 | 0.00 | retrain | 10 | yes | 75.0 / 93.0 |" in report
+    assert "| shot_noise | 1 | 0.3 | 0.900 | 0.00 | 0.50 | 0.00 | 1.00 | 0.50 | 0.00 | none | 0 | - | - |" in report
     assert "retrain, person's labels B=20" in report and "retrain, all labelled (ceiling)" in report
     rows = list(csv.DictReader(io.StringIO(study.cells_csv(CELLS, CONFIG))))
     assert len(rows) == 3 and rows[0]["decision"] == "none" and rows[1]["promoted"] == "true"
     assert {"rate_scanflow", "rate_mmd", "corrupted_person-20", "clean_filter", "seconds_detect", "family"} <= set(rows[0])
     assert rows[2]["corrupted_person-20"] == "0.8500" and rows[2]["family"] == "geometric"
+    assert (rows[2]["corrupted_challenger"], rows[2]["clean_challenger"]) == ("0.7500", "0.9300")
+    assert (rows[0]["corrupted_challenger"], rows[0]["clean_challenger"]) == ("", "")
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
