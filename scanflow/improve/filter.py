@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field, replace
@@ -146,6 +147,7 @@ def train_denoiser(classifier: nn.Module | None, data: LabeledImages, config: De
 
 #: Denoisers trained in this process for a filter, by `denoiser_key`, newest last; at most `DENOISERS_KEPT`.
 _TRAINED: OrderedDict[str, DenoiserResult] = OrderedDict()
+_TRAINED_LOCK = threading.Lock()  # a task runner's threads may build filters at once
 DENOISERS_KEPT = 4
 
 
@@ -169,15 +171,17 @@ def reusable_denoiser(guide: nn.Module | None, data: LabeledImages, config: Deno
     config (training is seeded, so it is the one training again would give); the flag says whether it was reused.
     A second filter for the same champion (a later drift, a filter asked for again) then costs no training."""
     key = denoiser_key(guide, data, config)
-    if key is not None and key in _TRAINED:
-        _TRAINED.move_to_end(key)
-        kept = _TRAINED[key]
-        return replace(kept, denoiser=copy.deepcopy(kept.denoiser)), True
-    result = train_denoiser(guide, data, config)
+    with _TRAINED_LOCK:
+        kept = _TRAINED.get(key) if key is not None else None
+        if kept is not None:
+            _TRAINED.move_to_end(key)
+            return replace(kept, denoiser=copy.deepcopy(kept.denoiser)), True
+    result = train_denoiser(guide, data, config)  # outside the lock: two threads may train, one copy is kept
     if key is not None:
-        _TRAINED[key] = replace(result, denoiser=copy.deepcopy(result.denoiser))
-        while len(_TRAINED) > DENOISERS_KEPT:
-            _TRAINED.popitem(last=False)
+        with _TRAINED_LOCK:
+            _TRAINED[key] = replace(result, denoiser=copy.deepcopy(result.denoiser))
+            while len(_TRAINED) > DENOISERS_KEPT:
+                _TRAINED.popitem(last=False)
     return result, False
 
 
@@ -296,7 +300,9 @@ class FilterImprover(Improver):
     def _describe(self, context: ImprovementContext, n_training_labels: int) -> tuple[str, float, dict[str, Any]]:
         info = context.replay.info
         config = self._config_for(context)
-        reused = denoiser_key(self._guide(context), context.replay, config) in _TRAINED
+        key = denoiser_key(self._guide(context), context.replay, config)
+        with _TRAINED_LOCK:
+            reused = key is not None and key in _TRAINED
         seconds = 0.0 if reused else expected_denoiser_seconds(config, len(context.replay), info.height, info.width)
         trained = (f"{min(self.config.training_images, len(context.replay)):,} clean training images corrupted by "
                    f"{len(self.config.training_corruptions)} synthetic corruptions")
