@@ -61,9 +61,7 @@ def challenger_accuracy(config: TrackingConfig, version: str, promoted: bool, ho
     if str(served.version) != str(version):
         raise ScanflowError(f"the {'champion' if promoted else 'challenger'} alias points at v{served.version}, not at the "
                             f"cell's challenger v{version}: another run changed {config.classifier_name} during the study")
-    labels = holdout.labels.numpy()
-    return tuple(float(np.mean(np.asarray(served.model.predict(images.numpy())) == labels))
-                 for images in (corrupted_holdout, holdout.images))
+    return study.holdout_accuracy(lambda images: served.model.predict(images.numpy()), holdout, corrupted_holdout)
 
 
 @dataclass(frozen=True)

@@ -238,6 +238,14 @@ def decision_steps(config: StudyConfig, action: str) -> int:
     return max(1, config.retrain_steps // 2) if action == "retrain" else config.denoiser_steps
 
 
+def holdout_accuracy(predict: Callable[[torch.Tensor], Any], holdout: LabeledImages,
+                     corrupted_holdout: torch.Tensor) -> tuple[float, float]:
+    """(corrupted, clean) holdout accuracy, fractions, of `predict` (uint8 images -> labels, a tensor or an array);
+    a rejected image (-1) counts as wrong."""
+    labels = holdout.labels.numpy()
+    return tuple(float(np.mean(np.asarray(predict(images)) == labels)) for images in (corrupted_holdout, holdout.images))
+
+
 def measure_remedies(classifier: Any, detector: Detector, replay: LabeledImages, stream: LabeledImages, holdout: LabeledImages,
                      corrupted_holdout: torch.Tensor, filtered: Any, config: StudyConfig, seed: int,
                      seconds: dict[str, float]) -> dict[str, tuple[float, float]]:
@@ -250,8 +258,7 @@ def measure_remedies(classifier: Any, detector: Detector, replay: LabeledImages,
     from scanflow.improve import RetrainConfig, fine_tune
 
     def score(model: Any) -> tuple[float, float]:
-        return (float((model.predict(corrupted_holdout) == holdout.labels).float().mean()),
-                float((model.predict(holdout.images) == holdout.labels).float().mean()))
+        return holdout_accuracy(model.predict, holdout, corrupted_holdout)
 
     def labelled(rows: np.ndarray, labels: torch.Tensor | None = None) -> LabeledImages:
         index = torch.as_tensor(np.asarray(rows), dtype=torch.int64)

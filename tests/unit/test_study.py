@@ -192,3 +192,15 @@ def test_the_oracles_decision_runs_at_the_studys_own_step_budget():
     config = study.quick_config("digits", retrain_steps=50, denoiser_steps=120)
     assert study.decision_steps(config, "retrain") == 25 and study.decision_steps(config, "filter") == 120
     assert study.decision_steps(study.quick_config("digits", retrain_steps=1), "retrain") == 1
+
+
+def test_holdout_accuracy_counts_a_rejected_image_as_wrong_for_tensors_and_arrays():
+    info = dataset_info("digits")
+    holdout = LabeledImages(torch.zeros(4, 1, 8, 8, dtype=torch.uint8), torch.tensor([0, 1, 2, 3]), info, "test")
+    corrupted = torch.full((4, 1, 8, 8), 9, dtype=torch.uint8)
+
+    def predict(images: torch.Tensor) -> torch.Tensor:  # right on clean images, -1 (rejected) on two corrupted ones
+        return torch.tensor([0, 1, 2, 3]) if int(images[0, 0, 0, 0]) == 0 else torch.tensor([0, -1, -1, 3])
+
+    assert study.holdout_accuracy(predict, holdout, corrupted) == (0.5, 1.0)
+    assert study.holdout_accuracy(lambda images: predict(images).numpy(), holdout, corrupted) == (0.5, 1.0)
